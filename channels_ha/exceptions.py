@@ -1,0 +1,37 @@
+"""The one exception hierarchy of channels-ha.
+
+Every error this package raises on purpose derives from :class:`ChannelsHAError`, except
+``channels.exceptions.ChannelFull`` (the Channels specification names it) and ``TypeError``
+for invalid channel names and messages (as every channel layer does).
+"""
+
+from __future__ import annotations
+
+
+class ChannelsHAError(Exception):
+    """Base class of every channels-ha error."""
+
+
+class ConfigurationError(ChannelsHAError, ValueError):
+    """The Redis configuration is invalid; the message names the source and the field."""
+
+
+class RedisUnavailable(ChannelsHAError):
+    """No usable Redis master answered within the failover timeout."""
+
+
+class RedisCommandError(ChannelsHAError):
+    """Redis answered a command with an error that retrying cannot fix."""
+
+
+class SandboxError(ChannelsHAError):
+    """A local Redis sandbox could not be started or controlled."""
+
+
+__all__ = [
+    "ChannelsHAError",
+    "ConfigurationError",
+    "RedisCommandError",
+    "RedisUnavailable",
+    "SandboxError",
+]

@@ -1,0 +1,1 @@
+"""Real Redis topologies on loopback ports, for tests, demos and benchmarks."""

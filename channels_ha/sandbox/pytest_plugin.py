@@ -1,0 +1,1 @@
+"""pytest fixtures that start real Redis topologies (placeholder until the sandbox lands)."""
