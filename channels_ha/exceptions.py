@@ -24,6 +24,10 @@ class RedisCommandError(ChannelsHAError):
     """Redis answered a command with an error that retrying cannot fix."""
 
 
+class ConnectionLost(ChannelsHAError):
+    """A connection to Redis broke; raised internally and retried within the failover timeout."""
+
+
 class SandboxError(ChannelsHAError):
     """A local Redis sandbox could not be started or controlled."""
 
@@ -31,6 +35,7 @@ class SandboxError(ChannelsHAError):
 __all__ = [
     "ChannelsHAError",
     "ConfigurationError",
+    "ConnectionLost",
     "RedisCommandError",
     "RedisUnavailable",
     "SandboxError",

@@ -1,0 +1,92 @@
+"""Per-channel buffers inside one process: where popped messages wait for their receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+
+logger = logging.getLogger("channels_ha.layer")
+
+# A buffered message: its expiry (ms since the epoch) and its serialized body.
+Item = tuple[int, bytes]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ChannelBuffer:
+    """Messages of one channel that reached this process, and the receivers waiting for them.
+
+    A message is handed straight to the longest-waiting receiver. Cancelling a receiver never
+    loses a message: if the cancellation races with a delivery, the message goes back to the
+    front of the buffer.
+    """
+
+    __slots__ = ("capacity", "channel", "dropped", "items", "waiters")
+
+    def __init__(self, channel: str, capacity: int) -> None:
+        self.channel = channel
+        self.capacity = capacity
+        self.items: deque[Item] = deque()
+        self.waiters: deque[asyncio.Future[Item]] = deque()
+        self.dropped = 0
+
+    def put(self, item: Item) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                return
+        self.items.append(item)
+        if len(self.items) > self.capacity:
+            # The receiver stopped reading: keep the newest, as channels_redis does.
+            self.items.popleft()
+            self.dropped += 1
+            logger.warning(
+                "Channel %s is over capacity (%d) in this process; dropped its oldest message",
+                self.channel,
+                self.capacity,
+                extra={"event": "buffer_overflow", "channel": self.channel},
+            )
+
+    async def get(self) -> Item:
+        item = self._take_fresh()
+        if item is not None:
+            return item
+        waiter: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.items.appendleft(waiter.result())
+            elif waiter in self.waiters:
+                self.waiters.remove(waiter)
+            raise
+
+    def _take_fresh(self) -> Item | None:
+        now = now_ms()
+        while self.items:
+            item = self.items.popleft()
+            if item[0] > now:
+                return item
+        return None
+
+    def drop_expired(self) -> int:
+        now = now_ms()
+        before = len(self.items)
+        self.items = deque(item for item in self.items if item[0] > now)
+        return before - len(self.items)
+
+    def take_all(self) -> list[Item]:
+        items = list(self.items)
+        self.items.clear()
+        return items
+
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and nobody waiting: the buffer can be forgotten."""
+        return not self.items and not self.waiters

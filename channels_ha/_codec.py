@@ -1,0 +1,111 @@
+"""How a message travels: the serialized body, optionally encrypted, inside an envelope.
+
+The envelope names the sender and its sequence number (so receivers can drop the duplicate a
+retry may create) and the local channels the body is for (so one copy per process serves a
+whole group). It starts with the expiry time as 13 ASCII digits, which the PUSH script reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from .exceptions import ConfigurationError
+
+_EXPIRY_DIGITS = 13
+
+
+class _Crypter(Protocol):
+    def encrypt(self, data: bytes) -> bytes: ...
+
+    def decrypt(self, token: bytes, ttl: int | None = None) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded element: who sent it, its sequence number, where it goes, what it carries."""
+
+    expires_ms: int
+    sender: str
+    seq: int
+    targets: str | list[str]
+    body: bytes
+
+
+class MessageCodec:
+    """Serializes message dicts (msgpack or JSON), optionally with Fernet encryption."""
+
+    def __init__(
+        self,
+        serializer_format: str,
+        symmetric_encryption_keys: Sequence[str | bytes] | None,
+        expiry_s: float,
+    ) -> None:
+        if serializer_format not in ("msgpack", "json"):
+            raise ConfigurationError(
+                "Channel layer option 'serializer_format' must be 'msgpack' or 'json' "
+                f"(got {serializer_format!r})."
+            )
+        self._json = serializer_format == "json"
+        self._crypter = _make_crypter(symmetric_encryption_keys)
+        self._decrypt_ttl_s = int(expiry_s) + 10
+
+    def dumps(self, message: dict[str, Any]) -> bytes:
+        data: bytes
+        if self._json:
+            data = json.dumps(message).encode()
+        else:
+            data = msgpack.packb(message, use_bin_type=True)
+        return self._crypter.encrypt(data) if self._crypter else data
+
+    def loads(self, data: bytes) -> dict[str, Any]:
+        if self._crypter:
+            data = self._crypter.decrypt(data, self._decrypt_ttl_s)
+        message: dict[str, Any] = json.loads(data) if self._json else msgpack.unpackb(data)
+        return message
+
+
+def _make_crypter(keys: Sequence[str | bytes] | None) -> _Crypter | None:
+    """A MultiFernet over the keys: the first encrypts, any decrypts (for key rotation)."""
+    if not keys:
+        return None
+    if isinstance(keys, (str, bytes)):
+        raise ConfigurationError(
+            "Channel layer option 'symmetric_encryption_keys' must be a list of keys, "
+            "not a single string."
+        )
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError as err:
+        raise ConfigurationError(
+            "Channel layer option 'symmetric_encryption_keys' needs the 'cryptography' "
+            "package: pip install 'channels-ha[cryptography]'."
+        ) from err
+    fernets = [Fernet(_fernet_key(key)) for key in keys]
+    crypter: _Crypter = MultiFernet(fernets)
+    return crypter
+
+
+def _fernet_key(key: str | bytes) -> bytes:
+    raw = key.encode() if isinstance(key, str) else key
+    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())
+
+
+def encode_element(
+    expires_ms: int, sender: str, seq: int, targets: str | list[str], body: bytes
+) -> bytes:
+    """One list element, as the PUSH script stores it."""
+    packed: bytes = msgpack.packb((sender, seq, targets, body), use_bin_type=True)
+    return b"%013d" % expires_ms + packed
+
+
+def decode_element(element: bytes) -> Envelope:
+    """The inverse of :func:`encode_element`."""
+    sender, seq, targets, body = msgpack.unpackb(memoryview(element)[_EXPIRY_DIGITS:])
+    return Envelope(int(element[:_EXPIRY_DIGITS]), sender, seq, targets, body)

@@ -1,0 +1,40 @@
+"""Every default and tuning constant of the channel layer, with units in the names."""
+
+from __future__ import annotations
+
+# Options shared with channels_redis.core.RedisChannelLayer, with the same defaults.
+DEFAULT_PREFIX = "asgi"
+DEFAULT_EXPIRY_S = 60
+DEFAULT_GROUP_EXPIRY_S = 86_400
+DEFAULT_CAPACITY = 100
+DEFAULT_SERIALIZER_FORMAT = "msgpack"
+
+# How long an operation waits for a usable master before RedisUnavailable.
+DEFAULT_FAILOVER_TIMEOUT_S = 30.0
+# A reply slower than this means the server is hung (SIGSTOP, partition): reconnect.
+DEFAULT_REPLY_TIMEOUT_S = 5.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+# Reconnect backoff: first wait, growth factor and ceiling.
+RECONNECT_BACKOFF_FIRST_S = 0.025
+RECONNECT_BACKOFF_FACTOR = 2.0
+RECONNECT_BACKOFF_MAX_S = 0.5
+
+# A blocked pop returns after this long without messages, which doubles as a liveness check.
+BLOCKING_POP_TIMEOUT_S = 2.0
+# Messages popped from a process inbox per round trip.
+INBOX_BATCH_SIZE = 512
+# How long a receiver remembers a sender's last sequence number (duplicates come only
+# from retries, which happen within the failover timeout).
+DEDUPE_MEMORY_MIN_S = 120.0
+
+# Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
+GROUP_REFRESH_INTERVAL_S = 3_600.0
+# A process-specific channel counts as live while it was received on within this window.
+CHANNEL_LIVENESS_S = 300.0
+# Local buffers of channels nobody receives on are swept this often.
+BUFFER_SWEEP_INTERVAL_S = 10.0
+# Returning buffered messages to Redis at close may take at most this long.
+CLOSE_RETURN_TIMEOUT_S = 2.0
+
+# Keys scanned per SCAN call during flush().
+FLUSH_SCAN_COUNT = 1_000

@@ -1,0 +1,67 @@
+"""What every event loop's session of one layer shares: options, shards, memberships, stats."""
+
+from __future__ import annotations
+
+import binascii
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ._codec import MessageCodec
+from ._constants import CHANNEL_LIVENESS_S, DEDUPE_MEMORY_MIN_S, GROUP_REFRESH_INTERVAL_S
+from ._groups import Memberships
+from ._keys import KeyLayout
+from ._shard import ShardSpec, ShardStats
+
+
+@dataclass
+class Counters:
+    """Cumulative counts since the layer was created (all event loops)."""
+
+    sent: int = 0
+    group_sends: int = 0
+    received: int = 0
+    duplicates_dropped: int = 0
+    expired: int = 0
+    replica_ack_shortfalls: int = 0
+
+
+@dataclass
+class LayerCore:
+    """The parts of a layer that do not belong to any one event loop."""
+
+    shards: Sequence[ShardSpec]
+    keys: KeyLayout
+    codec: MessageCodec
+    expiry_s: float
+    group_expiry_s: int
+    capacity_of: Callable[[str], int]
+    replica_acks: int = 0
+    replica_ack_timeout_s: float = 1.0
+    memberships: Memberships = field(default_factory=lambda: Memberships(CHANNEL_LIVENESS_S))
+    stats: Counters = field(default_factory=Counters)
+    shard_stats: list[ShardStats] = field(default_factory=list)
+    _last_refresh: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.shard_stats = [ShardStats() for _ in self.shards]
+        self.expiry_ms = int(self.expiry_s * 1000)
+        failover_timeout_s = max(spec.settings.failover_timeout_s for spec in self.shards)
+        # A retry lands within the failover timeout of the first attempt.
+        self.dedupe_memory_s = max(DEDUPE_MEMORY_MIN_S, 2 * failover_timeout_s + self.expiry_s)
+        self.dedupe_ttl_ms = int(self.dedupe_memory_s * 1000)
+        self.refresh_interval_s = min(GROUP_REFRESH_INTERVAL_S, self.group_expiry_s / 3)
+
+    def shard_index(self, name: str) -> int:
+        """The shard of a channel, inbox or group name, as channels_redis picks hosts."""
+        count = len(self.shards)
+        if count == 1:
+            return 0
+        return int((binascii.crc32(name.encode()) & 0xFFF) / (4096 / count))
+
+    def refresh_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_refresh < self.refresh_interval_s:
+            return False
+        self._last_refresh = now
+        return True

@@ -1,0 +1,72 @@
+"""What this process knows about group membership, so it can put it back.
+
+Redis holds the truth, but Redis can lose it: a master restarted empty, or a failover to a
+replica that missed the last writes. Each process therefore remembers which groups it added
+which channels to, and re-asserts those of its live channels when it meets a new server run,
+and periodically, so that a connection that stays open longer than ``group_expiry`` does not
+silently fall out of its groups.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+
+
+class Memberships:
+    """Groups joined through this layer, and which of their channels are still alive.
+
+    A channel is alive while somebody receives on it, and for ``liveness_s`` after that (a
+    consumer between two ``receive()`` calls is busy, not gone).
+    """
+
+    def __init__(self, liveness_s: float) -> None:
+        self._liveness_s = liveness_s
+        self._groups_of: defaultdict[str, set[str]] = defaultdict(set)
+        self._receiving: Counter[str] = Counter()
+        self._last_active: dict[str, float] = {}
+
+    def added(self, group: str, channel: str) -> None:
+        self._groups_of[channel].add(group)
+        self._last_active.setdefault(channel, time.monotonic())
+
+    def discarded(self, group: str, channel: str) -> None:
+        groups = self._groups_of.get(channel)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._groups_of[channel]
+
+    def receiving(self, channel: str, delta: int) -> None:
+        """Counts receivers in and out; ``delta`` is +1 on entry and -1 on exit."""
+        self._receiving[channel] += delta
+        if self._receiving[channel] <= 0:
+            del self._receiving[channel]
+        self._last_active[channel] = time.monotonic()
+
+    def is_live(self, channel: str, now: float) -> bool:
+        if channel in self._receiving:
+            return True
+        last = self._last_active.get(channel)
+        return last is not None and now - last < self._liveness_s
+
+    def live_groups(self) -> dict[str, list[str]]:
+        """Group name -> live member channels, for re-assertion."""
+        now = time.monotonic()
+        result: defaultdict[str, list[str]] = defaultdict(list)
+        for channel, groups in self._groups_of.items():
+            if self.is_live(channel, now):
+                for group in groups:
+                    result[group].append(channel)
+        return dict(result)
+
+    def forget_dead(self, horizon_s: float) -> None:
+        """Drops channels inactive for longer than ``horizon_s``: Redis expired them too."""
+        now = time.monotonic()
+        for channel, last in list(self._last_active.items()):
+            if channel not in self._receiving and now - last > horizon_s:
+                del self._last_active[channel]
+                self._groups_of.pop(channel, None)
+
+    def __len__(self) -> int:
+        return sum(len(groups) for groups in self._groups_of.values())

@@ -1,0 +1,148 @@
+"""Bridges from a parsed config to what other code consumes: ``CHANNEL_LAYERS`` and redis-py.
+
+The redis-py clients here serve the probe, the Django cache and health checks; the channel
+layer manages its own connections. Every client returned is owned by the caller, who closes
+it with :func:`close_sync_client` or :func:`aclose_async_client`, which also close the
+sentinel connections used to find the master.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+
+from ._config import NodeAddress, RedisConfig, SentinelConfig
+from ._redis_kwargs import client_kwargs, connection_kwargs, sentinel_kwargs
+from ._sources import load_config
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "AsyncClient",
+    "SyncClient",
+    "aclose_async_client",
+    "async_client",
+    "async_sentinel_clients",
+    "channel_layers",
+    "close_sync_client",
+    "sync_client",
+    "sync_sentinel_clients",
+]
+
+DEFAULT_BACKEND = "channels_ha.RedisChannelLayer"
+_CHANNELS_REDIS = "channels_redis."  # its layers take ``hosts`` instead of ``config``
+
+SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
+AsyncClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+
+def channel_layers(
+    config: RedisConfig | None = None,
+    *,
+    backend: str = DEFAULT_BACKEND,
+    alias: str = "default",
+    **layer_options: Any,
+) -> dict[str, dict[str, Any]]:
+    """A ``CHANNEL_LAYERS`` setting; the config is read from the environment when omitted.
+
+    channels_redis layers get ``hosts`` (one entry); any other backend gets ``config``.
+    """
+    config = load_config() if config is None else config
+    if backend.startswith(_CHANNELS_REDIS):
+        ours: dict[str, Any] = {"hosts": [config.to_channels_redis_host()]}
+    else:
+        ours = {"config": config}
+    for key in ours.keys() & layer_options.keys():
+        raise ConfigurationError(
+            f"Invalid channel layer options for {backend}: '{key}' is built from the Redis "
+            "configuration; expected it to be left out of the layer options."
+        )
+    return {alias: {"BACKEND": backend, "CONFIG": {**ours, **layer_options}}}
+
+
+def _pairs(nodes: tuple[NodeAddress, ...]) -> list[tuple[str, int]]:
+    return [(node.host, node.port) for node in nodes]
+
+
+def _master_kwargs(config: SentinelConfig, ssl_connection: type[Any]) -> dict[str, Any]:
+    """``master_for`` arguments; the TLS connection class carries the TLS options."""
+    kwargs = {"db": config.db, **connection_kwargs(config)}
+    if config.tls is not None:
+        kwargs |= {"connection_class": ssl_connection, **config.tls.redis_kwargs()}
+    return kwargs
+
+
+def _sentinel_master(module: Any, config: SentinelConfig) -> Any:
+    """``master_for`` through ``redis.sentinel`` or ``redis.asyncio.sentinel`` (both untyped)."""
+    manager = module.Sentinel(_pairs(config.sentinels), sentinel_kwargs=sentinel_kwargs(config))
+    kwargs = _master_kwargs(config, module.SentinelManagedSSLConnection)
+    return manager.master_for(config.master_name, **kwargs)
+
+
+def _cluster_nodes(module: Any, nodes: tuple[NodeAddress, ...]) -> list[Any]:
+    """``ClusterNode`` objects of ``redis.cluster`` or ``redis.asyncio.cluster`` (untyped)."""
+    return [module.ClusterNode(host, port) for host, port in _pairs(nodes)]
+
+
+def _single_kwargs(config: RedisConfig) -> dict[str, Any]:
+    if config.mode != "single":
+        raise AssertionError(config.mode)
+    if config.address is None:
+        return {"unix_socket_path": config.unix_socket_path, "db": config.db}
+    return {"host": config.address.host, "port": config.address.port, "db": config.db}
+
+
+def sync_client(config: RedisConfig) -> SyncClient:
+    """A synchronous client of the data master: direct, sentinel-managed, or cluster."""
+    if config.mode == "cluster":
+        nodes = _cluster_nodes(redis.cluster, config.startup_nodes)
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **client_kwargs(config))
+    if config.mode == "sentinel":
+        client: redis.Redis = _sentinel_master(redis.sentinel, config)
+        return client
+    return redis.Redis(**_single_kwargs(config), **client_kwargs(config))
+
+
+def async_client(config: RedisConfig) -> AsyncClient:
+    """An asyncio client of the data master: direct, sentinel-managed, or cluster."""
+    if config.mode == "cluster":
+        nodes = _cluster_nodes(redis.asyncio.cluster, config.startup_nodes)
+        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **client_kwargs(config))
+    if config.mode == "sentinel":
+        client: redis.asyncio.Redis = _sentinel_master(redis.asyncio.sentinel, config)
+        return client
+    return redis.asyncio.Redis(**_single_kwargs(config), **client_kwargs(config))
+
+
+def sync_sentinel_clients(config: SentinelConfig) -> list[redis.Redis]:
+    """One synchronous client per sentinel, with the sentinels' own auth and TLS."""
+    kwargs = sentinel_kwargs(config)
+    return [redis.Redis(host=host, port=port, **kwargs) for host, port in _pairs(config.sentinels)]
+
+
+def async_sentinel_clients(config: SentinelConfig) -> list[redis.asyncio.Redis]:
+    """One asyncio client per sentinel, with the sentinels' own auth and TLS."""
+    kwargs = sentinel_kwargs(config)
+    nodes = _pairs(config.sentinels)
+    return [redis.asyncio.Redis(host=host, port=port, **kwargs) for host, port in nodes]
+
+
+def close_sync_client(client: SyncClient) -> None:
+    """Close a client and, for a sentinel-managed one, the sentinels it asked."""
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    client.close()
+    if manager is not None:
+        manager.close()
+
+
+async def aclose_async_client(client: AsyncClient) -> None:
+    """Close an asyncio client and, for a sentinel-managed one, the sentinels it asked."""
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    await client.aclose()
+    if manager is not None:
+        await manager.aclose()

@@ -1,0 +1,221 @@
+"""``channels_ha.RedisChannelLayer``: the public channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from channels.layers import BaseChannelLayer
+
+from ._codec import MessageCodec
+from ._constants import (
+    DEFAULT_CAPACITY,
+    DEFAULT_EXPIRY_S,
+    DEFAULT_GROUP_EXPIRY_S,
+    DEFAULT_PREFIX,
+    DEFAULT_SERIALIZER_FORMAT,
+)
+from ._core import LayerCore
+from ._keys import KeyLayout
+from ._session import Session
+from ._shard import ShardSpec
+from ._specs import shard_spec
+from ._stats import LayerStatistics, statistics_of
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._config import RedisConfig
+
+
+class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    """A drop-in for ``channels_redis.core.RedisChannelLayer`` that survives failovers.
+
+    Takes the options of channels_redis with the same meaning and defaults, plus ``config``
+    (a validated configuration, as :func:`channels_ha.channel_layers` puts in the settings),
+    ``failover_timeout`` (seconds an operation waits for a usable master), and
+    ``replica_acks`` / ``replica_ack_timeout`` (wait for that many replicas to acknowledge
+    each message: Redis ``WAIT``). Without ``hosts`` or ``config`` it reads
+    ``REDIS_CONNECTION_CONFIG`` / ``REDIS_URL`` from the environment.
+    ``random_prefix_length`` is accepted and ignored: messages are not kept in sorted sets.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        expiry: float = DEFAULT_EXPIRY_S,
+        group_expiry: int = DEFAULT_GROUP_EXPIRY_S,
+        capacity: int = DEFAULT_CAPACITY,
+        channel_capacity: Mapping[Any, int] | None = None,
+        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        random_prefix_length: int = 12,
+        serializer_format: str = DEFAULT_SERIALIZER_FORMAT,
+        *,
+        config: RedisConfig | None = None,
+        failover_timeout: float | None = None,
+        replica_acks: int = 0,
+        replica_ack_timeout: float = 1.0,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        _check_options(expiry, group_expiry, capacity, replica_acks, failover_timeout)
+        self.channel_capacity = self.compile_capacities(channel_capacity or {})
+        self.group_expiry = group_expiry
+        self.prefix = prefix
+        self.client_prefix = uuid.uuid4().hex
+        self.configs = _configs(hosts, config, failover_timeout)
+        self._core = LayerCore(
+            shards=self._shard_specs(),
+            keys=KeyLayout(prefix),
+            codec=MessageCodec(serializer_format, symmetric_encryption_keys, expiry),
+            expiry_s=expiry,
+            group_expiry_s=group_expiry,
+            capacity_of=self._capacity_lookup(),
+            replica_acks=replica_acks,
+            replica_ack_timeout_s=replica_ack_timeout,
+        )
+        self._sessions: dict[asyncio.AbstractEventLoop, Session] = {}
+
+    def _shard_specs(self) -> list[ShardSpec]:
+        name = f"channels-ha:{os.getpid()}:{self.client_prefix[:8]}"
+        return [shard_spec(config, index, name) for index, config in enumerate(self.configs)]
+
+    def _capacity_lookup(self) -> Any:
+        if not self.channel_capacity:
+            default = self.capacity
+            return lambda channel: default
+        cache: dict[str, int] = {}
+
+        def capacity_of(channel: str) -> int:
+            capacity = cache.get(channel)
+            if capacity is None:
+                capacity = cache[channel] = self.get_capacity(channel)
+                if len(cache) > 10_000:
+                    cache.clear()
+            return capacity
+
+        return capacity_of
+
+    def _session(self) -> Session:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            for other in [other for other in self._sessions if other.is_closed()]:
+                del self._sessions[other]
+            session = self._sessions[loop] = Session(self._core)
+        return session
+
+    # -- the channel layer API -------------------------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Sends a message to a channel; raises ChannelFull when it is at capacity."""
+        self.require_valid_channel_name(channel)
+        _require_message(message)
+        await self._session().send(channel, message)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message on ``channel``, waiting for one (through failovers too)."""
+        self.require_valid_channel_name(channel)
+        return await self._session().receive(channel)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel name; its messages arrive in this process's inbox."""
+        return f"{prefix}.{self.client_prefix}!{uuid.uuid4().hex}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._session().group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        await self._session().group_discard(group, channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Sends to every channel of the group; full channels are skipped, as the spec says."""
+        self.require_valid_group_name(group)
+        _require_message(message)
+        await self._session().group_send(group, message)
+
+    async def flush(self) -> None:
+        """Deletes every message and group of this layer's prefix (SCAN, never KEYS)."""
+        await self._session().flush()
+
+    async def close(self) -> None:
+        """Closes this event loop's connections, returning undelivered messages to Redis."""
+        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        if session is not None:
+            await session.aclose()
+
+    close_pools = close  # the name channels_redis uses
+
+    def statistics(self) -> LayerStatistics:
+        """Counters and per-shard state (master, failovers seen, reconnects), for health."""
+        return statistics_of(self._core, self._sessions.values())
+
+    def __repr__(self) -> str:
+        summaries = "; ".join(config.summary().splitlines()[0] for config in self.configs)
+        return f"<{type(self).__name__} prefix={self.prefix!r} {summaries}>"
+
+
+def _require_message(message: object) -> None:
+    if not isinstance(message, dict):
+        raise TypeError(f"message must be a dict, not {type(message).__name__}")
+
+
+def _check_options(
+    expiry: float,
+    group_expiry: int,
+    capacity: int,
+    replica_acks: int,
+    failover_timeout: float | None,
+) -> None:
+    checks = [
+        ("expiry", expiry, "a positive number of seconds"),
+        ("group_expiry", group_expiry, "a positive number of seconds"),
+        ("capacity", capacity, "a positive integer"),
+        (
+            "failover_timeout",
+            1 if failover_timeout is None else failover_timeout,
+            "a positive number of seconds",
+        ),
+    ]
+    for name, value, expectation in checks:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigurationError(
+                f"Channel layer option {name!r} must be {expectation} (got {value!r})."
+            )
+    if isinstance(replica_acks, bool) or not isinstance(replica_acks, int) or replica_acks < 0:
+        raise ConfigurationError(
+            f"Channel layer option 'replica_acks' must be an integer >= 0 (got {replica_acks!r})."
+        )
+
+
+def _configs(
+    hosts: Sequence[Any] | None, config: RedisConfig | None, failover_timeout: float | None
+) -> list[RedisConfig]:
+    if config is not None and hosts:
+        raise ConfigurationError("Give the channel layer either 'config' or 'hosts', not both.")
+    configs: Iterable[RedisConfig]
+    if config is not None:
+        configs = [config]
+    elif hosts:
+        if isinstance(hosts, (str, bytes)):
+            raise ConfigurationError(
+                "Channel layer option 'hosts' must be a list of hosts, even for one host."
+            )
+        from ._sources import parse_hosts_entry
+
+        configs = [parse_hosts_entry(entry) for entry in hosts]
+    else:
+        from ._sources import load_config
+
+        configs = [load_config()]
+    if failover_timeout is not None:
+        configs = [c.model_copy(update={"failover_timeout_s": failover_timeout}) for c in configs]
+    return list(configs)

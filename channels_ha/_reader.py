@@ -1,0 +1,198 @@
+"""Blocking pops on a connection of their own, which follows the master through failovers.
+
+A reader pops only while somebody in this process is waiting to receive, so that an idle
+process leaves its messages in Redis (where ``capacity`` can push back on senders, and where
+another process can take a normal channel's message). A receiver blocked during a failover just
+keeps waiting; only after ``failover_timeout`` without a master are the waiting receivers told,
+with RedisUnavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ._constants import (
+    BLOCKING_POP_TIMEOUT_S,
+    CLOSE_RETURN_TIMEOUT_S,
+    RECONNECT_BACKOFF_FACTOR,
+    RECONNECT_BACKOFF_FIRST_S,
+    RECONNECT_BACKOFF_MAX_S,
+)
+from ._link import CommandLink
+from ._resp import FutureSink
+from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
+from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
+
+logger = logging.getLogger("channels_ha.reader")
+
+KeysFn = Callable[[], list[str]]
+DeliverFn = Callable[[str, list[bytes]], None]
+FailFn = Callable[[Exception], None]
+
+
+class BlockingReader:
+    """Runs ``BLMPOP`` over the keys that ``keys()`` names, handing replies to ``deliver``."""
+
+    def __init__(
+        self,
+        *,
+        locator: Locator,
+        settings: ServerSettings,
+        link: CommandLink,
+        on_server: Callable[[ServerInfo], None],
+        keys: KeysFn,
+        count: int,
+        deliver: DeliverFn,
+        fail: FailFn,
+    ) -> None:
+        self._locator = locator
+        self._settings = settings
+        self._link = link
+        self._on_server = on_server
+        self._keys = keys
+        self._count = count
+        self._deliver = deliver
+        self._fail = fail
+        self._client: FutureSink | None = None
+        self._server: ServerInfo | None = None
+        self._pending: asyncio.Future[object] | None = None
+        self._pending_keys: list[str] = []
+        self._wanted = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def wake(self) -> None:
+        """Somebody started waiting: pop, and re-issue a pop blocked on other keys."""
+        self._wanted.set()
+        if self._pending is not None and self._keys() != self._pending_keys:
+            self._unblock()
+
+    def drop_connection(self, reason: str) -> None:
+        if self._client is not None and self._client.protocol is not None:
+            logger.info("Reader drops its connection: %s", reason)
+            self._client.protocol.abort(ConnectionLost(reason))
+
+    @property
+    def connected_to(self) -> ServerInfo | None:
+        return self._server
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                keys = self._keys()
+                if not keys:
+                    self._wanted.clear()
+                    await self._wanted.wait()
+                    continue
+                await self._pop_once(keys)
+        finally:
+            await self._finish_pending()
+            self._disconnect()
+
+    async def _pop_once(self, keys: list[str]) -> None:
+        try:
+            client = await self._connection()
+        except (RedisUnavailable, RedisCommandError) as err:
+            self._fail(err)
+            return
+        self._pending = client.submit(
+            "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
+        )
+        self._pending_keys = keys
+        limit_s = BLOCKING_POP_TIMEOUT_S + self._settings.reply_timeout_s
+        # Not cancelled with this task: if the task is cancelled mid-pop, _finish_pending
+        # still collects the reply, which may carry messages Redis already removed.
+        done, _ = await asyncio.wait({self._pending}, timeout=limit_s)
+        if not done:
+            self.drop_connection(f"no reply to a blocking pop within {limit_s} s")
+            self._client = None
+            return
+        pending, self._pending = self._pending, None
+        try:
+            reply = pending.result()
+        except ConnectionLost:
+            self._client = None
+            return
+        self._hand_over(reply)
+
+    def _hand_over(self, reply: object) -> None:
+        if isinstance(reply, list):
+            key, elements = reply
+            self._deliver(key.decode(), elements)
+
+    async def _connection(self) -> FutureSink:
+        client = self._client
+        if client is not None and client.protocol is not None and not client.protocol.closed:
+            return client
+        deadline = time.monotonic() + self._settings.failover_timeout_s
+        backoff = RECONNECT_BACKOFF_FIRST_S
+        while True:
+            client = FutureSink()
+            try:
+                protocol, info = await connect_to_master(
+                    self._locator, self._settings, client, load_scripts=False
+                )
+            except ConnectionLost as err:
+                if time.monotonic() >= deadline:
+                    raise RedisUnavailable(self._unavailable_message(err)) from err
+                logger.info("Reader waiting for a Redis master: %s", err)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_MAX_S)
+                continue
+            client.protocol = protocol
+            self._client, self._server = client, info
+            self._on_server(info)
+            return client
+
+    def _unavailable_message(self, err: Exception) -> str:
+        return (
+            f"No usable Redis master for {self._settings.failover_timeout_s:g} s "
+            f"(failover_timeout) on {self._locator.describe()}; last error: {err}"
+        )
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _unblock(self) -> None:
+        if self._pending is None or self._server is None:
+            return
+        if self._link.server is None or self._link.server.run_id != self._server.run_id:
+            return  # the link is elsewhere; the pop times out on its own shortly
+        unblocked = self._link.submit("CLIENT", "UNBLOCK", self._server.client_id)
+        unblocked.add_done_callback(_ignore_result)
+
+    async def _finish_pending(self) -> None:
+        """Collects the reply of a pop in flight, so that no popped message is lost."""
+        pending = self._pending
+        if pending is None or pending.cancelled():
+            return
+        if pending.done() and pending.exception() is not None:
+            return
+        self._unblock()
+        done, _ = await asyncio.wait({pending}, timeout=CLOSE_RETURN_TIMEOUT_S)
+        if done and pending.exception() is None:
+            self._hand_over(pending.result())
+
+    def _disconnect(self) -> None:
+        if self._client is not None and self._client.protocol is not None:
+            self._client.protocol.close()
+        self._client = None
+
+    async def close(self) -> None:
+        """Stops popping; messages popped meanwhile are still delivered. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _ignore_result(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,212 @@
+"""RESP2 over one asyncio socket: many concurrent commands, replies matched in order.
+
+redis-py checks a connection out of a pool for every command, so concurrent senders need as
+many sockets as there are senders in flight. Redis answers commands in the order it reads
+them, so one socket can carry any number of commands at once if replies are matched to
+requests by position. That is what this module does, with hiredis parsing the replies; the
+callers (``_link``, ``_reader``) decide what a lost connection means for their requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+import hiredis
+
+from .exceptions import ConnectionLost, RedisCommandError
+
+Arg: TypeAlias = str | bytes | int | float
+ReplyError = hiredis.ReplyError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one Redis (or Sentinel) server listens, and how to talk to it."""
+
+    host: str
+    port: int
+    unix_path: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+
+    def describe(self) -> str:
+        """A short address for logs and errors (never credentials)."""
+        if self.unix_path:
+            return f"unix:{self.unix_path}"
+        scheme = "tls" if self.ssl_context else "tcp"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+class ReplySink(Protocol):
+    """Receives, in order, what one connection reads."""
+
+    def on_reply(self, reply: object) -> None: ...
+
+    def on_lost(self, exc: BaseException | None) -> None: ...
+
+
+def pack(*args: Arg) -> bytes:
+    """Encodes one command as RESP."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]
+    return packed
+
+
+class RespProtocol(asyncio.Protocol):
+    """The socket side: coalesces writes per loop iteration and parses replies."""
+
+    def __init__(self, sink: ReplySink) -> None:
+        self.sink = sink
+        self._parser = hiredis.Reader()
+        self._transport: asyncio.Transport | None = None
+        self._outgoing: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        try:
+            reply = self._parser.gets()
+            while reply is not False:
+                self.sink.on_reply(reply)
+                reply = self._parser.gets()
+        except hiredis.ProtocolError as err:
+            self.abort(err)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self._transport = None
+        self.sink.on_lost(exc)
+
+    def write(self, data: bytes) -> None:
+        """Queues bytes; everything queued in one loop iteration goes out in one write."""
+        if self.closed:
+            raise ConnectionLost("connection already closed")
+        if not self._outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outgoing.append(data)
+
+    def _flush(self) -> None:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Drops the connection now; the sink hears about it through ``on_lost``."""
+        if self._transport is not None and not self.closed:
+            self._transport.abort()
+        elif not self.closed:
+            self.closed = True
+            self.sink.on_lost(exc)
+
+    def close(self) -> None:
+        """Closes after pending writes are flushed."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._flush()
+            self._transport.close()
+
+
+class FutureSink:
+    """A plain pipelined client: each command gets a future, resolved in reply order."""
+
+    def __init__(self) -> None:
+        self._waiting: deque[asyncio.Future[object]] = deque()
+        self.protocol: RespProtocol | None = None
+
+    def on_reply(self, reply: object) -> None:
+        future = self._waiting.popleft()
+        if future.done():
+            return
+        if isinstance(reply, ReplyError):
+            future.set_exception(RedisCommandError(str(reply)))
+        else:
+            future.set_result(reply)
+
+    def on_lost(self, exc: BaseException | None) -> None:
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionLost(describe_loss(exc)))
+
+    def submit(self, *args: Arg) -> asyncio.Future[object]:
+        """Writes a command; the future resolves with its reply or a ConnectionLost."""
+        assert self.protocol is not None
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.protocol.write(pack(*args))
+        self._waiting.append(future)
+        return future
+
+    async def call(self, *args: Arg) -> object:
+        return await self.submit(*args)
+
+    async def call_many(self, commands: Sequence[Sequence[Arg]]) -> list[object]:
+        """Pipelines the commands; raises the first error after all replies are in."""
+        futures = [self.submit(*command) for command in commands]
+        return list(await asyncio.gather(*futures))
+
+
+def describe_loss(exc: BaseException | None) -> str:
+    return f"connection lost: {exc}" if exc else "connection closed by the server"
+
+
+async def open_connection(endpoint: Endpoint, sink: ReplySink, timeout_s: float) -> RespProtocol:
+    """Connects (TCP, TLS or unix socket) within ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> RespProtocol:
+        return RespProtocol(sink)
+
+    if endpoint.unix_path:
+        connecting = loop.create_unix_connection(
+            factory, endpoint.unix_path, ssl=endpoint.ssl_context
+        )
+    else:
+        connecting = loop.create_connection(
+            factory,
+            endpoint.host,
+            endpoint.port,
+            ssl=endpoint.ssl_context,
+            server_hostname=endpoint.server_hostname if endpoint.ssl_context else None,
+        )
+    attempt = asyncio.ensure_future(connecting)
+    try:
+        done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        attempt.add_done_callback(_close_orphan)
+        attempt.cancel()
+        raise
+    if not done:
+        attempt.add_done_callback(_close_orphan)
+        attempt.cancel()
+        raise ConnectionLost(f"cannot connect to {endpoint.describe()}: timed out")
+    try:
+        _, protocol = attempt.result()
+    except (OSError, ssl.SSLError) as err:
+        raise ConnectionLost(f"cannot connect to {endpoint.describe()}: {err}") from err
+    return protocol
+
+
+def _close_orphan(attempt: asyncio.Task[tuple[asyncio.Transport, RespProtocol]]) -> None:
+    """Closes a connection that completed after its caller stopped waiting for it."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result()[0].close()
+
+
+async def open_client(endpoint: Endpoint, timeout_s: float) -> FutureSink:
+    """A connected :class:`FutureSink`, for handshakes and short exchanges."""
+    sink = FutureSink()
+    sink.protocol = await open_connection(endpoint, sink, timeout_s)
+    return sink

@@ -1,0 +1,222 @@
+"""Finding the current master and opening a verified connection to it.
+
+After a failover, redis-py's per-command retry reconnects to the address it already had, which
+may be the old master, now a replica or dead (redis-py issue 3874). Here every (re)connection
+asks the sentinels again, and every connection checks ``ROLE`` before it is used. The
+server's ``run_id`` is read too: a new one means a new master or a master restarted empty,
+whose data (group memberships) may be gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ._resp import Arg, Endpoint, FutureSink, ReplySink, RespProtocol, open_client, open_connection
+from ._scripts import ALL as ALL_SCRIPTS
+from ._timeouts import within
+from .exceptions import ConnectionLost, RedisCommandError
+
+logger = logging.getLogger("channels_ha.server")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """AUTH arguments; ``repr`` never shows the password."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def auth_command(self) -> tuple[Arg, ...] | None:
+        if self.password is None:
+            return None
+        if self.username:
+            return ("AUTH", self.username, self.password)
+        return ("AUTH", self.password)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How to talk to data nodes, independent of how they are found."""
+
+    credentials: Credentials = Credentials()
+    db: int = 0
+    connect_timeout_s: float = 2.0
+    reply_timeout_s: float = 5.0
+    failover_timeout_s: float = 30.0
+    client_name: str = "channels-ha"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the handshake learned about the server a connection reached."""
+
+    endpoint: Endpoint
+    run_id: str
+    client_id: int
+
+
+class Locator(Protocol):
+    """Answers "where is the master now?"."""
+
+    async def locate(self) -> Endpoint: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class FixedLocator:
+    """A single node: the master is always the same address."""
+
+    endpoint: Endpoint
+
+    async def locate(self) -> Endpoint:
+        return self.endpoint
+
+    def describe(self) -> str:
+        return f"single node {self.endpoint.describe()}"
+
+
+@dataclass
+class SentinelLocator:
+    """Asks the sentinels, one after the other, for the master's address."""
+
+    sentinels: Sequence[Endpoint]
+    master_name: str
+    sentinel_credentials: Credentials
+    master_template: Endpoint  # TLS settings for the data node; host and port are replaced
+    connect_timeout_s: float = 2.0
+    _preferred: int = 0
+
+    async def locate(self) -> Endpoint:
+        errors = []
+        for offset in range(len(self.sentinels)):
+            index = (self._preferred + offset) % len(self.sentinels)
+            try:
+                endpoint = await self._ask(self.sentinels[index])
+            except (ConnectionLost, RedisCommandError) as err:
+                errors.append(f"{self.sentinels[index].describe()}: {err}")
+                continue
+            self._preferred = index
+            return endpoint
+        raise ConnectionLost("no sentinel gave a master address (" + "; ".join(errors) + ")")
+
+    async def _ask(self, sentinel: Endpoint) -> Endpoint:
+        client = await open_client(sentinel, self.connect_timeout_s)
+        try:
+            auth = self.sentinel_credentials.auth_command()
+            commands = [auth] if auth else []
+            commands.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name))
+            replies = await _all_replies(
+                client, commands, self.connect_timeout_s, endpoint=sentinel
+            )
+        finally:
+            assert client.protocol is not None
+            client.protocol.close()
+        address = replies[-1]
+        if not isinstance(address, list) or len(address) != 2:
+            raise ConnectionLost(f"sentinel does not know master {self.master_name!r}")
+        host = address[0].decode()
+        return _with_address(self.master_template, host, int(address[1]))
+
+    def describe(self) -> str:
+        names = ", ".join(s.describe() for s in self.sentinels)
+        return f"sentinel master {self.master_name!r} via {names}"
+
+
+def _with_address(template: Endpoint, host: str, port: int) -> Endpoint:
+    return Endpoint(
+        host=host,
+        port=port,
+        ssl_context=template.ssl_context,
+        server_hostname=template.server_hostname or host,
+    )
+
+
+def handshake_commands(settings: ServerSettings, load_scripts: bool) -> list[tuple[Arg, ...]]:
+    """AUTH, SELECT, naming, then what we need to know: ROLE, run_id, client id."""
+    commands: list[tuple[Arg, ...]] = []
+    auth = settings.credentials.auth_command()
+    if auth:
+        commands.append(auth)
+    if settings.db:
+        commands.append(("SELECT", settings.db))
+    commands.append(("CLIENT", "SETNAME", settings.client_name))
+    commands += [("ROLE",), ("INFO", "server"), ("CLIENT", "ID")]
+    if load_scripts:
+        commands += [("SCRIPT", "LOAD", script.source) for script in ALL_SCRIPTS]
+    return commands
+
+
+async def connect_to_master(
+    locator: Locator, settings: ServerSettings, sink: ReplySink, load_scripts: bool
+) -> tuple[RespProtocol, ServerInfo]:
+    """A connection to the current master, handshaken; ``sink`` gets what follows."""
+    endpoint = await locator.locate()
+    handshake = FutureSink()
+    protocol = await open_connection(endpoint, handshake, settings.connect_timeout_s)
+    handshake.protocol = protocol
+    try:
+        info = await _handshake(handshake, endpoint, settings, load_scripts)
+    except BaseException:
+        protocol.abort()
+        raise
+    protocol.sink = sink
+    return protocol, info
+
+
+async def _handshake(
+    client: FutureSink, endpoint: Endpoint, settings: ServerSettings, load_scripts: bool
+) -> ServerInfo:
+    commands = handshake_commands(settings, load_scripts)
+    replies = await _all_replies(client, commands, settings.reply_timeout_s, endpoint=endpoint)
+    offset = len(commands) - (len(ALL_SCRIPTS) if load_scripts else 0)
+    role, info, client_id = replies[offset - 3 : offset]
+    _require_master(role, endpoint)
+    return ServerInfo(endpoint, _parse_run_id(info), int(client_id))  # type: ignore[call-overload]
+
+
+async def _all_replies(
+    client: FutureSink, commands: Sequence[Sequence[Arg]], timeout_s: float, *, endpoint: Endpoint
+) -> list[object]:
+    """Pipelines the commands; raises the first error once every reply is in."""
+    futures = [client.submit(*command) for command in commands]
+    try:
+        replies = await within(asyncio.gather(*futures, return_exceptions=True), timeout_s)
+    except asyncio.TimeoutError as err:
+        raise ConnectionLost(f"{endpoint.describe()} gave no reply within {timeout_s} s") from err
+    for reply in replies:
+        if isinstance(reply, RedisCommandError):
+            raise _explain_handshake_error(reply, endpoint) from reply
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
+
+
+def _explain_handshake_error(err: RedisCommandError, endpoint: Endpoint) -> Exception:
+    text = str(err)
+    if text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "AUTH" in text:
+        return RedisCommandError(
+            f"Redis at {endpoint.describe()} refused the credentials from the configuration "
+            f"({text.split(' ', 1)[0]}); check 'username'/'password'."
+        )
+    if text.startswith(("LOADING", "MASTERDOWN", "BUSY")):
+        return ConnectionLost(f"{endpoint.describe()} is not ready: {text}")
+    return err
+
+
+def _require_master(role: object, endpoint: Endpoint) -> None:
+    if not isinstance(role, list) or not role or role[0] != b"master":
+        kind = role[0].decode() if isinstance(role, list) and role else "unknown"
+        raise ConnectionLost(f"{endpoint.describe()} is a {kind}, not the master")
+
+
+def _parse_run_id(info: object) -> str:
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    for line in text.splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:") :].strip()
+    return ""

@@ -1,0 +1,74 @@
+"""Turning a validated configuration into what the layer connects with."""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
+from ._resp import Endpoint
+from ._server import Credentials, FixedLocator, SentinelLocator, ServerSettings
+from ._shard import SentinelWatchSpec, ShardSpec
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._config import RedisConfig, SentinelConfig, SingleNodeConfig, TLSConfig
+
+
+def shard_spec(config: RedisConfig, index: int, client_name: str) -> ShardSpec:
+    """One shard for a single-node or Sentinel configuration (Cluster is routed elsewhere)."""
+    settings = _settings(config, client_name)
+    if config.mode == "single":
+        return ShardSpec(index, FixedLocator(_single_endpoint(config)), settings)
+    if config.mode == "sentinel":
+        return _sentinel_shard(config, index, settings)
+    raise ConfigurationError(
+        "Redis Cluster configurations cannot be combined with other hosts in one layer."
+    )
+
+
+def _settings(config: RedisConfig, client_name: str) -> ServerSettings:
+    password = config.password.get_secret_value() if config.password else None
+    return ServerSettings(
+        credentials=Credentials(config.username, password),
+        db=config.db,
+        connect_timeout_s=config.socket_connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S,
+        reply_timeout_s=config.socket_timeout_s or DEFAULT_REPLY_TIMEOUT_S,
+        failover_timeout_s=config.failover_timeout_s,
+        client_name=client_name,
+    )
+
+
+def _context(tls: TLSConfig | None) -> ssl.SSLContext | None:
+    return None if tls is None else tls.ssl_context()
+
+
+def _single_endpoint(config: SingleNodeConfig) -> Endpoint:
+    if config.unix_socket_path:
+        return Endpoint(host="", port=0, unix_path=config.unix_socket_path)
+    assert config.address is not None
+    host = config.address.host
+    return Endpoint(
+        host, config.address.port, ssl_context=_context(config.tls), server_hostname=host
+    )
+
+
+def _sentinel_shard(config: SentinelConfig, index: int, settings: ServerSettings) -> ShardSpec:
+    sentinel_context = _context(config.sentinel_tls)
+    sentinels = tuple(
+        Endpoint(node.host, node.port, ssl_context=sentinel_context, server_hostname=node.host)
+        for node in config.sentinels
+    )
+    password = config.sentinel_password
+    credentials = Credentials(
+        config.sentinel_username, password.get_secret_value() if password else None
+    )
+    locator = SentinelLocator(
+        sentinels=sentinels,
+        master_name=config.master_name,
+        sentinel_credentials=credentials,
+        master_template=Endpoint("", 0, ssl_context=_context(config.tls)),
+        connect_timeout_s=config.sentinel_socket_connect_timeout_s or settings.connect_timeout_s,
+    )
+    watch = SentinelWatchSpec(sentinels, config.master_name, credentials)
+    return ShardSpec(index, locator, settings, watch)

@@ -1,0 +1,144 @@
+"""``REDIS_URL`` parsing: redis-py's URL forms plus ``redis+sentinel://`` and ``redis+cluster://``.
+
+A URL is first turned into the flat options of ``REDIS_CONNECTION_CONFIG`` (query parameters
+keep their names), so both sources share one builder and one set of error messages. Errors
+echo the URL only in redacted form and never echo a value taken from it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from pydantic import SecretStr
+
+from ._config import RedisConfig
+from ._options import TLS_KEYS, Source, build_config, check_keys
+
+__all__ = ["SCHEMES", "parse_url", "redact_url", "url_options"]
+
+SCHEMES = {  # scheme -> (mode, how the location reads, TLS)
+    "redis": ("single", "tcp", False),
+    "rediss": ("single", "tcp", True),
+    "unix": ("single", "unix", False),
+    "redis+sentinel": ("sentinel", "sentinel", False),
+    "rediss+sentinel": ("sentinel", "sentinel", True),
+    "redis+cluster": ("cluster", "cluster", False),
+    "rediss+cluster": ("cluster", "cluster", True),
+}
+QUERY_KEYS = (
+    "db",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "failover_timeout",
+    *TLS_KEYS,
+)
+SENTINEL_QUERY_KEYS = (*QUERY_KEYS, "sentinel_username", "sentinel_password")
+_SECRET_PARAMETER = re.compile(r"([?&][^=&]*password[^=&]*=)[^&]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its userinfo password and any ``*password*`` parameter shown as ``***``.
+
+    The userinfo ends at the last ``@``, which over-redacts odd URLs rather than leak a
+    password holding an unescaped ``/`` or ``?``.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    userinfo, at, location = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.partition(':')[0]}:***@{location}"
+    return scheme + separator + _SECRET_PARAMETER.sub(r"\1***", rest)
+
+
+def parse_url(url: str, *, source: str = "argument url") -> RedisConfig:
+    """Parse a Redis URL into a config, validating it fully and without any I/O."""
+    where = Source(f"{source} ({redact_url(url)})", echo_values=False)
+    return build_config(url_options(url, where), where)
+
+
+def url_options(url: str, source: Source) -> dict[str, Any]:
+    """The URL as flat options, in the vocabulary of ``REDIS_CONNECTION_CONFIG``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in SCHEMES:
+        known = ", ".join(f"{name}://" for name in SCHEMES)
+        raise source.error(f"unknown URL scheme '{scheme}'; expected one of {known}")
+    mode, location, tls = SCHEMES[scheme.lower()]
+    netloc, path, query = _split(rest)
+    credentials, hosts = _userinfo(netloc)
+    options = {"mode": mode, **credentials, **_LOCATIONS[location](hosts, path, source)}
+    options |= _query(query, mode, source)
+    return options | ({"ssl": True} if tls else {})
+
+
+def _split(rest: str) -> tuple[str, str, str]:
+    """``netloc``, ``path`` and ``query``, the netloc ending at the first ``/`` or ``?``."""
+    ends = [index for index in (rest.find("/"), rest.find("?")) if index >= 0]
+    end = min(ends, default=len(rest))
+    path, _, query = rest[end:].partition("?")
+    return rest[:end], path, query
+
+
+def _userinfo(netloc: str) -> tuple[dict[str, Any], str]:
+    """Percent-decoded username and secret password (the data nodes'), and the host list."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    username, _, password = (unquote(part) for part in userinfo.partition(":"))
+    credentials: dict[str, Any] = {"username": username} if username else {}
+    return credentials | ({"password": SecretStr(password)} if password else {}), hosts
+
+
+def _database(text: str) -> dict[str, str]:
+    """``db`` from a path segment such as ``/2``; absent when empty."""
+    db = text.strip("/")
+    return {"db": db} if db else {}
+
+
+def _tcp(hosts: str, path: str, source: Source) -> dict[str, Any]:
+    if "," in hosts:
+        raise source.expected(
+            "address", "one host (use redis+sentinel:// or redis+cluster:// for several)"
+        )
+    return {"address": unquote(hosts) or "localhost", **_database(path)}
+
+
+def _unix(hosts: str, path: str, source: Source) -> dict[str, Any]:
+    if hosts:
+        raise source.expected(
+            "unix_socket_path", "no host in a unix URL, e.g. unix:///run/redis.sock"
+        )
+    return {"unix_socket_path": unquote(path)}
+
+
+def _node_list(hosts: str) -> list[str]:
+    return [unquote(host) for host in hosts.split(",")] if hosts else []
+
+
+def _sentinel(hosts: str, path: str, source: Source) -> dict[str, Any]:
+    master, _, db = path.lstrip("/").partition("/")
+    if not master:
+        raise source.expected(
+            "master_name",
+            "the master name as the URL path, e.g. redis+sentinel://host:26379/mymaster",
+        )
+    return {"sentinels": _node_list(hosts), "master_name": unquote(master), **_database(db)}
+
+
+def _cluster(hosts: str, path: str, source: Source) -> dict[str, Any]:
+    return {"startup_nodes": _node_list(hosts), **_database(path)}
+
+
+_LOCATIONS = {"tcp": _tcp, "unix": _unix, "sentinel": _sentinel, "cluster": _cluster}
+
+
+def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
+    """Query parameters, checked against the options a URL of this mode may carry."""
+    parameters: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    known = SENTINEL_QUERY_KEYS if mode == "sentinel" else QUERY_KEYS
+    check_keys(parameters, known, source, noun="query parameter")
+    if "sentinel_password" in parameters:
+        parameters["sentinel_password"] = SecretStr(parameters["sentinel_password"])
+    return parameters
