@@ -24,11 +24,12 @@ class Memberships:
         self._liveness_s = liveness_s
         self._groups_of: defaultdict[str, set[str]] = defaultdict(set)
         self._receiving: Counter[str] = Counter()
-        self._last_active: dict[str, float] = {}
+        self._last_active: dict[str, float] = {}  # last receive() entry or exit
+        self._last_added: dict[str, float] = {}
 
     def added(self, group: str, channel: str) -> None:
         self._groups_of[channel].add(group)
-        self._last_active.setdefault(channel, time.monotonic())
+        self._last_added[channel] = time.monotonic()
 
     def discarded(self, group: str, channel: str) -> None:
         groups = self._groups_of.get(channel)
@@ -36,6 +37,7 @@ class Memberships:
             groups.discard(group)
             if not groups:
                 del self._groups_of[channel]
+                self._last_added.pop(channel, None)
 
     def receiving(self, channel: str, delta: int) -> None:
         """Counts receivers in and out; ``delta`` is +1 on entry and -1 on exit."""
@@ -61,12 +63,21 @@ class Memberships:
         return dict(result)
 
     def forget_dead(self, horizon_s: float) -> None:
-        """Drops channels inactive for longer than ``horizon_s``: Redis expired them too."""
+        """Drops channels idle (not received on, not added) for longer than ``horizon_s``.
+
+        Redis expired their memberships by then (``horizon_s`` is the group expiry).
+        """
         now = time.monotonic()
+        for channel in list(self._groups_of):
+            if channel in self._receiving:
+                continue
+            last = max(self._last_active.get(channel, 0.0), self._last_added.get(channel, 0.0))
+            if now - last > horizon_s:
+                del self._groups_of[channel]
+                self._last_added.pop(channel, None)
         for channel, last in list(self._last_active.items()):
             if channel not in self._receiving and now - last > horizon_s:
                 del self._last_active[channel]
-                self._groups_of.pop(channel, None)
 
     def __len__(self) -> int:
         return sum(len(groups) for groups in self._groups_of.values())

@@ -272,7 +272,7 @@ class CommandLink:
         self._fail_all(RedisUnavailable("the channel layer was closed"))
         if self._connecting is not None:
             self._connecting.cancel()
-            await asyncio.gather(self._connecting, return_exceptions=True)
+            await asyncio.wait({self._connecting})
         self._disarm_watchdog()
         if self._protocol is not None:
-            self._protocol.close()
+            await self._protocol.aclose()

@@ -62,6 +62,7 @@ class BlockingReader:
         self._pending_keys: list[str] = []
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         if self._task is None:
@@ -94,8 +95,11 @@ class BlockingReader:
                     continue
                 await self._pop_once(keys)
         finally:
-            await self._finish_pending()
-            self._disconnect()
+            self._stopping = True  # from here on, close() must not interrupt us
+            try:
+                await self._finish_pending()
+            finally:
+                await self._disconnect()
 
     async def _pop_once(self, keys: list[str]) -> None:
         try:
@@ -106,6 +110,7 @@ class BlockingReader:
         self._pending = client.submit(
             "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
         )
+        self._pending.add_done_callback(_ignore_result)  # read here or in _finish_pending
         self._pending_keys = keys
         limit_s = BLOCKING_POP_TIMEOUT_S + self._settings.reply_timeout_s
         # Not cancelled with this task: if the task is cancelled mid-pop, _finish_pending
@@ -163,8 +168,8 @@ class BlockingReader:
     def _unblock(self) -> None:
         if self._pending is None or self._server is None:
             return
-        if self._link.server is None or self._link.server.run_id != self._server.run_id:
-            return  # the link is elsewhere; the pop times out on its own shortly
+        if self._link.server is not None and self._link.server.run_id != self._server.run_id:
+            return  # the link is on another server; the pop times out on its own shortly
         unblocked = self._link.submit("CLIENT", "UNBLOCK", self._server.client_id)
         unblocked.add_done_callback(_ignore_result)
 
@@ -180,17 +185,20 @@ class BlockingReader:
         if done and pending.exception() is None:
             self._hand_over(pending.result())
 
-    def _disconnect(self) -> None:
-        if self._client is not None and self._client.protocol is not None:
-            self._client.protocol.close()
-        self._client = None
+    async def _disconnect(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.protocol is not None:
+            await client.protocol.aclose()
 
     async def close(self) -> None:
         """Stops popping; messages popped meanwhile are still delivered. Idempotent."""
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        if not self._stopping:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # asyncio.wait, unlike gather, does not cancel the task if this caller is cancelled.
+        await asyncio.wait({task})
 
 
 def _ignore_result(future: asyncio.Future[object]) -> None:

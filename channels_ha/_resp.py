@@ -67,6 +67,7 @@ class RespProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
         self.closed = False
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -88,6 +89,8 @@ class RespProtocol(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self._transport = None
+        if not self._lost.done():
+            self._lost.set_result(None)
         self.sink.on_lost(exc)
 
     def write(self, data: bytes) -> None:
@@ -117,6 +120,20 @@ class RespProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._flush()
             self._transport.close()
+
+    async def aclose(self, timeout_s: float = 1.0) -> None:
+        """Closes and waits until the socket is really gone.
+
+        A TLS close exchanges close_notify with the server, which takes loop iterations: an
+        event loop shut down before that leaks the socket.
+        """
+        self.close()
+        if self._transport is None:
+            return
+        done, _ = await asyncio.wait({self._lost}, timeout=timeout_s)
+        if not done:
+            self.abort()
+            await asyncio.sleep(0)  # lets connection_lost, scheduled by abort(), run
 
 
 class FutureSink:

@@ -115,7 +115,7 @@ class SentinelLocator:
             )
         finally:
             assert client.protocol is not None
-            client.protocol.close()
+            await client.protocol.aclose()
         address = replies[-1]
         if not isinstance(address, list) or len(address) != 2:
             raise ConnectionLost(f"sentinel does not know master {self.master_name!r}")

@@ -209,28 +209,36 @@ class Session:
         core = self.core
         buffer = self._buffer(channel)
         specific = "!" in channel
-        if specific:
-            target = channel[: channel.index("!") + 1]
-            key = core.keys.inbox(target)
-            waiting = self._inbox_waiting
-        else:
-            key = target = channel
-            waiting = self._normal_waiting
+        target = channel[: channel.index("!") + 1] if specific else channel
+        key = core.keys.inbox(target) if specific else channel
+        waiting = self._inbox_waiting if specific else self._normal_waiting
+        reader = self._reader_for(target, specific)
         core.memberships.receiving(channel, +1)
         waiting[key] += 1
         if waiting[key] == 1:
-            self._reader_for(target, specific).wake()
+            reader.wake()
         try:
             _, body = await buffer.get()
         finally:
             waiting[key] -= 1
             if waiting[key] <= 0:
                 del waiting[key]
+                if not specific:
+                    reader.wake()  # stop popping a channel nobody here waits for
             core.memberships.receiving(channel, -1)
-            if not specific and buffer.items and not buffer.waiters:
-                self._spawn(self._return_to_redis([channel]))
+            if not specific:
+                self._return_stranded([channel])
         core.stats.received += 1
         return core.codec.loads(body)
+
+    def _return_stranded(self, channels: Iterable[str]) -> None:
+        """Normal-channel messages that reached this process after its receivers left
+        belong to whichever process receives next: put them back."""
+        stranded = [
+            c for c in channels if (b := self._buffers.get(c)) and b.items and not b.waiters
+        ]
+        if stranded:
+            self._spawn(self._return_to_redis(stranded))
 
     def _buffer(self, channel: str) -> ChannelBuffer:
         buffer = self._buffers.get(channel)
@@ -257,8 +265,12 @@ class Session:
         core = self.core
 
         def keys() -> list[str]:
+            # Only channels with a receiver still unserved: popping ahead would take
+            # messages that a competing receiver elsewhere should get.
             return [
-                core.keys.channel(c) for c in self._normal_waiting if core.shard_index(c) == index
+                core.keys.channel(channel)
+                for channel in self._normal_waiting
+                if self._buffers[channel].waiters and core.shard_index(channel) == index
             ]
 
         return keys
@@ -266,6 +278,7 @@ class Session:
     def _deliver(self, key: str, elements: list[bytes]) -> None:
         now = now_ms()
         stats = self.core.stats
+        normal: set[str] = set()
         for element in elements:
             envelope = decode_element(element)
             if envelope.expires_ms <= now:
@@ -275,11 +288,12 @@ class Session:
             else:
                 item = (envelope.expires_ms, envelope.body)
                 targets = envelope.targets
-                if isinstance(targets, str):
-                    self._buffer(targets).put(item)
-                else:
-                    for target in targets:
-                        self._buffer(target).put(item)
+                for target in [targets] if isinstance(targets, str) else targets:
+                    self._buffer(target).put(item)
+                    if "!" not in target:
+                        normal.add(target)
+        if normal:
+            self._return_stranded(normal)
 
     def _seen(self, key: str, sender: str, seq: int) -> bool:
         """True for a message whose sequence number this key already delivered (a retry)."""
@@ -419,7 +433,7 @@ class Session:
     async def _shutdown(self) -> None:
         if asyncio.current_task() is not self._keeper:
             self._keeper.cancel()
-            await asyncio.gather(self._keeper, return_exceptions=True)
+            await asyncio.wait({self._keeper})
         for shard in self._shards:
             await shard.close_readers()
         try:
@@ -428,7 +442,8 @@ class Session:
             logger.warning("Could not return buffered messages to Redis at close: %s", err)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
         for shard in self._shards:
             await shard.close(CLOSE_RETURN_TIMEOUT_S)
 

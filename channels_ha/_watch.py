@@ -89,7 +89,7 @@ class SwitchMasterWatch:
         except asyncio.TimeoutError as err:
             raise ConnectionLost(f"sentinel {sentinel.describe()} did not answer") from err
         finally:
-            protocol.close()
+            await protocol.aclose()
 
     def _message(self, data: bytes) -> None:
         # "<master name> <old ip> <old port> <new ip> <new port>"
@@ -101,4 +101,4 @@ class SwitchMasterWatch:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task})

@@ -25,9 +25,10 @@ from channels_ha.sandbox import (
     StandaloneTopology,
     Topology,
     TopologyFactory,
+    pytest_plugin,
     start_topology,
 )
-from channels_ha.sandbox import pytest_plugin
+from channels_ha.sandbox._ports import allocate_port, release_port
 from channels_ha.sandbox._process import Directive
 
 
@@ -101,7 +102,10 @@ def test_tls_url_and_config(redis_tls: StandaloneTopology) -> None:
     port = redis_tls.node.port
     assert redis_tls.url == f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}"
     assert redis_tls.connection_config == {
-        "host": "127.0.0.1", "port": port, "ssl": True, "ssl_ca_certs": ca,
+        "host": "127.0.0.1",
+        "port": port,
+        "ssl": True,
+        "ssl_ca_certs": ca,
     }
     plain = redis.Redis(port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):
@@ -136,7 +140,9 @@ def test_sentinels_agree_on_the_master(redis_sentinel: SentinelTopology) -> None
     for sentinel in redis_sentinel.sentinels:
         view = _answer(sentinel, "SENTINEL", "MASTER", "mymaster")
         assert (view["port"], view["num-slaves"], view["num-other-sentinels"]) == (
-            str(master.port), "2", "2",
+            str(master.port),
+            "2",
+            "2",
         )
 
 
@@ -189,7 +195,8 @@ def test_context_manager_stops() -> None:
     with StandaloneTopology() as topology:
         topology.start()
         pid = topology.nodes[0].pid
-    assert pid is not None and _gone(pid)
+    assert pid is not None
+    assert _gone(pid)
 
 
 def test_factory_stops_what_it_started() -> None:
@@ -197,7 +204,8 @@ def test_factory_stops_what_it_started() -> None:
     factory = TopologyFactory()
     pid = factory("standalone").nodes[0].pid
     factory.stop_all()
-    assert pid is not None and _gone(pid)
+    assert pid is not None
+    assert _gone(pid)
 
 
 def test_unknown_kind_is_refused() -> None:
@@ -228,6 +236,19 @@ def test_a_node_that_fails_to_start_shows_its_log(tmp_path: Path) -> None:
         node.start(timeout_s=5)
 
 
+def test_a_node_that_never_answers_shows_its_log(tmp_path: Path) -> None:
+    """A node that runs but refuses our PING times out with its log tail in the error."""
+    port = allocate_port()
+    config: list[Directive] = [("port", str(port)), ("bind", "127.0.0.1"), ("requirepass", "x")]
+    node = RedisNode("locked", port, tmp_path, config)
+    try:
+        with pytest.raises(SandboxError, match=r"(?s)timed out.*last lines of .*Ready to accept"):
+            node.start(timeout_s=0.5)
+    finally:
+        node.stop()
+        release_port(port)
+
+
 def test_kill_pause_resume(redis_sandbox_factory: TopologyFactory) -> None:
     """``kill()`` ends the process; ``pause()`` makes it silent until ``resume()``."""
     node = redis_sandbox_factory("standalone").nodes[0]
@@ -240,7 +261,9 @@ def test_kill_pause_resume(redis_sandbox_factory: TopologyFactory) -> None:
     assert _answer(node, "PING") is True
     pid = node.pid
     node.kill()
-    assert pid is not None and _gone(pid) and not node.running
+    assert pid is not None
+    assert _gone(pid)
+    assert not node.running
 
 
 def test_restart_empty_comes_back_empty_on_the_same_port(
@@ -252,7 +275,9 @@ def test_restart_empty_comes_back_empty_on_the_same_port(
     old_pid, port = node.pid, node.port
     node.restart_empty()
     assert (node.port, _answer(node, "DBSIZE")) == (port, 0)
-    assert node.pid != old_pid and old_pid is not None and _gone(old_pid)
+    assert node.pid != old_pid
+    assert old_pid is not None
+    assert _gone(old_pid)
 
 
 async def test_arestart_empty_does_not_block_the_loop(
@@ -276,28 +301,33 @@ def test_wait_until_healthy_restarts_killed_nodes(
     assert _answer(topology.nodes[0], "PING") is True
 
 
-def test_sigkill_of_the_owner_kills_the_nodes() -> None:
-    """A Python process killed with SIGKILL takes its nodes with it (PR_SET_PDEATHSIG)."""
+def test_sigkill_of_the_owner_kills_the_nodes(redis_sandbox_factory: TopologyFactory) -> None:
+    """An owner killed with SIGKILL takes its nodes along; the next sandbox sweeps its files."""
     script = (
         "import sys, threading\n"
         "from channels_ha.sandbox import start_topology\n"
         "t = start_topology('standalone')\n"
         # A node restarted from a short-lived thread must survive that thread's end.
         "th = threading.Thread(target=t.nodes[0].restart_empty); th.start(); th.join()\n"
-        "print(t.nodes[0].pid, flush=True)\n"
+        "print(t.nodes[0].pid, t.directory, flush=True)\n"
         "sys.stdin.read()\n"
     )
     owner = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    assert owner.stdout is not None and owner.stdin is not None
-    pid = int(owner.stdout.readline())
+    assert owner.stdout is not None
+    assert owner.stdin is not None
+    pid_text, directory = owner.stdout.readline().split()
+    pid = int(pid_text)
     assert not _gone(pid)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
     _wait_gone(pid)
     owner.stdin.close()
     owner.stdout.close()
+    assert Path(directory).exists()
+    redis_sandbox_factory("standalone")
+    assert not Path(directory).exists()
 
 
 def _wait_gone(pid: int, timeout_s: float = 5.0) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import redis
 import redis.asyncio.cluster
@@ -19,6 +21,14 @@ def _cluster(factory: TopologyFactory, **options: object) -> ClusterTopology:
     return topology
 
 
+@pytest.fixture(scope="module")
+def migration_cluster() -> Iterator[ClusterTopology]:
+    """A cluster for this module's slot migrations, kept apart from the shared one."""
+    with ClusterTopology() as topology:
+        topology.start()
+        yield topology
+
+
 def _on_node(node: RedisNode, *command: object) -> object:
     client = node.client(decode_responses=True)
     try:
@@ -33,7 +43,8 @@ def test_kill_master_promotes_its_replica(redis_sandbox_factory: TopologyFactory
     old = topology.masters()[0]
     old.kill()
     new = topology.wait_for_new_master(old)
-    assert new is not old and new in topology.masters()
+    assert new is not old
+    assert new in topology.masters()
     for node in topology.nodes:
         if node.running:
             assert "cluster_state:ok" in str(_on_node(node, "CLUSTER", "INFO"))
@@ -41,9 +52,9 @@ def test_kill_master_promotes_its_replica(redis_sandbox_factory: TopologyFactory
     assert str(_on_node(old, "ROLE")[0]) == "slave"  # type: ignore[index]
 
 
-def test_migrate_slot_moves_keys_and_redirects(redis_sandbox_factory: TopologyFactory) -> None:
+def test_migrate_slot_moves_keys_and_redirects(migration_cluster: ClusterTopology) -> None:
     """``migrate_slot`` moves a slot's keys; the old owner then answers MOVED."""
-    topology = _cluster(redis_sandbox_factory)
+    topology = migration_cluster
     slot = key_slot(b"{user1}.a")
     source = topology.node_for_slot(slot)
     for key in ("{user1}.a", "{user1}.b"):
@@ -56,9 +67,9 @@ def test_migrate_slot_moves_keys_and_redirects(redis_sandbox_factory: TopologyFa
         _on_node(source, "GET", "{user1}.a")
 
 
-def test_unfinished_migration_answers_ask(redis_sandbox_factory: TopologyFactory) -> None:
+def test_unfinished_migration_answers_ask(migration_cluster: ClusterTopology) -> None:
     """With ``finish=False`` the old owner answers ASK for moved keys until the migration ends."""
-    topology = _cluster(redis_sandbox_factory)
+    topology = migration_cluster
     slot = key_slot(b"{user2}.a")
     source = topology.node_for_slot(slot)
     _on_node(source, "SET", "{user2}.a", "value")

@@ -66,9 +66,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 def _print_settings(topology: Topology, elapsed_s: float) -> None:
     for name, value in topology.env().items():
         print(f"export {name}={shlex.quote(value)}")
-    print(f"# {topology.kind} topology ready in {elapsed_s:.1f} s; Ctrl-C stops it", flush=True)
+    print(f"# {topology.kind} topology ready in {elapsed_s:.1f} s; Ctrl-C stops it")
     for line in topology.describe():
-        print(f"#   {line}", flush=True)
+        print(f"#   {line}")
+    print(f"# configs and logs: {topology.directory}")
+    sys.stdout.flush()
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -130,7 +130,17 @@ class ClusterTopology(Topology):
 
     def node_for_slot(self, slot: int) -> RedisNode:
         """The node that owns ``slot`` now."""
-        return self._owners([r for r in self.slot_map() if r[0] <= slot <= r[1]])[0]
+        return self._owner_of(slot, self.slot_map())
+
+    async def anode_for_slot(self, slot: int) -> RedisNode:
+        """Asyncio twin of :meth:`node_for_slot`."""
+        return self._owner_of(slot, await self.aslot_map())
+
+    def _owner_of(self, slot: int, slots: SlotMap) -> RedisNode:
+        owners = self._owners([entry for entry in slots if entry[0] <= slot <= entry[1]])
+        if not owners:
+            raise SandboxError(f"slot {slot} has no owner")
+        return owners[0]
 
     def _owners(self, slots: SlotMap) -> list[RedisNode]:
         ports = {port for _, _, port in slots}
@@ -171,7 +181,7 @@ class ClusterTopology(Topology):
         slot = self._first_slot_of(old, await self.aslot_map())
         what = f"{old.name} to be replaced"
         await await_until(lambda: self._taken_over_check(old, slot), what, timeout_s)
-        return self._owners([r for r in await self.aslot_map() if r[0] <= slot <= r[1]])[0]
+        return await self.anode_for_slot(slot)
 
     @staticmethod
     def _first_slot_of(node: RedisNode, slots: SlotMap) -> int:

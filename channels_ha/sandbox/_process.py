@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +107,25 @@ class RedisNode:
         self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
-        """Block until the node answers PING; raise with its log tail if it died."""
-        wait_until(self._ready_check, f"{self.name} to answer PING", timeout_s)
+        """Block until the node answers PING; raise with its log tail if it does not."""
+        with self._log_on_error():
+            wait_until(self._ready_check, f"{self.name} to answer PING", timeout_s)
 
     async def await_ready(self, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
         """Asyncio twin of :meth:`wait_ready`."""
-        await await_until(self._ready_check, f"{self.name} to answer PING", timeout_s)
+        with self._log_on_error():
+            await await_until(self._ready_check, f"{self.name} to answer PING", timeout_s)
+
+    @contextmanager
+    def _log_on_error(self) -> Iterator[None]:
+        """Add the log tail to a timeout (an exit already carries it)."""
+        try:
+            yield
+        except SandboxError as err:
+            if not self.running:
+                raise
+            tail = f"last lines of {self.log_path}:\n{self.log_tail()}"
+            raise SandboxError(f"{err}\n{tail}") from err
 
     def _ready_check(self) -> Op[str | None]:
         self.raise_if_exited()
@@ -228,6 +242,7 @@ class RedisNode:
 
 
 _OBSERVER_KWARGS: dict[str, Any] = {
+    "protocol": 2,  # one reply shape to parse, whatever redis-py's default protocol
     "socket_timeout": OBSERVE_SOCKET_TIMEOUT_S,
     "socket_connect_timeout": OBSERVE_SOCKET_TIMEOUT_S,
     "decode_responses": True,

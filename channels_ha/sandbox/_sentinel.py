@@ -52,10 +52,7 @@ class SentinelTopology(Topology):
     # -- configuration ---------------------------------------------------------------------
 
     def _data_node(self, index: int, ports: list[int]) -> RedisNode:
-        config = self._data_directives(ports[index])
-        if index > 0:
-            config.append(("replicaof", HOST, str(ports[0])))
-        return self._add_node(f"redis-{index}", config, ports[index])
+        return self._add_node(f"redis-{index}", self._data_directives(ports[index]), ports[index])
 
     def _sentinel(
         self, index: int, ports: list[int], ids: list[str], data_ports: list[int]
@@ -114,10 +111,27 @@ class SentinelTopology(Topology):
     def _start(self, timeout_s: float) -> None:
         for node in self.data_nodes:
             node.spawn()
+        for node in self.data_nodes:
+            node.wait_ready(timeout_s)
+        run(self._replicate_op())
         wait_until(self._replication_check, "replicas to link to redis-0", timeout_s)
         for node in self.sentinels:
             node.spawn()
         self.wait_until_healthy(timeout_s)
+
+    def _replicate_op(self) -> Op[None]:
+        """Attach the replicas with REPLICAOF, recorded in their config files.
+
+        A ``replicaof`` line in the initial config would do, but a replica configured so
+        waits for its next cron tick (up to a second) before connecting; REPLICAOF connects
+        at once. CONFIG REWRITE keeps the setting for a restart, as with a real server.
+        """
+        master, *replicas = self.data_nodes
+        replies = yield [(node, ("REPLICAOF", master.host, master.port)) for node in replicas]
+        replies += yield [(node, ("CONFIG", "REWRITE")) for node in replicas]
+        for node, reply in zip(replicas * 2, replies, strict=True):
+            if failed(reply):
+                raise SandboxError(f"could not make {node.name} a replica: {reply}")
 
     def _replication_check(self) -> Op[str | None]:
         for node in self.data_nodes:
@@ -238,9 +252,13 @@ class SentinelTopology(Topology):
 # sentinel forgets them: INFO every second instead of every 10 s lets sentinels notice replicas
 # linking and converted masters within a second; hello messages every 0.5 s (and so the 4
 # periods a sentinel waits before converting a restarted master) speed up reconfiguration; a
-# short TILT period lets a sentinel that was paused rejoin quickly. Older servers answer with an
-# error that is ignored: they converge too, only slower.
-_TUNE = ("SENTINEL", "DEBUG", "INFO-PERIOD", 1000, "PUBLISH-PERIOD", 500, "TILT-PERIOD", 5000)
+# ping (and reconnection attempt) every 0.2 s links sentinels that started before their peers
+# were listening without a second's wait; a short TILT period lets a paused sentinel rejoin
+# quickly. Older servers answer with an error that is ignored: they converge too, only slower.
+_TUNE = (
+    "SENTINEL", "DEBUG", "INFO-PERIOD", 1000, "PUBLISH-PERIOD", 500, "PING-PERIOD", 200,
+    "TILT-PERIOD", 5000,
+)  # fmt: skip
 
 
 def _named(master: RedisNode | None) -> RedisNode:

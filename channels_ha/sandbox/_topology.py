@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import shutil
 import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 from ._certs import TLSFiles, make_tls_files
@@ -23,6 +24,8 @@ from ._defaults import HOST, TOPOLOGY_READY_TIMEOUT_S
 from ._ops import Op, await_until, wait_until
 from ._ports import allocate_port, release_port
 from ._process import Directive, RedisNode
+
+_T = TypeVar("_T", bound="Topology")
 
 
 class Topology(ABC):
@@ -32,7 +35,7 @@ class Topology(ABC):
     kind: ClassVar[str]
 
     def __init__(self, *, tls: bool = False, password: str | None = None) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix=f"channels-ha-{self.kind}-"))
+        self.directory = _make_directory(self.kind)
         self.password = password
         try:
             self.tls: TLSFiles | None = make_tls_files(self.directory / "tls") if tls else None
@@ -43,6 +46,9 @@ class Topology(ABC):
         self._ports: list[int] = []
         self._stopped = False
         _live.add(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {','.join(addresses(self.nodes))}>"  # no password
 
     # -- what a client needs ---------------------------------------------------------------
 
@@ -94,7 +100,7 @@ class Topology(ABC):
         shutil.rmtree(self.directory, ignore_errors=True)
         _live.discard(self)
 
-    def __enter__(self) -> Topology:
+    def __enter__(self: _T) -> _T:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -212,6 +218,33 @@ class Topology(ABC):
         if self.tls is not None:
             settings.update(ssl=True, ssl_ca_certs=str(self.tls.ca_cert))
         return settings
+
+
+_PREFIX = "channels-ha-sandbox-"
+
+
+def _make_directory(kind: str) -> Path:
+    """A fresh temporary directory named after this process, after sweeping dead owners' ones."""
+    _sweep_orphans()
+    return Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-{kind}-"))
+
+
+def _sweep_orphans() -> None:
+    """Remove directories left by sandbox owners that were killed before they could clean up."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        owner = path.name.removeprefix(_PREFIX).partition("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to judge
+        return True
+    return True
 
 
 def addresses(nodes: list[RedisNode]) -> Iterator[str]:

@@ -1,0 +1,302 @@
+"""The live probe: connect to the Redis behind a configuration and report what answers.
+
+``channels-ha check --connect``, the Django ``status`` command and the health view are thin
+shells over :func:`probe`. Every connection and command is bounded by ``timeout_s`` and never
+retried, so a probe of a dead deployment ends within a few timeouts; the configuration's own
+timeouts apply when they are shorter. Nodes are asked one after the other: a probe is a
+diagnosis, not a hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ._config import (
+    ClusterConfig,
+    NodeAddress,
+    RedisConfig,
+    SentinelConfig,
+    SingleNodeConfig,
+    split_host_port,
+)
+from ._probe_report import ClusterReport, NodeReport, ProbeReport, ReplicaView, SentinelReport
+from ._redis_kwargs import client_kwargs, sentinel_kwargs
+
+__all__ = ["PROBE_TIMEOUT_S", "probe"]
+
+#: Bound on each connection attempt and each command of a probe.
+PROBE_TIMEOUT_S = 2.0
+_SLOTS = 16384
+_FAILED = (redis.RedisError, OSError)
+
+
+def probe(config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeReport:
+    """Connect to every node the configuration names and report what answers."""
+    if isinstance(config, SentinelConfig):
+        return _probe_sentinel(config, timeout_s)
+    if isinstance(config, ClusterConfig):
+        return _probe_cluster(config, timeout_s)
+    return _probe_single(config, timeout_s)
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+def _bounded(kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Client arguments with both socket timeouts capped at ``timeout_s`` and no retries."""
+    for key in ("socket_timeout", "socket_connect_timeout"):
+        kwargs[key] = min(kwargs.get(key) or timeout_s, timeout_s)
+    kwargs.pop("health_check_interval", None)
+    # RESP2 works with every server version, and its replies have one shape to read.
+    return {**kwargs, "retry": Retry(NoBackoff(), 0), "decode_responses": True, "protocol": 2}
+
+
+def _data_kwargs(config: RedisConfig, address: NodeAddress, timeout_s: float) -> dict[str, Any]:
+    kwargs = {**client_kwargs(config), "host": address.host, "port": address.port}
+    return _bounded(kwargs, timeout_s)
+
+
+@contextmanager
+def _client(kwargs: dict[str, Any]) -> Iterator[Any]:
+    """A client returning raw replies (no redis-py parsing), closed on exit."""
+    client = redis.Redis(**kwargs)
+    client.response_callbacks.clear()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _error(err: BaseException) -> str:
+    # redis-py's messages name the address and the failure, never the password.
+    return f"{type(err).__name__}: {err}"
+
+
+def _address(host: Any, port: Any) -> NodeAddress:
+    return NodeAddress(host=str(host), port=int(port))
+
+
+def _info_field(info: Any, name: str) -> str | None:
+    for line in str(info).splitlines():
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    return None
+
+
+# -- one data node ---------------------------------------------------------------------------
+
+
+def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
+    """PING (timed on an open connection), ROLE and version of one node."""
+    try:
+        with _client(kwargs) as client:
+            client.execute_command("PING")  # opens the connection: not part of the timing
+            started = time.perf_counter()
+            client.execute_command("PING")
+            rtt_ms = round((time.perf_counter() - started) * 1000, 3)
+            role = str(client.execute_command("ROLE")[0])
+            version = _info_field(client.execute_command("INFO", "server"), "redis_version")
+    except _FAILED as err:
+        return NodeReport(label, reachable=False, error=_error(err))
+    return NodeReport(label, reachable=True, role=role, version=version, rtt_ms=rtt_ms)
+
+
+def _master_problems(node: NodeReport) -> list[str]:
+    if not node.reachable:
+        return [f"the master {node.address} is unreachable: {node.error}"]
+    if node.role != "master":
+        return [f"{node.address} is a {node.role}, not a master: writes would fail"]
+    return []
+
+
+def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
+    if config.address is not None:
+        kwargs = _data_kwargs(config, config.address, timeout_s)
+    else:
+        kwargs = {**client_kwargs(config), "unix_socket_path": config.unix_socket_path}
+        kwargs = _bounded(kwargs, timeout_s)
+        kwargs.pop("socket_keepalive", None)  # unix sockets reject it
+    master = _probe_node(kwargs, config.node_labels()[0])
+    return ProbeReport("single", problems=tuple(_master_problems(master)), master=master)
+
+
+# -- sentinel --------------------------------------------------------------------------------
+
+
+def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
+    kwargs = _bounded(sentinel_kwargs(config), timeout_s)
+    sentinels = tuple(_ask_sentinel(config, node, kwargs) for node in config.sentinels)
+    named = Counter(sentinel.master for sentinel in sentinels if sentinel.master is not None)
+    master = None
+    if named:
+        label = named.most_common(1)[0][0]
+        address = NodeAddress(**split_host_port(label, 0))
+        master = _probe_node(_data_kwargs(config, address, timeout_s), label)
+    problems, warnings = _sentinel_verdict(config, sentinels, len(named) == 1, master)
+    return ProbeReport(
+        "sentinel",
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+        master=master,
+        master_name=config.master_name,
+        sentinels=sentinels,
+        sentinels_agree=len(named) == 1,
+    )
+
+
+def _ask_sentinel(
+    config: SentinelConfig, node: NodeAddress, kwargs: dict[str, Any]
+) -> SentinelReport:
+    """One sentinel's view of the master: its address, state, quorum and replicas."""
+    name = config.master_name
+    try:
+        with _client({**kwargs, "host": node.host, "port": node.port}) as client:
+            view = _pairs(client.execute_command("SENTINEL", "MASTER", name))
+            replicas = client.execute_command("SENTINEL", "REPLICAS", name)
+    except _FAILED as err:
+        return SentinelReport(str(node), reachable=False, error=_error(err))
+    return SentinelReport(
+        str(node),
+        reachable=True,
+        master=str(_address(view["ip"], view["port"])),
+        master_flags=view.get("flags"),
+        quorum=int(view["quorum"]),
+        other_sentinels=int(view["num-other-sentinels"]),
+        replicas=tuple(_replica(_pairs(entry)) for entry in replicas),
+    )
+
+
+def _pairs(reply: Any) -> dict[str, str]:
+    """A flat ``[key, value, ...]`` reply (a map in RESP2) as a dict."""
+    items = [str(item) for item in reply]
+    return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def _replica(view: dict[str, str]) -> ReplicaView:
+    address = str(_address(view["ip"], view["port"]))
+    return ReplicaView(address, view.get("flags", "?"), view.get("master-link-status", "?"))
+
+
+def _sentinel_verdict(
+    config: SentinelConfig,
+    sentinels: tuple[SentinelReport, ...],
+    agree: bool,
+    master: NodeReport | None,
+) -> tuple[list[str], list[str]]:
+    """Problems (the layer cannot work now) and warnings (a failover may not work)."""
+    reachable = [sentinel for sentinel in sentinels if sentinel.reachable]
+    if not reachable or master is None:
+        return [f"no sentinel answered for master {config.master_name!r}"], []
+    problems = [] if agree else ["the sentinels name different masters"]
+    warnings = [
+        f"sentinel {s.address} is unreachable: {s.error}" for s in sentinels if s not in reachable
+    ]
+    quorum = max(sentinel.quorum or 0 for sentinel in reachable)
+    if len(reachable) < quorum:
+        warnings.append(f"{len(reachable)} sentinels reachable, fewer than the quorum {quorum}")
+    warnings += [
+        f"{reachable[0].address} sees replica {r.address} with flags {r.flags}, link {r.link}"
+        for r in reachable[0].replicas
+        if r.flags != "slave" or r.link != "ok"
+    ]
+    return problems + _master_problems(master), warnings
+
+
+# -- cluster ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _ClusterNode:
+    """One line of ``CLUSTER NODES``.
+
+    Read instead of ``CLUSTER SLOTS``, which leaves out replicas that have not yet replicated
+    a byte (a fresh, idle cluster would seem to have none).
+    """
+
+    id: str
+    address: NodeAddress
+    flags: frozenset[str]
+    master_id: str
+    slots: int
+
+
+def _probe_cluster(config: ClusterConfig, timeout_s: float) -> ProbeReport:
+    unreachable: list[str] = []
+    for node in config.startup_nodes:
+        try:
+            state, nodes = _cluster_view(_data_kwargs(config, node, timeout_s))
+        except _FAILED as err:
+            unreachable.append(f"{node} ({_error(err)})")
+            continue
+        problems, warnings, cluster = _cluster_report(config, state, nodes, timeout_s)
+        warnings = (*(f"startup node {entry} is unreachable" for entry in unreachable), *warnings)
+        return ProbeReport("cluster", problems, warnings, cluster=cluster)
+    return ProbeReport("cluster", problems=(f"no startup node answered: {'; '.join(unreachable)}",))
+
+
+def _cluster_view(kwargs: dict[str, Any]) -> tuple[str, list[_ClusterNode]]:
+    with _client(kwargs) as client:
+        state = _info_field(client.execute_command("CLUSTER", "INFO"), "cluster_state")
+        nodes = [
+            _cluster_node(line)
+            for line in str(client.execute_command("CLUSTER", "NODES")).splitlines()
+            if line.strip()
+        ]
+    return state or "unknown", nodes
+
+
+def _cluster_node(line: str) -> _ClusterNode:
+    """``<id> <ip:port@bus[,hostname]> <flags> <master> <ping> <pong> <epoch> <link> <slot>...``"""
+    fields = line.split()
+    host, _, port = fields[1].split("@")[0].rpartition(":")
+    flags = frozenset(fields[2].split(","))
+    return _ClusterNode(fields[0], _address(host, port), flags, fields[3], _slot_count(fields[8:]))
+
+
+def _slot_count(ranges: list[str]) -> int:
+    """Slots in ``CLUSTER NODES`` ranges (``a-b`` or ``a``); ``[...]`` migration marks skipped."""
+    count = 0
+    for entry in ranges:
+        if not entry.startswith("["):
+            first, _, last = entry.partition("-")
+            count += int(last or first) - int(first) + 1
+    return count
+
+
+def _cluster_report(
+    config: ClusterConfig, state: str, nodes: list[_ClusterNode], timeout_s: float
+) -> tuple[tuple[str, ...], tuple[str, ...], ClusterReport]:
+    """Problems, warnings and the cluster section, from one node's ``CLUSTER NODES``."""
+    owners = [node for node in nodes if node.slots]
+    covered = sum(node.slots for node in owners)
+    masters = tuple(
+        _probe_node(_data_kwargs(config, n.address, timeout_s), str(n.address)) for n in owners
+    )
+    cluster = ClusterReport(state, covered, masters, _replica_labels(nodes))
+    problems = [] if state == "ok" else [f"cluster_state is {state}"]
+    if covered != _SLOTS:
+        problems.append(f"only {covered} of {_SLOTS} slots are covered")
+    problems += [problem for master in masters for problem in _master_problems(master)]
+    failing = [node for node in nodes if node.flags & {"fail", "fail?"}]
+    warnings = [
+        f"node {node.address} is flagged {','.join(sorted(node.flags))}" for node in failing
+    ]
+    return tuple(problems), tuple(warnings), cluster
+
+
+def _replica_labels(nodes: list[_ClusterNode]) -> tuple[str, ...]:
+    addresses = {node.id: str(node.address) for node in nodes}
+    replicas = [node for node in nodes if "slave" in node.flags]
+    return tuple(
+        f"{n.address} (replica of {addresses.get(n.master_id, n.master_id)})" for n in replicas
+    )

@@ -1,0 +1,307 @@
+"""The Channels layer specification, on every topology the layer supports."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+import redis
+from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
+
+from channels_ha import ConfigurationError, RedisChannelLayer
+from channels_ha.sandbox import Topology
+
+from .conftest import LayerFactory
+
+pytestmark = pytest.mark.redis_topologies("standalone", "tls", "sentinel")
+
+NOTHING_ARRIVES_S = 0.1
+
+
+async def assert_nothing_arrives(layer: RedisChannelLayer, channel: str) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), NOTHING_ARRIVES_S)
+
+
+async def test_send_receive_normal_channel(layer: RedisChannelLayer) -> None:
+    """A message sent to a normal channel is received from it, unchanged."""
+    message = {"type": "test.message", "text": "hello", "data": b"\x00\xff", "n": [1, 2.5]}
+    await layer.send("test-channel", message)
+    assert await layer.receive("test-channel") == message
+
+
+async def test_send_receive_process_specific_channel(layer: RedisChannelLayer) -> None:
+    """new_channel() names a channel of this process that receive() reads."""
+    channel = await layer.new_channel()
+    assert re.fullmatch(r"specific\.[0-9a-f]{32}![0-9a-f]{32}", channel)
+    await layer.send(channel, {"type": "test.message", "value": 1})
+    assert await layer.receive(channel) == {"type": "test.message", "value": 1}
+
+
+async def test_messages_arrive_in_order(layer: RedisChannelLayer) -> None:
+    """Messages on one channel are received in the order they were sent (FIFO)."""
+    specific = await layer.new_channel()
+    for channel in ("fifo", specific):
+        for number in range(50):
+            await layer.send(channel, {"type": "n", "n": number})
+        received = [(await layer.receive(channel))["n"] for _ in range(50)]
+        assert received == list(range(50))
+
+
+async def test_process_specific_channels_do_not_mix(layer: RedisChannelLayer) -> None:
+    """Two channels of one process share an inbox but each receives only its own messages."""
+    first, second = await layer.new_channel(), await layer.new_channel()
+    await layer.send(first, {"type": "to.first"})
+    await layer.send(second, {"type": "to.second"})
+    assert (await layer.receive(second))["type"] == "to.second"
+    assert (await layer.receive(first))["type"] == "to.first"
+
+
+async def test_channel_full_at_capacity(make_layer: LayerFactory, redis_topology: Topology) -> None:
+    """A send to a channel holding `capacity` messages raises ChannelFull."""
+    layer = make_layer(redis_topology, capacity=3)
+    specific = await layer.new_channel()
+    for channel in ("bounded", specific):
+        for _ in range(3):
+            await layer.send(channel, {"type": "fill"})
+        with pytest.raises(ChannelFull):
+            await layer.send(channel, {"type": "overflow"})
+        for _ in range(3):
+            await layer.receive(channel)
+        await layer.send(channel, {"type": "room.again"})
+        assert (await layer.receive(channel))["type"] == "room.again"
+
+
+async def test_channel_capacity_patterns(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """channel_capacity applies glob strings and compiled regexes before the default."""
+    layer = make_layer(
+        redis_topology,
+        capacity=10,
+        channel_capacity={"tiny-*": 1, re.compile(r"^two\."): 2},
+    )
+    await layer.send("tiny-a", {"type": "x"})
+    with pytest.raises(ChannelFull):
+        await layer.send("tiny-a", {"type": "x"})
+    for _ in range(2):
+        await layer.send("two.b", {"type": "x"})
+    with pytest.raises(ChannelFull):
+        await layer.send("two.b", {"type": "x"})
+    for _ in range(5):
+        await layer.send("default-c", {"type": "x"})
+
+
+async def test_expired_messages_are_not_delivered(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A message older than `expiry` is dropped, and no longer counts toward capacity."""
+    layer = make_layer(redis_topology, expiry=0.2, capacity=1)
+    await layer.send("short-lived", {"type": "old"})
+    await asyncio.sleep(0.3)  # the behaviour under test is the passage of time
+    await layer.send("short-lived", {"type": "new"})
+    assert (await layer.receive("short-lived"))["type"] == "new"
+    await assert_nothing_arrives(layer, "short-lived")
+
+
+async def test_groups(layer: RedisChannelLayer) -> None:
+    """group_send reaches every member once; a discarded channel gets nothing."""
+    one, two, three = [await layer.new_channel() for _ in range(3)]
+    for channel in (one, two, three, "group-normal"):
+        await layer.group_add("room", channel)
+    await layer.group_discard("room", three)
+    await layer.group_send("room", {"type": "hello.room"})
+    for channel in (one, two, "group-normal"):
+        assert (await layer.receive(channel))["type"] == "hello.room"
+    for channel in (one, two, three, "group-normal"):
+        await assert_nothing_arrives(layer, channel)
+
+
+async def test_group_send_to_empty_group(layer: RedisChannelLayer) -> None:
+    """group_send to a group nobody joined is not an error."""
+    await layer.group_send("nobody-here", {"type": "void"})
+
+
+async def test_group_expiry(make_layer: LayerFactory, redis_topology: Topology) -> None:
+    """A membership older than group_expiry no longer receives group messages."""
+    layer = make_layer(redis_topology, group_expiry=1)
+    await layer.group_add("fleeting", "member-channel")
+    await asyncio.sleep(1.1)  # the behaviour under test is the passage of time
+    await layer.group_send("fleeting", {"type": "late"})
+    await assert_nothing_arrives(layer, "member-channel")
+
+
+async def test_one_copy_per_process_for_a_group(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A group_send to many channels of one process stores one message in its inbox."""
+    sender = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=sender.prefix)
+    channels = [await receiver.new_channel() for _ in range(50)]
+    for channel in channels:
+        await sender.group_add("crowd", channel)
+    await sender.group_send("crowd", {"type": "fan.out"})
+    inbox = f"{sender.prefix}:i:{{{channels[0].split('!')[0]}!}}"
+    assert master_client.llen(inbox) == 1
+    for channel in channels:
+        assert (await receiver.receive(channel))["type"] == "fan.out"
+
+
+async def test_flush(layer: RedisChannelLayer) -> None:
+    """flush() deletes queued messages and group memberships."""
+    await layer.send("flushed", {"type": "gone"})
+    await layer.group_add("flushed-group", "flushed-member")
+    await layer.flush()
+    await layer.group_send("flushed-group", {"type": "nobody"})
+    await assert_nothing_arrives(layer, "flushed")
+    await assert_nothing_arrives(layer, "flushed-member")
+
+
+@pytest.mark.parametrize("name", ["", "bad channel", "a" * 100, "semi;colon", "brace{", 42, None])
+async def test_invalid_channel_names_raise_type_error(
+    layer: RedisChannelLayer, name: object
+) -> None:
+    """Invalid channel names are refused with TypeError, as every channel layer does."""
+    with pytest.raises(TypeError):
+        await layer.send(name, {"type": "x"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await layer.group_add("valid-group", name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["", "bad group", "b" * 100, "bang!", 7])
+async def test_invalid_group_names_raise_type_error(layer: RedisChannelLayer, name: object) -> None:
+    """Invalid group names are refused with TypeError."""
+    with pytest.raises(TypeError):
+        await layer.group_send(name, {"type": "x"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("message", ["text", ["list"], None, 3])
+async def test_non_dict_messages_raise_type_error(
+    layer: RedisChannelLayer, message: object
+) -> None:
+    """Messages must be dicts."""
+    with pytest.raises(TypeError):
+        await layer.send("valid", message)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await layer.group_send("valid", message)  # type: ignore[arg-type]
+
+
+async def test_competing_receivers_each_message_once(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Several receivers (in two processes) on a normal channel share its messages exactly once."""
+    first = make_layer(redis_topology)
+    second = make_layer(redis_topology, prefix=first.prefix)
+    received: list[int] = []
+    count = 200
+
+    async def drain(layer: RedisChannelLayer) -> None:
+        while len(received) < count:
+            message = await layer.receive("work-queue")
+            received.append(message["n"])
+
+    workers = [asyncio.create_task(drain(layer)) for layer in (first, first, second, second)]
+    for number in range(count):
+        await first.send("work-queue", {"type": "job", "n": number})
+    done, pending = await asyncio.wait(workers, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+    assert done
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    assert sorted(received) == list(range(count))
+
+
+async def test_cancelled_receive_loses_nothing(layer: RedisChannelLayer) -> None:
+    """Cancelling receive() loses no message, for its own channel or another one."""
+    mine, other = await layer.new_channel(), await layer.new_channel()
+    waiting = asyncio.create_task(layer.receive(mine))
+    await asyncio.sleep(0)  # let the receive start waiting
+    await layer.send(other, {"type": "for.other"})
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    await layer.send(mine, {"type": "for.mine"})
+    assert (await layer.receive(other))["type"] == "for.other"
+    assert (await layer.receive(mine))["type"] == "for.mine"
+
+
+async def test_cancelled_receive_on_normal_channel_returns_message(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A normal-channel message popped for a receiver that was cancelled goes back to Redis."""
+    first = make_layer(redis_topology)
+    second = make_layer(redis_topology, prefix=first.prefix)
+    for _ in range(20):
+        waiting = asyncio.create_task(first.receive("handover"))
+        await first.send("handover", {"type": "x"})
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        if not waiting.cancelled():
+            continue  # delivered before the cancellation: nothing to hand over
+        message = await asyncio.wait_for(second.receive("handover"), 5)
+        assert message["type"] == "x"
+        return
+    pytest.fail("the cancellation never raced with a delivery in 20 attempts")
+
+
+def test_async_to_sync_repeatedly(redis_topology: Topology) -> None:
+    """Sync code can send and receive through async_to_sync, call after call."""
+    layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="syncuse")
+    channel = async_to_sync(layer.new_channel)()
+    for number in range(5):
+        async_to_sync(layer.send)("sync-normal", {"type": "n", "n": number})
+        async_to_sync(layer.send)(channel, {"type": "n", "n": number})
+    for number in range(5):
+        assert async_to_sync(layer.receive)("sync-normal")["n"] == number
+        assert async_to_sync(layer.receive)(channel)["n"] == number
+    async_to_sync(layer.flush)()
+
+
+async def test_close_is_idempotent(layer: RedisChannelLayer) -> None:
+    """close() may be called twice, close_pools() is its alias, and the layer works after."""
+    await layer.send("reopen", {"type": "before"})
+    await layer.close()
+    await layer.close_pools()
+    await layer.close()
+    assert (await layer.receive("reopen"))["type"] == "before"
+
+
+async def test_encryption(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """With symmetric_encryption_keys, Redis holds ciphertext; old keys still decrypt."""
+    old = make_layer(redis_topology, symmetric_encryption_keys=["old-key"])
+    await old.send("secret-channel", {"type": "secret", "text": "plaintext-marker"})
+    stored = master_client.lrange(f"{old.prefix}:c:{{secret-channel}}", 0, -1)
+    assert stored and b"plaintext-marker" not in stored[0]
+    rotated = make_layer(
+        redis_topology, prefix=old.prefix, symmetric_encryption_keys=["new-key", "old-key"]
+    )
+    assert (await rotated.receive("secret-channel"))["text"] == "plaintext-marker"
+
+
+async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topology) -> None:
+    """serializer_format='json' round-trips JSON-compatible messages."""
+    layer = make_layer(redis_topology, serializer_format="json")
+    await layer.send("json-channel", {"type": "j", "nested": {"a": [1, "b"]}})
+    assert await layer.receive("json-channel") == {"type": "j", "nested": {"a": [1, "b"]}}
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"capacity": 0}, "'capacity' must be a positive integer"),
+        ({"expiry": -1}, "'expiry' must be a positive number"),
+        ({"serializer_format": "pickle"}, "'serializer_format' must be 'msgpack' or 'json'"),
+        ({"symmetric_encryption_keys": "one-key"}, "must be a list of keys"),
+        ({"prefix": "a{b}"}, "must not contain braces"),
+        ({"failover_timeout": 0}, "'failover_timeout' must be a positive number"),
+        ({"hosts": "redis://localhost"}, "must be a list of hosts"),
+    ],
+)
+def test_bad_options_are_clear_errors(options: dict[str, object], fragment: str) -> None:
+    """Invalid options raise ConfigurationError naming the option and what was expected."""
+    options.setdefault("hosts", ["redis://127.0.0.1:1"])
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)):
+        RedisChannelLayer(**options)  # type: ignore[arg-type]

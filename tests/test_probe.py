@@ -1,0 +1,114 @@
+"""The live probe reports what answers in real topologies, and what does not."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from channels_ha._cli import main
+from channels_ha._probe import probe
+from channels_ha._url import parse_url
+from channels_ha.sandbox import ClusterTopology, SentinelTopology, Topology, TopologyFactory
+
+
+def test_every_topology_probes_ok(redis_topology: Topology) -> None:
+    """Each healthy topology probes ok, its master(s) answering as masters with a version."""
+    report = probe(parse_url(redis_topology.url))
+    masters = [report.master] if report.cluster is None else list(report.cluster.masters)
+    assert report.ok, report.to_text()
+    assert report.warnings == ()
+    for master in masters:
+        assert master is not None
+        assert (master.reachable, master.role) == (True, "master")
+        assert master.version
+        assert master.rtt_ms is not None
+        assert master.rtt_ms >= 0
+
+
+def test_report_is_json_and_text(redis_topology: Topology) -> None:
+    """``to_dict()`` is JSON-able and says ok; ``to_text()`` ends with the verdict."""
+    report = probe(parse_url(redis_topology.url))
+    assert json.loads(json.dumps(report.to_dict()))["ok"] is True
+    assert report.to_text().endswith("status: OK")
+
+
+def test_sentinel_details(redis_sentinel: SentinelTopology) -> None:
+    """A Sentinel probe lists every sentinel's view: master, quorum, peers and linked replicas."""
+    report = probe(parse_url(redis_sentinel.url))
+    master = redis_sentinel.current_master()
+    assert report.sentinels_agree is True
+    assert report.master is not None
+    assert report.master.address == f"127.0.0.1:{master.port}"
+    for sentinel in report.sentinels:
+        assert (sentinel.master, sentinel.quorum, sentinel.other_sentinels) == (
+            f"127.0.0.1:{master.port}",
+            2,
+            2,
+        )
+        assert [(r.flags, r.link) for r in sentinel.replicas] == [("slave", "ok")] * 2
+
+
+def test_cluster_details(redis_cluster: ClusterTopology) -> None:
+    """A cluster probe reports state ok, full slot coverage, three masters and three replicas."""
+    report = probe(parse_url(redis_cluster.url))
+    assert report.cluster is not None
+    assert (report.cluster.state, report.cluster.slots_covered) == ("ok", 16384)
+    assert len(report.cluster.masters) == 3
+    assert len(report.cluster.replicas) == 3
+
+
+def test_passwords_never_appear(redis_sandbox_factory: TopologyFactory) -> None:
+    """With TLS and both passwords the probe works and neither password is in its output."""
+    topology = redis_sandbox_factory(
+        "sentinel", tls=True, password="data-secret", sentinel_password="sentinel-secret"
+    )
+    report = probe(parse_url(topology.url))
+    assert report.ok, report.to_text()
+    for rendered in (report.to_text(), json.dumps(report.to_dict())):
+        assert "data-secret" not in rendered
+        assert "sentinel-secret" not in rendered
+
+
+@pytest.mark.slow
+def test_down_master_and_unreachable_sentinel(redis_sandbox_factory: TopologyFactory) -> None:
+    """A dead master fails the probe; a dead sentinel only warns."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    topology.sentinels[0].kill()
+    report = probe(parse_url(topology.url))
+    assert report.ok
+    assert [s.reachable for s in report.sentinels] == [False, True, True]
+    assert "sentinel 127.0.0.1" in report.warnings[0]
+    topology.current_master().kill()
+    report = probe(parse_url(topology.url))
+    assert not report.ok
+    assert "unreachable" in report.problems[0]
+
+
+def test_replica_as_single_node_is_a_problem(redis_sentinel: SentinelTopology) -> None:
+    """A single-node config that points at a replica fails: writes would be refused."""
+    replica = next(n for n in redis_sentinel.data_nodes if n is not redis_sentinel.current_master())
+    report = probe(parse_url(f"redis://127.0.0.1:{replica.port}"))
+    assert not report.ok
+    assert "not a master" in report.problems[0]
+
+
+def test_stopped_node_fails_within_the_timeout(redis_sandbox_factory: TopologyFactory) -> None:
+    """A probe of a stopped node fails quickly and names the address."""
+    topology = redis_sandbox_factory("standalone")
+    topology.stop()
+    started = time.monotonic()
+    report = probe(parse_url(topology.url), timeout_s=0.5)
+    assert time.monotonic() - started < 2
+    assert not report.ok
+    assert f"127.0.0.1:{topology.nodes[0].port}" in report.problems[0]
+
+
+def test_check_connect_exit_status(
+    redis_standalone: Topology, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``channels-ha check --connect`` prints the report and exits 0 when ok."""
+    assert main(["check", "--connect", "--url", redis_standalone.url]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("status: OK")
