@@ -6,19 +6,9 @@ The public API is what ``__all__`` lists; every other module is private (``_name
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._config import (
-    ClusterConfig,
-    NodeAddress,
-    RedisConfig,
-    SentinelConfig,
-    SingleNodeConfig,
-    TLSConfig,
-)
-from ._interop import channel_layers
-from ._sources import load_config, parse_connection_config, parse_hosts_entry
-from ._url import parse_url
 from .exceptions import (
     ChannelsHAError,
     ConfigurationError,
@@ -29,9 +19,41 @@ from .exceptions import (
 )
 
 if TYPE_CHECKING:
+    from ._config import (
+        ClusterConfig,
+        NodeAddress,
+        RedisConfig,
+        SentinelConfig,
+        SingleNodeConfig,
+        TLSConfig,
+    )
+    from ._interop import channel_layers
     from ._layer import RedisChannelLayer
+    from ._probe import probe
+    from ._probe_report import ProbeReport
+    from ._sources import load_config, parse_connection_config, parse_hosts_entry
+    from ._url import parse_url
 
 __version__ = "0.1.0"
+
+# Names load on first use (PEP 562): settings.py imports this package before Django is set
+# up, and the pytest plugin imports it in every test run, so importing it must stay cheap.
+_HOMES = {
+    "ClusterConfig": "._config",
+    "NodeAddress": "._config",
+    "RedisConfig": "._config",
+    "SentinelConfig": "._config",
+    "SingleNodeConfig": "._config",
+    "TLSConfig": "._config",
+    "channel_layers": "._interop",
+    "RedisChannelLayer": "._layer",
+    "probe": "._probe",
+    "ProbeReport": "._probe_report",
+    "load_config": "._sources",
+    "parse_connection_config": "._sources",
+    "parse_hosts_entry": "._sources",
+    "parse_url": "._url",
+}
 
 __all__ = [
     "ChannelsHAError",
@@ -39,6 +61,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionLost",
     "NodeAddress",
+    "ProbeReport",
     "RedisChannelLayer",
     "RedisCommandError",
     "RedisConfig",
@@ -53,14 +76,17 @@ __all__ = [
     "parse_connection_config",
     "parse_hosts_entry",
     "parse_url",
+    "probe",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The layer imports Django and Channels; settings.py imports this package to build
-    # CHANNEL_LAYERS, before Django is set up, so the layer loads only when asked for.
-    if name == "RedisChannelLayer":
-        from ._layer import RedisChannelLayer
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name], __name__), name)
+    globals()[name] = value
+    return value
 
-        return RedisChannelLayer
-    raise AttributeError(f"module 'channels_ha' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

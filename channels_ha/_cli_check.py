@@ -7,9 +7,6 @@ configuration is valid, 1 with a one-paragraph message on stderr when not, never
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
-import inspect
 import json
 import sys
 from typing import Any
@@ -20,8 +17,7 @@ from .exceptions import ConfigurationError
 
 __all__ = ["add_check_command", "run_check"]
 
-PROBE_MODULE = "channels_ha._probe"
-EXIT_OK, EXIT_INVALID, EXIT_UNAVAILABLE = 0, 1, 2
+EXIT_OK, EXIT_INVALID = 0, 1
 
 
 def add_check_command(commands: Any) -> None:
@@ -61,20 +57,9 @@ def _headline(source: ConfigSource) -> str:
 
 
 def _probe(config: RedisConfig) -> int:
-    """Run the live probe, which lands in its own module later; its absence is exit 2."""
-    try:
-        module = importlib.import_module(PROBE_MODULE)
-    except ModuleNotFoundError as err:
-        if err.name != PROBE_MODULE:
-            raise
-        print("live probe not available yet", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    report = module.probe(config)
-    if inspect.isawaitable(report):
-        report = asyncio.run(_awaited(report))
+    """Run the live probe; its report decides the exit status."""
+    from ._probe import probe
+
+    report = probe(config)
     print(report.to_text())
     return EXIT_OK if report.ok else EXIT_INVALID
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable

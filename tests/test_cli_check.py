@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -97,47 +96,6 @@ def test_malformed_json_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "not valid JSON" in err
     assert "hunter2" not in err
-
-
-def test_connect_without_probe_module(capsys: pytest.CaptureFixture[str]) -> None:
-    """--connect says the live probe is not available yet and exits 2."""
-    assert main(["check", "--connect"]) == 2
-    assert "live probe not available yet" in capsys.readouterr().err
-
-
-class _Report:
-    def __init__(self, ok: bool) -> None:
-        self.ok = ok
-
-    def to_text(self) -> str:
-        return f"probe ok={self.ok}"
-
-
-@pytest.mark.parametrize(("ok", "status"), [(True, 0), (False, 1)])
-def test_connect_runs_the_probe(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], ok: bool, status: int
-) -> None:
-    """--connect calls channels_ha._probe.probe(config) and exits by its report."""
-    probe = types.ModuleType("channels_ha._probe")
-    probe.probe = lambda config: _Report(ok)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "channels_ha._probe", probe)
-    assert main(["check", "--connect"]) == status
-    assert capsys.readouterr().out.endswith(f"probe ok={ok}\n")
-
-
-def test_connect_awaits_an_async_probe(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """An async probe is run to completion."""
-
-    async def probe_async(config: object) -> _Report:
-        return _Report(True)
-
-    probe = types.ModuleType("channels_ha._probe")
-    probe.probe = probe_async  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "channels_ha._probe", probe)
-    assert main(["check", "--connect"]) == 0
-    assert capsys.readouterr().out.endswith("probe ok=True\n")
 
 
 def test_console_script_end_to_end() -> None:

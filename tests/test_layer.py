@@ -274,7 +274,8 @@ async def test_encryption(
     old = make_layer(redis_topology, symmetric_encryption_keys=["old-key"])
     await old.send("secret-channel", {"type": "secret", "text": "plaintext-marker"})
     stored = master_client.lrange(f"{old.prefix}:c:{{secret-channel}}", 0, -1)
-    assert stored and b"plaintext-marker" not in stored[0]
+    assert stored
+    assert b"plaintext-marker" not in stored[0]
     rotated = make_layer(
         redis_topology, prefix=old.prefix, symmetric_encryption_keys=["new-key", "old-key"]
     )
