@@ -11,7 +11,8 @@ from ._codec import MessageCodec
 from ._constants import CHANNEL_LIVENESS_S, DEDUPE_MEMORY_MIN_S, GROUP_REFRESH_INTERVAL_S
 from ._groups import Memberships
 from ._keys import KeyLayout
-from ._shard import ShardSpec, ShardStats
+from ._shard import ShardSpec
+from ._stats import ShardStats
 
 
 @dataclass

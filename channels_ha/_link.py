@@ -22,6 +22,7 @@ from ._constants import RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_FIRST_S, REC
 from ._resp import Arg, ReplyError, RespProtocol, pack
 from ._scripts import Script
 from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
+from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.link")
@@ -50,8 +51,10 @@ class CommandLink:
         locator: Locator,
         settings: ServerSettings,
         on_server: Callable[[ServerInfo], None],
+        stats: ShardStats,
     ) -> None:
         self._locator = locator
+        self._stats = stats
         self._settings = settings
         self._on_server = on_server
         self._queue: deque[_Request] = deque()  # waiting for a usable connection
@@ -63,7 +66,6 @@ class CommandLink:
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         self.server: ServerInfo | None = None
-        self.reconnects = 0
 
     # -- submitting -------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class CommandLink:
         self._protocol = None
         self._usable = False
         pending = [*self._retry, *self._inflight, *self._queue]
+        self._stats.retries += len(self._retry) + len(self._inflight)
         self._retry.clear()
         self._inflight.clear()
         self._queue = deque(r for r in pending if not r.future.done())
@@ -186,10 +189,12 @@ class CommandLink:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
+        started = time.monotonic()
         try:
             await self._connect_until_deadline()
         finally:
             self._connecting = None
+            self._stats.master_wait_s += time.monotonic() - started
 
     async def _connect_until_deadline(self) -> None:
         backoff = RECONNECT_BACKOFF_FIRST_S
@@ -222,7 +227,7 @@ class CommandLink:
         self._protocol = protocol
         self._usable = True
         if self.server is not None:
-            self.reconnects += 1
+            self._stats.reconnects += 1
         self.server = info
         self._on_server(info)
         queued, self._queue = self._queue, deque()

@@ -24,6 +24,7 @@ from ._constants import (
 from ._link import CommandLink
 from ._resp import FutureSink
 from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
+from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.reader")
@@ -47,7 +48,9 @@ class BlockingReader:
         count: int,
         deliver: DeliverFn,
         fail: FailFn,
+        stats: ShardStats,
     ) -> None:
+        self._stats = stats
         self._locator = locator
         self._settings = settings
         self._link = link
@@ -137,7 +140,13 @@ class BlockingReader:
         client = self._client
         if client is not None and client.protocol is not None and not client.protocol.closed:
             return client
-        deadline = time.monotonic() + self._settings.failover_timeout_s
+        started = time.monotonic()
+        try:
+            return await self._reconnect(started + self._settings.failover_timeout_s)
+        finally:
+            self._stats.master_wait_s += time.monotonic() - started
+
+    async def _reconnect(self, deadline: float) -> FutureSink:
         backoff = RECONNECT_BACKOFF_FIRST_S
         while True:
             client = FutureSink()

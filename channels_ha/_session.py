@@ -44,7 +44,10 @@ class Session:
         self.core = core
         self.sender = secrets.token_hex(8)
         self._seq = 0
-        self._shards = [ShardConnections(spec, self._server_seen) for spec in core.shards]
+        self._shards = [
+            ShardConnections(spec, core.shard_stats[spec.index], self._server_seen)
+            for spec in core.shards
+        ]
         self._buffers: dict[str, ChannelBuffer] = {}
         self._inbox_waiting: Counter[str] = Counter()  # inbox key -> receivers waiting
         self._normal_waiting: Counter[str] = Counter()  # channel -> receivers waiting
@@ -58,8 +61,9 @@ class Session:
     def closed(self) -> bool:
         return self._closing is not None
 
-    def reconnects(self, index: int) -> int:
-        return self._shards[index].link.reconnects
+    def buffered(self) -> int:
+        """Messages that reached this process and wait for their receiver."""
+        return sum(len(buffer.items) for buffer in self._buffers.values())
 
     # -- sending -------------------------------------------------------------------------
 

@@ -9,15 +9,15 @@ announcements.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ._constants import INBOX_BATCH_SIZE
 from ._link import CommandLink
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._resp import Endpoint
 from ._server import Credentials, Locator, ServerInfo, ServerSettings
+from ._stats import ShardStats
 from ._watch import SwitchMasterWatch
 
 logger = logging.getLogger("channels_ha.layer")
@@ -40,41 +40,19 @@ class ShardSpec:
     watch: SentinelWatchSpec | None = None
 
 
-@dataclass
-class ShardStats:
-    """What a shard has been through, across every event loop (for health and metrics)."""
-
-    run_id: str | None = None
-    master: str | None = None
-    server_changes: int = 0
-    reconnects: int = 0
-    last_server_change: float | None = None  # time.time()
-    history: list[str] = field(default_factory=list)
-
-    def observe(self, info: ServerInfo) -> bool:
-        """Records the server a connection reached; True when it is a new server run."""
-        self.master = info.endpoint.describe()
-        if info.run_id == self.run_id:
-            return False
-        changed = self.run_id is not None
-        self.run_id = info.run_id
-        if changed:
-            self.server_changes += 1
-            self.last_server_change = time.time()
-        return changed
-
-
 class ShardConnections:
     """This event loop's connections to one shard."""
 
     def __init__(
         self,
         spec: ShardSpec,
+        stats: ShardStats,
         on_server: Callable[[ShardConnections, ServerInfo], None],
     ) -> None:
         self.spec = spec
+        self.stats = stats
         self._on_server = on_server
-        self.link = CommandLink(spec.locator, spec.settings, self._server_seen)
+        self.link = CommandLink(spec.locator, spec.settings, self._server_seen, stats)
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
         self._watch: SwitchMasterWatch | None = None
@@ -97,6 +75,7 @@ class ShardConnections:
             count=INBOX_BATCH_SIZE if kind == "inbox" else 1,
             deliver=deliver,
             fail=fail,
+            stats=self.stats,
         )
         if kind == "inbox":
             self.inbox_reader = reader

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._core import LayerCore
+    from ._server import ServerInfo
     from ._session import Session
+
+
+@dataclass
+class ShardStats:
+    """What a shard has been through, across every event loop (for health and metrics)."""
+
+    run_id: str | None = None
+    master: str | None = None
+    server_changes: int = 0
+    reconnects: int = 0
+    retries: int = 0  # requests written again after a lost reply or to a new master
+    master_wait_s: float = 0.0  # time spent (re)connecting, summed over connections
+    last_server_change: float | None = None  # time.time()
+    history: list[str] = field(default_factory=list)
+
+    def observe(self, info: ServerInfo) -> bool:
+        """Records the server a connection reached; True when it is a new server run."""
+        self.master = info.endpoint.describe()
+        if info.run_id == self.run_id:
+            return False
+        changed = self.run_id is not None
+        self.run_id = info.run_id
+        if changed:
+            self.server_changes += 1
+            self.last_server_change = time.time()
+        return changed
 
 
 @dataclass(frozen=True)
@@ -18,8 +46,10 @@ class ShardStatistics:
     topology: str
     master: str | None
     run_id: str | None
-    server_changes: int
+    server_changes: int  # new server runs seen: failovers and restarts
     reconnects: int
+    retries: int  # requests written again after a lost reply or to a new master
+    master_wait_s: float  # time spent (re)connecting, summed over connections
     last_server_change: float | None  # time.time() of the last new server run seen
 
 
@@ -33,7 +63,8 @@ class LayerStatistics:
     duplicates_dropped: int
     expired: int
     replica_ack_shortfalls: int
-    sessions: int
+    sessions: int  # event loops with open connections
+    buffered: int  # messages in this process waiting for their receiver
     shards: tuple[ShardStatistics, ...]
 
     def as_dict(self) -> dict[str, Any]:
@@ -48,10 +79,13 @@ def statistics_of(core: LayerCore, sessions: Iterable[Session]) -> LayerStatisti
             master=stats.master,
             run_id=stats.run_id,
             server_changes=stats.server_changes,
-            reconnects=sum(session.reconnects(spec.index) for session in live),
+            reconnects=stats.reconnects,
+            retries=stats.retries,
+            master_wait_s=stats.master_wait_s,
             last_server_change=stats.last_server_change,
         )
         for spec, stats in zip(core.shards, core.shard_stats, strict=True)
     )
     counters = asdict(core.stats)
-    return LayerStatistics(**counters, sessions=len(live), shards=shards)
+    buffered = sum(session.buffered() for session in live)
+    return LayerStatistics(**counters, sessions=len(live), buffered=buffered, shards=shards)
