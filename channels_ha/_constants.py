@@ -27,6 +27,10 @@ INBOX_BATCH_SIZE = 512
 # from retries, which happen within the failover timeout).
 DEDUPE_MEMORY_MIN_S = 120.0
 
+# After a master restarted empty, group_send waits this long for every process to
+# re-assert its memberships (their readers reconnect within RECONNECT_BACKOFF_MAX_S).
+RESTART_GRACE_S = 2.0
+
 # Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
 GROUP_REFRESH_INTERVAL_S = 3_600.0
 # A process-specific channel counts as live while it was received on within this window.

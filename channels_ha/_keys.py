@@ -46,6 +46,10 @@ class KeyLayout:
         """The sorted set of a group's member channels, scored by time of joining."""
         return f"{self.prefix}:g:{{{group}}}"
 
+    def epoch(self) -> str:
+        """When the data of this server began (ms): missing or young after a restart empty."""
+        return f"{self.prefix}:epoch"
+
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for every key of this layer."""
         return self.prefix.translate(_GLOB_SPECIALS) + ":*"

@@ -66,6 +66,7 @@ class RespProtocol(asyncio.Protocol):
         self._parser = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
+        self._abort_reason: BaseException | None = None
         self.closed = False
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -91,7 +92,7 @@ class RespProtocol(asyncio.Protocol):
         self._transport = None
         if not self._lost.done():
             self._lost.set_result(None)
-        self.sink.on_lost(exc)
+        self.sink.on_lost(exc or self._abort_reason)
 
     def write(self, data: bytes) -> None:
         """Queues bytes; everything queued in one loop iteration goes out in one write."""
@@ -110,6 +111,7 @@ class RespProtocol(asyncio.Protocol):
     def abort(self, exc: BaseException | None = None) -> None:
         """Drops the connection now; the sink hears about it through ``on_lost``."""
         if self._transport is not None and not self.closed:
+            self._abort_reason = exc
             self._transport.abort()
         elif not self.closed:
             self.closed = True

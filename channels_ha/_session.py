@@ -21,7 +21,12 @@ from channels.exceptions import ChannelFull
 
 from ._buffers import ChannelBuffer, Item, now_ms
 from ._codec import decode_element, encode_element
-from ._constants import BUFFER_SWEEP_INTERVAL_S, CLOSE_RETURN_TIMEOUT_S, FLUSH_SCAN_COUNT
+from ._constants import (
+    BUFFER_SWEEP_INTERVAL_S,
+    CLOSE_RETURN_TIMEOUT_S,
+    FLUSH_SCAN_COUNT,
+    RESTART_GRACE_S,
+)
 from ._core import LayerCore
 from ._resp import Arg
 from ._scripts import GROUP_ADD, PUSH
@@ -133,12 +138,25 @@ class Session:
 
     async def _members(self, group: str) -> list[str]:
         core = self.core
-        link = self._shards[core.shard_index(group)].link
-        cutoff = time.time() - core.group_expiry_s
-        members = await link.submit(
-            "ZRANGE", core.keys.group(group), f"({cutoff}", "+inf", "BYSCORE"
-        )
+        shard = self._shards[core.shard_index(group)]
+        for _ in range(2):
+            changes = shard.stats.server_changes
+            await self._recovered(shard)
+            cutoff = time.time() - core.group_expiry_s
+            members = await shard.link.submit(
+                "ZRANGE", core.keys.group(group), f"({cutoff}", "+inf", "BYSCORE"
+            )
+            if shard.stats.server_changes == changes:
+                break  # no new server run meanwhile: the list is not from before a loss
         return [member.decode() for member in members]  # type: ignore[attr-defined]
+
+    async def _recovered(self, shard: ShardConnections) -> None:
+        """Waits out the grace period after a master came back without its data."""
+        if shard.epoch_check is not None and not shard.epoch_check.done():
+            await asyncio.wait({shard.epoch_check})
+        delay = shard.stats.recovering_until - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _plan_group_push(
         self, members: list[str], body: bytes, seq: int, now: int
@@ -322,9 +340,13 @@ class Session:
     # -- failover bookkeeping ------------------------------------------------------------
 
     def _server_seen(self, shard: ShardConnections, info: ServerInfo) -> None:
-        stats = self.core.shard_stats[shard.spec.index]
+        stats = shard.stats
         previous = stats.master
-        if not stats.observe(info):
+        run = stats.observe(info)
+        if run == "same":
+            return
+        shard.epoch_check = self._check_epoch(shard, changed=run == "new")
+        if run == "first":
             return
         logger.warning(
             "New Redis server run on %s: %s (was %s); re-asserting group memberships",
@@ -335,6 +357,35 @@ class Session:
         )
         shard.drop_stale(info, "another connection found a new server run")
         self._reassert(shard)
+
+    def _check_epoch(self, shard: ShardConnections, changed: bool) -> asyncio.Future[Any]:
+        """Marks when this server's data began; a young mark after a change means data loss.
+
+        A failover to a replica keeps the mark (it was replicated); a master restarted
+        empty has none, so the first process back creates it, and every process that saw
+        the change then finds it young and lets group_send wait for re-assertions.
+        """
+        key, now = self.core.keys.epoch(), now_ms()
+        shard.link.submit("SET", key, now, "NX").add_done_callback(_log_failure)
+        check = shard.link.submit("GET", key)
+        if changed:
+            check.add_done_callback(lambda done: self._note_data_loss(shard, done))
+        check.add_done_callback(_log_failure)
+        return check
+
+    def _note_data_loss(self, shard: ShardConnections, check: asyncio.Future[Any]) -> None:
+        if check.cancelled() or check.exception() is not None or check.result() is None:
+            return
+        began_s = int(check.result()) / 1000
+        if time.time() - began_s < RESTART_GRACE_S:
+            shard.stats.recovering_until = began_s + RESTART_GRACE_S
+            logger.warning(
+                "Redis on %s restarted without its data; group_send waits %.1f s for "
+                "group memberships to be re-asserted",
+                shard.spec.locator.describe(),
+                RESTART_GRACE_S,
+                extra={"event": "data_lost"},
+            )
 
     # -- returning undelivered messages ----------------------------------------------------
 

@@ -8,9 +8,11 @@ announcements.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ._constants import INBOX_BATCH_SIZE
 from ._link import CommandLink
@@ -53,6 +55,7 @@ class ShardConnections:
         self.stats = stats
         self._on_server = on_server
         self.link = CommandLink(spec.locator, spec.settings, self._server_seen, stats)
+        self.epoch_check: asyncio.Future[Any] | None = None
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
         self._watch: SwitchMasterWatch | None = None

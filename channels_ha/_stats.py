@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,19 +24,22 @@ class ShardStats:
     retries: int = 0  # requests written again after a lost reply or to a new master
     master_wait_s: float = 0.0  # time spent (re)connecting, summed over connections
     last_server_change: float | None = None  # time.time()
-    history: list[str] = field(default_factory=list)
+    # Until then (time.time()), group_send waits for processes to re-assert memberships
+    # that a master restarted empty lost.
+    recovering_until: float = 0.0
 
-    def observe(self, info: ServerInfo) -> bool:
-        """Records the server a connection reached; True when it is a new server run."""
+    def observe(self, info: ServerInfo) -> str:
+        """Records the server a connection reached: "same", "first" or "new" server run."""
         self.master = info.endpoint.describe()
         if info.run_id == self.run_id:
-            return False
-        changed = self.run_id is not None
+            return "same"
+        first = self.run_id is None
         self.run_id = info.run_id
-        if changed:
-            self.server_changes += 1
-            self.last_server_change = time.time()
-        return changed
+        if first:
+            return "first"
+        self.server_changes += 1
+        self.last_server_change = time.time()
+        return "new"
 
 
 @dataclass(frozen=True)

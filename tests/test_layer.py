@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import threading
 
 import pytest
 import redis
@@ -306,3 +308,53 @@ def test_bad_options_are_clear_errors(options: dict[str, object], fragment: str)
     options.setdefault("hosts", ["redis://127.0.0.1:1"])
     with pytest.raises(ConfigurationError, match=re.escape(fragment)):
         RedisChannelLayer(**options)  # type: ignore[arg-type]
+
+
+async def test_connections_stay_bounded_in_a_burst(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """10,000 concurrent sends, a group_send and receives use at most 3 connections to Redis."""
+    layer = make_layer(redis_topology, capacity=20_000)
+    channel = await layer.new_channel()
+    await layer.group_add("burst-group", channel)
+    await layer.send("warm-normal", {"type": "x"})
+    await layer.receive("warm-normal")  # opens the normal-channel reader as well
+    name = f"channels-ha:{os.getpid()}:{layer.client_prefix[:8]}"
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            clients = master_client.client_list()
+            peak = max(peak, sum(1 for c in clients if c.get("name") == name))
+            stop.wait(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        sends = [layer.send(channel, {"type": "burst", "n": n}) for n in range(10_000)]
+        await asyncio.gather(*sends, layer.group_send("burst-group", {"type": "g"}))
+        for _ in range(10_001):
+            await layer.receive(channel)
+    finally:
+        stop.set()
+        await asyncio.to_thread(sampler.join)
+    assert 1 <= peak <= 3
+
+
+@pytest.mark.parametrize("redis_topology", ["sentinel"], indirect=True)
+async def test_replica_acknowledgements(
+    make_layer: LayerFactory, redis_topology: Topology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With replica_acks, a send returns once replicas hold it; a shortfall is logged."""
+    acked = make_layer(redis_topology, replica_acks=2)
+    await acked.send("acked", {"type": "x"})
+    await acked.group_add("acked-group", "acked")
+    await acked.group_send("acked-group", {"type": "y"})
+    assert acked.statistics().replica_ack_shortfalls == 0
+    greedy = make_layer(redis_topology, replica_acks=3, replica_ack_timeout=0.05)
+    await greedy.send("greedy", {"type": "z"})
+    assert greedy.statistics().replica_ack_shortfalls == 1
+    assert "Only 2 of 3 replicas acknowledged" in caplog.text
+    assert [(await acked.receive("acked"))["type"] for _ in range(2)] == ["x", "y"]

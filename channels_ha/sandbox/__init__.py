@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._sentinel import SentinelTopology
     from ._standalone import StandaloneTopology, TLSTopology
     from ._topology import Topology
+    from ._traffic import Traffic, TrafficReport
 
 # Names are imported on first use (PEP 562), so that loading the pytest plugin, which every
 # pytest run of a project with channels-ha installed does, costs no redis-py import.
@@ -43,6 +44,8 @@ _HOMES = {
     "StandaloneTopology": "._standalone",
     "TLSTopology": "._standalone",
     "Topology": "._topology",
+    "Traffic": "._traffic",
+    "TrafficReport": "._traffic",
 }
 
 
@@ -69,5 +72,7 @@ __all__ = [
     "TLSTopology",
     "Topology",
     "TopologyFactory",
+    "Traffic",
+    "TrafficReport",
     "start_topology",
 ]

@@ -1,0 +1,112 @@
+"""The markdown table: one line per (topology, workload, layer), ratios against channels_redis.
+
+Ratios say how many times better a layer did than channels_redis core and pubsub in the same
+run: throughput divided by theirs, or their p50 latency divided by this one's. Rows bounded by
+one awaited round trip per message also show their share of the raw round-trip ceiling, the
+``RTT ceiling`` rows of the same topology.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from .results import REFERENCE_LAYERS, Summary
+
+CEILING_ROW = "RTT ceiling: PING, 1 client"
+CEILING_LAYER = "redis-benchmark"
+
+HEADER = (
+    "| topology | workload | layer | result (median) | vs core | vs pubsub | of RTT ceiling "
+    "| errors (all runs) | Redis connections (peak) | runs |"
+)
+RULE = "|---|---|---|--:|--:|--:|--:|---|---|---|"
+
+
+def render(summaries: list[Summary]) -> str:
+    """The whole table, header included."""
+    index = {(s.topology, s.row, s.layer): s for s in summaries}
+    lines = [HEADER, RULE]
+    for summary in summaries:
+        references = [index.get((summary.topology, summary.row, ref)) for ref in REFERENCE_LAYERS]
+        ceiling = index.get((summary.topology, CEILING_ROW, CEILING_LAYER))
+        lines.append(_line(summary, references, ceiling))
+    return "\n".join(lines)
+
+
+def _line(summary: Summary, references: list[Summary | None], ceiling: Summary | None) -> str:
+    cells = [
+        summary.topology,
+        summary.row,
+        summary.layer,
+        _result(summary),
+        *(_ratio(summary, reference) for reference in references),
+        _share(summary, ceiling),
+        _errors(summary.errors),
+        _connections(summary.connections),
+        _runs(summary),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _result(summary: Summary) -> str:
+    if summary.p50_ms is not None:
+        return f"p50 {summary.p50_ms:.2f} ms, p99 {_ms(summary.p99_ms)}"
+    if summary.rate is not None:
+        return f"{summary.rate:,.0f} {summary.unit}"
+    return ", ".join(summary.failures) or "no result"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+def _ratio(summary: Summary, reference: Summary | None) -> str:
+    if reference is None or reference is summary:
+        return ""
+    if summary.latency and reference.latency:
+        assert summary.p50_ms is not None and reference.p50_ms is not None
+        return _times(reference.p50_ms, summary.p50_ms)
+    if summary.rate is None or reference.rate is None:
+        return ""
+    return _times(summary.rate, reference.rate)
+
+
+def _times(better: float, worse: float) -> str:
+    return f"{better / worse:.1f}×" if worse > 0 else ""
+
+
+def _share(summary: Summary, ceiling: Summary | None) -> str:
+    if not summary.rtt_bound or ceiling is None or not ceiling.rate or summary.rate is None:
+        return ""
+    return f"{summary.rate / ceiling.rate:.0%}"
+
+
+def _errors(errors: Counter[str]) -> str:
+    if not errors:
+        return "0"
+    return ", ".join(f"{kind} {count:,}" for kind, count in errors.most_common())
+
+
+def _connections(peaks: dict[str, int]) -> str:
+    """``process 3``, or ``sender 1 · receivers 3 each`` for numbered roles (receiver-2)."""
+    grouped: dict[str, list[int]] = {}
+    for role, count in peaks.items():
+        grouped.setdefault(role.split("-")[0], []).append(count)
+    return " · ".join(_role(role, counts) for role, counts in grouped.items())
+
+
+def _role(role: str, counts: Iterable[int]) -> str:
+    values = sorted(counts)
+    if len(values) == 1:
+        return f"{role} {values[0]}"
+    spread = f"{values[0]}" if values[0] == values[-1] else f"{values[0]}–{values[-1]}"
+    return f"{len(values)} {role}s {spread} each"
+
+
+def _runs(summary: Summary) -> str:
+    finished = summary.runs - sum(summary.failures.values())
+    text = f"{finished}/{summary.runs}"
+    if summary.failures:
+        text += " (" + ", ".join(f"{status} ×{n}" for status, n in summary.failures.items()) + ")"
+    return text

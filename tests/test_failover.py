@@ -1,0 +1,192 @@
+"""Riding through failures: no exception, no loss, no duplicate, groups kept.
+
+Every test starts a fresh topology (they break it), runs numbered traffic from one layer to
+channels of two other layers (stand-ins for other ASGI processes), injects a real fault, and
+checks that every message whose send returned arrived exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
+from channels_ha._interop import close_sync_client, sync_client
+from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory, Traffic
+
+from .conftest import LayerFactory
+
+Fault = Callable[[], Awaitable[None]]
+
+BEFORE, AFTER = 100, 200  # messages sent before the fault, and required after it
+
+
+async def run_through(
+    fault: Fault, topology: Topology, make_layer: LayerFactory, mode: str = "group"
+) -> None:
+    sender = make_layer(topology)
+    receivers = [make_layer(topology, prefix=sender.prefix) for _ in range(2)]
+    traffic = Traffic(
+        sender,  # type: ignore[arg-type]
+        receivers,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        rate_per_s=400,
+        concurrency=8,  # requests are in flight when the fault strikes
+    )
+    await traffic.start()
+    await traffic.wait_sent(BEFORE, timeout_s=10)
+    await fault()
+    await traffic.wait_sent(traffic.sent + AFTER, timeout_s=40)
+    report = await traffic.stop(drain_timeout_s=15)
+    details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
+    assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
+
+
+def kill_master(sentinel: SentinelTopology) -> Fault:
+    async def fault() -> None:
+        old = await sentinel.acurrent_master()
+        old.kill()
+        await sentinel.await_new_master(old)
+
+    return fault
+
+
+def freeze_master(sentinel: SentinelTopology) -> Fault:
+    async def fault() -> None:
+        old = await sentinel.acurrent_master()
+        old.pause()
+        await sentinel.await_new_master(old)
+        old.resume()
+
+    return fault
+
+
+def hand_over(sentinel: SentinelTopology) -> Fault:
+    async def fault() -> None:
+        old = await sentinel.acurrent_master()
+        await sentinel.afailover()
+        await sentinel.await_new_master(old)
+
+    return fault
+
+
+def restart_master_empty(sentinel: SentinelTopology) -> Fault:
+    async def fault() -> None:
+        await (await sentinel.acurrent_master()).arestart_empty()
+
+    return fault
+
+
+SENTINEL_FAULTS = {
+    "kill": kill_master,
+    "sigstop": freeze_master,
+    "sentinel-failover": hand_over,
+    "restart-empty": restart_master_empty,
+}
+
+
+@pytest.mark.parametrize("mode", ["group", "send"])
+@pytest.mark.parametrize("fault_name", list(SENTINEL_FAULTS))
+async def test_sentinel_faults(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, fault_name: str, mode: str
+) -> None:
+    """Through each Sentinel fault, sends and receives raise nothing and lose nothing."""
+    sentinel = redis_sandbox_factory("sentinel")
+    assert isinstance(sentinel, SentinelTopology)
+    await run_through(SENTINEL_FAULTS[fault_name](sentinel), sentinel, make_layer, mode)
+
+
+@pytest.mark.parametrize("kind", ["standalone", "tls"])
+async def test_single_node_restarted_empty(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, kind: str
+) -> None:
+    """A single node restarted empty (also over TLS) costs no message and no error."""
+    topology = redis_sandbox_factory(kind)
+
+    async def fault() -> None:
+        await topology.nodes[0].arestart_empty()
+
+    await run_through(fault, topology, make_layer)
+
+
+async def test_memberships_reasserted_after_restart_empty(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Group memberships of live channels are back in Redis after a restart empty."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    channels = [await layer.new_channel() for _ in range(3)]
+    receivers = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+    for channel in channels:
+        await layer.group_add("kept", channel)
+    await topology.nodes[0].arestart_empty()
+    client = sync_client(parse_url(topology.url))
+    try:
+        deadline = time.monotonic() + 10
+        key = f"{layer.prefix}:g:{{kept}}"
+        while len(client.zrange(key, 0, -1)) < 3:
+            assert time.monotonic() < deadline, "memberships were not re-asserted in 10 s"
+            await asyncio.sleep(0.05)  # polling Redis, which has no event for this
+    finally:
+        close_sync_client(client)
+    await layer.group_send("kept", {"type": "after.restart"})
+    for task in receivers:
+        assert (await asyncio.wait_for(task, 5))["type"] == "after.restart"
+
+
+async def test_live_memberships_are_refreshed(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A channel still being received on never falls out of its group at group_expiry."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology, group_expiry=2)
+    live = await layer.new_channel()
+    receiving = asyncio.create_task(layer.receive(live))
+    await layer.group_add("refreshed", live)
+    await layer.group_add("refreshed", "idle-channel")
+    await asyncio.sleep(3)  # the behaviour under test is the passage of group_expiry
+    await layer.group_send("refreshed", {"type": "still.here"})
+    assert (await asyncio.wait_for(receiving, 5))["type"] == "still.here"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive("idle-channel"), 0.1)
+
+
+async def test_gives_up_after_failover_timeout(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Past failover_timeout without a master, send and receive raise RedisUnavailable."""
+    topology = redis_sandbox_factory("standalone")
+    layer = RedisChannelLayer(hosts=[topology.url], failover_timeout=1)
+    try:
+        channel = await layer.new_channel()
+        receiving = asyncio.create_task(layer.receive(channel))
+        await layer.send("before", {"type": "ok"})
+        topology.nodes[0].kill()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable, match=r"failover_timeout.*single node tcp://"):
+            await layer.send("after", {"type": "lost"})
+        assert 0.9 < time.monotonic() - started < 5
+        with pytest.raises(RedisUnavailable):
+            await asyncio.wait_for(receiving, 10)
+    finally:
+        await layer.close()
+
+
+async def test_waits_for_a_node_that_comes_back(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A send issued while the only node is down completes once it is back."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    await layer.send("warm-up", {"type": "x"})
+    node = topology.nodes[0]
+    node.kill()
+    sending = asyncio.create_task(layer.send("queued", {"type": "waited"}))
+    await asyncio.sleep(0.5)  # the send must be waiting while the node is down
+    assert not sending.done()
+    await node.arestart_empty()
+    await asyncio.wait_for(sending, 10)
+    assert (await layer.receive("queued"))["type"] == "waited"
