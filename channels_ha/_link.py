@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from ._constants import RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_FIRST_S, RECONNECT_BACKOFF_MAX_S
+from ._backoff import Backoff
 from ._resp import Arg, ReplyError, RespProtocol, pack
 from ._scripts import Script
 from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
@@ -65,6 +65,7 @@ class CommandLink:
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
+        self._backoff = Backoff()
         self.server: ServerInfo | None = None
 
     # -- submitting -------------------------------------------------------------------
@@ -184,6 +185,10 @@ class CommandLink:
             )
             self._protocol.abort(ConnectionLost(reason))
 
+    def nudge(self) -> None:
+        """A new master was announced: retry now rather than at the next backoff step."""
+        self._backoff.nudge()
+
     def _ensure_connecting(self) -> None:
         if self._connecting is None and not self._closed:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -197,7 +202,7 @@ class CommandLink:
             self._stats.master_wait_s += time.monotonic() - started
 
     async def _connect_until_deadline(self) -> None:
-        backoff = RECONNECT_BACKOFF_FIRST_S
+        self._backoff.reset()
         started = time.monotonic()
         last_error = "no attempt yet"
         while self._queue and not self._closed:
@@ -211,8 +216,7 @@ class CommandLink:
             except ConnectionLost as err:
                 last_error = str(err)
                 logger.info("Waiting for a Redis master: %s", err, extra={"event": "waiting"})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_MAX_S)
+                await self._backoff.wait()
                 continue
             except RedisCommandError as err:
                 self._fail_all(err)

@@ -14,13 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from ._constants import (
-    BLOCKING_POP_TIMEOUT_S,
-    CLOSE_RETURN_TIMEOUT_S,
-    RECONNECT_BACKOFF_FACTOR,
-    RECONNECT_BACKOFF_FIRST_S,
-    RECONNECT_BACKOFF_MAX_S,
-)
+from ._backoff import Backoff
+from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S
 from ._link import CommandLink
 from ._resp import FutureSink
 from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
@@ -66,6 +61,7 @@ class BlockingReader:
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._backoff = Backoff()
 
     def start(self) -> None:
         if self._task is None:
@@ -76,6 +72,10 @@ class BlockingReader:
         self._wanted.set()
         if self._pending is not None and self._keys() != self._pending_keys:
             self._unblock()
+
+    def nudge(self) -> None:
+        """A new master was announced: retry now rather than at the next backoff step."""
+        self._backoff.nudge()
 
     def drop_connection(self, reason: str) -> None:
         if self._client is not None and self._client.protocol is not None:
@@ -147,7 +147,7 @@ class BlockingReader:
             self._stats.master_wait_s += time.monotonic() - started
 
     async def _reconnect(self, deadline: float) -> FutureSink:
-        backoff = RECONNECT_BACKOFF_FIRST_S
+        self._backoff.reset()
         while True:
             client = FutureSink()
             try:
@@ -158,8 +158,7 @@ class BlockingReader:
                 if time.monotonic() >= deadline:
                     raise RedisUnavailable(self._unavailable_message(err)) from err
                 logger.info("Reader waiting for a Redis master: %s", err)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_MAX_S)
+                await self._backoff.wait()
                 continue
             client.protocol = protocol
             self._client, self._server = client, info

@@ -109,9 +109,11 @@ class ShardConnections:
         )
         if not _is_at(self.link.server, address):
             self.link.drop_connection(reason)
+        self.link.nudge()
         for reader in self.readers():
             if not _is_at(reader.connected_to, address):
                 reader.drop_connection(reason)
+            reader.nudge()
 
     def _start_watch(self) -> None:
         spec = self.spec.watch

@@ -41,6 +41,7 @@ async def run_through(
     await fault()
     await traffic.wait_sent(traffic.sent + AFTER, timeout_s=40)
     report = await traffic.stop(drain_timeout_s=15)
+    print(report.summary())
     details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
     assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
 

@@ -10,6 +10,7 @@ other layers (stand-ins for other processes), records every delivery, and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -230,4 +231,4 @@ class Traffic:
 
 
 def _longest_gap(times: list[float]) -> float:
-    return max((later - earlier for earlier, later in zip(times, times[1:])), default=0.0)
+    return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)

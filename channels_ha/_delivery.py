@@ -1,0 +1,201 @@
+"""From popped list elements to the receivers of one event loop.
+
+Readers pop elements; this module turns them into messages in per-channel buffers, drops
+what expired and what is a duplicate, keeps count of who is waiting (which tells readers
+what to pop), and gives back what nobody here will receive.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from ._buffers import ChannelBuffer, Item, now_ms
+from ._codec import decode_element, encode_element
+from ._core import LayerCore
+from ._reader import KeysFn
+
+
+def inbox_of(channel: str) -> str:
+    """The non-local part of a process-specific channel name, up to and including the "!"."""
+    return channel[: channel.index("!") + 1]
+
+
+def target_of(channel: str) -> str:
+    """What a channel's messages are routed by: its inbox, or the channel itself."""
+    return inbox_of(channel) if "!" in channel else channel
+
+
+class Deliveries:
+    """Buffers, waiting receivers and duplicate marks of one event loop."""
+
+    def __init__(self, core: LayerCore) -> None:
+        self._core = core
+        self._buffers: dict[str, ChannelBuffer] = {}
+        self._inbox_waiting: Counter[str] = Counter()  # inbox key -> receivers waiting
+        self._normal_waiting: Counter[str] = Counter()  # channel -> receivers waiting
+        self._inbox_shard: dict[str, int] = {}
+        self._last_seq: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def buffer(self, channel: str) -> ChannelBuffer:
+        buffer = self._buffers.get(channel)
+        if buffer is None:
+            buffer = ChannelBuffer(channel, self._core.capacity_of(channel))
+            self._buffers[channel] = buffer
+        return buffer
+
+    # -- who is waiting ----------------------------------------------------------------------
+
+    def _waiting(self, channel: str) -> tuple[Counter[str], str]:
+        if "!" in channel:
+            return self._inbox_waiting, self._core.keys.inbox(inbox_of(channel))
+        return self._normal_waiting, channel
+
+    def enter(self, channel: str, index: int) -> bool:
+        """A receiver starts waiting; True if it is the first for its inbox or channel."""
+        counter, key = self._waiting(channel)
+        if "!" in channel:
+            self._inbox_shard[key] = index
+        counter[key] += 1
+        return counter[key] == 1
+
+    def leave(self, channel: str) -> bool:
+        """A receiver stops waiting; True if it was the last for its inbox or channel."""
+        counter, key = self._waiting(channel)
+        counter[key] -= 1
+        if counter[key] > 0:
+            return False
+        del counter[key]
+        return True
+
+    def inbox_keys(self, index: int) -> KeysFn:
+        """What the inbox reader of shard ``index`` pops: inboxes somebody waits on."""
+
+        def keys() -> list[str]:
+            return [key for key in self._inbox_waiting if self._inbox_shard.get(key) == index]
+
+        return keys
+
+    def normal_keys(self, index: int) -> KeysFn:
+        """What the normal-channel reader pops: channels with a receiver still unserved.
+
+        Popping ahead of receivers would take messages that a competing receiver in another
+        process should get.
+        """
+        core = self._core
+
+        def keys() -> list[str]:
+            return [
+                core.keys.channel(channel)
+                for channel in self._normal_waiting
+                if self._buffers[channel].waiters and core.shard_index(channel) == index
+            ]
+
+        return keys
+
+    def fail_waiters(self, index: int, error: Exception) -> None:
+        """Hands ``error`` to every receiver waiting on a channel of shard ``index``."""
+        for channel, buffer in self._buffers.items():
+            if self._core.shard_index(target_of(channel)) == index:
+                for waiter in buffer.waiters:
+                    if not waiter.done():
+                        waiter.set_exception(error)
+
+    # -- delivering --------------------------------------------------------------------------
+
+    def deliver(self, key: str, elements: list[bytes]) -> set[str]:
+        """Buffers the elements popped from ``key``; returns the normal channels touched."""
+        now = now_ms()
+        stats = self._core.stats
+        normal: set[str] = set()
+        for element in elements:
+            envelope = decode_element(element)
+            if envelope.expires_ms <= now:
+                stats.expired += 1
+            elif self._seen(key, envelope.sender, envelope.seq):
+                stats.duplicates_dropped += 1
+            else:
+                item = (envelope.expires_ms, envelope.body)
+                targets = envelope.targets
+                for target in [targets] if isinstance(targets, str) else targets:
+                    self.buffer(target).put(item)
+                    if "!" not in target:
+                        normal.add(target)
+        return normal
+
+    def _seen(self, key: str, sender: str, seq: int) -> bool:
+        """True for a message whose sequence number this key already delivered (a retry).
+
+        A sender's messages reach one key in sequence order, retries included (the link
+        re-sends in order), so anything at or below the last number seen is a copy.
+        """
+        mark = (key, sender)
+        last = self._last_seq.get(mark)
+        if last is not None and seq <= last[0]:
+            return True
+        self._last_seq[mark] = (seq, time.monotonic())
+        return False
+
+    # -- giving back ---------------------------------------------------------------------------
+
+    def stranded(self, channels: Iterable[str]) -> list[str]:
+        """Normal channels holding messages that no receiver here is waiting for."""
+        found = []
+        for channel in channels:
+            buffer = self._buffers.get(channel)
+            if buffer is not None and buffer.items and not buffer.waiters:
+                found.append(channel)
+        return found
+
+    def take_returnable(self, channels: Iterable[str]) -> dict[tuple[int, str], list[bytes]]:
+        """Removes the buffered messages of ``channels`` (unless somebody waits there) and
+        encodes them again for their list, by (shard, key), in their original order.
+
+        They go back under a fresh sender id: receivers hold no mark for it, so they will
+        not mistake the returned messages for duplicates.
+        """
+        core, returner, seq = self._core, secrets.token_hex(8), 0
+        returned: dict[tuple[int, str], list[bytes]] = {}
+        for channel in channels:
+            buffer = self._buffers.get(channel)
+            if buffer is None or buffer.waiters:
+                continue
+            target = target_of(channel)
+            key = core.keys.inbox(target) if "!" in channel else core.keys.channel(channel)
+            for expires, body in _fresh(buffer.take_all()):
+                seq += 1
+                element = encode_element(expires, returner, seq, channel, body)
+                returned.setdefault((core.shard_index(target), key), []).append(element)
+        return returned
+
+    def channels(self) -> list[str]:
+        return list(self._buffers)
+
+    # -- upkeep ------------------------------------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        """Drops expired messages, idle buffers and old marks; returns stranded channels."""
+        for channel, buffer in list(self._buffers.items()):
+            self._core.stats.expired += buffer.drop_expired()
+            if buffer.idle:
+                del self._buffers[channel]
+        horizon = time.monotonic() - self._core.dedupe_memory_s
+        for mark, (_, seen) in list(self._last_seq.items()):
+            if seen < horizon:
+                del self._last_seq[mark]
+        return self.stranded(c for c in self._buffers if "!" not in c)
+
+    def clear(self) -> None:
+        for buffer in self._buffers.values():
+            buffer.take_all()
+        self._last_seq.clear()
+
+    def buffered(self) -> int:
+        return sum(len(buffer.items) for buffer in self._buffers.values())
+
+
+def _fresh(items: list[Item]) -> list[Item]:
+    now = now_ms()
+    return [item for item in items if item[0] > now]

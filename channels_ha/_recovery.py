@@ -1,0 +1,99 @@
+"""What a process does when it meets a new server run (a failover, or a restart).
+
+It re-asserts the group memberships of its live channels, which a master restarted empty
+(or a replica that missed the last writes) no longer has. And it tells the two cases apart
+with an epoch mark, so that group_send can wait for the other processes to re-assert theirs
+after a loss, and only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ._buffers import now_ms
+from ._constants import RESTART_GRACE_S
+from ._core import LayerCore
+from ._resp import Arg
+from ._scripts import GROUP_ADD
+from ._shard import ShardConnections
+
+logger = logging.getLogger("channels_ha.layer")
+
+_REASSERT_BATCH = 500  # channels per GROUP_ADD call
+
+
+def reassert(core: LayerCore, shard: ShardConnections) -> None:
+    """Re-adds the live memberships kept on ``shard`` (background requests, logged)."""
+    groups = {
+        group: channels
+        for group, channels in core.memberships.live_groups().items()
+        if core.shard_index(group) == shard.spec.index
+    }
+    count = 0
+    for group, channels in groups.items():
+        for start in range(0, len(channels), _REASSERT_BATCH):
+            batch = channels[start : start + _REASSERT_BATCH]
+            args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, *batch)
+            future = shard.link.submit_script(GROUP_ADD, (core.keys.group(group),), args)
+            future.add_done_callback(log_failure)
+            count += len(batch)
+    if count:
+        logger.info(
+            "Re-asserted %d group memberships in %d groups on %s",
+            count,
+            len(groups),
+            shard.spec.locator.describe(),
+            extra={"event": "memberships_reasserted", "memberships": count},
+        )
+
+
+def check_epoch(core: LayerCore, shard: ShardConnections, changed: bool) -> asyncio.Future[Any]:
+    """Marks when this server's data began; a young mark after a change means data loss.
+
+    A failover to a replica keeps the mark (it was replicated); a master restarted empty has
+    none, so the first process back creates it, and every process that saw the change then
+    finds it young and lets group_send wait for re-assertions.
+    """
+    key = core.keys.epoch()
+    shard.link.submit("SET", key, now_ms(), "NX").add_done_callback(log_failure)
+    check = shard.link.submit("GET", key)
+    if changed:
+        check.add_done_callback(lambda done: _note_data_loss(shard, done))
+    check.add_done_callback(log_failure)
+    return check
+
+
+def _note_data_loss(shard: ShardConnections, check: asyncio.Future[Any]) -> None:
+    if check.cancelled() or check.exception() is not None or check.result() is None:
+        return
+    began_s = int(check.result()) / 1000
+    if time.time() - began_s < RESTART_GRACE_S:
+        shard.stats.recovering_until = began_s + RESTART_GRACE_S
+        logger.warning(
+            "Redis on %s restarted without its data; group_send waits %.1f s for group "
+            "memberships to be re-asserted",
+            shard.spec.locator.describe(),
+            RESTART_GRACE_S,
+            extra={"event": "data_lost"},
+        )
+
+
+async def recovered(shard: ShardConnections) -> None:
+    """Waits out the grace period after a master came back without its data."""
+    if shard.epoch_check is not None and not shard.epoch_check.done():
+        await asyncio.wait({shard.epoch_check})
+    delay = shard.stats.recovering_until - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)  # the grace period is the point: processes re-assert
+
+
+def log_failure(future: asyncio.Future[Any]) -> None:
+    """Done-callback for background requests: nobody awaits them, so failures are logged."""
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is not None:
+        logger.warning("Background Redis operation failed: %s", error)

@@ -1,0 +1,39 @@
+"""A retried send whose first copy landed is delivered once.
+
+A retry happens when a connection breaks after Redis ran a command but before its reply
+arrived; faults cannot produce that moment on demand, so these tests write the very same
+request twice, which is exactly what the link does on a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from channels_ha import RedisChannelLayer
+
+pytestmark = pytest.mark.redis_topologies("standalone", "sentinel")
+
+
+async def _send_twice(layer: RedisChannelLayer, channel: str) -> list[object]:
+    link, packed = layer._session().prepare_send(channel, {"type": "once"})
+    return [await link.submit_packed(packed) for _ in range(2)]
+
+
+async def test_process_specific_duplicate_dropped_by_receiver(layer: RedisChannelLayer) -> None:
+    """Both copies reach the inbox; the receiving process delivers one and counts the other."""
+    channel = await layer.new_channel()
+    assert await _send_twice(layer, channel) == [[1], [1]]
+    assert (await layer.receive(channel))["type"] == "once"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.1)
+    assert layer.statistics().duplicates_dropped == 1
+
+
+async def test_normal_channel_duplicate_refused_by_redis(layer: RedisChannelLayer) -> None:
+    """The PUSH script refuses the second copy, so no competing receiver can get it."""
+    assert await _send_twice(layer, "dedupe-normal") == [[1], [2]]
+    assert (await layer.receive("dedupe-normal"))["type"] == "once"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive("dedupe-normal"), 0.1)
