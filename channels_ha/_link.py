@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from ._backoff import Backoff
 from ._resp import Arg, ReplyError, RespProtocol, pack
 from ._scripts import Script
-from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
+from ._server import Locator, ServerInfo, ServerSettings, connect_to_master, give_up
 from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
@@ -243,12 +243,7 @@ class CommandLink:
         now = time.monotonic()
         if not any(r.deadline <= now for r in self._queue):
             return
-        waited = now - started
-        error = RedisUnavailable(
-            f"No usable Redis master for {self._settings.failover_timeout_s:g} s "
-            f"(failover_timeout; reconnecting for {waited:.1f} s) on "
-            f"{self._locator.describe()}; last error: {last_error}"
-        )
+        error = give_up(self._locator, self._settings, now - started, last_error)
         keep: deque[_Request] = deque()
         for request in self._queue:
             if request.deadline <= now:

@@ -18,7 +18,7 @@ from ._backoff import Backoff
 from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S
 from ._link import CommandLink
 from ._resp import FutureSink
-from ._server import Locator, ServerInfo, ServerSettings, connect_to_master
+from ._server import Locator, ServerInfo, ServerSettings, connect_to_master, give_up
 from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
@@ -142,11 +142,12 @@ class BlockingReader:
             return client
         started = time.monotonic()
         try:
-            return await self._reconnect(started + self._settings.failover_timeout_s)
+            return await self._reconnect(started)
         finally:
             self._stats.master_wait_s += time.monotonic() - started
 
-    async def _reconnect(self, deadline: float) -> FutureSink:
+    async def _reconnect(self, started: float) -> FutureSink:
+        deadline = started + self._settings.failover_timeout_s
         self._backoff.reset()
         while True:
             client = FutureSink()
@@ -156,7 +157,8 @@ class BlockingReader:
                 )
             except ConnectionLost as err:
                 if time.monotonic() >= deadline:
-                    raise RedisUnavailable(self._unavailable_message(err)) from err
+                    waited = time.monotonic() - started
+                    raise give_up(self._locator, self._settings, waited, err) from err
                 logger.info("Reader waiting for a Redis master: %s", err)
                 await self._backoff.wait()
                 continue
@@ -164,12 +166,6 @@ class BlockingReader:
             self._client, self._server = client, info
             self._on_server(info)
             return client
-
-    def _unavailable_message(self, err: Exception) -> str:
-        return (
-            f"No usable Redis master for {self._settings.failover_timeout_s:g} s "
-            f"(failover_timeout) on {self._locator.describe()}; last error: {err}"
-        )
 
     # -- stopping ------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Protocol
 from ._resp import Arg, Endpoint, FutureSink, ReplySink, RespProtocol, open_client, open_connection
 from ._scripts import ALL as ALL_SCRIPTS
 from ._timeouts import within
-from .exceptions import ConnectionLost, RedisCommandError
+from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.server")
 
@@ -125,6 +125,18 @@ class SentinelLocator:
     def describe(self) -> str:
         names = ", ".join(s.describe() for s in self.sentinels)
         return f"sentinel master {self.master_name!r} via {names}"
+
+
+def give_up(
+    locator: Locator, settings: ServerSettings, waited_s: float, last_error: object
+) -> RedisUnavailable:
+    """The error raised once the failover timeout has passed without a usable master."""
+    error = RedisUnavailable(
+        f"No usable Redis master for {settings.failover_timeout_s:g} s (failover_timeout; "
+        f"waited {waited_s:.1f} s) on {locator.describe()}; last error: {last_error}"
+    )
+    logger.error("%s", error, extra={"event": "gave_up", "waited_s": round(waited_s, 3)})
+    return error
 
 
 def _with_address(template: Endpoint, host: str, port: int) -> Endpoint:
