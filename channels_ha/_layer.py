@@ -159,8 +159,16 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         return statistics_of(self._core, self._sessions.values())
 
     def __repr__(self) -> str:
-        summaries = "; ".join(config.summary().splitlines()[0] for config in self.configs)
-        return f"<{type(self).__name__} prefix={self.prefix!r} {summaries}>"
+        hosts = ", ".join(_describe(config) for config in self.configs)
+        return f"<{type(self).__name__} prefix={self.prefix!r} hosts=[{hosts}]>"
+
+
+def _describe(config: RedisConfig) -> str:
+    """``sentinel mymaster via a:26379, b:26379``; never credentials."""
+    nodes = ", ".join(config.node_labels())
+    if config.mode == "sentinel":
+        return f"sentinel {config.master_name} via {nodes}"
+    return f"{config.mode} {nodes}"
 
 
 def _require_message(message: object) -> None:
@@ -211,7 +219,10 @@ def _configs(
             )
         from ._sources import parse_hosts_entry
 
-        configs = [parse_hosts_entry(entry) for entry in hosts]
+        configs = [
+            parse_hosts_entry(entry, source=f"channel layer option hosts[{index}]")
+            for index, entry in enumerate(hosts)
+        ]
     else:
         from ._sources import load_config
 

@@ -1,0 +1,135 @@
+"""The examples in README.md, docs/failover.md and docs/migrating.md run as shown.
+
+An example is the first fenced block after an ``<!-- example: NAME -->`` comment.
+(docs/configuration.md and docs/operations.md have test modules of their own.)
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
+from channels_ha.sandbox import Topology
+
+ROOT = Path(__file__).resolve().parent.parent
+_FENCE = re.compile(r"```(\w*)\n(.*?)\n[ ]*```", re.DOTALL)
+
+
+def example(document: str, name: str) -> str:
+    """The body of the block marked ``name`` in ``document``."""
+    text = (ROOT / document).read_text()
+    _, _, after = text.partition(f"<!-- example: {name} -->")
+    match = _FENCE.search(after)
+    assert match, f"no example {name!r} in {document}"
+    return textwrap.dedent(match.group(2))
+
+
+def settings_from(code: str) -> dict[str, Any]:
+    """Runs a settings.py example and returns its module namespace."""
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "<example>", "exec"), namespace)
+    return namespace
+
+
+async def roundtrip(layer_setting: dict[str, Any]) -> None:
+    """Builds the layer the way Channels does and passes a message through it."""
+    layer = _build(layer_setting)
+    try:
+        await layer.send("docs-example", {"type": "docs.example"})
+        assert (await layer.receive("docs-example"))["type"] == "docs.example"
+    finally:
+        await layer.close()
+
+
+def _build(layer_setting: dict[str, Any]) -> RedisChannelLayer:
+    assert layer_setting["BACKEND"] == "channels_ha.RedisChannelLayer"
+    return RedisChannelLayer(**layer_setting.get("CONFIG", {}))
+
+
+async def test_readme_settings(redis_sentinel: Topology, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's settings.py builds a working layer from REDIS_URL."""
+    monkeypatch.setenv("REDIS_URL", redis_sentinel.url)
+    settings = settings_from(example("README.md", "settings"))
+    assert "channels_ha" in settings["INSTALLED_APPS"]
+    await roundtrip(settings["CHANNEL_LAYERS"]["default"])
+
+
+def test_readme_environment() -> None:
+    """The README's REDIS_URL is a valid Sentinel URL with sentinel auth."""
+    line = example("README.md", "environment")
+    assignment = shlex.split(line)[1]
+    config = parse_url(assignment.split("=", 1)[1])
+    summary = config.summary_dict()
+    assert summary["mode"] == "sentinel"
+    assert summary["sentinels"]["auth"]
+    assert summary["data_nodes"]["auth"]
+
+
+async def test_failover_replica_acks(
+    redis_sentinel: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/failover.md's replica_acks setting builds a layer whose sends are acknowledged."""
+    monkeypatch.setenv("REDIS_URL", redis_sentinel.url)
+    code = "import channels_ha\n" + example("docs/failover.md", "replica-acks")
+    setting = settings_from(code)["CHANNEL_LAYERS"]["default"]
+    assert setting["CONFIG"]["replica_acks"] == 1
+    await roundtrip(setting)
+    layer = _build(setting)
+    await layer.send("acked", {"type": "x"})
+    assert layer.statistics().replica_ack_shortfalls == 0
+    await layer.flush()
+    await layer.close()
+
+
+async def test_failover_unavailable_message() -> None:
+    """The RedisUnavailable message shown in docs/failover.md has the shape of a real one."""
+    shown = example("docs/failover.md", "unavailable")
+    layer = RedisChannelLayer(hosts=["redis://127.0.0.1:1"], failover_timeout=0.2)
+    with pytest.raises(RedisUnavailable) as raised:
+        await layer.send("nowhere", {"type": "x"})
+    await layer.close()
+    shape = (
+        r"No usable Redis master for \S+ s \(failover_timeout; waited \S+ s\) on .+; last error: .+"
+    )
+    assert re.fullmatch(shape, shown)
+    assert re.fullmatch(shape, str(raised.value))
+
+
+@pytest.mark.parametrize("name", ["before", "after"])
+def test_migrating_settings_shapes(name: str) -> None:
+    """Before and after differ only in BACKEND."""
+    settings = settings_from(example("docs/migrating.md", name))["CHANNEL_LAYERS"]["default"]
+    other = "after" if name == "before" else "before"
+    twin = settings_from(example("docs/migrating.md", other))["CHANNEL_LAYERS"]["default"]
+    assert settings["CONFIG"] == twin["CONFIG"]
+    assert {settings["BACKEND"], twin["BACKEND"]} == {
+        "channels_redis.core.RedisChannelLayer",
+        "channels_ha.RedisChannelLayer",
+    }
+
+
+async def test_migrating_after_works(redis_standalone: Topology) -> None:
+    """The migrated setting, pointed at a real Redis, works unchanged."""
+    code = example("docs/migrating.md", "after").replace(
+        "redis://127.0.0.1:6379/0", redis_standalone.url
+    )
+    setting = settings_from(code)["CHANNEL_LAYERS"]["default"]
+    assert setting["CONFIG"]["capacity"] == 1500
+    await roundtrip(setting)
+
+
+async def test_migrating_validated(
+    redis_standalone: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """channel_layers(capacity=1500, expiry=30) reads the environment and keeps the options."""
+    monkeypatch.setenv("REDIS_URL", redis_standalone.url)
+    setting = settings_from(example("docs/migrating.md", "validated"))["CHANNEL_LAYERS"]["default"]
+    assert setting["CONFIG"]["capacity"] == 1500
+    assert setting["CONFIG"]["expiry"] == 30
+    await roundtrip(setting)
