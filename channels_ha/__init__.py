@@ -27,7 +27,7 @@ if TYPE_CHECKING:
         SingleNodeConfig,
         TLSConfig,
     )
-    from ._interop import channel_layers
+    from ._interop import caches, channel_layers
     from ._layer import RedisChannelLayer
     from ._probe import probe
     from ._probe_report import ProbeReport
@@ -45,6 +45,7 @@ _HOMES = {
     "SentinelConfig": "._config",
     "SingleNodeConfig": "._config",
     "TLSConfig": "._config",
+    "caches": "._interop",
     "channel_layers": "._interop",
     "RedisChannelLayer": "._layer",
     "probe": "._probe",
@@ -71,6 +72,7 @@ __all__ = [
     "SingleNodeConfig",
     "TLSConfig",
     "__version__",
+    "caches",
     "channel_layers",
     "load_config",
     "parse_connection_config",

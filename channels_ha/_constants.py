@@ -31,6 +31,9 @@ DEDUPE_MEMORY_MIN_S = 120.0
 # re-assert its memberships (their readers reconnect within RECONNECT_BACKOFF_MAX_S).
 RESTART_GRACE_S = 2.0
 
+# How often a process with group memberships checks that no master lost its data.
+EPOCH_CHECK_INTERVAL_S = 1.0
+
 # Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
 GROUP_REFRESH_INTERVAL_S = 3_600.0
 # A process-specific channel counts as live while it was received on within this window.

@@ -1,4 +1,5 @@
-"""Bridges from a parsed config to what other code consumes: ``CHANNEL_LAYERS`` and redis-py.
+"""Bridges from a parsed config to what other code consumes: ``CHANNEL_LAYERS``, ``CACHES``
+and redis-py clients.
 
 The redis-py clients here serve the probe, the Django cache and health checks; the channel
 layer manages its own connections. Every client returned is owned by the caller, who closes
@@ -8,6 +9,7 @@ sentinel connections used to find the master.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import redis
@@ -16,6 +18,7 @@ import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
+from redis.retry import Retry
 
 from ._config import NodeAddress, RedisConfig, SentinelConfig
 from ._redis_kwargs import client_kwargs, connection_kwargs, sentinel_kwargs
@@ -28,6 +31,7 @@ __all__ = [
     "aclose_async_client",
     "async_client",
     "async_sentinel_clients",
+    "caches",
     "channel_layers",
     "close_sync_client",
     "sync_client",
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 DEFAULT_BACKEND = "channels_ha.RedisChannelLayer"
+DEFAULT_CACHE_BACKEND = "channels_ha.cache.RedisCache"
 _CHANNELS_REDIS = "channels_redis."  # its layers take ``hosts`` instead of ``config``
 
 SyncClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
@@ -65,6 +70,29 @@ def channel_layers(
     return {alias: {"BACKEND": backend, "CONFIG": {**ours, **layer_options}}}
 
 
+def caches(
+    config: RedisConfig | None = None,
+    *,
+    backend: str = DEFAULT_CACHE_BACKEND,
+    alias: str = "default",
+    **cache_params: Any,
+) -> dict[str, dict[str, Any]]:
+    """A ``CACHES`` setting whose Redis is this config (read from the environment if omitted).
+
+    ``cache_params`` are Django's own keys (``TIMEOUT``, ``KEY_PREFIX``, ``VERSION``,
+    ``OPTIONS``...); the config goes into ``OPTIONS``, so the cache and the channel layer
+    share one validated configuration.
+    """
+    config = load_config() if config is None else config
+    options: Mapping[str, Any] = cache_params.pop("OPTIONS", None) or {}
+    for key in {"config", "LOCATION"} & {*options, *cache_params}:
+        raise ConfigurationError(
+            f"Invalid cache options for {backend}: '{key}' is built from the Redis "
+            "configuration; expected it to be left out."
+        )
+    return {alias: {"BACKEND": backend, **cache_params, "OPTIONS": {**options, "config": config}}}
+
+
 def _pairs(nodes: tuple[NodeAddress, ...]) -> list[tuple[str, int]]:
     return [(node.host, node.port) for node in nodes]
 
@@ -77,11 +105,16 @@ def _master_kwargs(config: SentinelConfig, ssl_connection: type[Any]) -> dict[st
     return kwargs
 
 
-def _sentinel_master(module: Any, config: SentinelConfig) -> Any:
-    """``master_for`` through ``redis.sentinel`` or ``redis.asyncio.sentinel`` (both untyped)."""
-    manager = module.Sentinel(_pairs(config.sentinels), sentinel_kwargs=sentinel_kwargs(config))
+def _sentinel_master(module: Any, config: SentinelConfig, **extra: Any) -> Any:
+    """``master_for`` through ``redis.sentinel`` or ``redis.asyncio.sentinel`` (both untyped).
+
+    ``extra`` (e.g. ``retry``) applies to the sentinel connections and the master's alike.
+    """
+    manager = module.Sentinel(
+        _pairs(config.sentinels), sentinel_kwargs={**sentinel_kwargs(config), **extra}
+    )
     kwargs = _master_kwargs(config, module.SentinelManagedSSLConnection)
-    return manager.master_for(config.master_name, **kwargs)
+    return manager.master_for(config.master_name, **kwargs, **extra)
 
 
 def _cluster_nodes(module: Any, nodes: tuple[NodeAddress, ...]) -> list[Any]:
@@ -97,15 +130,19 @@ def _single_kwargs(config: RedisConfig) -> dict[str, Any]:
     return {"host": config.address.host, "port": config.address.port, "db": config.db}
 
 
-def sync_client(config: RedisConfig) -> SyncClient:
-    """A synchronous client of the data master: direct, sentinel-managed, or cluster."""
+def sync_client(config: RedisConfig, *, retry: Retry | None = None) -> SyncClient:
+    """A synchronous client of the data master: direct, sentinel-managed, or cluster.
+
+    ``retry`` replaces redis-py's default retry policy on every connection, sentinels included.
+    """
+    extra: dict[str, Any] = {} if retry is None else {"retry": retry}
     if config.mode == "cluster":
         nodes = _cluster_nodes(redis.cluster, config.startup_nodes)
-        return redis.cluster.RedisCluster(startup_nodes=nodes, **client_kwargs(config))
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **client_kwargs(config), **extra)
     if config.mode == "sentinel":
-        client: redis.Redis = _sentinel_master(redis.sentinel, config)
+        client: redis.Redis = _sentinel_master(redis.sentinel, config, **extra)
         return client
-    return redis.Redis(**_single_kwargs(config), **client_kwargs(config))
+    return redis.Redis(**_single_kwargs(config), **client_kwargs(config), **extra)
 
 
 def async_client(config: RedisConfig) -> AsyncClient:

@@ -1,9 +1,17 @@
 """The Redis key layout.
 
-Every key carries a hash tag (the part in braces) naming the one channel, inbox or group it
-belongs to, so that each server script touches keys of a single Cluster slot, and a prefix so
-that ``flush()`` can find them with SCAN. Channel and group names cannot contain braces (the
-Channels name rules forbid them), so the tag is always exactly the name.
+Every key carries a hash tag (the part in braces) so that each server script touches keys of
+a single Cluster slot, and a prefix so that ``flush()`` can find them with SCAN:
+
+- a group's sorted set is tagged with the group name, so groups spread over the slots;
+- a process inbox is tagged with the process's part of the channel name (the random client
+  prefix before the "!"), so every inbox of one process shares a slot and one blocking pop
+  serves them all;
+- normal channels (and their de-duplication keys) share one slot, so that one blocking pop can
+  wait on all of them even on Cluster; they carry little traffic in Channels applications
+  (worker channels), and process inboxes carry the rest.
+
+Channel and group names cannot contain braces (the Channels name rules forbid them).
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 
 from .exceptions import ConfigurationError
 
+_NORMAL_TAG = "normal"
 _GLOB_SPECIALS = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
 
 
@@ -32,23 +41,27 @@ class KeyLayout:
 
     def channel(self, channel: str) -> str:
         """The list holding messages of a normal channel."""
-        return f"{self.prefix}:c:{{{channel}}}"
+        return f"{self.prefix}:c:{{{_NORMAL_TAG}}}:{channel}"
 
     def inbox(self, non_local_name: str) -> str:
-        """The list holding messages of all process-specific channels of one process."""
-        return f"{self.prefix}:i:{{{non_local_name}}}"
+        """The list holding messages of the process-specific channels ``<name>!...``."""
+        tag = non_local_name.rpartition(".")[2]
+        return f"{self.prefix}:i:{{{tag}}}:{non_local_name}"
 
     def dedupe(self, channel: str, sender: str) -> str:
         """The last sequence number of ``sender`` applied to a normal channel."""
-        return f"{self.prefix}:d:{{{channel}}}:{sender}"
+        return f"{self.prefix}:d:{{{_NORMAL_TAG}}}:{channel}:{sender}"
 
     def group(self, group: str) -> str:
         """The sorted set of a group's member channels, scored by time of joining."""
         return f"{self.prefix}:g:{{{group}}}"
 
-    def epoch(self) -> str:
-        """When the data of this server began (ms): missing or young after a restart empty."""
-        return f"{self.prefix}:epoch"
+    def epoch(self, tag: str | None = None) -> str:
+        """When the data of a server began (ms): missing or young after a restart empty.
+
+        On Cluster there is one per master, ``tag`` placing it in a slot the master owns.
+        """
+        return f"{self.prefix}:epoch" if tag is None else f"{self.prefix}:epoch:{{{tag}}}"
 
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for every key of this layer."""

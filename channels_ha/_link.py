@@ -16,31 +16,46 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ._backoff import Backoff
 from ._resp import Arg, ReplyError, RespProtocol, pack
 from ._scripts import Script
-from ._server import Locator, ServerInfo, ServerSettings, connect_to_master, give_up
+from ._server import (
+    REDIRECT_ERRORS,
+    RETRY_ERRORS,
+    Locator,
+    ServerInfo,
+    ServerSettings,
+    connect_to_master,
+    give_up,
+)
 from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.link")
 
-# Error replies that mean "not executed here, try the current master": a demoted master
-# (READONLY), a replica still loading or cut off (LOADING, MASTERDOWN), blocked clients
-# kicked on a role change (UNBLOCKED), a script cache emptied by a restart (NOSCRIPT).
-_RETRY_PREFIXES = ("READONLY", "LOADING", "MASTERDOWN", "UNBLOCKED", "NOSCRIPT", "TRYAGAIN")
 
+class Request:
+    """One command on its way: the bytes to write, who waits for the reply, until when."""
 
-class _Request:
-    __slots__ = ("deadline", "future", "packed", "sent_at")
+    __slots__ = ("deadline", "future", "packed", "sent_at", "slot")
 
-    def __init__(self, packed: bytes, future: asyncio.Future[object], deadline: float) -> None:
+    def __init__(self, packed: bytes, deadline_s: float, slot: int = -1) -> None:
         self.packed = packed
-        self.future = future
-        self.deadline = deadline
+        self.future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self.deadline = time.monotonic() + deadline_s
         self.sent_at = 0.0
+        self.slot = slot  # the Cluster slot of its keys (-1 outside Cluster)
+
+
+# A Cluster node's link gives back what it cannot serve, with the reason, to the router.
+HandBack = Callable[["CommandLink", list[Request], str], None]
+# Asks the deployment whether the link's server is still the master for what it carries.
+Verify = Callable[["CommandLink"], Awaitable[bool]]
+
+SUSPECT_AFTER_S = 0.5  # a reply this late: check that the server is still the master
+SUSPECT_INTERVAL_S = 0.1  # and check again this often until reply_timeout
 
 
 class CommandLink:
@@ -52,14 +67,21 @@ class CommandLink:
         settings: ServerSettings,
         on_server: Callable[[ServerInfo], None],
         stats: ShardStats,
+        hand_back: HandBack | None = None,
+        verify: Verify | None = None,
     ) -> None:
         self._locator = locator
+        self._hand_back = hand_back
+        self._verify = verify
+        self._verifying: asyncio.Task[None] | None = None
+        self._doubt: deque[tuple[Request, object]] | None = None  # late replies on hold
+        self._doubt_since = 0.0
         self._stats = stats
         self._settings = settings
         self._on_server = on_server
-        self._queue: deque[_Request] = deque()  # waiting for a usable connection
-        self._inflight: deque[_Request] = deque()  # written, reply pending
-        self._retry: deque[_Request] = deque()  # refused by a server that is not the master
+        self._queue: deque[Request] = deque()  # waiting for a usable connection
+        self._inflight: deque[Request] = deque()  # written, reply pending
+        self._retry: deque[Request] = deque()  # refused by a server that is not the master
         self._protocol: RespProtocol | None = None
         self._usable = False
         self._connecting: asyncio.Task[None] | None = None
@@ -70,23 +92,30 @@ class CommandLink:
 
     # -- submitting -------------------------------------------------------------------
 
-    def submit(self, *args: Arg) -> asyncio.Future[object]:
-        """Queues a command; the future resolves with the reply, or RedisUnavailable."""
+    def submit(self, *args: Arg, key: str | None = None) -> asyncio.Future[object]:
+        """Queues a command; the future resolves with the reply, or RedisUnavailable.
+
+        ``key`` names the key the command is about, for routing on Cluster (ignored here).
+        """
         return self.submit_packed(pack(*args))
 
-    def submit_packed(self, packed: bytes) -> asyncio.Future[object]:
+    def submit_packed(self, packed: bytes, key: str | None = None) -> asyncio.Future[object]:
         if self._closed:
             raise RedisUnavailable("the channel layer was closed")
-        loop = asyncio.get_running_loop()
-        request = _Request(
-            packed, loop.create_future(), time.monotonic() + self._settings.failover_timeout_s
-        )
+        request = Request(packed, self._settings.failover_timeout_s)
+        self.submit_request(request)
+        return request.future
+
+    def submit_request(self, request: Request, asking: bool = False) -> None:
+        """Queues a request made elsewhere (the Cluster router's); ``asking`` prefixes ASKING."""
+        if asking:
+            # slot -2: an internal request that a router drops instead of re-routing.
+            self.submit_request(Request(pack("ASKING"), self._settings.failover_timeout_s, -2))
         if self._usable:
             self._write(request)
         else:
             self._queue.append(request)
             self._ensure_connecting()
-        return request.future
 
     async def call(self, *args: Arg) -> object:
         return await self.submit(*args)
@@ -94,9 +123,20 @@ class CommandLink:
     def submit_script(
         self, script: Script, keys: Sequence[str], args: Sequence[Arg]
     ) -> asyncio.Future[object]:
-        return self.submit_packed(pack("EVALSHA", script.sha, len(keys), *keys, *args))
+        return self.submit_packed(pack("EVALSHA", script.sha, len(keys), *keys, *args), keys[0])
 
-    def _write(self, request: _Request) -> None:
+    def inflight_slots(self) -> set[int]:
+        """Slots of the requests whose replies are due or on hold."""
+        held = [request for request, _ in self._doubt or ()]
+        return {request.slot for request in (*held, *self._inflight) if request.slot >= 0}
+
+    def inflight_in_slot(self, slot: int, after: Request) -> list[Request]:
+        """Requests of ``slot`` written after ``after`` whose replies are still due."""
+        later = list(self._inflight)
+        index = later.index(after) + 1 if after in later else 0
+        return [request for request in later[index:] if request.slot == slot]
+
+    def _write(self, request: Request) -> None:
         assert self._protocol is not None
         self._protocol.write(request.packed)
         request.sent_at = time.monotonic()
@@ -108,6 +148,19 @@ class CommandLink:
 
     def on_reply(self, reply: object) -> None:
         request = self._inflight.popleft()
+        if self._doubt is not None:
+            self._doubt.append((request, reply))
+        elif self._verify is not None and time.monotonic() - request.sent_at >= SUSPECT_AFTER_S:
+            # A late reply may come from a frozen master that just woke up and does not
+            # know yet that it was replaced: its writes are about to be discarded. Hold
+            # this reply and the ones after it until the deployment confirms the master.
+            self._doubt = deque([(request, reply)])
+            self._doubt_since = time.monotonic()
+            self._start_verifying()
+        else:
+            self._settle(request, reply)
+
+    def _settle(self, request: Request, reply: object) -> None:
         if isinstance(reply, ReplyError):
             self._on_error_reply(request, reply)
         elif not request.future.done():
@@ -115,9 +168,11 @@ class CommandLink:
         if not self._inflight and not self._usable and self._protocol is not None:
             self._protocol.abort()  # drained a connection to a non-master: move on
 
-    def _on_error_reply(self, request: _Request, reply: ReplyError) -> None:
+    def _on_error_reply(self, request: Request, reply: ReplyError) -> None:
         text = str(reply)
-        if text.startswith(_RETRY_PREFIXES):
+        if self._hand_back is not None and text.startswith(REDIRECT_ERRORS):
+            self._hand_back(self, [request], text)
+        elif text.startswith(RETRY_ERRORS):
             if self._usable:
                 logger.warning(
                     "Redis at %s is not usable as master (%s); looking for the master",
@@ -134,8 +189,10 @@ class CommandLink:
         self._disarm_watchdog()
         self._protocol = None
         self._usable = False
-        pending = [*self._retry, *self._inflight, *self._queue]
-        self._stats.retries += len(self._retry) + len(self._inflight)
+        doubted = [request for request, _ in self._doubt or ()]
+        self._doubt = None
+        pending = [*doubted, *self._retry, *self._inflight, *self._queue]
+        self._stats.retries += len(doubted) + len(self._retry) + len(self._inflight)
         self._retry.clear()
         self._inflight.clear()
         self._queue = deque(r for r in pending if not r.future.done())
@@ -147,15 +204,20 @@ class CommandLink:
                 len(self._queue),
                 extra={"event": "connection_lost", "pending": len(self._queue)},
             )
-        if self._queue:
+        if self._hand_back is not None:
+            self._hand_over_queue(f"connection lost: {exc or 'closed by the server'}")
+        elif self._queue:
             self._ensure_connecting()
 
     # -- reply watchdog ----------------------------------------------------------------
 
     def _arm_watchdog(self, since: float) -> None:
-        loop = asyncio.get_running_loop()
-        delay = since + self._settings.reply_timeout_s - time.monotonic()
-        self._watchdog = loop.call_later(max(delay, 0.0), self._check_replies)
+        """Checks on the oldest reply due: first whether the server still is the master
+        (from ``SUSPECT_AFTER_S`` on), then whether it hangs (at ``reply_timeout``)."""
+        age = time.monotonic() - since
+        next_check = SUSPECT_AFTER_S - age if age < SUSPECT_AFTER_S else SUSPECT_INTERVAL_S
+        delay = max(min(next_check, self._settings.reply_timeout_s - age), 0.0)
+        self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_replies)
 
     def _disarm_watchdog(self) -> None:
         if self._watchdog is not None:
@@ -167,10 +229,51 @@ class CommandLink:
         if not self._inflight:
             return
         oldest = self._inflight[0].sent_at
-        if time.monotonic() - oldest >= self._settings.reply_timeout_s:
+        age = time.monotonic() - oldest
+        if age >= self._settings.reply_timeout_s:
             self.drop_connection(f"no reply for {self._settings.reply_timeout_s} s")
-        else:
-            self._arm_watchdog(oldest)
+            return
+        if age >= SUSPECT_AFTER_S:
+            self._start_verifying()
+        self._arm_watchdog(oldest)
+
+    def _start_verifying(self) -> None:
+        """A frozen master (SIGSTOP, a stuck VM) answers nothing; once the deployment has
+        replaced it, ask where the master is now and leave, before it wakes up and accepts
+        writes that its demotion will discard."""
+        if self._verify is None or self._verifying is not None or self._protocol is None:
+            return
+        self._verifying = asyncio.get_running_loop().create_task(self._verify_master())
+
+    async def _verify_master(self) -> None:
+        try:
+            still_master = await self._ask_deployment()
+        finally:
+            self._verifying = None
+        if still_master:
+            self._release_doubt()
+        elif still_master is False or self._doubt is not None:
+            # Moved, or unknown while late replies wait: writing again is safe (receivers
+            # and the PUSH script drop the copy), accepting a doomed reply is not.
+            self.drop_connection("the master moved while this one stopped answering")
+
+    async def _ask_deployment(self) -> bool | None:
+        """Whether this server is still the master, asked after any doubt began."""
+        assert self._verify is not None
+        while True:
+            asked_at = time.monotonic()
+            try:
+                still_master = await self._verify(self)
+            except (ConnectionLost, RedisCommandError) as err:
+                logger.debug("Could not check where the master is: %s", err)
+                return None
+            if self._doubt is None or self._doubt_since < asked_at:
+                return still_master
+
+    def _release_doubt(self) -> None:
+        doubt, self._doubt = self._doubt, None
+        for request, reply in doubt or ():
+            self._settle(request, reply)
 
     # -- connecting --------------------------------------------------------------------
 
@@ -215,6 +318,9 @@ class CommandLink:
                 )
             except ConnectionLost as err:
                 last_error = str(err)
+                if self._hand_back is not None:
+                    self._hand_over_queue(last_error)  # the router knows where else to go
+                    return
                 logger.info("Waiting for a Redis master: %s", err, extra={"event": "waiting"})
                 await self._backoff.wait()
                 continue
@@ -239,12 +345,18 @@ class CommandLink:
             if not request.future.done():
                 self._write(request)
 
+    def _hand_over_queue(self, reason: str) -> None:
+        assert self._hand_back is not None
+        queued, self._queue = list(self._queue), deque()
+        if queued and not self._closed:
+            self._hand_back(self, queued, reason)
+
     def _fail_overdue(self, last_error: str, started: float) -> None:
         now = time.monotonic()
         if not any(r.deadline <= now for r in self._queue):
             return
-        error = give_up(self._locator, self._settings, now - started, last_error)
-        keep: deque[_Request] = deque()
+        error = give_up(self._locator.describe(), self._settings, now - started, last_error)
+        keep: deque[Request] = deque()
         for request in self._queue:
             if request.deadline <= now:
                 if not request.future.done():
@@ -278,5 +390,8 @@ class CommandLink:
             self._connecting.cancel()
             await asyncio.wait({self._connecting})
         self._disarm_watchdog()
+        if self._verifying is not None:
+            self._verifying.cancel()
+            await asyncio.wait({self._verifying})
         if self._protocol is not None:
             await self._protocol.aclose()

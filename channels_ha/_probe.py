@@ -1,17 +1,19 @@
 """The live probe: connect to the Redis behind a configuration and report what answers.
 
-``channels-ha check --connect``, the Django ``status`` command and the health view are thin
-shells over :func:`probe`. Every connection and command is bounded by ``timeout_s`` and never
-retried, so a probe of a dead deployment ends within a few timeouts; the configuration's own
-timeouts apply when they are shorter. Nodes are asked one after the other: a probe is a
-diagnosis, not a hot path.
+``channels-ha check --connect`` and the Django ``status`` command are thin shells over
+:func:`probe`, the health view over :func:`probe_master`. Every connection and command is
+bounded by ``timeout_s`` and never retried, so a probe of a dead deployment ends within a few
+timeouts; the configuration's own timeouts apply when they are shorter. Nodes are asked one
+after the other: a probe is a diagnosis, not a hot path. :func:`probe_master` asks only what a
+health check needs and keeps every step within one overall deadline.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +30,22 @@ from ._config import (
     SingleNodeConfig,
     split_host_port,
 )
-from ._probe_report import ClusterReport, NodeReport, ProbeReport, ReplicaView, SentinelReport
+from ._probe_report import (
+    ClusterReport,
+    MasterReport,
+    NodeReport,
+    ProbeReport,
+    ReplicaView,
+    SentinelReport,
+)
 from ._redis_kwargs import client_kwargs, sentinel_kwargs
 
-__all__ = ["PROBE_TIMEOUT_S", "probe"]
+__all__ = ["MASTER_PROBE_TIMEOUT_S", "PROBE_TIMEOUT_S", "probe", "probe_master"]
 
 #: Bound on each connection attempt and each command of a probe.
 PROBE_TIMEOUT_S = 2.0
+#: Bound on a whole :func:`probe_master`, every connection and command included.
+MASTER_PROBE_TIMEOUT_S = 1.5
 _SLOTS = 16384
 _FAILED = (redis.RedisError, OSError)
 
@@ -63,6 +74,15 @@ def _bounded(kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 def _data_kwargs(config: RedisConfig, address: NodeAddress, timeout_s: float) -> dict[str, Any]:
     kwargs = {**client_kwargs(config), "host": address.host, "port": address.port}
     return _bounded(kwargs, timeout_s)
+
+
+def _single_kwargs(config: SingleNodeConfig, timeout_s: float) -> dict[str, Any]:
+    if config.address is not None:
+        return _data_kwargs(config, config.address, timeout_s)
+    kwargs = {**client_kwargs(config), "unix_socket_path": config.unix_socket_path}
+    kwargs = _bounded(kwargs, timeout_s)
+    kwargs.pop("socket_keepalive", None)  # unix sockets reject it
+    return kwargs
 
 
 @contextmanager
@@ -120,13 +140,7 @@ def _master_problems(node: NodeReport) -> list[str]:
 
 
 def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
-    if config.address is not None:
-        kwargs = _data_kwargs(config, config.address, timeout_s)
-    else:
-        kwargs = {**client_kwargs(config), "unix_socket_path": config.unix_socket_path}
-        kwargs = _bounded(kwargs, timeout_s)
-        kwargs.pop("socket_keepalive", None)  # unix sockets reject it
-    master = _probe_node(kwargs, config.node_labels()[0])
+    master = _probe_node(_single_kwargs(config, timeout_s), config.node_labels()[0])
     return ProbeReport("single", problems=tuple(_master_problems(master)), master=master)
 
 
@@ -300,3 +314,85 @@ def _replica_labels(nodes: list[_ClusterNode]) -> tuple[str, ...]:
     return tuple(
         f"{n.address} (replica of {addresses.get(n.master_id, n.master_id)})" for n in replicas
     )
+
+
+# -- master only (health checks) -------------------------------------------------------------
+
+
+def probe_master(config: RedisConfig, timeout_s: float = MASTER_PROBE_TIMEOUT_S) -> MasterReport:
+    """Whether a writable master answers ROLE and PING, all within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    if isinstance(config, SentinelConfig):
+        return _master_via_sentinels(config, deadline)
+    if isinstance(config, ClusterConfig):
+        return _cluster_state(config, deadline)
+    label = config.node_labels()[0]
+    return _check_master("single", label, lambda left: _single_kwargs(config, left), deadline)
+
+
+def _remaining(deadline: float) -> float:
+    """Time left for the next step; the builtin TimeoutError counts as a failed step."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the health probe ran out of time")
+    return left
+
+
+def _role_and_rtt(client: Any) -> tuple[str, float]:
+    role = str(client.execute_command("ROLE")[0])  # opens the connection: not timed
+    started = time.perf_counter()
+    client.execute_command("PING")
+    return role, round((time.perf_counter() - started) * 1000, 3)
+
+
+def _check_master(
+    mode: str, label: str, kwargs_for: Callable[[float], dict[str, Any]], deadline: float
+) -> MasterReport:
+    """ROLE and PING of the node ``kwargs_for(time left)`` connects to."""
+    try:
+        with _client(kwargs_for(_remaining(deadline))) as client:
+            role, rtt_ms = _role_and_rtt(client)
+    except _FAILED as err:
+        return MasterReport(mode, ok=False, master=label, error=_error(err))
+    error = None if role == "master" else f"{label} is a {role}, not a master"
+    return MasterReport(mode, ok=error is None, master=label, role=role, rtt_ms=rtt_ms, error=error)
+
+
+def _master_via_sentinels(config: SentinelConfig, deadline: float) -> MasterReport:
+    """Asks the sentinels in turn for the master's address, then the master itself."""
+    errors: list[str] = []
+    for node in config.sentinels:
+        try:
+            kwargs = _bounded(sentinel_kwargs(config), _remaining(deadline))
+            with _client({**kwargs, "host": node.host, "port": node.port}) as client:
+                reply = client.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", config.master_name
+                )
+        except _FAILED as err:
+            errors.append(f"sentinel {node}: {_error(err)}")
+            continue
+        if reply:
+            address = _address(*reply)
+            kwargs_for = functools.partial(_data_kwargs, config, address)
+            return _check_master("sentinel", str(address), kwargs_for, deadline)
+        errors.append(f"sentinel {node} knows no master {config.master_name!r}")
+    return MasterReport("sentinel", ok=False, error="; ".join(errors))
+
+
+def _cluster_state(config: ClusterConfig, deadline: float) -> MasterReport:
+    """The first answering startup node's ``cluster_state``, ROLE and PING."""
+    errors: list[str] = []
+    for node in config.startup_nodes:
+        try:
+            with _client(_data_kwargs(config, node, _remaining(deadline))) as client:
+                info = client.execute_command("CLUSTER", "INFO")
+                role, rtt_ms = _role_and_rtt(client)
+        except _FAILED as err:
+            errors.append(f"{node}: {_error(err)}")
+            continue
+        state = _info_field(info, "cluster_state") or "unknown"
+        error = None if state == "ok" else f"cluster_state is {state} on {node}"
+        return MasterReport(
+            "cluster", error is None, str(node), role, rtt_ms, cluster_state=state, error=error
+        )
+    return MasterReport("cluster", ok=False, error="; ".join(errors))

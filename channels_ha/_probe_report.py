@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ClusterReport", "NodeReport", "ProbeReport", "ReplicaView", "SentinelReport"]
+__all__ = [
+    "ClusterReport",
+    "MasterReport",
+    "NodeReport",
+    "ProbeReport",
+    "ReplicaView",
+    "SentinelReport",
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,27 @@ class ProbeReport:
         lines += [f"problem: {problem}" for problem in self.problems]
         lines.append("status: OK" if self.ok else "status: FAILED")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class MasterReport:
+    """A fast answer to "is there a writable master right now?", the health check's question.
+
+    ``master`` is the master's address; on Cluster it is the node that answered, and ``ok``
+    means that node sees every slot served (``cluster_state:ok``).
+    """
+
+    mode: str
+    ok: bool
+    master: str | None = None
+    role: str | None = None
+    rtt_ms: float | None = None
+    cluster_state: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-able data."""
+        return asdict(self)
 
 
 def _sentinel_lines(report: ProbeReport) -> list[str]:

@@ -16,9 +16,16 @@ from collections.abc import Callable
 
 from ._backoff import Backoff
 from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S
-from ._link import CommandLink
 from ._resp import FutureSink
-from ._server import Locator, ServerInfo, ServerSettings, connect_to_master, give_up
+from ._server import (
+    REDIRECT_ERRORS,
+    RETRY_ERRORS,
+    Locator,
+    ServerInfo,
+    ServerSettings,
+    connect_to_master,
+    give_up,
+)
 from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
@@ -27,6 +34,8 @@ logger = logging.getLogger("channels_ha.reader")
 KeysFn = Callable[[], list[str]]
 DeliverFn = Callable[[str, list[bytes]], None]
 FailFn = Callable[[Exception], None]
+# Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
+UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
 
 
 class BlockingReader:
@@ -37,7 +46,7 @@ class BlockingReader:
         *,
         locator: Locator,
         settings: ServerSettings,
-        link: CommandLink,
+        unblock: UnblockFn,
         on_server: Callable[[ServerInfo], None],
         keys: KeysFn,
         count: int,
@@ -48,7 +57,7 @@ class BlockingReader:
         self._stats = stats
         self._locator = locator
         self._settings = settings
-        self._link = link
+        self._unblock_via = unblock
         self._on_server = on_server
         self._keys = keys
         self._count = count
@@ -129,7 +138,23 @@ class BlockingReader:
         except ConnectionLost:
             self._client = None
             return
+        except RedisCommandError as err:
+            await self._on_error(err)
+            return
         self._hand_over(reply)
+
+    async def _on_error(self, err: RedisCommandError) -> None:
+        """A server that is not the master (any more) makes us look again; others fail."""
+        if str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
+            self.drop_connection(f"{str(err).split(' ', 1)[0]} from {self._describe_server()}")
+        else:
+            logger.error("Blocking pop failed: %s", err)
+            self._fail(err)
+        self._client = None
+        await self._backoff.wait()  # no tight loop if it keeps failing
+
+    def _describe_server(self) -> str:
+        return self._server.endpoint.describe() if self._server else self._locator.describe()
 
     def _hand_over(self, reply: object) -> None:
         if isinstance(reply, list):
@@ -158,7 +183,7 @@ class BlockingReader:
             except ConnectionLost as err:
                 if time.monotonic() >= deadline:
                     waited = time.monotonic() - started
-                    raise give_up(self._locator, self._settings, waited, err) from err
+                    raise give_up(self._locator.describe(), self._settings, waited, err) from err
                 logger.info("Reader waiting for a Redis master: %s", err)
                 await self._backoff.wait()
                 continue
@@ -172,10 +197,9 @@ class BlockingReader:
     def _unblock(self) -> None:
         if self._pending is None or self._server is None:
             return
-        if self._link.server is not None and self._link.server.run_id != self._server.run_id:
-            return  # the link is on another server; the pop times out on its own shortly
-        unblocked = self._link.submit("CLIENT", "UNBLOCK", self._server.client_id)
-        unblocked.add_done_callback(_ignore_result)
+        unblocked = self._unblock_via(self._server)
+        if unblocked is not None:
+            unblocked.add_done_callback(_ignore_result)
 
     async def _finish_pending(self) -> None:
         """Collects the reply of a pop in flight, so that no popped message is lost."""

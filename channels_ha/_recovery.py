@@ -18,6 +18,7 @@ from ._constants import RESTART_GRACE_S
 from ._core import LayerCore
 from ._resp import Arg
 from ._scripts import GROUP_ADD
+from ._server import ServerInfo
 from ._shard import ShardConnections
 
 logger = logging.getLogger("channels_ha.layer")
@@ -50,16 +51,20 @@ def reassert(core: LayerCore, shard: ShardConnections) -> None:
         )
 
 
-def check_epoch(core: LayerCore, shard: ShardConnections, changed: bool) -> asyncio.Future[Any]:
+def check_epoch(
+    core: LayerCore, shard: ShardConnections, info: ServerInfo, changed: bool
+) -> asyncio.Future[Any] | None:
     """Marks when this server's data began; a young mark after a change means data loss.
 
     A failover to a replica keeps the mark (it was replicated); a master restarted empty has
     none, so the first process back creates it, and every process that saw the change then
     finds it young and lets group_send wait for re-assertions.
     """
-    key = core.keys.epoch()
-    shard.link.submit("SET", key, now_ms(), "NX").add_done_callback(log_failure)
-    check = shard.link.submit("GET", key)
+    key = shard.epoch_key(core.keys, info)
+    if key is None:
+        return None
+    shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
+    check = shard.link.submit("GET", key, key=key)
     if changed:
         check.add_done_callback(lambda done: _note_data_loss(shard, done))
     check.add_done_callback(log_failure)
@@ -97,3 +102,31 @@ def log_failure(future: asyncio.Future[Any]) -> None:
     error = future.exception()
     if error is not None:
         logger.warning("Background Redis operation failed: %s", error)
+
+
+async def watch_epochs(
+    core: LayerCore, shard: ShardConnections, seen: dict[tuple[int, str], object]
+) -> None:
+    """Notices a master that lost its data even without a connection that saw it restart.
+
+    On Cluster (or with several hosts) a process talks only to the masters it uses, so a
+    master restarted empty can go unnoticed by the very processes whose memberships it
+    held. Reading each master's epoch every second notices it: a changed or missing epoch
+    means the data began again, and the memberships are re-asserted.
+    """
+    marks = shard.epoch_keys(core.keys)
+    values = await asyncio.gather(*(shard.link.submit("GET", k, key=k) for _, k in marks))
+    lost = False
+    for (node, key), value in zip(marks, values, strict=True):
+        if value is None:
+            shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
+        previous = seen.get((shard.spec.index, node))
+        seen[(shard.spec.index, node)] = value
+        lost = lost or (previous is not None and value != previous)
+    if lost:
+        logger.warning(
+            "A master of %s lost its data; re-asserting group memberships",
+            shard.spec.locator.describe(),
+            extra={"event": "data_lost"},
+        )
+        reassert(core, shard)

@@ -22,6 +22,21 @@ from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.server")
 
+# Error replies that mean "not executed here; find the current master and try there": a
+# demoted master (READONLY), a replica still loading or cut off (LOADING, MASTERDOWN),
+# blocked clients kicked on a role change (UNBLOCKED), a script cache emptied by a restart
+# (NOSCRIPT), and Cluster redirections.
+RETRY_ERRORS = (
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "UNBLOCKED",
+    "NOSCRIPT",
+    "TRYAGAIN",
+    "NOREPLICAS",
+)
+REDIRECT_ERRORS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -128,12 +143,12 @@ class SentinelLocator:
 
 
 def give_up(
-    locator: Locator, settings: ServerSettings, waited_s: float, last_error: object
+    topology: str, settings: ServerSettings, waited_s: float, last_error: object
 ) -> RedisUnavailable:
     """The error raised once the failover timeout has passed without a usable master."""
     error = RedisUnavailable(
         f"No usable Redis master for {settings.failover_timeout_s:g} s (failover_timeout; "
-        f"waited {waited_s:.1f} s) on {locator.describe()}; last error: {last_error}"
+        f"waited {waited_s:.1f} s) on {topology}; last error: {last_error}"
     )
     logger.error("%s", error, extra={"event": "gave_up", "waited_s": round(waited_s, 3)})
     return error

@@ -19,26 +19,33 @@ from typing import Any, cast
 from channels.exceptions import ChannelFull
 
 from ._buffers import now_ms
+from ._cluster import ClusterRouter, slot_of
 from ._codec import encode_element
-from ._constants import BUFFER_SWEEP_INTERVAL_S, CLOSE_RETURN_TIMEOUT_S, FLUSH_SCAN_COUNT
+from ._constants import (
+    BUFFER_SWEEP_INTERVAL_S,
+    CLOSE_RETURN_TIMEOUT_S,
+    EPOCH_CHECK_INTERVAL_S,
+    FLUSH_SCAN_COUNT,
+)
 from ._core import LayerCore
 from ._delivery import Deliveries, inbox_of, target_of
 from ._link import CommandLink
 from ._reader import BlockingReader
-from ._recovery import check_epoch, log_failure, reassert, recovered
+from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
 from ._resp import pack
 from ._scripts import GROUP_ADD, PUSH
 from ._server import ServerInfo
 from ._shard import ShardConnections
 from ._timeouts import within
-from .exceptions import RedisUnavailable
+from .exceptions import RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.layer")
 
 _FULL = 0  # a PUSH status: the list is at capacity
 _MAX_SCAN_ROUNDS = 1_000_000
 
-PushPlan = dict[int, tuple[list[str], list[Any]]]  # shard -> (KEYS, per-target ARGV)
+PushPlan = dict[tuple[int, int], tuple[list[str], list[Any]]]  # (shard, slot) -> KEYS, ARGV
+Link = CommandLink | ClusterRouter
 
 
 class Session:
@@ -49,12 +56,15 @@ class Session:
         self.sender = secrets.token_hex(8)
         self._seq = 0
         self._shards = [
-            ShardConnections(spec, core.shard_stats[spec.index], self._server_seen)
+            ShardConnections(
+                spec, core.shard_stats[spec.index], self._server_seen, self._topology_changed
+            )
             for spec in core.shards
         ]
         self.deliveries = Deliveries(core)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Future[None] | None = None
+        self._epochs: dict[tuple[int, str], object] = {}  # (shard, master) -> epoch seen
         self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
     @property
@@ -71,8 +81,8 @@ class Session:
         self._seq += 1
         return self._seq
 
-    def prepare_send(self, channel: str, message: dict[str, Any]) -> tuple[CommandLink, bytes]:
-        """The link and the PUSH request for one send (a retry re-sends the same bytes)."""
+    def prepare_send(self, channel: str, message: dict[str, Any]) -> tuple[Link, bytes, str]:
+        """The link, PUSH request and routing key of one send (a retry re-sends the bytes)."""
         core = self.core
         target = target_of(channel)
         if "!" in channel:
@@ -86,12 +96,12 @@ class Session:
         packed = pack(
             "EVALSHA", PUSH.sha, 2, key, dedupe, *header, core.capacity_of(channel), element
         )
-        return self._shards[core.shard_index(target)].link, packed
+        return self._shards[core.shard_index(target)].link, packed, key
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        link, packed = self.prepare_send(channel, message)
-        statuses = await link.submit_packed(packed)
-        await self._await_replicas(link)
+        link, packed, key = self.prepare_send(channel, message)
+        statuses = await link.submit_packed(packed, key)
+        await self._await_replicas(link, key)
         if statuses[0] == _FULL:  # type: ignore[index]
             raise ChannelFull(channel)
         self.core.stats.sent += 1
@@ -100,12 +110,13 @@ class Session:
         core = self.core
         return (core.expiry_ms, now, seq, core.dedupe_ttl_ms)
 
-    async def _await_replicas(self, link: CommandLink) -> None:
+    async def _await_replicas(self, link: Link, key: str) -> None:
+        """WAIT on the connection that wrote ``key`` (WAIT counts that connection's writes)."""
         acks = self.core.replica_acks
         if not acks:
             return
         timeout_ms = int(self.core.replica_ack_timeout_s * 1000)
-        acked = cast(int, await link.submit("WAIT", acks, timeout_ms))
+        acked = cast(int, await link.submit("WAIT", acks, timeout_ms, key=key))
         if acked < acks:
             self.core.stats.replica_ack_shortfalls += 1
             logger.warning(
@@ -127,11 +138,11 @@ class Session:
         header = self._push_header(now, seq)
         futures = [
             self._shards[index].link.submit_script(PUSH, keys, (*header, *args))
-            for index, (keys, args) in plan.items()
+            for (index, _), (keys, args) in plan.items()
         ]
         results = cast(list[list[int]], await asyncio.gather(*futures))
-        for index in plan:
-            await self._await_replicas(self._shards[index].link)
+        for (index, _), (keys, _args) in plan.items():
+            await self._await_replicas(self._shards[index].link, keys[0])
         full = sum(statuses.count(_FULL) for statuses in results)
         if full:
             logger.info("%d of %d targets of group %s over capacity", full, len(members), group)
@@ -144,15 +155,16 @@ class Session:
             changes = shard.stats.server_changes
             await recovered(shard)
             cutoff = time.time() - core.group_expiry_s
-            reply = await shard.link.submit(
-                "ZRANGE", core.keys.group(group), f"({cutoff}", "+inf", "BYSCORE"
-            )
+            key = core.keys.group(group)
+            reply = await shard.link.submit("ZRANGE", key, f"({cutoff}", "+inf", "BYSCORE", key=key)
             if shard.stats.server_changes == changes:
                 break  # no new server run meanwhile: the list is not from before a loss
         return [member.decode() for member in cast(list[bytes], reply)]
 
     def _plan_group_push(self, members: list[str], body: bytes, seq: int, now: int) -> PushPlan:
-        """One PUSH per shard: one element per process inbox, one per normal channel."""
+        """One element per process inbox and one per normal channel, batched into one PUSH
+        per shard, or per slot on Cluster (a script's keys must share a slot there). The
+        link pipelines the PUSHes of one node, so a group costs one round trip per node."""
         core, expires = self.core, now + self.core.expiry_ms
         by_inbox: dict[str, list[str]] = {}
         plan: PushPlan = {}
@@ -160,18 +172,24 @@ class Session:
             if "!" in channel:
                 by_inbox.setdefault(inbox_of(channel), []).append(channel)
                 continue
-            keys, args = plan.setdefault(core.shard_index(channel), ([], []))
-            keys += [core.keys.channel(channel), core.keys.dedupe(channel, self.sender)]
+            key = core.keys.channel(channel)
+            keys, args = plan.setdefault(self._unit(channel, key), ([], []))
+            keys += [key, core.keys.dedupe(channel, self.sender)]
             element = encode_element(expires, self.sender, seq, channel, body)
             args += [core.capacity_of(channel), element]
         for inbox, channels in by_inbox.items():
-            keys, args = plan.setdefault(core.shard_index(inbox), ([], []))
             key = core.keys.inbox(inbox)
+            keys, args = plan.setdefault(self._unit(inbox, key), ([], []))
             targets: str | list[str] = channels[0] if len(channels) == 1 else channels
             capacity = max(core.capacity_of(channel) for channel in channels)
             keys += [key, key]
             args += [capacity, encode_element(expires, self.sender, seq, targets, body)]
         return plan
+
+    def _unit(self, target: str, key: str) -> tuple[int, int]:
+        """(shard, slot): what one PUSH may cover; the slot matters only on Cluster."""
+        index = self.core.shard_index(target)
+        return index, slot_of(key) if self._shards[index].router else 0
 
     # -- groups ------------------------------------------------------------------------------
 
@@ -187,7 +205,8 @@ class Session:
         core = self.core
         core.memberships.discarded(group, channel)
         link = self._shards[core.shard_index(group)].link
-        await link.submit("ZREM", core.keys.group(group), channel)
+        key = core.keys.group(group)
+        await link.submit("ZREM", key, channel, key=key)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -195,7 +214,7 @@ class Session:
         core, deliveries = self.core, self.deliveries
         buffer = deliveries.buffer(channel)
         index = core.shard_index(target_of(channel))
-        reader = self._reader(index, specific="!" in channel)
+        reader = self._reader(index, channel)
         core.memberships.receiving(channel, +1)
         if deliveries.enter(channel, index):
             reader.wake()
@@ -211,15 +230,17 @@ class Session:
         core.stats.received += 1
         return core.codec.loads(body)
 
-    def _reader(self, index: int, specific: bool) -> BlockingReader:
-        shard, deliveries = self._shards[index], self.deliveries
+    def _reader(self, index: int, channel: str) -> BlockingReader:
+        shard, deliveries, keys = self._shards[index], self.deliveries, self.core.keys
 
         def fail(error: Exception) -> None:
             deliveries.fail_waiters(index, error)
 
-        if specific:
-            return shard.reader("inbox", deliveries.inbox_keys(index), self._deliver, fail)
-        return shard.reader("normal", deliveries.normal_keys(index), self._deliver, fail)
+        if "!" in channel:
+            slot = slot_of(keys.inbox(inbox_of(channel)))
+            return shard.reader("inbox", deliveries.inbox_keys(index), self._deliver, fail, slot)
+        slot = slot_of(keys.channel(channel))  # every normal channel shares this slot
+        return shard.reader("normal", deliveries.normal_keys(index), self._deliver, fail, slot)
 
     def _deliver(self, key: str, elements: list[bytes]) -> None:
         touched = self.deliveries.deliver(key, elements)
@@ -240,8 +261,8 @@ class Session:
 
     async def _push_front(self, index: int, key: str, elements: list[bytes]) -> None:
         link = self._shards[index].link
-        await link.submit("LPUSH", key, *reversed(elements))
-        await link.submit("PEXPIRE", key, self.core.expiry_ms)
+        await link.submit("LPUSH", key, *reversed(elements), key=key)
+        await link.submit("PEXPIRE", key, self.core.expiry_ms, key=key)
         logger.info("Returned %d undelivered messages to %s", len(elements), key)
 
     # -- failover bookkeeping ----------------------------------------------------------------
@@ -249,10 +270,10 @@ class Session:
     def _server_seen(self, shard: ShardConnections, info: ServerInfo) -> None:
         stats = shard.stats
         previous = stats.master
-        run = stats.observe(info)
+        run = stats.observe(info, shard.node_of(info))
         if run == "same":
             return
-        shard.epoch_check = check_epoch(self.core, shard, changed=run == "new")
+        shard.epoch_check = check_epoch(self.core, shard, info, changed=run == "new")
         if run == "first":
             return
         logger.warning(
@@ -263,6 +284,16 @@ class Session:
             extra={"event": "new_master", "master": info.endpoint.describe()},
         )
         shard.drop_stale(info, "another connection found a new server run")
+        reassert(self.core, shard)
+
+    def _topology_changed(self, shard: ShardConnections) -> None:
+        """Cluster slots changed owner: memberships may have been on a node that failed."""
+        shard.stats.note_change()
+        logger.warning(
+            "The slot map of %s changed; re-asserting group memberships",
+            shard.spec.locator.describe(),
+            extra={"event": "new_master"},
+        )
         reassert(self.core, shard)
 
     # -- housekeeping ------------------------------------------------------------------------
@@ -276,33 +307,53 @@ class Session:
     async def _keep(self) -> None:
         """Periodic upkeep; also the hook that closes the session when its loop shuts down."""
         try:
+            swept = time.monotonic()
+            tick_s = min(EPOCH_CHECK_INTERVAL_S, self.core.refresh_interval_s)
             while True:
-                await asyncio.sleep(min(BUFFER_SWEEP_INTERVAL_S, self.core.refresh_interval_s))
-                self._return_stranded(self.deliveries.sweep())
-                self.core.memberships.forget_dead(self.core.group_expiry_s)
+                await asyncio.sleep(tick_s)
+                await self._check_epochs()
                 if self.core.refresh_due():
                     for shard in self._shards:
                         reassert(self.core, shard)
+                if time.monotonic() - swept >= BUFFER_SWEEP_INTERVAL_S:
+                    swept = time.monotonic()
+                    self._sweep()
         except asyncio.CancelledError:
             if self._closing is None:  # cancelled by the loop's shutdown, not by close()
                 await self.aclose()
             raise
 
+    async def _check_epochs(self) -> None:
+        if not self.core.memberships:
+            return  # nothing of ours to re-assert
+        for shard in self._shards:
+            try:
+                await watch_epochs(self.core, shard, self._epochs)
+            except (RedisUnavailable, RedisCommandError) as err:
+                logger.debug("Epoch check failed: %s", err)
+
+    def _sweep(self) -> None:
+        self._return_stranded(self.deliveries.sweep())
+        self.core.memberships.forget_dead(self.core.group_expiry_s)
+
     # -- flushing and closing ----------------------------------------------------------------
 
     async def flush(self) -> None:
         for shard in self._shards:
-            await self._flush_shard(shard.link)
+            for node in shard.scan_links():
+                await self._flush_node(node, shard.link)
         self.deliveries.clear()
 
-    async def _flush_shard(self, link: CommandLink) -> None:
+    async def _flush_node(self, node: CommandLink, link: Link) -> None:
+        """SCANs one master; deletes through ``link``, which routes each key to its slot."""
         cursor = b"0"
         pattern = self.core.keys.scan_pattern()
         for _ in range(_MAX_SCAN_ROUNDS):
-            reply = await link.submit("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
+            reply = await node.submit("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
             cursor, keys = cast("tuple[bytes, list[bytes]]", reply)
             # One key per UNLINK: on Cluster, keys of one SCAN page live in different slots.
-            await asyncio.gather(*(link.submit("UNLINK", key) for key in keys))
+            unlinks = [link.submit("UNLINK", key, key=key.decode()) for key in keys]
+            await asyncio.gather(*unlinks)
             if cursor == b"0":
                 return
 

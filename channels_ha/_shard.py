@@ -1,9 +1,10 @@
-"""One Redis master (single node or Sentinel-managed) and this event loop's connections to it.
+"""One Redis deployment of a layer (a single node, a Sentinel master, or a Cluster) and this
+event loop's connections to it.
 
-A shard holds at most four connections per event loop, whatever the number of consumers:
-the pipelined command link, a reader for the process inboxes, a reader for normal channels
-(only while somebody receives on one) and, under Sentinel, a subscription to failover
-announcements.
+A shard holds few connections per event loop, whatever the number of consumers: the
+pipelined command link (on Cluster, one per master), a reader for the process inboxes, a
+reader for normal channels (only while somebody receives on one) and, under Sentinel, a
+subscription to failover announcements.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._cluster import ClusterRouter, tag_for_slot
 from ._constants import INBOX_BATCH_SIZE
+from ._keys import KeyLayout
 from ._link import CommandLink
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._resp import Endpoint
@@ -34,12 +37,27 @@ class SentinelWatchSpec:
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """How to reach one master; shared by every event loop of the layer."""
+    """How to reach one deployment; shared by every event loop of the layer."""
 
     index: int
     locator: Locator
     settings: ServerSettings
     watch: SentinelWatchSpec | None = None
+    cluster: tuple[Endpoint, ...] | None = None  # startup nodes of a Redis Cluster
+
+
+@dataclass
+class _SlotLocator:
+    """A reader's master on Cluster: whichever node owns the slot of its keys now."""
+
+    router: ClusterRouter
+    slot: int
+
+    async def locate(self) -> Endpoint:
+        return await self.router.locate(self.slot)
+
+    def describe(self) -> str:
+        return f"slot {self.slot} of the {self.router.describe()}"
 
 
 class ShardConnections:
@@ -50,11 +68,23 @@ class ShardConnections:
         spec: ShardSpec,
         stats: ShardStats,
         on_server: Callable[[ShardConnections, ServerInfo], None],
+        on_topology: Callable[[ShardConnections], None],
     ) -> None:
         self.spec = spec
         self.stats = stats
         self._on_server = on_server
-        self.link = CommandLink(spec.locator, spec.settings, self._server_seen, stats)
+        self.router: ClusterRouter | None = None
+        self.link: CommandLink | ClusterRouter
+        if spec.cluster:
+            self.router = ClusterRouter(
+                spec.cluster, spec.settings, stats, self._server_seen, lambda: on_topology(self)
+            )
+            self.link = self.router
+        else:
+            verify = self._still_master if spec.watch else None
+            self.link = CommandLink(
+                spec.locator, spec.settings, self._server_seen, stats, verify=verify
+            )
         self.epoch_check: asyncio.Future[Any] | None = None
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
@@ -64,15 +94,55 @@ class ShardConnections:
         self._start_watch()
         self._on_server(self, info)
 
-    def reader(self, kind: str, keys: KeysFn, deliver: DeliverFn, fail: FailFn) -> BlockingReader:
+    async def _still_master(self, link: CommandLink) -> bool:
+        """Asks the sentinels whether ``link``'s server is still the master (in case their
+        +switch-master announcement did not reach us)."""
+        endpoint = await self.spec.locator.locate()
+        return link.server is None or _is_at(link.server, f"{endpoint.host}:{endpoint.port}")
+
+    def node_of(self, info: ServerInfo) -> str:
+        """Which master a server run belongs to: the one master, or a Cluster node."""
+        return _address(info) if self.router else ""
+
+    def epoch_keys(self, keys: KeyLayout) -> list[tuple[str, str]]:
+        """(master, epoch key) for every master of this shard."""
+        if self.router is None:
+            return [("", keys.epoch())]
+        found = []
+        for address in self.router.master_addresses():
+            slot = self.router.first_slot_at(address)
+            if slot is not None:
+                found.append((address, keys.epoch(tag_for_slot(slot))))
+        return found
+
+    def epoch_key(self, keys: KeyLayout, info: ServerInfo) -> str | None:
+        """The epoch key of the server ``info`` describes (on Cluster, in a slot it owns)."""
+        if self.router is None:
+            return keys.epoch()
+        slot = self.router.first_slot_at(_address(info))
+        return None if slot is None else keys.epoch(tag_for_slot(slot))
+
+    def scan_links(self) -> list[CommandLink]:
+        """A link to every master, for commands that run per node (SCAN)."""
+        if self.router is not None:
+            return self.router.masters()
+        assert isinstance(self.link, CommandLink)
+        return [self.link]
+
+    # -- readers ---------------------------------------------------------------------------------
+
+    def reader(
+        self, kind: str, keys: KeysFn, deliver: DeliverFn, fail: FailFn, slot: int
+    ) -> BlockingReader:
         """The inbox or normal-channel reader, started on first use."""
         current = self.inbox_reader if kind == "inbox" else self.normal_reader
         if current is not None:
             return current
+        locator = self.spec.locator if self.router is None else _SlotLocator(self.router, slot)
         reader = BlockingReader(
-            locator=self.spec.locator,
+            locator=locator,
             settings=self.spec.settings,
-            link=self.link,
+            unblock=self._unblock,
             on_server=self._server_seen,
             keys=keys,
             count=INBOX_BATCH_SIZE if kind == "inbox" else 1,
@@ -87,16 +157,29 @@ class ShardConnections:
         reader.start()
         return reader
 
+    def _unblock(self, server: ServerInfo) -> asyncio.Future[object] | None:
+        """Ends a reader's blocking pop early, through the command link to its server."""
+        if self.router is not None:
+            link = self.router.link_at(server.endpoint)
+        else:
+            assert isinstance(self.link, CommandLink)
+            link = self.link
+            if link.server is not None and link.server.run_id != server.run_id:
+                return None  # the link is on another server; the pop times out by itself
+        return link.submit("CLIENT", "UNBLOCK", server.client_id)
+
     def readers(self) -> list[BlockingReader]:
         return [r for r in (self.inbox_reader, self.normal_reader) if r is not None]
 
+    # -- failover --------------------------------------------------------------------------------
+
     def drop_stale(self, info: ServerInfo, reason: str) -> None:
-        """Moves every connection still on another server run over to the new one."""
-        if self.link.server is not None and self.link.server.run_id != info.run_id:
+        """Moves every connection still on another run of this master over to the new one."""
+        node = self.node_of(info)
+        if isinstance(self.link, CommandLink) and _stale(self.link.server, info, node, self):
             self.link.drop_connection(reason)
         for reader in self.readers():
-            server = reader.connected_to
-            if server is not None and server.run_id != info.run_id:
+            if _stale(reader.connected_to, info, node, self):
                 reader.drop_connection(reason)
 
     def switch_announced(self, address: str) -> None:
@@ -107,7 +190,7 @@ class ShardConnections:
             reason,
             extra={"event": "failover_detected", "new_master": address},
         )
-        if not _is_at(self.link.server, address):
+        if isinstance(self.link, CommandLink) and not _is_at(self.link.server, address):
             self.link.drop_connection(reason)
         self.link.nudge()
         for reader in self.readers():
@@ -128,6 +211,8 @@ class ShardConnections:
         )
         self._watch.start()
 
+    # -- closing ---------------------------------------------------------------------------------
+
     async def close_readers(self) -> None:
         for reader in self.readers():
             await reader.close()
@@ -139,5 +224,16 @@ class ShardConnections:
         await self.link.close(drain_timeout_s)
 
 
+def _address(info: ServerInfo) -> str:
+    return f"{info.endpoint.host}:{info.endpoint.port}"
+
+
 def _is_at(server: ServerInfo | None, address: str) -> bool:
-    return server is not None and f"{server.endpoint.host}:{server.endpoint.port}" == address
+    return server is not None and _address(server) == address
+
+
+def _stale(server: ServerInfo | None, info: ServerInfo, node: str, shard: ShardConnections) -> bool:
+    """``server`` is an older run of the same master as ``info``."""
+    if server is None or server.run_id == info.run_id:
+        return False
+    return shard.node_of(server) == node

@@ -3,28 +3,54 @@
 from __future__ import annotations
 
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._resp import Endpoint
 from ._server import Credentials, FixedLocator, SentinelLocator, ServerSettings
 from ._shard import SentinelWatchSpec, ShardSpec
-from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
-    from ._config import RedisConfig, SentinelConfig, SingleNodeConfig, TLSConfig
+    from ._config import (
+        ClusterConfig,
+        RedisConfig,
+        SentinelConfig,
+        SingleNodeConfig,
+        TLSConfig,
+    )
 
 
 def shard_spec(config: RedisConfig, index: int, client_name: str) -> ShardSpec:
-    """One shard for a single-node or Sentinel configuration (Cluster is routed elsewhere)."""
+    """One shard of the layer: a single node, a Sentinel master or a whole Cluster."""
     settings = _settings(config, client_name)
     if config.mode == "single":
         return ShardSpec(index, FixedLocator(_single_endpoint(config)), settings)
     if config.mode == "sentinel":
         return _sentinel_shard(config, index, settings)
-    raise ConfigurationError(
-        "Redis Cluster configurations cannot be combined with other hosts in one layer."
+    return _cluster_shard(config, index, settings)
+
+
+def _cluster_shard(config: ClusterConfig, index: int, settings: ServerSettings) -> ShardSpec:
+    context = _context(config.tls)
+    nodes = tuple(
+        Endpoint(node.host, node.port, ssl_context=context, server_hostname=node.host)
+        for node in config.startup_nodes
     )
+    return ShardSpec(index, _StartupNodes(nodes), settings, cluster=nodes)
+
+
+@dataclass(frozen=True)
+class _StartupNodes:
+    """Where a Cluster is first reached; the router finds each slot's master from there."""
+
+    nodes: tuple[Endpoint, ...]
+
+    async def locate(self) -> Endpoint:
+        return self.nodes[0]
+
+    def describe(self) -> str:
+        return "cluster via " + ", ".join(node.describe() for node in self.nodes)
 
 
 def _settings(config: RedisConfig, client_name: str) -> ServerSettings:

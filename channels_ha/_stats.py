@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 class ShardStats:
     """What a shard has been through, across every event loop (for health and metrics)."""
 
-    run_id: str | None = None
+    run_id: str | None = None  # the last run seen
+    run_ids: dict[str, str] = field(default_factory=dict)  # master -> run id
     master: str | None = None
     server_changes: int = 0
     reconnects: int = 0
@@ -28,18 +29,28 @@ class ShardStats:
     # that a master restarted empty lost.
     recovering_until: float = 0.0
 
-    def observe(self, info: ServerInfo) -> str:
-        """Records the server a connection reached: "same", "first" or "new" server run."""
-        self.master = info.endpoint.describe()
-        if info.run_id == self.run_id:
+    def observe(self, info: ServerInfo, node: str = "") -> str:
+        """Records the server a connection reached: "same", "first" or "new" server run.
+
+        ``node`` names the master the run belongs to: "" for the one master of a single node
+        or Sentinel deployment (a promoted replica is a new run of it), a Cluster node's
+        address otherwise.
+        """
+        if not node:
+            self.master = info.endpoint.describe()
+        previous = self.run_ids.get(node)
+        if info.run_id == previous:
             return "same"
-        first = self.run_id is None
+        self.run_ids[node] = info.run_id
         self.run_id = info.run_id
-        if first:
+        if previous is None:
             return "first"
+        self.note_change()
+        return "new"
+
+    def note_change(self) -> None:
         self.server_changes += 1
         self.last_server_change = time.time()
-        return "new"
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,12 @@ import pytest
 
 from channels_ha import RedisChannelLayer
 
-pytestmark = pytest.mark.redis_topologies("standalone", "sentinel")
+pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
 
 async def _send_twice(layer: RedisChannelLayer, channel: str) -> list[object]:
-    link, packed = layer._session().prepare_send(channel, {"type": "once"})
-    return [await link.submit_packed(packed) for _ in range(2)]
+    link, packed, key = layer._session().prepare_send(channel, {"type": "once"})
+    return [await link.submit_packed(packed, key) for _ in range(2)]
 
 
 async def test_process_specific_duplicate_dropped_by_receiver(layer: RedisChannelLayer) -> None:

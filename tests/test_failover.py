@@ -15,6 +15,7 @@ import pytest
 
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
 from channels_ha._interop import close_sync_client, sync_client
+from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory, Traffic
 
 from .conftest import LayerFactory
@@ -22,13 +23,16 @@ from .conftest import LayerFactory
 Fault = Callable[[], Awaitable[None]]
 
 BEFORE, AFTER = 100, 200  # messages sent before the fault, and required after it
+CAPACITY = 5_000
 
 
 async def run_through(
     fault: Fault, topology: Topology, make_layer: LayerFactory, mode: str = "group"
 ) -> None:
-    sender = make_layer(topology)
-    receivers = [make_layer(topology, prefix=sender.prefix) for _ in range(2)]
+    # Sends queue up while a master is replaced and land at once on the new one: capacity
+    # must hold that backlog, or group_send drops what does not fit (as the spec allows).
+    sender = make_layer(topology, capacity=CAPACITY)
+    receivers = [make_layer(topology, prefix=sender.prefix, capacity=CAPACITY) for _ in range(2)]
     traffic = Traffic(
         sender,  # type: ignore[arg-type]
         receivers,  # type: ignore[arg-type]
@@ -127,7 +131,7 @@ async def test_memberships_reasserted_after_restart_empty(
     client = sync_client(parse_url(topology.url))
     try:
         deadline = time.monotonic() + 10
-        key = f"{layer.prefix}:g:{{kept}}"
+        key = KeyLayout(layer.prefix).group("kept")
         while len(client.zrange(key, 0, -1)) < 3:
             assert time.monotonic() < deadline, "memberships were not re-asserted in 10 s"
             await asyncio.sleep(0.05)  # polling Redis, which has no event for this

@@ -13,11 +13,12 @@ from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
 from channels_ha import ConfigurationError, RedisChannelLayer
+from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import Topology
 
 from .conftest import LayerFactory
 
-pytestmark = pytest.mark.redis_topologies("standalone", "tls", "sentinel")
+pytestmark = pytest.mark.redis_topologies("standalone", "tls", "sentinel", "cluster")
 
 NOTHING_ARRIVES_S = 0.1
 
@@ -145,7 +146,7 @@ async def test_one_copy_per_process_for_a_group(
     for channel in channels:
         await sender.group_add("crowd", channel)
     await sender.group_send("crowd", {"type": "fan.out"})
-    inbox = f"{sender.prefix}:i:{{{channels[0].split('!')[0]}!}}"
+    inbox = KeyLayout(sender.prefix).inbox(channels[0].split("!")[0] + "!")
     assert master_client.llen(inbox) == 1
     for channel in channels:
         assert (await receiver.receive(channel))["type"] == "fan.out"
@@ -275,7 +276,7 @@ async def test_encryption(
     """With symmetric_encryption_keys, Redis holds ciphertext; old keys still decrypt."""
     old = make_layer(redis_topology, symmetric_encryption_keys=["old-key"])
     await old.send("secret-channel", {"type": "secret", "text": "plaintext-marker"})
-    stored = master_client.lrange(f"{old.prefix}:c:{{secret-channel}}", 0, -1)
+    stored = master_client.lrange(KeyLayout(old.prefix).channel("secret-channel"), 0, -1)
     assert stored
     assert b"plaintext-marker" not in stored[0]
     rotated = make_layer(

@@ -1,0 +1,389 @@
+"""Redis Cluster: every request to the master that owns its slot, through failures and moves.
+
+The router keeps a slot map (``CLUSTER SLOTS``) and one pipelined :class:`CommandLink` per
+master. A link cannot always serve what it was given: its node died, or answered ``MOVED``
+(the slot moved for good), ``ASK`` (this key is mid-migration), ``TRYAGAIN`` or
+``CLUSTERDOWN``. It then hands the requests back, in order, and the router sends them on.
+
+Order within a slot is kept as on a single node (receivers rely on it to recognise retried
+copies): when a request of a slot comes back, the requests of that slot written after it
+on the same link will come back too or complete there, and new requests of the slot wait
+until they have, before all of them go to the new owner together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from redis.crc import key_slot
+
+from ._backoff import Backoff
+from ._link import CommandLink, Request
+from ._resp import Arg, Endpoint, open_client, pack
+from ._scripts import Script
+from ._server import FixedLocator, ServerInfo, ServerSettings, give_up
+from ._stats import ShardStats
+from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
+
+logger = logging.getLogger("channels_ha.cluster")
+
+SLOTS = 16_384
+_DROP = -2  # slot of internal requests (ASKING) that are not re-routed
+_TRYAGAIN_DELAY_S = 0.05
+
+
+def slot_of(key: str) -> int:
+    slot: int = key_slot(key.encode())
+    return slot
+
+
+@functools.lru_cache(maxsize=1024)
+def tag_for_slot(slot: int) -> str:
+    """A hash tag whose keys land in ``slot`` (for one key per master, such as the epoch)."""
+    for number in range(1_000_000):
+        tag = f"s{number}"
+        if slot_of(tag) == slot:
+            return tag
+    raise AssertionError(f"no tag found for slot {slot}")  # pragma: no cover
+
+
+@dataclass
+class _Held:
+    """Requests of one slot waiting to be routed again, in order."""
+
+    returned: deque[Request] = field(default_factory=deque)  # came back from a link
+    newer: deque[Request] = field(default_factory=deque)  # submitted while held
+    expected: set[Request] = field(default_factory=set)  # still due back from the old link
+    not_before: float = 0.0  # monotonic; TRYAGAIN asks for a short pause
+
+
+class ClusterRouter:
+    """The command "link" of a Cluster: same interface as :class:`CommandLink`."""
+
+    def __init__(
+        self,
+        startup: Sequence[Endpoint],
+        settings: ServerSettings,
+        stats: ShardStats,
+        on_server: Callable[[ServerInfo], None],
+        on_topology: Callable[[], None],
+    ) -> None:
+        self._startup = list(startup)
+        self._template = startup[0]
+        self._settings = settings
+        self._stats = stats
+        self._on_server = on_server
+        self._on_topology = on_topology
+        self._owners: list[str | None] = [None] * SLOTS
+        self._links: dict[str, CommandLink] = {}
+        self._held: dict[int, _Held] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+        self._backoff = Backoff()
+        self._closed = False
+        self._mapped = False
+        self.server: ServerInfo | None = None  # unused: a cluster has many servers
+
+    # -- the CommandLink interface ---------------------------------------------------------------
+
+    def submit(self, *args: Arg, key: str | None = None) -> asyncio.Future[object]:
+        return self.submit_packed(pack(*args), key)
+
+    def submit_packed(self, packed: bytes, key: str | None = None) -> asyncio.Future[object]:
+        if self._closed:
+            raise RedisUnavailable("the channel layer was closed")
+        if key is None:
+            raise ValueError("on Redis Cluster every command needs the key it routes by")
+        request = Request(packed, self._settings.failover_timeout_s, slot_of(key))
+        self._route(request)
+        return request.future
+
+    def submit_script(
+        self, script: Script, keys: Sequence[str], args: Sequence[Arg]
+    ) -> asyncio.Future[object]:
+        return self.submit_packed(pack("EVALSHA", script.sha, len(keys), *keys, *args), keys[0])
+
+    async def call(self, *args: Arg, key: str | None = None) -> object:
+        return await self.submit(*args, key=key)
+
+    def nudge(self) -> None:
+        self._backoff.nudge()
+
+    def drop_connection(self, reason: str) -> None:
+        for link in self._links.values():
+            link.drop_connection(reason)
+
+    # -- per node --------------------------------------------------------------------------------
+
+    def masters(self) -> list[CommandLink]:
+        """A link to every master in the slot map (for SCAN, which runs per node)."""
+        return [self._link(address) for address in self.master_addresses()]
+
+    def link_at(self, endpoint: Endpoint) -> CommandLink:
+        return self._link(_address(endpoint.host, endpoint.port))
+
+    def owner_endpoint(self, slot: int) -> Endpoint | None:
+        owner = self._owners[slot]
+        return None if owner is None else self._endpoint(owner)
+
+    async def locate(self, slot: int) -> Endpoint:
+        """The master of ``slot`` per a fresh slot map (a reader reconnecting asks this)."""
+        await self._refresh_map()
+        endpoint = self.owner_endpoint(slot)
+        if endpoint is None:
+            raise ConnectionLost(f"no master serves slot {slot}")
+        return endpoint
+
+    def first_slot_at(self, address: str) -> int | None:
+        """A slot the master at ``address`` (``host:port``) owns, if any."""
+        try:
+            return self._owners.index(address)
+        except ValueError:
+            return None
+
+    def describe(self) -> str:
+        nodes = ", ".join(e.describe() for e in self._startup)
+        return f"cluster via {nodes}"
+
+    # -- routing ---------------------------------------------------------------------------------
+
+    def _route(self, request: Request) -> None:
+        held = self._held.get(request.slot)
+        if held is not None:
+            held.newer.append(request)
+            self._schedule()
+            return
+        owner = self._owners[request.slot]
+        if owner is None:
+            self._held[request.slot] = _Held(newer=deque([request]))
+            self._schedule()
+            return
+        self._link(owner).submit_request(request)
+
+    def _handed_back(self, link: CommandLink, requests: list[Request], reason: str) -> None:
+        """A link gives back what it could not serve; route it on, keeping slot order."""
+        for request in requests:
+            if request.slot == _DROP:
+                if not request.future.done():
+                    request.future.set_result(None)
+                continue
+            if request.future.done():
+                continue
+            if reason.startswith("ASK "):
+                self._link(_redirect_target(reason)).submit_request(request, asking=True)
+                continue
+            self._hold(link, request, reason)
+        self._schedule()
+
+    def _hold(self, link: CommandLink, request: Request, reason: str) -> None:
+        held = self._held.get(request.slot)
+        if held is None:
+            held = self._held[request.slot] = _Held()
+            for later in link.inflight_in_slot(request.slot, after=request):
+                held.expected.add(later)
+                later.future.add_done_callback(functools.partial(self._settled, later))
+        held.expected.discard(request)
+        held.returned.append(request)
+        if reason.startswith("MOVED "):
+            self._moved(request.slot, _redirect_target(reason))
+        elif reason.startswith("TRYAGAIN"):
+            held.not_before = time.monotonic() + _TRYAGAIN_DELAY_S
+        else:  # node gone, CLUSTERDOWN: the map is stale
+            self._owners[request.slot] = None
+
+    def _moved(self, slot: int, target: str) -> None:
+        if self._owners[slot] != target:
+            self._owners[slot] = target
+            self._on_topology()
+
+    def _settled(self, request: Request, _: object = None) -> None:
+        """An expected request completed on its old link: one fewer to wait for."""
+        held = self._held.get(request.slot)
+        if held is not None and request in held.expected:
+            held.expected.discard(request)
+            self._backoff.nudge()
+            self._schedule()
+
+    def _connected(self, info: ServerInfo) -> None:
+        self._backoff.reset()
+        self._on_server(info)
+
+    def _schedule(self) -> None:
+        if self._refreshing is None and self._held and not self._closed:
+            self._refreshing = asyncio.get_running_loop().create_task(self._dispatch_held())
+
+    async def _dispatch_held(self) -> None:
+        started = time.monotonic()
+        last_error = "slot map unknown"
+        try:
+            while self._held and not self._closed:
+                self._release_ready()
+                if not self._held:
+                    return
+                self._fail_overdue(started, last_error)
+                if any(self._owners[slot] is None for slot in self._held):
+                    if self._mapped:
+                        # A node failed: pace the attempts (a successful connection, or a
+                        # request settling, resets or cuts short the wait).
+                        await self._backoff.wait()
+                    last_error = await self._try_refresh() or last_error
+                else:
+                    await self._backoff.wait()  # waiting for expected replies or TRYAGAIN
+        finally:
+            self._refreshing = None
+
+    def _release_ready(self) -> None:
+        now = time.monotonic()
+        for slot, held in list(self._held.items()):
+            owner = self._owners[slot]
+            if owner is None or held.expected or held.not_before > now:
+                continue
+            del self._held[slot]
+            link = self._link(owner)
+            for request in (*held.returned, *held.newer):
+                if not request.future.done():
+                    link.submit_request(request)
+
+    def _fail_overdue(self, started: float, last_error: str) -> None:
+        now = time.monotonic()
+        overdue = [
+            r
+            for held in self._held.values()
+            for r in (*held.returned, *held.newer)
+            if r.deadline <= now and not r.future.done()
+        ]
+        if overdue:
+            error = give_up(self.describe(), self._settings, now - started, last_error)
+            for request in overdue:
+                request.future.set_exception(error)
+
+    async def _try_refresh(self) -> str | None:
+        try:
+            await self._refresh_map()
+        except (ConnectionLost, RedisCommandError) as err:
+            logger.info("Waiting for the cluster's slot map: %s", err)
+            return str(err)
+        return None
+
+    async def _still_owner(self, link: CommandLink) -> bool:
+        """Asks the other nodes whether ``link``'s node still owns what it was sent."""
+        address = next(a for a, candidate in self._links.items() if candidate is link)
+        await self._refresh_map(exclude=address)
+        return all(self._owners[slot] == address for slot in link.inflight_slots())
+
+    # -- the slot map ----------------------------------------------------------------------------
+
+    async def _refresh_map(self, exclude: str | None = None) -> None:
+        """Reads the slot map from the first node that knows an owner for every slot.
+
+        Right after a failure nodes disagree for a moment (a restarted node may not know its
+        peers yet); a partial map is used only when no node has a complete one.
+        """
+        errors, best = [], None
+        for endpoint in self._candidates():
+            if _address(endpoint.host, endpoint.port) == exclude:
+                continue
+            try:
+                owners = _parse_slots(endpoint, await self._ask_slots(endpoint))
+            except (ConnectionLost, RedisCommandError) as err:
+                errors.append(f"{endpoint.describe()}: {err}")
+                continue
+            if None not in owners:
+                self._apply_map(owners)
+                return
+            best = owners if best is None or best.count(None) > owners.count(None) else best
+        if best is None:
+            raise ConnectionLost("no cluster node gave its slot map (" + "; ".join(errors) + ")")
+        self._apply_map(best)
+
+    def _candidates(self) -> list[Endpoint]:
+        known = [self._endpoint(address) for address in self._links]
+        return known + [e for e in self._startup if _address(e.host, e.port) not in self._links]
+
+    async def _ask_slots(self, endpoint: Endpoint) -> list[list[object]]:
+        client = await open_client(endpoint, self._settings.connect_timeout_s)
+        try:
+            auth = self._settings.credentials.auth_command()
+            commands = [auth] if auth else []
+            futures = [client.submit(*c) for c in [*commands, ("CLUSTER", "SLOTS")]]
+            done, _ = await asyncio.wait(futures, timeout=self._settings.reply_timeout_s)
+            if len(done) < len(futures):
+                raise ConnectionLost(f"{endpoint.describe()} did not answer CLUSTER SLOTS")
+            return cast(list[list[object]], [f.result() for f in futures][-1])
+        finally:
+            assert client.protocol is not None
+            await client.protocol.aclose()
+
+    def _apply_map(self, owners: list[str | None]) -> None:
+        changed = self._mapped and owners != self._owners
+        self._owners, self._mapped = owners, True
+        masters = sorted({o for o in owners if o})
+        self._stats.master = f"{len(masters)} masters: {', '.join(masters)}"
+        if changed:
+            self._on_topology()
+
+    def master_addresses(self) -> list[str]:
+        return sorted({o for o in self._owners if o})
+
+    # -- links -----------------------------------------------------------------------------------
+
+    def _link(self, address: str) -> CommandLink:
+        link = self._links.get(address)
+        if link is None:
+            locator = FixedLocator(self._endpoint(address))
+            link = CommandLink(
+                locator,
+                self._settings,
+                self._connected,
+                self._stats,
+                hand_back=self._handed_back,
+                verify=self._still_owner,
+            )
+            self._links[address] = link
+        return link
+
+    def _endpoint(self, address: str) -> Endpoint:
+        host, _, port = address.rpartition(":")
+        template = self._template
+        hostname = template.server_hostname if template.server_hostname == host else host
+        return Endpoint(host, int(port), ssl_context=template.ssl_context, server_hostname=hostname)
+
+    async def close(self, drain_timeout_s: float) -> None:
+        self._closed = True
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.wait({self._refreshing})
+        for held in self._held.values():
+            for request in (*held.returned, *held.newer):
+                if not request.future.done():
+                    request.future.set_exception(RedisUnavailable("the channel layer was closed"))
+        self._held.clear()
+        for link in list(self._links.values()):
+            await link.close(drain_timeout_s)
+
+
+def _parse_slots(asked: Endpoint, reply: list[list[object]]) -> list[str | None]:
+    """``CLUSTER SLOTS`` as the owner (``host:port``) of each slot."""
+    owners: list[str | None] = [None] * SLOTS
+    for start, end, master, *_ in reply:
+        host, port = cast(list[bytes], master)[:2]
+        first, last = cast(int, start), cast(int, end)
+        owners[first : last + 1] = [_address(host.decode() or asked.host, int(port))] * (
+            last - first + 1
+        )
+    return owners
+
+
+def _address(host: str, port: int) -> str:
+    return f"{host}:{port}"
+
+
+def _redirect_target(reply: str) -> str:
+    """``MOVED 3999 127.0.0.1:6381`` -> ``127.0.0.1:6381``."""
+    return reply.split()[2]

@@ -1,0 +1,101 @@
+"""Where a Django project's settings point: which backend an alias uses, which Redis it reaches.
+
+The system checks, the ``status`` command and the health view ask the same questions, so the
+answers live here, once. Pure: reading settings and parsing, never a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from ._config import ClusterConfig, RedisConfig, SentinelConfig, SingleNodeConfig
+from .exceptions import ConfigurationError
+
+__all__ = [
+    "Family",
+    "alias_configs",
+    "backend_family",
+    "layer_configs",
+    "require_config",
+    "setting",
+]
+
+Family = Literal["channels_ha", "channels_redis", "django_redis", "locmem", "other"]
+_CHANNELS_REDIS_DEFAULT_HOST = ("localhost", 6379)  # what channels_redis uses without hosts
+
+
+def setting(name: str) -> dict[str, Any]:
+    """``CHANNEL_LAYERS`` or ``CACHES`` as a dict (empty when unset)."""
+    value = getattr(settings, name, None)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def backend_family(path: object) -> Family:
+    """Which kind of backend a ``BACKEND`` path names; unimportable paths are "other"."""
+    if not isinstance(path, str):
+        return "other"
+    if path.startswith("channels_redis."):
+        return "channels_redis"
+    try:
+        backend = import_string(path)
+    except ImportError:
+        return "other"
+    return _family_of(backend) if isinstance(backend, type) else "other"
+
+
+def _family_of(backend: type) -> Family:
+    from django.core.cache.backends.locmem import LocMemCache
+    from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
+
+    from ._layer import RedisChannelLayer
+    from .cache import RedisCache
+
+    if issubclass(backend, RedisChannelLayer | RedisCache):
+        return "channels_ha"
+    if issubclass(backend, DjangoRedisCache):
+        return "django_redis"
+    return "locmem" if issubclass(backend, LocMemCache) else "other"
+
+
+def require_config(value: object, where: str) -> RedisConfig:
+    """``value`` if it is a parsed configuration; a ConfigurationError naming ``where`` if not."""
+    if isinstance(value, SingleNodeConfig | SentinelConfig | ClusterConfig):
+        return value
+    raise ConfigurationError(
+        f"Invalid {where}: expected a configuration from channels_ha.load_config() or "
+        f"channels_ha.parse_url(), got {type(value).__name__}."
+    )
+
+
+def layer_configs(alias: str, entry: Mapping[str, Any]) -> list[RedisConfig]:
+    """What a channels-ha or channels_redis ``CHANNEL_LAYERS`` entry reaches, one per shard."""
+    from ._sources import load_config, parse_hosts_entry
+
+    where = f"CHANNEL_LAYERS[{alias!r}]"
+    options = entry.get("CONFIG") or {}
+    if options.get("config") is not None:
+        return [require_config(options["config"], f"{where}['CONFIG']['config']")]
+    hosts = options.get("hosts")
+    if isinstance(hosts, str | bytes):
+        raise ConfigurationError(f"Invalid {where}: 'hosts' must be a list, even for one host.")
+    if hosts:
+        return [parse_hosts_entry(host, source=f"{where} hosts") for host in hosts]
+    if backend_family(entry.get("BACKEND")) == "channels_redis":
+        return [parse_hosts_entry(_CHANNELS_REDIS_DEFAULT_HOST, source=f"{where} hosts")]
+    return [load_config()]
+
+
+def alias_configs(alias: str) -> list[RedisConfig]:
+    """The Redis behind a channel layer alias; the environment's when it is not a Redis layer."""
+    from ._sources import load_config
+
+    entry = setting("CHANNEL_LAYERS").get(alias)
+    if not isinstance(entry, Mapping):
+        return [load_config()]
+    if backend_family(entry.get("BACKEND")) not in ("channels_ha", "channels_redis"):
+        return [load_config()]
+    return layer_configs(alias, entry)

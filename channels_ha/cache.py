@@ -1,0 +1,271 @@
+"""``channels_ha.cache.RedisCache``: Django's Redis cache on the channel layer's configuration.
+
+Django's own backend (``django.core.cache.backends.redis``) talks to fixed addresses. This one
+takes the validated configuration that :func:`channels_ha.channel_layers` uses, so one
+single-node, Sentinel or Cluster deployment serves both, and it waits out a failover: an
+operation that fails on a connection-level error is run again, with backoff, until the
+configuration's failover timeout. Every attempt takes a fresh connection, which asks the
+sentinels where the master is; redis-py's own per-command retry would reconnect to the address
+it already had (redis-py issue 3874), so it is turned off.
+
+Semantics and options are Django's, with two differences: ``clear()`` deletes this cache's keys
+only (those starting with ``KEY_PREFIX:``), never the channel layer's, where Django's flushes
+the whole database; and an operation that cannot reach a master within the failover timeout
+raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import redis
+from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
+from django.core.cache.backends.redis import RedisCacheClient as DjangoRedisCacheClient
+from django.utils.functional import cached_property
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.retry import Retry
+
+from ._config import RedisConfig
+from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
+from ._interop import SyncClient, close_sync_client, sync_client
+from .exceptions import ConfigurationError, RedisUnavailable
+
+__all__ = ["RedisCache", "RedisCacheClient", "cache_config"]
+
+logger = logging.getLogger("channels_ha.cache")
+
+OPTIONS = ("config", "serializer", "failover_timeout")
+# Backoff between attempts of one operation while no master answers: first wait, ceiling.
+RETRY_BACKOFF_FIRST_S = 0.025
+RETRY_BACKOFF_MAX_S = 0.5
+# Keys per SCAN reply and per UNLINK command in clear().
+CLEAR_BATCH_KEYS = 1_000
+_GLOB_SPECIALS = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
+_PERMANENT = (AuthenticationError, AuthorizationError)  # ConnectionErrors no failover cures
+_TRANSIENT = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.ReadOnlyError,
+    ClusterError,
+    TryAgainError,
+    RedisClusterException,  # e.g. no startup node reachable, a slot not covered yet
+)
+
+
+def cache_config(location: Any, options: Mapping[str, Any]) -> RedisConfig:
+    """The configuration a cache entry names: ``OPTIONS["config"]``, a URL, or the environment.
+
+    Pure (no I/O); raises :class:`~channels_ha.ConfigurationError` naming the bad key.
+    """
+    for key in options:
+        if key not in OPTIONS:
+            raise ConfigurationError(
+                f"Invalid cache OPTIONS: unknown key {key!r}; expected one of {', '.join(OPTIONS)}."
+                " Connection options (db, socket_timeout, ssl_*...) belong in the Redis "
+                "configuration (REDIS_CONNECTION_CONFIG, REDIS_URL or the config object)."
+            )
+    config = _named_config(location, options.get("config"))
+    return _with_failover_timeout(config, options.get("failover_timeout"))
+
+
+def _named_config(location: Any, config: object) -> RedisConfig:
+    from ._settings import require_config
+    from ._sources import load_config
+    from ._url import parse_url
+
+    if config is not None and location:
+        raise ConfigurationError("Give the cache either LOCATION or OPTIONS['config'], not both.")
+    if config is not None:
+        return require_config(config, "cache OPTIONS['config']")
+    if location:
+        return parse_url(_one_location(location), source="CACHES LOCATION")
+    return load_config()
+
+
+def _with_failover_timeout(config: RedisConfig, timeout: object) -> RedisConfig:
+    if timeout is None:
+        return config
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < 1e9:
+        raise ConfigurationError(
+            f"Invalid cache OPTIONS['failover_timeout']: expected a positive number of seconds, "
+            f"got {timeout!r}."
+        )
+    return config.model_copy(update={"failover_timeout_s": float(timeout)})
+
+
+def _one_location(location: Any) -> str:
+    locations = [location] if isinstance(location, str) else list(location)
+    if len(locations) != 1 or not isinstance(locations[0], str):
+        raise ConfigurationError(
+            "Invalid cache LOCATION: expected one Redis URL (replicas come from Sentinel or "
+            "Cluster, not from a list of servers)."
+        )
+    return locations[0]
+
+
+def _bounded(config: RedisConfig) -> RedisConfig:
+    """The config with socket timeouts set, so a hung master cannot stall a request forever."""
+    update: dict[str, float] = {}
+    if config.socket_timeout_s is None:
+        update["socket_timeout_s"] = DEFAULT_REPLY_TIMEOUT_S
+    if config.socket_connect_timeout_s is None:
+        update["socket_connect_timeout_s"] = DEFAULT_CONNECT_TIMEOUT_S
+    return config.model_copy(update=update)
+
+
+class RedisCacheClient(DjangoRedisCacheClient):
+    """Django's client over one redis-py client of the configured master(s).
+
+    Cross-slot operations are split per key so that they also work on Cluster.
+    """
+
+    _serializer: Any  # set by Django's __init__
+
+    def __init__(self, config: RedisConfig, clear_pattern: str, serializer: Any = None) -> None:
+        super().__init__([], serializer=serializer)
+        self._config = _bounded(config)
+        self._clear_pattern = clear_pattern
+        self._redis: SyncClient | None = None
+
+    def get_client(self, key: Any = None, *, write: bool = False) -> Any:
+        """The one client; redis-py finds the master (Sentinel) or the slot's owner (Cluster)."""
+        if self._redis is None:
+            self._redis = sync_client(self._config, retry=Retry(NoBackoff(), 0))
+        return self._redis
+
+    @property
+    def _cluster(self) -> bool:
+        return self._config.mode == "cluster"
+
+    def get_many(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        keys = list(keys)
+        client = self.get_client()
+        values = client.mget_nonatomic(keys) if self._cluster else client.mget(keys)
+        loads = self._serializer.loads
+        return {
+            key: loads(value) for key, value in zip(keys, values, strict=True) if value is not None
+        }
+
+    def set_many(self, data: Mapping[Any, Any], timeout: Any) -> None:
+        """One ``SET`` per key in a pipeline: each key gets its value and expiry atomically."""
+        client = self.get_client(write=True)
+        if timeout == 0:
+            client.delete(*data)
+            return
+        pipeline = client.pipeline(transaction=False)
+        for key, value in data.items():
+            pipeline.set(key, self._serializer.dumps(value), ex=timeout)
+        pipeline.execute()
+
+    def clear(self) -> bool:
+        """Deletes this cache's keys (SCAN, never KEYS or FLUSHDB); True if there were any."""
+        client = self.get_client(write=True)
+        batch: list[Any] = []
+        deleted = 0
+        for key in client.scan_iter(match=self._clear_pattern, count=CLEAR_BATCH_KEYS):
+            batch.append(key)
+            if len(batch) >= CLEAR_BATCH_KEYS:
+                deleted += client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += client.unlink(*batch)
+        return deleted > 0
+
+    def close(self) -> None:
+        """Closes the connections (and the sentinel connections); they reopen on next use."""
+        client, self._redis = self._redis, None
+        if client is not None:
+            close_sync_client(client)
+
+
+class _Retrying:
+    """A :class:`RedisCacheClient` whose operations are retried through a failover."""
+
+    def __init__(self, client: RedisCacheClient, timeout_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("__"):  # copy/pickle probing: not an operation
+            raise AttributeError(name)
+        return functools.partial(self._call, name, getattr(self.client, name))
+
+    def _call(self, name: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.timeout_s
+        backoff_s, attempts = RETRY_BACKOFF_FIRST_S, 0
+        while True:  # bounded: _wait raises once the deadline has passed
+            try:
+                result = operation(*args, **kwargs)
+            except _PERMANENT:
+                raise
+            except _TRANSIENT as err:
+                attempts += 1
+                backoff_s = self._wait(name, err, attempts, deadline, backoff_s)
+                continue
+            if attempts:
+                logger.info(
+                    "Cache %s succeeded after %d retries",
+                    name,
+                    attempts,
+                    extra={"event": "cache_recovered", "retries": attempts},
+                )
+            return result
+
+    def _wait(
+        self, name: str, err: Exception, attempts: int, deadline: float, backoff_s: float
+    ) -> float:
+        """Sleeps before the next attempt and returns the next backoff; raises at the deadline."""
+        if time.monotonic() + backoff_s >= deadline:
+            raise RedisUnavailable(
+                f"Cache {name} failed: no Redis master answered within the failover timeout "
+                f"({self.timeout_s:g} s); last error: {type(err).__name__}: {err}"
+            ) from err
+        if attempts == 1:
+            logger.warning(
+                "Cache %s failed (%s: %s); retrying for up to %g s while Redis recovers",
+                name,
+                type(err).__name__,
+                err,
+                self.timeout_s,
+                extra={"event": "cache_retrying"},
+            )
+        time.sleep(backoff_s)  # the backoff itself: the cache API is synchronous
+        return min(backoff_s * 2, RETRY_BACKOFF_MAX_S)
+
+
+class RedisCache(DjangoRedisCache):
+    """Django's ``RedisCache`` on a channels-ha configuration (single node, Sentinel, Cluster).
+
+    ``OPTIONS``: ``config`` (from :func:`channels_ha.caches`), or a URL in ``LOCATION``, or
+    neither (``REDIS_CONNECTION_CONFIG`` / ``REDIS_URL``); ``serializer`` as in Django;
+    ``failover_timeout`` (seconds) to wait for a master less long than the configuration says.
+    """
+
+    _options: dict[str, Any]  # set by Django's __init__
+
+    def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        self._config = cache_config(server, self._options)
+
+    @cached_property
+    def _cache(self) -> Any:
+        pattern = self.key_prefix.translate(_GLOB_SPECIALS) + ":*"
+        serializer = self._options.get("serializer")
+        client = RedisCacheClient(self._config, pattern, serializer=serializer)
+        return _Retrying(client, self._config.failover_timeout_s)
+
+    def disconnect(self) -> None:
+        """Closes this cache's connections; they reopen on next use (Django keeps them open)."""
+        if "_cache" in self.__dict__:
+            self._cache.client.close()
