@@ -168,6 +168,9 @@ def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
     )
 
 
+FAILOVER_ELECTION_S = 5.0  # a generous bound on a Sentinel election after down-after
+
+
 def _ask_sentinel(
     config: SentinelConfig, node: NodeAddress, kwargs: dict[str, Any]
 ) -> SentinelReport:
@@ -185,6 +188,7 @@ def _ask_sentinel(
         master=str(_address(view["ip"], view["port"])),
         master_flags=view.get("flags"),
         quorum=int(view["quorum"]),
+        down_after_ms=int(view["down-after-milliseconds"]),
         other_sentinels=int(view["num-other-sentinels"]),
         replicas=tuple(_replica(_pairs(entry)) for entry in replicas),
     )
@@ -223,7 +227,22 @@ def _sentinel_verdict(
         for r in reachable[0].replicas
         if r.flags != "slave" or r.link != "ok"
     ]
+    warnings += _failover_too_slow(config, reachable)
     return problems + _master_problems(master), warnings
+
+
+def _failover_too_slow(config: SentinelConfig, reachable: list[SentinelReport]) -> list[str]:
+    """A failover takes down-after-milliseconds plus an election (a few seconds): beyond
+    failover_timeout, the layer gives up before the new master exists."""
+    down_after_s = max((s.down_after_ms or 0) for s in reachable) / 1000
+    if down_after_s + FAILOVER_ELECTION_S <= config.failover_timeout_s:
+        return []
+    needed_s = down_after_s + FAILOVER_ELECTION_S
+    return [
+        f"sentinel down-after-milliseconds is {down_after_s * 1000:.0f}: a failover takes "
+        f"longer than failover_timeout ({config.failover_timeout_s:g} s); lower "
+        f"down-after-milliseconds or raise failover_timeout above {needed_s:g} s"
+    ]
 
 
 # -- cluster ---------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class SentinelReport:
     master: str | None = None
     master_flags: str | None = None
     quorum: int | None = None
+    down_after_ms: int | None = None
     other_sentinels: int | None = None
     replicas: tuple[ReplicaView, ...] = ()
 

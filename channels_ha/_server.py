@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -104,7 +105,9 @@ class SentinelLocator:
     sentinel_credentials: Credentials
     master_template: Endpoint  # TLS settings for the data node; host and port are replaced
     connect_timeout_s: float = 2.0
-    _preferred: int = 0
+    # Each process starts with a random sentinel, so that 400 workers do not all query
+    # (and subscribe to) the first one.
+    _preferred: int = field(default_factory=lambda: random.randrange(1_000_000))
 
     async def locate(self) -> Endpoint:
         errors = []

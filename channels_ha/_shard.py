@@ -208,6 +208,7 @@ class ShardConnections:
             spec.credentials,
             self.spec.settings.connect_timeout_s,
             self.switch_announced,
+            client_name=f"{self.spec.settings.client_name}:sentinel-watch",
         )
         self._watch.start()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Sequence
 
 from ._constants import RECONNECT_BACKOFF_MAX_S
@@ -52,7 +53,9 @@ class SwitchMasterWatch:
         credentials: Credentials,
         connect_timeout_s: float,
         on_switch: Callable[[str], None],
+        client_name: str = "channels-ha",
     ) -> None:
+        self._client_name = client_name
         self._sentinels = list(sentinels)
         self._master_name = master_name
         self._credentials = credentials
@@ -65,7 +68,7 @@ class SwitchMasterWatch:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        index = 0
+        index = random.randrange(len(self._sentinels))  # spread subscribers over sentinels
         while True:
             sentinel = self._sentinels[index % len(self._sentinels)]
             index += 1
@@ -84,6 +87,8 @@ class SwitchMasterWatch:
             auth = self._credentials.auth_command()
             if auth:
                 await within(subscription.call(*auth), self._connect_timeout_s)
+            name = subscription.call("CLIENT", "SETNAME", self._client_name)
+            await within(name, self._connect_timeout_s)
             await within(subscription.call("SUBSCRIBE", SWITCH_MASTER), self._connect_timeout_s)
             await subscription.lost
         except asyncio.TimeoutError as err:

@@ -143,3 +143,15 @@ async def test_flush_scans_every_master(cluster: ClusterTopology, make_layer: La
     await layer.group_send("group-1", {"type": "nobody"})
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive("member-1"), 0.1)
+
+
+async def test_tls_cluster(redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory) -> None:
+    """On a TLS-only cluster (rediss+cluster://) traffic survives a master killed."""
+    cluster = redis_sandbox_factory("cluster", tls=True)
+    assert isinstance(cluster, ClusterTopology)
+    assert cluster.url.startswith("rediss+cluster://")
+    traffic, receiver = await start_traffic(cluster, make_layer)
+    victim = await inbox_owner(cluster, receiver)
+    victim.kill()
+    await cluster.await_new_master(victim)
+    await finish(traffic)

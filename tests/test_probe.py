@@ -9,6 +9,7 @@ import pytest
 
 from channels_ha._cli import main
 from channels_ha._probe import probe
+from channels_ha._sources import parse_connection_config
 from channels_ha._url import parse_url
 from channels_ha.sandbox import ClusterTopology, SentinelTopology, Topology, TopologyFactory
 
@@ -112,3 +113,11 @@ def test_check_connect_exit_status(
     """``channels-ha check --connect`` prints the report and exits 0 when ok."""
     assert main(["check", "--connect", "--url", redis_standalone.url]) == 0
     assert capsys.readouterr().out.rstrip().endswith("status: OK")
+
+
+def test_failover_slower_than_the_timeout_is_a_warning(redis_sentinel: SentinelTopology) -> None:
+    """down-after-milliseconds near failover_timeout is flagged: the layer would give up."""
+    config = parse_connection_config({**redis_sentinel.connection_config, "failover_timeout": 3})
+    warnings = probe(config).warnings
+    assert any("down-after-milliseconds is 1000" in warning for warning in warnings)
+    assert not any("down-after" in w for w in probe(parse_url(redis_sentinel.url)).warnings)
