@@ -9,6 +9,8 @@ from collections import deque
 
 logger = logging.getLogger("channels_ha.layer")
 
+OVERFLOW_LOG_INTERVAL_S = 10.0  # a stalled consumer's drops are logged at most this often
+
 # A buffered message: its expiry (ms since the epoch) and its serialized body.
 Item = tuple[int, bytes]
 
@@ -25,7 +27,7 @@ class ChannelBuffer:
     front of the buffer.
     """
 
-    __slots__ = ("capacity", "channel", "dropped", "items", "waiters")
+    __slots__ = ("capacity", "channel", "dropped", "items", "waiters", "warned_at")
 
     def __init__(self, channel: str, capacity: int) -> None:
         self.channel = channel
@@ -33,6 +35,7 @@ class ChannelBuffer:
         self.items: deque[Item] = deque()
         self.waiters: deque[asyncio.Future[Item]] = deque()
         self.dropped = 0
+        self.warned_at = 0.0
 
     def put(self, item: Item) -> None:
         while self.waiters:
@@ -45,19 +48,33 @@ class ChannelBuffer:
             # The receiver stopped reading: keep the newest, as channels_redis does.
             self.items.popleft()
             self.dropped += 1
-            logger.warning(
-                "Channel %s is over capacity (%d) in this process; dropped its oldest message",
-                self.channel,
-                self.capacity,
-                extra={"event": "buffer_overflow", "channel": self.channel},
-            )
+            if self.dropped == 1 or time.monotonic() - self.warned_at > OVERFLOW_LOG_INTERVAL_S:
+                self.warned_at = time.monotonic()
+                logger.warning(
+                    "Channel %s is over capacity (%d) in this process; dropped its oldest "
+                    "message (%d so far)",
+                    self.channel,
+                    self.capacity,
+                    self.dropped,
+                    extra={"event": "buffer_overflow", "channel": self.channel},
+                )
 
-    async def get(self) -> Item:
-        item = self._take_fresh()
-        if item is not None:
-            return item
+    def take_fresh(self) -> Item | None:
+        """The oldest unexpired buffered message, if any (expired ones are dropped)."""
+        now = now_ms()
+        while self.items:
+            item = self.items.popleft()
+            if item[0] > now:
+                return item
+        return None
+
+    def add_waiter(self) -> asyncio.Future[Item]:
+        """Registers a receiver; :meth:`put` hands it the next message."""
         waiter: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
+        return waiter
+
+    async def wait(self, waiter: asyncio.Future[Item]) -> Item:
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -66,14 +83,6 @@ class ChannelBuffer:
             elif waiter in self.waiters:
                 self.waiters.remove(waiter)
             raise
-
-    def _take_fresh(self) -> Item | None:
-        now = now_ms()
-        while self.items:
-            item = self.items.popleft()
-            if item[0] > now:
-                return item
-        return None
 
     def drop_expired(self) -> int:
         now = now_ms()

@@ -82,6 +82,7 @@ class ClusterRouter:
         self._on_server = on_server
         self._on_topology = on_topology
         self._owners: list[str | None] = [None] * SLOTS
+        self._first_slots: dict[str, int] = {}  # master -> the first slot it owns
         self._links: dict[str, CommandLink] = {}
         self._held: dict[int, _Held] = {}
         self._refreshing: asyncio.Task[None] | None = None
@@ -92,15 +93,19 @@ class ClusterRouter:
 
     # -- the CommandLink interface ---------------------------------------------------------------
 
-    def submit(self, *args: Arg, key: str | None = None) -> asyncio.Future[object]:
-        return self.submit_packed(pack(*args), key)
+    def submit(
+        self, *args: Arg, key: str | None = None, patience_s: float = 0.0
+    ) -> asyncio.Future[object]:
+        return self.submit_packed(pack(*args), key, patience_s)
 
-    def submit_packed(self, packed: bytes, key: str | None = None) -> asyncio.Future[object]:
+    def submit_packed(
+        self, packed: bytes, key: str | None = None, patience_s: float = 0.0
+    ) -> asyncio.Future[object]:
         if self._closed:
             raise RedisUnavailable("the channel layer was closed")
         if key is None:
             raise ValueError("on Redis Cluster every command needs the key it routes by")
-        request = Request(packed, self._settings.failover_timeout_s, slot_of(key))
+        request = Request(packed, self._settings.failover_timeout_s, slot_of(key), patience_s)
         self._route(request)
         return request.future
 
@@ -109,11 +114,19 @@ class ClusterRouter:
     ) -> asyncio.Future[object]:
         return self.submit_packed(pack("EVALSHA", script.sha, len(keys), *keys, *args), keys[0])
 
-    async def call(self, *args: Arg, key: str | None = None) -> object:
-        return await self.submit(*args, key=key)
+    def connection_of(self, key: str) -> object:
+        """Which connection requests about ``key`` go to now (its master's link, as of now)."""
+        owner = self._owners[slot_of(key)]
+        return None if owner is None else (owner, self._link(owner).generation)
 
     def nudge(self) -> None:
         self._backoff.nudge()
+
+    def hold(self, limit_s: float) -> None:
+        """Sentinel announcements do not exist on Cluster; nothing to hold."""
+
+    def release(self) -> None:
+        """See :meth:`hold`."""
 
     def drop_connection(self, reason: str) -> None:
         for link in self._links.values():
@@ -142,10 +155,7 @@ class ClusterRouter:
 
     def first_slot_at(self, address: str) -> int | None:
         """A slot the master at ``address`` (``host:port``) owns, if any."""
-        try:
-            return self._owners.index(address)
-        except ValueError:
-            return None
+        return self._first_slots.get(address)
 
     def describe(self) -> str:
         nodes = ", ".join(e.describe() for e in self._startup)
@@ -169,16 +179,14 @@ class ClusterRouter:
     def _handed_back(self, link: CommandLink, requests: list[Request], reason: str) -> None:
         """A link gives back what it could not serve; route it on, keeping slot order."""
         for request in requests:
-            if request.slot == _DROP:
-                if not request.future.done():
-                    request.future.set_result(None)
-                continue
             if request.future.done():
                 continue
-            if reason.startswith("ASK "):
+            if request.slot < 0:  # ASKING (internal) or a node's own command (SCAN, UNBLOCK)
+                request.future.set_exception(RedisUnavailable(f"{reason} on a cluster node"))
+            elif reason.startswith("ASK ") and request.slot not in self._held:
                 self._link(_redirect_target(reason)).submit_request(request, asking=True)
-                continue
-            self._hold(link, request, reason)
+            else:  # ASK behind held requests of its slot waits for them (then meets ASK again)
+                self._hold(link, request, reason)
         self._schedule()
 
     def _hold(self, link: CommandLink, request: Request, reason: str) -> None:
@@ -221,20 +229,20 @@ class ClusterRouter:
     async def _dispatch_held(self) -> None:
         started = time.monotonic()
         last_error = "slot map unknown"
+        first = True
         try:
             while self._held and not self._closed:
                 self._release_ready()
+                self._fail_overdue(started, last_error)
                 if not self._held:
                     return
-                self._fail_overdue(started, last_error)
+                if not first or self._mapped:
+                    # Pace the attempts; a successful connection resets the backoff and a
+                    # request settling elsewhere cuts the wait short.
+                    await self._backoff.wait()
+                first = False
                 if any(self._owners[slot] is None for slot in self._held):
-                    if self._mapped:
-                        # A node failed: pace the attempts (a successful connection, or a
-                        # request settling, resets or cuts short the wait).
-                        await self._backoff.wait()
                     last_error = await self._try_refresh() or last_error
-                else:
-                    await self._backoff.wait()  # waiting for expected replies or TRYAGAIN
         finally:
             self._refreshing = None
 
@@ -251,17 +259,18 @@ class ClusterRouter:
                     link.submit_request(request)
 
     def _fail_overdue(self, started: float, last_error: str) -> None:
+        """Fails requests past their deadline and forgets slots left with nothing to send."""
         now = time.monotonic()
-        overdue = [
-            r
-            for held in self._held.values()
-            for r in (*held.returned, *held.newer)
-            if r.deadline <= now and not r.future.done()
-        ]
-        if overdue:
-            error = give_up(self.describe(), self._settings, now - started, last_error)
-            for request in overdue:
-                request.future.set_exception(error)
+        error: RedisUnavailable | None = None
+        for slot, held in list(self._held.items()):
+            for request in (*held.returned, *held.newer):
+                if request.deadline <= now and not request.future.done():
+                    error = error or give_up(
+                        self.describe(), self._settings, now - started, last_error
+                    )
+                    request.future.set_exception(error)
+            if all(r.future.done() for r in (*held.returned, *held.newer, *held.expected)):
+                del self._held[slot]
 
     async def _try_refresh(self) -> str | None:
         try:
@@ -323,6 +332,10 @@ class ClusterRouter:
     def _apply_map(self, owners: list[str | None]) -> None:
         changed = self._mapped and owners != self._owners
         self._owners, self._mapped = owners, True
+        self._first_slots = {}
+        for slot, owner in enumerate(owners):
+            if owner is not None:
+                self._first_slots.setdefault(owner, slot)
         masters = sorted({o for o in owners if o})
         self._stats.master = f"{len(masters)} masters: {', '.join(masters)}"
         if changed:

@@ -19,6 +19,10 @@ RECONNECT_BACKOFF_FIRST_S = 0.025
 RECONNECT_BACKOFF_FACTOR = 2.0
 RECONNECT_BACKOFF_MAX_S = 0.5
 
+# Once the sentinels announce that a failover starts, writes wait at most this long for the
+# new master (and at most half of the failover timeout).
+FAILOVER_HOLD_MAX_S = 10.0
+
 # A blocked pop returns after this long without messages, which doubles as a liveness check.
 BLOCKING_POP_TIMEOUT_S = 2.0
 # Messages popped from a process inbox per round trip.
@@ -33,6 +37,11 @@ RESTART_GRACE_S = 2.0
 
 # How often a process with group memberships checks that no master lost its data.
 EPOCH_CHECK_INTERVAL_S = 1.0
+
+# After a new server run, writes acknowledged this long before the failure are written again
+# (receivers drop what they already had); at most this many are kept.
+REPLAY_WINDOW_S = 2.0
+REPLAY_LIMIT = 100_000
 
 # Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
 GROUP_REFRESH_INTERVAL_S = 3_600.0

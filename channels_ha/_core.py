@@ -11,6 +11,7 @@ from ._codec import MessageCodec
 from ._constants import CHANNEL_LIVENESS_S, DEDUPE_MEMORY_MIN_S, GROUP_REFRESH_INTERVAL_S
 from ._groups import Memberships
 from ._keys import KeyLayout
+from ._sequence import DeliveryMarks
 from ._shard import ShardSpec
 from ._stats import ShardStats
 
@@ -40,6 +41,9 @@ class LayerCore:
     replica_acks: int = 0
     replica_ack_timeout_s: float = 1.0
     memberships: Memberships = field(default_factory=lambda: Memberships(CHANNEL_LIVENESS_S))
+    # Marks of delivered messages, for the whole process: a retried copy may reach this
+    # process through another event loop than the original (async_to_sync calls).
+    marks: DeliveryMarks = field(default_factory=DeliveryMarks)
     stats: Counters = field(default_factory=Counters)
     shard_stats: list[ShardStats] = field(default_factory=list)
     _last_refresh: float = field(default_factory=time.monotonic)

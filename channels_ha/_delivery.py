@@ -8,7 +8,6 @@ what to pop), and gives back what nobody here will receive.
 from __future__ import annotations
 
 import secrets
-import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -16,6 +15,7 @@ from ._buffers import ChannelBuffer, Item, now_ms
 from ._codec import decode_element, encode_element
 from ._core import LayerCore
 from ._reader import KeysFn
+from ._sequence import SendSequences
 
 
 def inbox_of(channel: str) -> str:
@@ -37,7 +37,6 @@ class Deliveries:
         self._inbox_waiting: Counter[str] = Counter()  # inbox key -> receivers waiting
         self._normal_waiting: Counter[str] = Counter()  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
-        self._last_seq: dict[tuple[str, str], tuple[int, float]] = {}
 
     def buffer(self, channel: str) -> ChannelBuffer:
         buffer = self._buffers.get(channel)
@@ -114,7 +113,7 @@ class Deliveries:
             envelope = decode_element(element)
             if envelope.expires_ms <= now:
                 stats.expired += 1
-            elif self._seen(key, envelope.sender, envelope.seq):
+            elif self._core.marks.is_copy(key, envelope.sender, envelope.seq):
                 stats.duplicates_dropped += 1
             else:
                 item = (envelope.expires_ms, envelope.body)
@@ -124,19 +123,6 @@ class Deliveries:
                     if "!" not in target:
                         normal.add(target)
         return normal
-
-    def _seen(self, key: str, sender: str, seq: int) -> bool:
-        """True for a message whose sequence number this key already delivered (a retry).
-
-        A sender's messages reach one key in sequence order, retries included (the link
-        re-sends in order), so anything at or below the last number seen is a copy.
-        """
-        mark = (key, sender)
-        last = self._last_seq.get(mark)
-        if last is not None and seq <= last[0]:
-            return True
-        self._last_seq[mark] = (seq, time.monotonic())
-        return False
 
     # -- giving back ---------------------------------------------------------------------------
 
@@ -156,7 +142,7 @@ class Deliveries:
         They go back under a fresh sender id: receivers hold no mark for it, so they will
         not mistake the returned messages for duplicates.
         """
-        core, returner, seq = self._core, secrets.token_hex(8), 0
+        core, returner, numbers = self._core, secrets.token_hex(8), SendSequences()
         returned: dict[tuple[int, str], list[bytes]] = {}
         for channel in channels:
             buffer = self._buffers.get(channel)
@@ -165,13 +151,21 @@ class Deliveries:
             target = target_of(channel)
             key = core.keys.inbox(target) if "!" in channel else core.keys.channel(channel)
             for expires, body in _fresh(buffer.take_all()):
-                seq += 1
-                element = encode_element(expires, returner, seq, channel, body)
+                element = encode_element(expires, returner, numbers.next(key), channel, body)
                 returned.setdefault((core.shard_index(target), key), []).append(element)
         return returned
 
     def channels(self) -> list[str]:
         return list(self._buffers)
+
+    def inbox_limits(self) -> dict[str, int]:
+        """Per inbox of this process: the summed capacity of its channels seen here."""
+        limits: dict[str, int] = {}
+        for channel, buffer in self._buffers.items():
+            if "!" in channel:
+                target = inbox_of(channel)
+                limits[target] = limits.get(target, 0) + buffer.capacity
+        return limits
 
     # -- upkeep ------------------------------------------------------------------------------
 
@@ -181,16 +175,11 @@ class Deliveries:
             self._core.stats.expired += buffer.drop_expired()
             if buffer.idle:
                 del self._buffers[channel]
-        horizon = time.monotonic() - self._core.dedupe_memory_s
-        for mark, (_, seen) in list(self._last_seq.items()):
-            if seen < horizon:
-                del self._last_seq[mark]
         return self.stranded(c for c in self._buffers if "!" not in c)
 
     def clear(self) -> None:
         for buffer in self._buffers.values():
             buffer.take_all()
-        self._last_seq.clear()
 
     def buffered(self) -> int:
         return sum(len(buffer.items) for buffer in self._buffers.values())

@@ -46,6 +46,10 @@ class Memberships:
             del self._receiving[channel]
         self._last_active[channel] = time.monotonic()
 
+    def touch(self, channel: str) -> None:
+        """A receive() found its message waiting: the channel is alive."""
+        self._last_active[channel] = time.monotonic()
+
     def is_live(self, channel: str, now: float) -> bool:
         if channel in self._receiving:
             return True
@@ -78,6 +82,10 @@ class Memberships:
         for channel, last in list(self._last_active.items()):
             if channel not in self._receiving and now - last > horizon_s:
                 del self._last_active[channel]
+
+    def clear(self) -> None:
+        self._groups_of.clear()
+        self._last_added.clear()
 
     def __len__(self) -> int:
         return sum(len(groups) for groups in self._groups_of.values())

@@ -49,8 +49,14 @@ class KeyLayout:
         return f"{self.prefix}:i:{{{tag}}}:{non_local_name}"
 
     def dedupe(self, channel: str, sender: str) -> str:
-        """The last sequence number of ``sender`` applied to a normal channel."""
+        """The sequence numbers of ``sender`` applied to a normal channel (a hash)."""
         return f"{self.prefix}:d:{{{_NORMAL_TAG}}}:{channel}:{sender}"
+
+    def inbox_limit(self, non_local_name: str) -> str:
+        """How many messages the receiving process lets its inbox hold (its channels times
+        their capacity), published by that process; missing, ``capacity`` applies."""
+        tag = non_local_name.rpartition(".")[2]
+        return f"{self.prefix}:l:{{{tag}}}:{non_local_name}"
 
     def group(self, group: str) -> str:
         """The sorted set of a group's member channels, scored by time of joining."""

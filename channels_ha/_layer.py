@@ -104,9 +104,9 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            for other in [other for other in self._sessions if other.is_closed()]:
-                del self._sessions[other]
-            session = self._sessions[loop] = Session(self._core)
+            for other in [other for other in list(self._sessions) if other.is_closed()]:
+                self._sessions.pop(other, None)  # async_to_sync threads may prune too
+            session = self._sessions[loop] = Session(self._core, self.client_prefix)
         return session
 
     # -- the channel layer API -------------------------------------------------------------
@@ -156,7 +156,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def statistics(self) -> LayerStatistics:
         """Counters and per-shard state (master, failovers seen, reconnects), for health."""
-        return statistics_of(self._core, self._sessions.values())
+        return statistics_of(self._core, list(self._sessions.values()))
 
     def __repr__(self) -> str:
         hosts = ", ".join(_describe(config) for config in self.configs)

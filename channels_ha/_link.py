@@ -39,14 +39,17 @@ logger = logging.getLogger("channels_ha.link")
 class Request:
     """One command on its way: the bytes to write, who waits for the reply, until when."""
 
-    __slots__ = ("deadline", "future", "packed", "sent_at", "slot")
+    __slots__ = ("deadline", "due", "future", "packed", "patience_s", "slot")
 
-    def __init__(self, packed: bytes, deadline_s: float, slot: int = -1) -> None:
+    def __init__(
+        self, packed: bytes, deadline_s: float, slot: int = -1, patience_s: float = 0.0
+    ) -> None:
         self.packed = packed
         self.future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self.deadline = time.monotonic() + deadline_s
-        self.sent_at = 0.0
-        self.slot = slot  # the Cluster slot of its keys (-1 outside Cluster)
+        self.patience_s = patience_s  # how long the server may legitimately take (WAIT)
+        self.due = 0.0  # when written, plus patience: a reply after that is late
+        self.slot = slot  # the Cluster slot of its keys (-1: a node's, not a slot's)
 
 
 # A Cluster node's link gives back what it cannot serve, with the reason, to the router.
@@ -55,7 +58,7 @@ HandBack = Callable[["CommandLink", list[Request], str], None]
 Verify = Callable[["CommandLink"], Awaitable[bool]]
 
 SUSPECT_AFTER_S = 0.5  # a reply this late: check that the server is still the master
-SUSPECT_INTERVAL_S = 0.1  # and check again this often until reply_timeout
+SUSPECT_INTERVAL_S = 0.25  # and check again this often until reply_timeout
 
 
 class CommandLink:
@@ -87,22 +90,31 @@ class CommandLink:
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
-        self._backoff = Backoff()
+        self._backoff = Backoff()  # reset by a successful reply, not by a new attempt
+        self._last_error = "no connection attempt yet"
+        self._refused = False  # a server refused requests: wait before the next attempt
+        self._holding: asyncio.TimerHandle | None = None  # a failover runs: writes wait
         self.server: ServerInfo | None = None
+        self.generation = 0  # counts connections adopted; tells a reconnect happened
 
     # -- submitting -------------------------------------------------------------------
 
-    def submit(self, *args: Arg, key: str | None = None) -> asyncio.Future[object]:
+    def submit(
+        self, *args: Arg, key: str | None = None, patience_s: float = 0.0
+    ) -> asyncio.Future[object]:
         """Queues a command; the future resolves with the reply, or RedisUnavailable.
 
-        ``key`` names the key the command is about, for routing on Cluster (ignored here).
+        ``key`` names the key the command is about, for routing on Cluster (ignored here);
+        ``patience_s`` is how long the server may take on purpose (``WAIT``).
         """
-        return self.submit_packed(pack(*args))
+        return self.submit_packed(pack(*args), key, patience_s)
 
-    def submit_packed(self, packed: bytes, key: str | None = None) -> asyncio.Future[object]:
+    def submit_packed(
+        self, packed: bytes, key: str | None = None, patience_s: float = 0.0
+    ) -> asyncio.Future[object]:
         if self._closed:
             raise RedisUnavailable("the channel layer was closed")
-        request = Request(packed, self._settings.failover_timeout_s)
+        request = Request(packed, self._settings.failover_timeout_s, patience_s=patience_s)
         self.submit_request(request)
         return request.future
 
@@ -111,19 +123,20 @@ class CommandLink:
         if asking:
             # slot -2: an internal request that a router drops instead of re-routing.
             self.submit_request(Request(pack("ASKING"), self._settings.failover_timeout_s, -2))
-        if self._usable:
+        if self._usable and self._holding is None:
             self._write(request)
         else:
             self._queue.append(request)
             self._ensure_connecting()
 
-    async def call(self, *args: Arg) -> object:
-        return await self.submit(*args)
-
     def submit_script(
         self, script: Script, keys: Sequence[str], args: Sequence[Arg]
     ) -> asyncio.Future[object]:
         return self.submit_packed(pack("EVALSHA", script.sha, len(keys), *keys, *args), keys[0])
+
+    def connection_of(self, key: str) -> object:
+        """Which connection requests about ``key`` go to now (changes on reconnect)."""
+        return self.generation
 
     def inflight_slots(self) -> set[int]:
         """Slots of the requests whose replies are due or on hold."""
@@ -139,10 +152,10 @@ class CommandLink:
     def _write(self, request: Request) -> None:
         assert self._protocol is not None
         self._protocol.write(request.packed)
-        request.sent_at = time.monotonic()
+        request.due = time.monotonic() + request.patience_s
         self._inflight.append(request)
         if self._watchdog is None:
-            self._arm_watchdog(request.sent_at)
+            self._arm_watchdog(request.due)
 
     # -- replies (called by the protocol, in order) ------------------------------------
 
@@ -150,7 +163,7 @@ class CommandLink:
         request = self._inflight.popleft()
         if self._doubt is not None:
             self._doubt.append((request, reply))
-        elif self._verify is not None and time.monotonic() - request.sent_at >= SUSPECT_AFTER_S:
+        elif self._verify is not None and time.monotonic() - request.due >= SUSPECT_AFTER_S:
             # A late reply may come from a frozen master that just woke up and does not
             # know yet that it was replaced: its writes are about to be discarded. Hold
             # this reply and the ones after it until the deployment confirms the master.
@@ -163,8 +176,10 @@ class CommandLink:
     def _settle(self, request: Request, reply: object) -> None:
         if isinstance(reply, ReplyError):
             self._on_error_reply(request, reply)
-        elif not request.future.done():
-            request.future.set_result(reply)
+        else:
+            if not request.future.done():
+                request.future.set_result(reply)
+            self._backoff.reset()
         if not self._inflight and not self._usable and self._protocol is not None:
             self._protocol.abort()  # drained a connection to a non-master: move on
 
@@ -173,6 +188,7 @@ class CommandLink:
         if self._hand_back is not None and text.startswith(REDIRECT_ERRORS):
             self._hand_back(self, [request], text)
         elif text.startswith(RETRY_ERRORS):
+            self._last_error, self._refused = text, True
             if self._usable:
                 logger.warning(
                     "Redis at %s is not usable as master (%s); looking for the master",
@@ -196,6 +212,9 @@ class CommandLink:
         self._retry.clear()
         self._inflight.clear()
         self._queue = deque(r for r in pending if not r.future.done())
+        if self._closed:  # nothing will write them again
+            self._fail_all(RedisUnavailable("the channel layer was closed"))
+            return
         if not self._closed:
             logger.warning(
                 "Lost the connection to Redis at %s (%s); %d requests will be retried",
@@ -228,7 +247,7 @@ class CommandLink:
         self._watchdog = None
         if not self._inflight:
             return
-        oldest = self._inflight[0].sent_at
+        oldest = self._inflight[0].due
         age = time.monotonic() - oldest
         if age >= self._settings.reply_timeout_s:
             self.drop_connection(f"no reply for {self._settings.reply_timeout_s} s")
@@ -292,8 +311,31 @@ class CommandLink:
         """A new master was announced: retry now rather than at the next backoff step."""
         self._backoff.nudge()
 
+    def hold(self, limit_s: float) -> None:
+        """A failover is starting: queue new requests until :meth:`release` (at the latest
+        after ``limit_s``), instead of writing to a master about to be demoted."""
+        if self._holding is not None:
+            self._holding.cancel()
+        self._holding = asyncio.get_running_loop().call_later(limit_s, self.release)
+
+    def release(self) -> None:
+        """The failover ended (or was abandoned): write what waited."""
+        if self._holding is None:
+            return
+        self._holding.cancel()
+        self._holding = None
+        if self._usable and self._protocol is not None:
+            queued, self._queue = self._queue, deque()
+            for request in queued:
+                if not request.future.done():
+                    self._write(request)
+        elif self._queue:
+            self._ensure_connecting()
+
     def _ensure_connecting(self) -> None:
-        if self._connecting is None and not self._closed:
+        # Never while a connection is still attached (draining the replies of a server that
+        # stopped being the master): two sockets would feed one reply queue.
+        if self._connecting is None and not self._closed and self._protocol is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -305,11 +347,11 @@ class CommandLink:
             self._stats.master_wait_s += time.monotonic() - started
 
     async def _connect_until_deadline(self) -> None:
-        self._backoff.reset()
-        started = time.monotonic()
-        last_error = "no attempt yet"
+        if self._refused:
+            self._refused = False
+            await self._backoff.wait()  # the last server refused requests: do not hammer it
         while self._queue and not self._closed:
-            self._fail_overdue(last_error, started)
+            self._fail_overdue()
             if not self._queue:
                 return
             try:
@@ -317,9 +359,9 @@ class CommandLink:
                     self._locator, self._settings, self, load_scripts=True
                 )
             except ConnectionLost as err:
-                last_error = str(err)
+                self._last_error = str(err)
                 if self._hand_back is not None:
-                    self._hand_over_queue(last_error)  # the router knows where else to go
+                    self._hand_over_queue(self._last_error)  # the router knows where to go
                     return
                 logger.info("Waiting for a Redis master: %s", err, extra={"event": "waiting"})
                 await self._backoff.wait()
@@ -336,10 +378,13 @@ class CommandLink:
             return
         self._protocol = protocol
         self._usable = True
+        self.generation += 1
         if self.server is not None:
             self._stats.reconnects += 1
         self.server = info
         self._on_server(info)
+        if self._holding is not None:
+            return  # a failover runs: this may still be the old master; release() writes
         queued, self._queue = self._queue, deque()
         for request in queued:
             if not request.future.done():
@@ -351,11 +396,12 @@ class CommandLink:
         if queued and not self._closed:
             self._hand_back(self, queued, reason)
 
-    def _fail_overdue(self, last_error: str, started: float) -> None:
+    def _fail_overdue(self) -> None:
         now = time.monotonic()
         if not any(r.deadline <= now for r in self._queue):
             return
-        error = give_up(self._locator.describe(), self._settings, now - started, last_error)
+        waited = now - min(r.deadline for r in self._queue) + self._settings.failover_timeout_s
+        error = give_up(self._locator.describe(), self._settings, waited, self._last_error)
         keep: deque[Request] = deque()
         for request in self._queue:
             if request.deadline <= now:
@@ -381,8 +427,10 @@ class CommandLink:
         if self._closed:
             return
         deadline = time.monotonic() + drain_timeout_s
-        while (self._inflight or self._queue) and time.monotonic() < deadline:
-            pending = [r.future for r in (*self._inflight, *self._queue)]
+        while time.monotonic() < deadline:
+            pending = [r.future for r in (*self._inflight, *self._queue) if not r.future.done()]
+            if not pending:
+                break
             await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
         self._closed = True
         self._fail_all(RedisUnavailable("the channel layer was closed"))
@@ -390,6 +438,8 @@ class CommandLink:
             self._connecting.cancel()
             await asyncio.wait({self._connecting})
         self._disarm_watchdog()
+        if self._holding is not None:
+            self._holding.cancel()
         if self._verifying is not None:
             self._verifying.cancel()
             await asyncio.wait({self._verifying})

@@ -51,39 +51,55 @@ def reassert(core: LayerCore, shard: ShardConnections) -> None:
         )
 
 
-def check_epoch(
-    core: LayerCore, shard: ShardConnections, info: ServerInfo, changed: bool
-) -> asyncio.Future[Any] | None:
-    """Marks when this server's data began; a young mark after a change means data loss.
+Epochs = dict[tuple[int, str], object]  # (shard, master) -> the epoch value last seen
 
-    A failover to a replica keeps the mark (it was replicated); a master restarted empty has
-    none, so the first process back creates it, and every process that saw the change then
-    finds it young and lets group_send wait for re-assertions.
+
+def check_epoch(
+    core: LayerCore, shard: ShardConnections, info: ServerInfo, changed: bool, seen: Epochs
+) -> asyncio.Future[Any] | None:
+    """Reads (creating it if missing) when this server's data began.
+
+    A failover to a replica keeps the epoch (it was replicated); a master restarted empty
+    has none, so the first process back writes a new one. A process that saw the server
+    change and finds an epoch other than the one it knew concludes the data was lost, and
+    lets group_send wait for the memberships to be re-asserted.
     """
     key = shard.epoch_key(core.keys, info)
     if key is None:
         return None
+    mark = (shard.spec.index, shard.node_of(info))
+    known = seen.get(mark)
     shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
     check = shard.link.submit("GET", key, key=key)
-    if changed:
-        check.add_done_callback(lambda done: _note_data_loss(shard, done))
-    check.add_done_callback(log_failure)
+    check.add_done_callback(lambda done: _compare(shard, done, mark, known, changed, seen))
     return check
 
 
-def _note_data_loss(shard: ShardConnections, check: asyncio.Future[Any]) -> None:
+def _compare(
+    shard: ShardConnections,
+    check: asyncio.Future[Any],
+    mark: tuple[int, str],
+    known: object,
+    changed: bool,
+    seen: Epochs,
+) -> None:
     if check.cancelled() or check.exception() is not None or check.result() is None:
+        log_failure(check)
         return
-    began_s = int(check.result()) / 1000
-    if time.time() - began_s < RESTART_GRACE_S:
-        shard.stats.recovering_until = began_s + RESTART_GRACE_S
-        logger.warning(
-            "Redis on %s restarted without its data; group_send waits %.1f s for group "
-            "memberships to be re-asserted",
-            shard.spec.locator.describe(),
-            RESTART_GRACE_S,
-            extra={"event": "data_lost"},
-        )
+    seen[mark] = check.result()
+    if changed and known is not None and check.result() != known:
+        _note_data_loss(shard, int(check.result()) / 1000)
+
+
+def _note_data_loss(shard: ShardConnections, began_s: float) -> None:
+    shard.stats.recovering_until = began_s + RESTART_GRACE_S  # the same moment everywhere
+    logger.warning(
+        "Redis on %s restarted without its data; group_send waits %.1f s for group "
+        "memberships to be re-asserted",
+        shard.spec.locator.describe(),
+        RESTART_GRACE_S,
+        extra={"event": "data_lost"},
+    )
 
 
 async def recovered(shard: ShardConnections) -> None:
@@ -104,15 +120,15 @@ def log_failure(future: asyncio.Future[Any]) -> None:
         logger.warning("Background Redis operation failed: %s", error)
 
 
-async def watch_epochs(
-    core: LayerCore, shard: ShardConnections, seen: dict[tuple[int, str], object]
-) -> None:
-    """Notices a master that lost its data even without a connection that saw it restart.
+async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -> bool:
+    """Notices a master that lost its data even without a connection that saw it restart;
+    True when one did.
 
-    On Cluster (or with several hosts) a process talks only to the masters it uses, so a
-    master restarted empty can go unnoticed by the very processes whose memberships it
-    held. Reading each master's epoch every second notices it: a changed or missing epoch
-    means the data began again, and the memberships are re-asserted.
+    On Cluster (or with several hosts, or in a process that sends without receiving) a
+    process talks only to the masters it uses, so a master restarted empty can go unnoticed
+    by the very processes whose memberships it held or whose messages it forgot. Reading each
+    master's epoch every second notices it: a changed or missing epoch means the data began
+    again.
     """
     marks = shard.epoch_keys(core.keys)
     values = await asyncio.gather(*(shard.link.submit("GET", k, key=k) for _, k in marks))
@@ -129,4 +145,4 @@ async def watch_epochs(
             shard.spec.locator.describe(),
             extra={"event": "data_lost"},
         )
-        reassert(core, shard)
+    return lost

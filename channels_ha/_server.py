@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -98,51 +97,63 @@ class FixedLocator:
 
 @dataclass
 class SentinelLocator:
-    """Asks the sentinels, one after the other, for the master's address."""
+    """Asks every sentinel where the master is, and believes the newest configuration.
+
+    Right after a failover the sentinels disagree for a moment (the others learn from the
+    one that led it), and the old master stays writable until it is demoted: a client that
+    asked a sentinel not yet up to date would write where the writes get discarded. Each
+    answer carries the configuration epoch it comes from; the highest one wins.
+    """
 
     sentinels: Sequence[Endpoint]
     master_name: str
     sentinel_credentials: Credentials
     master_template: Endpoint  # TLS settings for the data node; host and port are replaced
     connect_timeout_s: float = 2.0
-    # Each process starts with a random sentinel, so that 400 workers do not all query
-    # (and subscribe to) the first one.
-    _preferred: int = field(default_factory=lambda: random.randrange(1_000_000))
 
     async def locate(self) -> Endpoint:
-        errors = []
-        for offset in range(len(self.sentinels)):
-            index = (self._preferred + offset) % len(self.sentinels)
-            try:
-                endpoint = await self._ask(self.sentinels[index])
-            except (ConnectionLost, RedisCommandError) as err:
-                errors.append(f"{self.sentinels[index].describe()}: {err}")
-                continue
-            self._preferred = index
-            return endpoint
-        raise ConnectionLost("no sentinel gave a master address (" + "; ".join(errors) + ")")
+        answers = await asyncio.gather(
+            *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
+        )
+        views = [answer for answer in answers if isinstance(answer, tuple)]
+        if not views:
+            errors = "; ".join(
+                f"{sentinel.describe()}: {answer}"
+                for sentinel, answer in zip(self.sentinels, answers, strict=True)
+            )
+            raise ConnectionLost(f"no sentinel gave a master address ({errors})")
+        _, host, port = max(views)
+        return _with_address(self.master_template, host, port)
 
-    async def _ask(self, sentinel: Endpoint) -> Endpoint:
+    async def _ask(self, sentinel: Endpoint) -> tuple[int, str, int]:
+        """(config epoch, host, port) of the master, as ``sentinel`` sees it."""
         client = await open_client(sentinel, self.connect_timeout_s)
         try:
             auth = self.sentinel_credentials.auth_command()
             commands = [auth] if auth else []
-            commands.append(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name))
+            commands.append(("SENTINEL", "MASTER", self.master_name))
             replies = await _all_replies(
                 client, commands, self.connect_timeout_s, endpoint=sentinel
             )
         finally:
             assert client.protocol is not None
             await client.protocol.aclose()
-        address = replies[-1]
-        if not isinstance(address, list) or len(address) != 2:
+        view = _pairs(replies[-1])
+        if "ip" not in view:
             raise ConnectionLost(f"sentinel does not know master {self.master_name!r}")
-        host = address[0].decode()
-        return _with_address(self.master_template, host, int(address[1]))
+        return int(view.get("config-epoch", "0")), view["ip"], int(view["port"])
 
     def describe(self) -> str:
         names = ", ".join(s.describe() for s in self.sentinels)
         return f"sentinel master {self.master_name!r} via {names}"
+
+
+def _pairs(reply: object) -> dict[str, str]:
+    """A flat ``[key, value, ...]`` reply as a dict of strings."""
+    if not isinstance(reply, list):
+        return {}
+    items = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
+    return dict(zip(items[::2], items[1::2], strict=False))
 
 
 def give_up(

@@ -14,11 +14,11 @@ import logging
 import secrets
 import time
 from collections.abc import Coroutine, Iterable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
 
-from ._buffers import now_ms
+from ._buffers import ChannelBuffer, Item, now_ms
 from ._cluster import ClusterRouter, slot_of
 from ._codec import encode_element
 from ._constants import (
@@ -28,12 +28,14 @@ from ._constants import (
     FLUSH_SCAN_COUNT,
 )
 from ._core import LayerCore
-from ._delivery import Deliveries, inbox_of, target_of
+from ._delivery import Deliveries, target_of
 from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
+from ._replay import RecentPushes
 from ._resp import pack
 from ._scripts import GROUP_ADD, PUSH
+from ._sequence import SendSequences
 from ._server import ServerInfo
 from ._shard import ShardConnections
 from ._timeouts import within
@@ -43,18 +45,33 @@ logger = logging.getLogger("channels_ha.layer")
 
 _FULL = 0  # a PUSH status: the list is at capacity
 _MAX_SCAN_ROUNDS = 1_000_000
+_MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
+_LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
+_LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
 
-PushPlan = dict[tuple[int, int], tuple[list[str], list[Any]]]  # (shard, slot) -> KEYS, ARGV
+PushPlan = dict[tuple[int, int], tuple[str, bytes]]  # (shard, slot) -> routing key, PUSH
+
+
+class PreparedPush(NamedTuple):
+    shard: int  # its index in the layer's hosts
+    link: Link
+    packed: bytes  # the EVALSHA PUSH request
+    key: str  # the list it writes, which routes it on Cluster
+
+
 Link = CommandLink | ClusterRouter
 
 
 class Session:
     """The layer's state and connections on one event loop."""
 
-    def __init__(self, core: LayerCore) -> None:
+    def __init__(self, core: LayerCore, client_prefix: str) -> None:
         self.core = core
+        self.client_prefix = client_prefix
         self.sender = secrets.token_hex(8)
-        self._seq = 0
+        self._seqs = SendSequences()
+        self._recent = [RecentPushes() for _ in core.shards]
+        self._wait_ms = int(core.replica_ack_timeout_s * 1000)
         self._shards = [
             ShardConnections(
                 spec, core.shard_stats[spec.index], self._server_seen, self._topology_changed
@@ -65,6 +82,8 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Future[None] | None = None
         self._epochs: dict[tuple[int, str], object] = {}  # (shard, master) -> epoch seen
+        self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
+        self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
     @property
@@ -77,72 +96,78 @@ class Session:
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
-    def prepare_send(self, channel: str, message: dict[str, Any]) -> tuple[Link, bytes, str]:
-        """The link, PUSH request and routing key of one send (a retry re-sends the bytes)."""
+    def prepare_send(self, channel: str, message: dict[str, Any]) -> PreparedPush:
+        """The PUSH request of one send and where it goes (a retry re-sends the bytes)."""
         core = self.core
         target = target_of(channel)
-        if "!" in channel:
-            key = dedupe = core.keys.inbox(target)  # deduplicated by its one receiving process
-        else:
-            key, dedupe = core.keys.channel(channel), core.keys.dedupe(channel, self.sender)
-        seq, now = self._next_seq(), now_ms()
-        body = core.codec.dumps(message)
-        element = encode_element(now + core.expiry_ms, self.sender, seq, channel, body)
-        header = self._push_header(now, seq)
-        packed = pack(
-            "EVALSHA", PUSH.sha, 2, key, dedupe, *header, core.capacity_of(channel), element
+        key, aux, kind = self._target_keys(channel, target)
+        now = now_ms()
+        seq = self._seqs.next(key)
+        element = encode_element(
+            now + core.expiry_ms, self.sender, seq, channel, core.codec.dumps(message)
         )
-        return self._shards[core.shard_index(target)].link, packed, key
+        target_args = (core.capacity_of(channel), seq, element, kind)
+        packed = pack("EVALSHA", PUSH.sha, 2, key, aux, *self._push_header(now), *target_args)
+        index = core.shard_index(target)
+        return PreparedPush(index, self._shards[index].link, packed, key)
+
+    def _target_keys(self, channel: str, target: str) -> tuple[str, str, str]:
+        """(list, aux key, kind) of a PUSH target; see the PUSH script."""
+        keys = self.core.keys
+        if "!" in channel:  # copies are recognised by the one receiving process
+            return keys.inbox(target), keys.inbox_limit(target), "i"
+        return keys.channel(channel), keys.dedupe(channel, self.sender), "c"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        link, packed, key = self.prepare_send(channel, message)
-        statuses = await link.submit_packed(packed, key)
-        await self._await_replicas(link, key)
-        if statuses[0] == _FULL:  # type: ignore[index]
+        push = self.prepare_send(channel, message)
+        statuses = await self._push(push.shard, push.packed, push.key)
+        if statuses[0] == _FULL:
             raise ChannelFull(channel)
         self.core.stats.sent += 1
 
-    def _push_header(self, now: int, seq: int) -> tuple[int, ...]:
+    def _push_header(self, now: int) -> tuple[int, ...]:
         core = self.core
-        return (core.expiry_ms, now, seq, core.dedupe_ttl_ms)
+        return (core.expiry_ms, now, core.dedupe_ttl_ms)
 
-    async def _await_replicas(self, link: Link, key: str) -> None:
-        """WAIT on the connection that wrote ``key`` (WAIT counts that connection's writes)."""
-        acks = self.core.replica_acks
-        if not acks:
-            return
-        timeout_ms = int(self.core.replica_ack_timeout_s * 1000)
-        acked = cast(int, await link.submit("WAIT", acks, timeout_ms, key=key))
+    async def _push(self, index: int, packed: bytes, key: str) -> list[int]:
+        """A PUSH, then WAIT if replica_acks asks for it, as one unit: WAIT counts the writes
+        of its own connection, so if a reconnect came between them, both go again (the
+        second PUSH is recognised as a copy)."""
+        acks, link = self.core.replica_acks, self._shards[index].link
+        for _ in range(_MAX_PUSH_ATTEMPTS):
+            connection = link.connection_of(key)
+            statuses = cast(list[int], await link.submit_packed(packed, key))
+            self._recent[index].add(key, packed)
+            if not acks:
+                return statuses
+            patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose
+            wait = link.submit("WAIT", acks, self._wait_ms, key=key, patience_s=patience_s)
+            acked = cast(int, await wait)
+            if link.connection_of(key) == connection:
+                break
         if acked < acks:
-            self.core.stats.replica_ack_shortfalls += 1
-            logger.warning(
-                "Only %d of %d replicas acknowledged a message within %d ms",
-                acked,
-                acks,
-                timeout_ms,
-                extra={"event": "replica_ack_shortfall"},
-            )
+            self._note_shortfall(acked)
+        return statuses
+
+    def _note_shortfall(self, acked: int) -> None:
+        self.core.stats.replica_ack_shortfalls += 1
+        logger.warning(
+            "Only %d of %d replicas acknowledged a message within %d ms",
+            acked,
+            self.core.replica_acks,
+            self._wait_ms,
+            extra={"event": "replica_ack_shortfall"},
+        )
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         core = self.core
         members = await self._members(group)
         if not members:
             return
-        body = core.codec.dumps(message)
-        seq, now = self._next_seq(), now_ms()
-        plan = self._plan_group_push(members, body, seq, now)
-        header = self._push_header(now, seq)
-        futures = [
-            self._shards[index].link.submit_script(PUSH, keys, (*header, *args))
-            for (index, _), (keys, args) in plan.items()
-        ]
-        results = cast(list[list[int]], await asyncio.gather(*futures))
-        for (index, _), (keys, _args) in plan.items():
-            await self._await_replicas(self._shards[index].link, keys[0])
+        plan = self._plan_group_push(members, core.codec.dumps(message), now_ms())
+        results = await asyncio.gather(
+            *(self._push(index, packed, key) for (index, _), (key, packed) in plan.items())
+        )
         full = sum(statuses.count(_FULL) for statuses in results)
         if full:
             logger.info("%d of %d targets of group %s over capacity", full, len(members), group)
@@ -161,30 +186,29 @@ class Session:
                 break  # no new server run meanwhile: the list is not from before a loss
         return [member.decode() for member in cast(list[bytes], reply)]
 
-    def _plan_group_push(self, members: list[str], body: bytes, seq: int, now: int) -> PushPlan:
+    def _plan_group_push(self, members: list[str], body: bytes, now: int) -> PushPlan:
         """One element per process inbox and one per normal channel, batched into one PUSH
         per shard, or per slot on Cluster (a script's keys must share a slot there). The
         link pipelines the PUSHes of one node, so a group costs one round trip per node."""
-        core, expires = self.core, now + self.core.expiry_ms
-        by_inbox: dict[str, list[str]] = {}
-        plan: PushPlan = {}
+        expires = now + self.core.expiry_ms
+        targets: dict[str, list[str]] = {}  # inbox or normal channel -> member channels
         for channel in members:
-            if "!" in channel:
-                by_inbox.setdefault(inbox_of(channel), []).append(channel)
-                continue
-            key = core.keys.channel(channel)
-            keys, args = plan.setdefault(self._unit(channel, key), ([], []))
-            keys += [key, core.keys.dedupe(channel, self.sender)]
-            element = encode_element(expires, self.sender, seq, channel, body)
-            args += [core.capacity_of(channel), element]
-        for inbox, channels in by_inbox.items():
-            key = core.keys.inbox(inbox)
-            keys, args = plan.setdefault(self._unit(inbox, key), ([], []))
-            targets: str | list[str] = channels[0] if len(channels) == 1 else channels
-            capacity = max(core.capacity_of(channel) for channel in channels)
-            keys += [key, key]
-            args += [capacity, encode_element(expires, self.sender, seq, targets, body)]
-        return plan
+            targets.setdefault(target_of(channel), []).append(channel)
+        units: dict[tuple[int, int], tuple[list[str], list[Any]]] = {}
+        for target, channels in targets.items():
+            key, aux, kind = self._target_keys(channels[0], target)
+            keys, args = units.setdefault(self._unit(target, key), ([], []))
+            seq = self._seqs.next(key)
+            named: str | list[str] = channels[0] if len(channels) == 1 else channels
+            element = encode_element(expires, self.sender, seq, named, body)
+            capacity = max(self.core.capacity_of(channel) for channel in channels)
+            keys += [key, aux]
+            args += [capacity, seq, element, kind]
+        header = self._push_header(now)
+        return {
+            unit: (keys[0], pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args))
+            for unit, (keys, args) in units.items()
+        }
 
     def _unit(self, target: str, key: str) -> tuple[int, int]:
         """(shard, slot): what one PUSH may cover; the slot matters only on Cluster."""
@@ -211,15 +235,25 @@ class Session:
     # -- receiving ---------------------------------------------------------------------------
 
     async def receive(self, channel: str) -> dict[str, Any]:
+        buffer = self.deliveries.buffer(channel)
+        item = buffer.take_fresh()
+        if item is None:
+            item = await self._wait_for(channel, buffer)
+        else:
+            self.core.memberships.touch(channel)
+        self.core.stats.received += 1
+        return self.core.codec.loads(item[1])
+
+    async def _wait_for(self, channel: str, buffer: ChannelBuffer) -> Item:
         core, deliveries = self.core, self.deliveries
-        buffer = deliveries.buffer(channel)
         index = core.shard_index(target_of(channel))
-        reader = self._reader(index, channel)
+        reader = self._reader(index, "!" in channel)
+        waiter = buffer.add_waiter()  # before waking the reader, whose keys count waiters
         core.memberships.receiving(channel, +1)
-        if deliveries.enter(channel, index):
+        if deliveries.enter(channel, index) or "!" not in channel:
             reader.wake()
         try:
-            _, body = await buffer.get()
+            return await buffer.wait(waiter)
         finally:
             last = deliveries.leave(channel)
             core.memberships.receiving(channel, -1)
@@ -227,19 +261,24 @@ class Session:
                 if last:
                     reader.wake()  # stop popping a channel nobody here waits for
                 self._return_stranded([channel])
-        core.stats.received += 1
-        return core.codec.loads(body)
 
-    def _reader(self, index: int, channel: str) -> BlockingReader:
-        shard, deliveries, keys = self._shards[index], self.deliveries, self.core.keys
+    def _reader(self, index: int, specific: bool) -> BlockingReader:
+        reader = self._readers.get((index, specific))
+        if reader is None:
+            reader = self._readers[(index, specific)] = self._start_reader(index, specific)
+        return reader
+
+    def _start_reader(self, index: int, specific: bool) -> BlockingReader:
+        shard, deliveries = self._shards[index], self.deliveries
 
         def fail(error: Exception) -> None:
             deliveries.fail_waiters(index, error)
 
-        if "!" in channel:
-            slot = slot_of(keys.inbox(inbox_of(channel)))
+        if specific:
+            # Every inbox of this process shares one slot: its tag is the client prefix.
+            slot = slot_of(self.core.keys.inbox(f"x.{self.client_prefix}!"))
             return shard.reader("inbox", deliveries.inbox_keys(index), self._deliver, fail, slot)
-        slot = slot_of(keys.channel(channel))  # every normal channel shares this slot
+        slot = slot_of(self.core.keys.channel("any"))  # every normal channel shares one slot
         return shard.reader("normal", deliveries.normal_keys(index), self._deliver, fail, slot)
 
     def _deliver(self, key: str, elements: list[bytes]) -> None:
@@ -261,8 +300,10 @@ class Session:
 
     async def _push_front(self, index: int, key: str, elements: list[bytes]) -> None:
         link = self._shards[index].link
-        await link.submit("LPUSH", key, *reversed(elements), key=key)
-        await link.submit("PEXPIRE", key, self.core.expiry_ms, key=key)
+        await asyncio.gather(  # written together: no list left without its expiry
+            link.submit("LPUSH", key, *reversed(elements), key=key),
+            link.submit("PEXPIRE", key, self.core.expiry_ms, key=key),
+        )
         logger.info("Returned %d undelivered messages to %s", len(elements), key)
 
     # -- failover bookkeeping ----------------------------------------------------------------
@@ -273,7 +314,8 @@ class Session:
         run = stats.observe(info, shard.node_of(info))
         if run == "same":
             return
-        shard.epoch_check = check_epoch(self.core, shard, info, changed=run == "new")
+        changed = run == "new"
+        shard.epoch_check = check_epoch(self.core, shard, info, changed, self._epochs)
         if run == "first":
             return
         logger.warning(
@@ -285,6 +327,7 @@ class Session:
         )
         shard.drop_stale(info, "another connection found a new server run")
         reassert(self.core, shard)
+        self._replay(shard)
 
     def _topology_changed(self, shard: ShardConnections) -> None:
         """Cluster slots changed owner: memberships may have been on a node that failed."""
@@ -295,6 +338,20 @@ class Session:
             extra={"event": "new_master"},
         )
         reassert(self.core, shard)
+        self._replay(shard)
+
+    def _replay(self, shard: ShardConnections) -> None:
+        """Writes again what this process wrote just before the failure (see ``_replay``)."""
+        requests = self._recent[shard.spec.index].requests()
+        for key, packed in requests:
+            shard.link.submit_packed(packed, key).add_done_callback(log_failure)
+        if requests:
+            logger.info(
+                "Wrote again %d recent messages on %s; receivers drop those they had",
+                len(requests),
+                shard.spec.locator.describe(),
+                extra={"event": "replayed", "messages": len(requests)},
+            )
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -312,6 +369,7 @@ class Session:
             while True:
                 await asyncio.sleep(tick_s)
                 await self._check_epochs()
+                self._publish_inbox_limits()
                 if self.core.refresh_due():
                     for shard in self._shards:
                         reassert(self.core, shard)
@@ -324,35 +382,65 @@ class Session:
             raise
 
     async def _check_epochs(self) -> None:
-        if not self.core.memberships:
-            return  # nothing of ours to re-assert
         for shard in self._shards:
+            if not self.core.memberships and not self._recent[shard.spec.index]:
+                continue  # nothing of ours to re-assert or write again
             try:
-                await watch_epochs(self.core, shard, self._epochs)
+                lost = await watch_epochs(self.core, shard, self._epochs)
             except (RedisUnavailable, RedisCommandError) as err:
                 logger.debug("Epoch check failed: %s", err)
+                continue
+            if lost:
+                reassert(self.core, shard)
+                self._replay(shard)
 
     def _sweep(self) -> None:
         self._return_stranded(self.deliveries.sweep())
         self.core.memberships.forget_dead(self.core.group_expiry_s)
+        self.core.marks.forget_idle(self.core.dedupe_memory_s)
+        self._seqs.forget_idle(2 * self.core.dedupe_memory_s)
+
+    def _publish_inbox_limits(self) -> None:
+        """Tells senders how many messages this process's inboxes may hold: ``capacity`` per
+        channel it receives on, so that a backlog (messages queued during a failover) for a
+        process with many consumers is not refused as if it had one."""
+        keys, now = self.core.keys, time.monotonic()
+        for target, limit in self.deliveries.inbox_limits().items():
+            published = self._limits.get(target)
+            if published and published[0] == limit and now - published[1] < _LIMIT_REFRESH_S:
+                continue
+            key = keys.inbox_limit(target)
+            link = self._shards[self.core.shard_index(target)].link
+            link.submit("SET", key, limit, "PX", _LIMIT_TTL_MS, key=key).add_done_callback(
+                log_failure
+            )
+            self._limits[target] = (limit, now)
 
     # -- flushing and closing ----------------------------------------------------------------
 
     async def flush(self) -> None:
+        """Deletes this prefix's messages and groups; the epoch marks stay (deleting them
+        would look like data loss to every process watching them)."""
+        self.core.memberships.clear()  # flushed groups must not be re-asserted
         for shard in self._shards:
             for node in shard.scan_links():
                 await self._flush_node(node, shard.link)
         self.deliveries.clear()
 
+    def _epoch_keys(self) -> list[tuple[str, str]]:
+        return [pair for shard in self._shards for pair in shard.epoch_keys(self.core.keys)]
+
     async def _flush_node(self, node: CommandLink, link: Link) -> None:
         """SCANs one master; deletes through ``link``, which routes each key to its slot."""
         cursor = b"0"
         pattern = self.core.keys.scan_pattern()
+        epochs = {key for _, key in self._epoch_keys()}
         for _ in range(_MAX_SCAN_ROUNDS):
             reply = await node.submit("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
             cursor, keys = cast("tuple[bytes, list[bytes]]", reply)
             # One key per UNLINK: on Cluster, keys of one SCAN page live in different slots.
-            unlinks = [link.submit("UNLINK", key, key=key.decode()) for key in keys]
+            names = [key.decode() for key in keys]
+            unlinks = [link.submit("UNLINK", k, key=k) for k in names if k not in epochs]
             await asyncio.gather(*unlinks)
             if cursor == b"0":
                 return

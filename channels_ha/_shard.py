@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._cluster import ClusterRouter, tag_for_slot
-from ._constants import INBOX_BATCH_SIZE
+from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE
 from ._keys import KeyLayout
 from ._link import CommandLink
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._resp import Endpoint
 from ._server import Credentials, Locator, ServerInfo, ServerSettings
 from ._stats import ShardStats
-from ._watch import SwitchMasterWatch
+from ._watch import FailoverEvents, SentinelWatch
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -88,7 +88,7 @@ class ShardConnections:
         self.epoch_check: asyncio.Future[Any] | None = None
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
-        self._watch: SwitchMasterWatch | None = None
+        self._watch: SentinelWatch | None = None
 
     def _server_seen(self, info: ServerInfo) -> None:
         self._start_watch()
@@ -182,6 +182,23 @@ class ShardConnections:
             if _stale(reader.connected_to, info, node, self):
                 reader.drop_connection(reason)
 
+    def failover_started(self) -> None:
+        logger.warning(
+            "A failover of %s has started; new writes wait for the new master",
+            self.spec.locator.describe(),
+            extra={"event": "failover_started"},
+        )
+        hold_s = min(FAILOVER_HOLD_MAX_S, self.spec.settings.failover_timeout_s / 2)
+        self.link.hold(hold_s)
+
+    def failover_aborted(self) -> None:
+        logger.warning(
+            "The failover of %s was abandoned; writes go on to the master",
+            self.spec.locator.describe(),
+            extra={"event": "failover_aborted"},
+        )
+        self.link.release()
+
     def switch_announced(self, address: str) -> None:
         reason = f"sentinels announced a new master at {address}"
         logger.warning(
@@ -192,6 +209,7 @@ class ShardConnections:
         )
         if isinstance(self.link, CommandLink) and not _is_at(self.link.server, address):
             self.link.drop_connection(reason)
+        self.link.release()
         self.link.nudge()
         for reader in self.readers():
             if not _is_at(reader.connected_to, address):
@@ -202,12 +220,13 @@ class ShardConnections:
         spec = self.spec.watch
         if spec is None or self._watch is not None:
             return
-        self._watch = SwitchMasterWatch(
+        events = FailoverEvents(self.failover_started, self.failover_aborted, self.switch_announced)
+        self._watch = SentinelWatch(
             spec.sentinels,
             spec.master_name,
             spec.credentials,
             self.spec.settings.connect_timeout_s,
-            self.switch_announced,
+            events,
             client_name=f"{self.spec.settings.client_name}:sentinel-watch",
         )
         self._watch.start()

@@ -24,9 +24,15 @@ async def within(awaitable: Awaitable[T], timeout_s: float) -> T:
     try:
         done, _ = await asyncio.wait({inner}, timeout=timeout_s)
     except asyncio.CancelledError:
-        inner.cancel()
+        _abandon(inner)
         raise
     if not done:
-        inner.cancel()
+        _abandon(inner)
         raise asyncio.TimeoutError
     return inner.result()
+
+
+def _abandon(inner: asyncio.Future[T]) -> None:
+    """Cancels ``inner``; an error it ends with anyway is read, not reported as unretrieved."""
+    inner.cancel()
+    inner.add_done_callback(lambda done: done.cancelled() or done.exception())

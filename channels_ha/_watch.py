@@ -1,19 +1,28 @@
-"""Listening to the sentinels' ``+switch-master`` announcements.
+"""Listening to the sentinels' announcements of a failover.
 
-A frozen master (SIGSTOP, a stuck VM) keeps its TCP connections open, so a client only notices
-the failover when a reply times out. The sentinels announce the new master the moment they
-promote it; following the announcement moves traffic over without waiting for a timeout.
+Two windows lose writes during a Sentinel failover, and announcements close both:
+
+- A frozen master (SIGSTOP, a stuck VM) keeps its TCP connections open, so a client only
+  notices a failover when a reply times out. ``+switch-master`` names the new master the
+  moment the sentinels agree on it.
+- A graceful handover (``SENTINEL FAILOVER``, a Kubernetes node drain) leaves the old master
+  writable for a few seconds after its replica was promoted: writes sent there are discarded
+  when it is turned into a replica. The leading sentinel announces the promotion as it starts
+  it (``+failover-state-send-slaveof-noone``), so writes can wait for the new master instead.
+
+Only the sentinel leading a failover announces its steps, and any of them may lead, so the
+watch subscribes on every sentinel (one connection each per process).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ._constants import RECONNECT_BACKOFF_MAX_S
-from ._resp import Endpoint, FutureSink, open_connection
+from ._resp import Endpoint, FutureSink, open_connection, pack
 from ._server import Credentials
 from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError
@@ -21,19 +30,48 @@ from .exceptions import ConnectionLost, RedisCommandError
 logger = logging.getLogger("channels_ha.sentinel")
 
 SWITCH_MASTER = "+switch-master"
+FAILOVER_STARTS = "+failover-state-send-slaveof-noone"
+FAILOVER_ABORTS = (
+    "-failover-abort-not-elected",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-slave-timeout",
+    "+failover-end-for-timeout",
+)
+WATCH_PING_INTERVAL_S = 5.0  # how often a quiet subscription checks its sentinel answers
+
+
+@dataclass(frozen=True)
+class FailoverEvents:
+    """What a watch reports: a failover started, was abandoned, or ended at an address."""
+
+    started: Callable[[], None]
+    aborted: Callable[[], None]
+    switched: Callable[[str], None]
 
 
 class _Subscription(FutureSink):
     """A connection in subscribe mode: pushes go to a callback, not to futures."""
 
-    def __init__(self, on_message: Callable[[bytes], None]) -> None:
+    def __init__(self, on_message: Callable[[bytes, bytes], None]) -> None:
         super().__init__()
         self._on_message = on_message
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self._subscribed: asyncio.Future[None] = loop.create_future()
+
+    def subscribe(self, *channels: str) -> asyncio.Future[None]:
+        """SUBSCRIBE answers once per channel, so it does not go through the reply queue."""
+        assert self.protocol is not None
+        self.protocol.write(pack("SUBSCRIBE", *channels))
+        return self._subscribed
 
     def on_reply(self, reply: object) -> None:
-        if isinstance(reply, list) and reply and reply[0] == b"message":
-            self._on_message(reply[2])
+        kind = reply[0] if isinstance(reply, list) and reply else None
+        if kind == b"message":
+            self._on_message(reply[1], reply[2])  # type: ignore[index]
+        elif kind == b"subscribe":
+            if not self._subscribed.done():
+                self._subscribed.set_result(None)
         else:
             super().on_reply(reply)
 
@@ -43,8 +81,8 @@ class _Subscription(FutureSink):
             self.lost.set_result(None)
 
 
-class SwitchMasterWatch:
-    """Calls ``on_switch(address)`` when a sentinel announces a new master for ``master_name``."""
+class SentinelWatch:
+    """Subscribes on every sentinel and reports failover events for ``master_name``."""
 
     def __init__(
         self,
@@ -52,58 +90,85 @@ class SwitchMasterWatch:
         master_name: str,
         credentials: Credentials,
         connect_timeout_s: float,
-        on_switch: Callable[[str], None],
+        events: FailoverEvents,
         client_name: str = "channels-ha",
     ) -> None:
-        self._client_name = client_name
         self._sentinels = list(sentinels)
         self._master_name = master_name
         self._credentials = credentials
         self._connect_timeout_s = connect_timeout_s
-        self._on_switch = on_switch
-        self._task: asyncio.Task[None] | None = None
+        self._events = events
+        self._client_name = client_name
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._watch(s)) for s in self._sentinels]
 
-    async def _run(self) -> None:
-        index = random.randrange(len(self._sentinels))  # spread subscribers over sentinels
+    async def _watch(self, sentinel: Endpoint) -> None:
+        """Keeps one sentinel subscribed, for as long as the watch runs."""
         while True:
-            sentinel = self._sentinels[index % len(self._sentinels)]
-            index += 1
             try:
                 await self._listen(sentinel)
             except (ConnectionLost, RedisCommandError) as err:
                 logger.debug("Sentinel watch on %s ended: %s", sentinel.describe(), err)
-            # Listening ended (sentinel gone): try the next one after a short pause.
-            await asyncio.sleep(RECONNECT_BACKOFF_MAX_S)
+            await asyncio.sleep(RECONNECT_BACKOFF_MAX_S)  # the sentinel is gone: pace retries
 
     async def _listen(self, sentinel: Endpoint) -> None:
         subscription = _Subscription(self._message)
         protocol = await open_connection(sentinel, subscription, self._connect_timeout_s)
         subscription.protocol = protocol
         try:
-            auth = self._credentials.auth_command()
-            if auth:
-                await within(subscription.call(*auth), self._connect_timeout_s)
-            name = subscription.call("CLIENT", "SETNAME", self._client_name)
-            await within(name, self._connect_timeout_s)
-            await within(subscription.call("SUBSCRIBE", SWITCH_MASTER), self._connect_timeout_s)
-            await subscription.lost
+            await self._subscribe(subscription)
+            await self._stay_subscribed(subscription)
         except asyncio.TimeoutError as err:
             raise ConnectionLost(f"sentinel {sentinel.describe()} did not answer") from err
         finally:
             await protocol.aclose()
 
-    def _message(self, data: bytes) -> None:
-        # "<master name> <old ip> <old port> <new ip> <new port>"
-        parts = data.decode(errors="replace").split()
-        if len(parts) == 5 and parts[0] == self._master_name:
-            self._on_switch(f"{parts[3]}:{parts[4]}")
+    async def _subscribe(self, subscription: _Subscription) -> None:
+        auth = self._credentials.auth_command()
+        commands = [auth] if auth else []
+        commands.append(("CLIENT", "SETNAME", self._client_name))
+        for command in commands:
+            await within(subscription.call(*command), self._connect_timeout_s)
+        subscribed = subscription.subscribe(SWITCH_MASTER, FAILOVER_STARTS, *FAILOVER_ABORTS)
+        await within(subscribed, self._connect_timeout_s)
+
+    async def _stay_subscribed(self, subscription: _Subscription) -> None:
+        """Waits until the connection ends; a sentinel that stops answering PING (frozen,
+        partitioned without a reset) ends it too."""
+        while True:
+            done, _ = await asyncio.wait({subscription.lost}, timeout=WATCH_PING_INTERVAL_S)
+            if done:
+                return
+            await within(subscription.call("PING"), self._connect_timeout_s)
+
+    def _message(self, channel: bytes, data: bytes) -> None:
+        event, parts = channel.decode(), data.decode(errors="replace").split()
+        if event == SWITCH_MASTER:
+            # "<master name> <old ip> <old port> <new ip> <new port>"
+            if len(parts) == 5 and parts[0] == self._master_name:
+                self._events.switched(f"{parts[3]}:{parts[4]}")
+        elif _about(parts, self._master_name):
+            # "<instance type> <name> <ip> <port> @ <master name> <master ip> <master port>"
+            if event == FAILOVER_STARTS:
+                self._events.started()
+            else:
+                self._events.aborted()
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-            await asyncio.wait({task})
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def _about(parts: list[str], master_name: str) -> bool:
+    return (
+        "@" in parts
+        and parts.index("@") + 1 < len(parts)
+        and (parts[parts.index("@") + 1] == master_name)
+    )

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
 
 async def _send_twice(layer: RedisChannelLayer, channel: str) -> list[object]:
-    link, packed, key = layer._session().prepare_send(channel, {"type": "once"})
-    return [await link.submit_packed(packed, key) for _ in range(2)]
+    push = layer._session().prepare_send(channel, {"type": "once"})
+    return [await push.link.submit_packed(push.packed, push.key) for _ in range(2)]
 
 
 async def test_process_specific_duplicate_dropped_by_receiver(layer: RedisChannelLayer) -> None:

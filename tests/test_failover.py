@@ -195,3 +195,44 @@ async def test_waits_for_a_node_that_comes_back(
     await node.arestart_empty()
     await asyncio.wait_for(sending, 10)
     assert (await layer.receive("queued"))["type"] == "waited"
+
+
+async def test_messages_a_restarted_master_forgot_are_written_again(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Messages stored but not yet received when the only node restarted empty still arrive,
+    once each and in order: the sender writes its last seconds again."""
+    topology = redis_sandbox_factory("standalone")
+    sender = make_layer(topology)
+    receiver = make_layer(topology, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    for number in range(5):
+        await sender.send(channel, {"type": "n", "n": number})
+    await topology.nodes[0].arestart_empty()
+    received = [(await asyncio.wait_for(receiver.receive(channel), 10))["n"] for _ in range(5)]
+    assert received == list(range(5))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(receiver.receive(channel), 0.1)
+
+
+async def test_written_again_after_failover_but_received_once(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """After a failover the sender writes its last seconds again; what the new master already
+    had arrives once (the copies are recognised and dropped)."""
+    sentinel = redis_sandbox_factory("sentinel")
+    assert isinstance(sentinel, SentinelTopology)
+    sender = make_layer(sentinel)
+    receiver = make_layer(sentinel, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    for number in range(5):
+        await sender.send(channel, {"type": "n", "n": number})
+    old = await sentinel.acurrent_master()
+    old.kill()
+    await sentinel.await_new_master(old)
+    await sender.send(channel, {"type": "n", "n": 5})  # the sender meets the new master
+    received = [(await asyncio.wait_for(receiver.receive(channel), 10))["n"] for _ in range(6)]
+    assert received == list(range(6))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(receiver.receive(channel), 0.2)
+    assert receiver.statistics().duplicates_dropped >= 5

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import threading
+import time
 
 import pytest
 import redis
@@ -359,3 +360,48 @@ async def test_replica_acknowledgements(
     assert greedy.statistics().replica_ack_shortfalls == 1
     assert "Only 2 of 3 replicas acknowledged" in caplog.text
     assert [(await acked.receive("acked"))["type"] for _ in range(2)] == ["x", "y"]
+
+
+async def test_second_normal_channel_is_served_promptly(layer: RedisChannelLayer) -> None:
+    """A receive on a second normal channel does not wait for the first one's blocking pop."""
+    first = asyncio.create_task(layer.receive("worker-a"))
+    await layer.send("worker-a", {"type": "a"})  # the reader now blocks on worker-a
+    assert (await first)["type"] == "a"
+    waiting_a = asyncio.create_task(layer.receive("worker-a"))
+    await layer.send("worker-b", {"type": "b"})
+    started = time.monotonic()
+    assert (await asyncio.wait_for(layer.receive("worker-b"), 5))["type"] == "b"
+    assert time.monotonic() - started < 0.5
+    waiting_a.cancel()
+    await asyncio.gather(waiting_a, return_exceptions=True)
+
+
+async def test_flush_is_not_undone(layer: RedisChannelLayer) -> None:
+    """After flush(), a live consumer's group membership stays gone (no re-assertion)."""
+    channel = await layer.new_channel()
+    receiving = asyncio.create_task(layer.receive(channel))
+    await layer.group_add("flushed-room", channel)
+    await layer.flush()
+    await asyncio.sleep(1.5)  # longer than a re-assertion check: the behaviour is its absence
+    await layer.group_send("flushed-room", {"type": "after.flush"})
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(receiving), 0.1)
+    receiving.cancel()
+    await asyncio.gather(receiving, return_exceptions=True)
+
+
+async def test_inbox_holds_capacity_per_channel(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A process with 300 consumers takes a burst of one message each at capacity 100."""
+    sender = make_layer(redis_topology, capacity=100)
+    receiver = make_layer(redis_topology, prefix=sender.prefix, capacity=100)
+    channels = [await receiver.new_channel() for _ in range(300)]
+    waiting = [asyncio.create_task(receiver.receive(channel)) for channel in channels]
+    limit_key = KeyLayout(sender.prefix).inbox_limit(channels[0].split("!")[0] + "!")
+    deadline = time.monotonic() + 5
+    while master_client.get(limit_key) != b"30000":
+        assert time.monotonic() < deadline, "the receiver never published its inbox limit"
+        await asyncio.sleep(0.05)  # polling Redis, which has no event for this
+    await asyncio.gather(*(sender.send(c, {"type": "one"}) for c in channels))
+    assert {(await task)["type"] for task in waiting} == {"one"}

@@ -45,6 +45,7 @@ class TrafficReport:
     lost: dict[str, list[int]]  # channel -> numbers it never got
     duplicates: dict[str, list[int]]  # channel -> numbers it got more than once
     max_gap_s: float  # longest time without any delivery, while messages were being sent
+    reordered: int = 0  # deliveries that came after a higher number on the same channel
 
     @property
     def lost_count(self) -> int:
@@ -65,7 +66,7 @@ class TrafficReport:
             f"sent {self.sent}, delivered {self.delivered}, "
             f"errors {len(self.send_errors)}+{len(self.receive_errors)}, "
             f"lost {self.lost_count}, duplicates {self.duplicate_count}, "
-            f"longest gap {self.max_gap_s:.2f} s"
+            f"reordered {self.reordered}, longest gap {self.max_gap_s:.2f} s"
         )
 
 
@@ -76,6 +77,8 @@ class _Inbox:
     layer: Layer
     channel: str
     received: Counter[int] = field(default_factory=Counter)
+    highest: int = -1
+    reordered: int = 0
 
 
 class Traffic:
@@ -188,7 +191,11 @@ class Traffic:
             except Exception as err:  # recorded, and the consumer goes on like a real one
                 self._receive_errors.append(f"{type(err).__name__}: {err}")
                 continue
-            inbox.received[message["n"]] += 1
+            number = message["n"]
+            inbox.received[number] += 1
+            if number < inbox.highest and self._mode == "send":
+                inbox.reordered += 1  # (group sends run concurrently: their order is open)
+            inbox.highest = max(inbox.highest, number)
             self._deliveries.append(time.monotonic())
             self._progress.set()
 
@@ -227,6 +234,7 @@ class Traffic:
             lost=lost,
             duplicates=duplicates,
             max_gap_s=_longest_gap(self._deliveries),
+            reordered=sum(inbox.reordered for inbox in self._inboxes),
         )
 
 

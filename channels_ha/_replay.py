@@ -1,0 +1,47 @@
+"""The last seconds of acknowledged writes, written again after a failover.
+
+Redis acknowledges a write before its replicas have it, and a master restarted without
+persistence forgets what it held. Either way a message whose ``send`` returned can be gone
+from the new server run, and its receiver may never have popped it. The sender still has the
+request, so after meeting a new server run it writes again what it wrote in the seconds before
+the failure. Receivers recognise copies of what they already had (see ``_sequence``), so only
+the missing messages come through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from ._constants import REPLAY_LIMIT, REPLAY_WINDOW_S
+
+RETAIN_IDLE_S = 60.0  # the default expiry: messages older than that are gone anyway
+
+
+class RecentPushes:
+    """PUSH requests acknowledged recently, oldest first.
+
+    Entries are dropped only when a newer one arrives more than ``REPLAY_WINDOW_S`` later,
+    so during an outage (when nothing is acknowledged) the last seconds before it stay.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[float, str, bytes]] = deque(maxlen=REPLAY_LIMIT)
+
+    def add(self, key: str, packed: bytes) -> None:
+        now = time.monotonic()
+        entries = self._entries
+        while entries and entries[0][0] < now - REPLAY_WINDOW_S:
+            entries.popleft()
+        entries.append((now, key, packed))
+
+    def __bool__(self) -> bool:
+        """Whether anything written recently could still be worth writing again (older
+        messages have expired anyway)."""
+        return bool(self._entries) and time.monotonic() - self._entries[-1][0] < RETAIN_IDLE_S
+
+    def requests(self) -> list[tuple[str, bytes]]:
+        """(routing key, request) of every retained write, oldest first."""
+        return [(key, packed) for _, key, packed in self._entries]

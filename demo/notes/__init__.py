@@ -1,0 +1,1 @@
+"""The collaborative notes app: models, the WebSocket consumer, the page."""

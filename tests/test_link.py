@@ -1,0 +1,86 @@
+"""The command link when the server refuses requests, forgets scripts, or stops answering.
+
+These are the paths a failover exercises in passing; here each is produced on purpose with
+a real server: ``min-replicas-to-write`` (NOREPLICAS), ``SCRIPT FLUSH`` (NOSCRIPT), SIGSTOP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from channels_ha import RedisChannelLayer, RedisUnavailable
+from channels_ha.sandbox import StandaloneTopology, TopologyFactory
+
+from .conftest import LayerFactory
+
+
+@pytest.fixture
+def node(redis_sandbox_factory: TopologyFactory) -> StandaloneTopology:
+    topology = redis_sandbox_factory("standalone")
+    assert isinstance(topology, StandaloneTopology)
+    return topology
+
+
+def admin(node: StandaloneTopology) -> redis.Redis:
+    return node.nodes[0].client()  # type: ignore[no-any-return]
+
+
+async def test_refused_writes_wait_and_arrive_once_in_order(
+    node: StandaloneTopology, make_layer: LayerFactory
+) -> None:
+    """Writes refused with NOREPLICAS are retried, paced, and land once each, in order."""
+    layer = make_layer(node, failover_timeout=20, capacity=1000)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "warm", "n": -1})
+    client = admin(node)
+    client.config_set("min-replicas-to-write", 1)  # no replica: every write is refused
+    sends = [asyncio.create_task(layer.send(channel, {"type": "n", "n": n})) for n in range(20)]
+    normal = asyncio.create_task(layer.send("refused-normal", {"type": "n", "n": 0}))
+    await asyncio.sleep(1.0)  # the refusals are the behaviour under test: let them repeat
+    assert not any(task.done() for task in sends)
+    reconnects = layer.statistics().shards[0].reconnects
+    client.config_set("min-replicas-to-write", 0)
+    client.close()
+    await asyncio.wait_for(asyncio.gather(*sends, normal), 10)
+    assert reconnects < 20, "refused writes must back off, not reconnect in a loop"
+    received = [(await layer.receive(channel))["n"] for _ in range(21)]
+    assert received == list(range(-1, 20))
+    assert (await layer.receive("refused-normal"))["n"] == 0
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.1)
+
+
+async def test_script_cache_flushed_mid_traffic(
+    node: StandaloneTopology, make_layer: LayerFactory
+) -> None:
+    """After SCRIPT FLUSH the scripts are loaded again and no message is lost or doubled."""
+    layer = make_layer(node, capacity=1000)
+    channel = await layer.new_channel()
+    client = admin(node)
+    for n in range(50):
+        if n == 25:
+            client.script_flush()
+        await layer.send(channel, {"type": "n", "n": n})
+    client.close()
+    assert [(await layer.receive(channel))["n"] for _ in range(50)] == list(range(50))
+
+
+async def test_close_does_not_leave_a_send_hanging(node: StandaloneTopology) -> None:
+    """A send in flight to a frozen server ends with RedisUnavailable when the layer closes."""
+    layer = RedisChannelLayer(hosts=[node.url], failover_timeout=30)
+    await layer.send("before", {"type": "x"})
+    node.nodes[0].pause()
+    try:
+        sending = asyncio.create_task(layer.send("frozen", {"type": "x"}))
+        await asyncio.sleep(0.1)  # the send must be in flight when close() starts
+        started = time.monotonic()
+        await layer.close()
+        with pytest.raises(RedisUnavailable):
+            await asyncio.wait_for(sending, 5)
+        assert time.monotonic() - started < 5
+    finally:
+        node.nodes[0].resume()
