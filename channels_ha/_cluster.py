@@ -17,7 +17,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
@@ -85,7 +85,7 @@ class ClusterRouter:
         self._first_slots: dict[str, int] = {}  # master -> the first slot it owns
         self._links: dict[str, CommandLink] = {}
         self._held: dict[int, _Held] = {}
-        self._refreshing: asyncio.Task[None] | None = None
+        self._dispatching: asyncio.Task[None] | None = None
         self._backoff = Backoff()
         self._closed = False
         self._mapped = False
@@ -223,8 +223,8 @@ class ClusterRouter:
         self._on_server(info)
 
     def _schedule(self) -> None:
-        if self._refreshing is None and self._held and not self._closed:
-            self._refreshing = asyncio.get_running_loop().create_task(self._dispatch_held())
+        if self._dispatching is None and self._held and not self._closed:
+            self._dispatching = asyncio.get_running_loop().create_task(self._dispatch_held())
 
     async def _dispatch_held(self) -> None:
         started = time.monotonic()
@@ -244,7 +244,7 @@ class ClusterRouter:
                 if any(self._owners[slot] is None for slot in self._held):
                     last_error = await self._try_refresh() or last_error
         finally:
-            self._refreshing = None
+            self._dispatching = None
 
     def _release_ready(self) -> None:
         now = time.monotonic()
@@ -289,27 +289,28 @@ class ClusterRouter:
     # -- the slot map ----------------------------------------------------------------------------
 
     async def _refresh_map(self, exclude: str | None = None) -> None:
-        """Reads the slot map from the first node that knows an owner for every slot.
+        """Reads the slot map from every reachable node and keeps what most of them say.
 
-        Right after a failure nodes disagree for a moment (a restarted node may not know its
-        peers yet); a partial map is used only when no node has a complete one.
+        Right after a failure nodes disagree for a moment: a master restarted from its old
+        configuration still claims slots its replica took over meanwhile, until it learns
+        better from its peers. The majority has the current view.
         """
-        errors, best = [], None
-        for endpoint in self._candidates():
-            if _address(endpoint.host, endpoint.port) == exclude:
-                continue
-            try:
-                owners = _parse_slots(endpoint, await self._ask_slots(endpoint))
-            except (ConnectionLost, RedisCommandError) as err:
-                errors.append(f"{endpoint.describe()}: {err}")
-                continue
-            if None not in owners:
-                self._apply_map(owners)
-                return
-            best = owners if best is None or best.count(None) > owners.count(None) else best
-        if best is None:
-            raise ConnectionLost("no cluster node gave its slot map (" + "; ".join(errors) + ")")
-        self._apply_map(best)
+        candidates = [e for e in self._candidates() if _address(e.host, e.port) != exclude]
+        answers = await asyncio.gather(
+            *(self._ask_slots(endpoint) for endpoint in candidates), return_exceptions=True
+        )
+        maps = [
+            _parse_slots(endpoint, answer)
+            for endpoint, answer in zip(candidates, answers, strict=True)
+            if isinstance(answer, list)
+        ]
+        if not maps:
+            errors = "; ".join(
+                f"{endpoint.describe()}: {answer}"
+                for endpoint, answer in zip(candidates, answers, strict=True)
+            )
+            raise ConnectionLost(f"no cluster node gave its slot map ({errors})")
+        self._apply_map(_majority(maps))
 
     def _candidates(self) -> list[Endpoint]:
         known = [self._endpoint(address) for address in self._links]
@@ -369,9 +370,9 @@ class ClusterRouter:
 
     async def close(self, drain_timeout_s: float) -> None:
         self._closed = True
-        if self._refreshing is not None:
-            self._refreshing.cancel()
-            await asyncio.wait({self._refreshing})
+        if self._dispatching is not None:
+            self._dispatching.cancel()
+            await asyncio.wait({self._dispatching})
         for held in self._held.values():
             for request in (*held.returned, *held.newer):
                 if not request.future.done():
@@ -379,6 +380,21 @@ class ClusterRouter:
         self._held.clear()
         for link in list(self._links.values()):
             await link.close(drain_timeout_s)
+
+
+def _majority(maps: list[list[str | None]]) -> list[str | None]:
+    """The map most nodes gave; failing a majority, each slot's most named owner."""
+    counted = Counter(tuple(owners) for owners in maps)
+    (common, votes), *_ = counted.most_common(1)
+    if votes * 2 > len(maps) or len(counted) == 1:
+        return list(common)
+    by_slot = zip(*maps, strict=True)
+    return [_most_named(owners) for owners in by_slot]
+
+
+def _most_named(owners: tuple[str | None, ...]) -> str | None:
+    named = Counter(owner for owner in owners if owner is not None)
+    return named.most_common(1)[0][0] if named else None
 
 
 def _parse_slots(asked: Endpoint, reply: list[list[object]]) -> list[str | None]:

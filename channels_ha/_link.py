@@ -24,6 +24,7 @@ from ._scripts import Script
 from ._server import (
     REDIRECT_ERRORS,
     RETRY_ERRORS,
+    Announcements,
     Locator,
     ServerInfo,
     ServerSettings,
@@ -72,8 +73,10 @@ class CommandLink:
         stats: ShardStats,
         hand_back: HandBack | None = None,
         verify: Verify | None = None,
+        announcements: Announcements | None = None,
     ) -> None:
         self._locator = locator
+        self._announcements = announcements
         self._hand_back = hand_back
         self._verify = verify
         self._verifying: asyncio.Task[None] | None = None
@@ -356,7 +359,7 @@ class CommandLink:
                 return
             try:
                 protocol, info = await connect_to_master(
-                    self._locator, self._settings, self, load_scripts=True
+                    self._locator, self._settings, self, True, self._announcements
                 )
             except ConnectionLost as err:
                 self._last_error = str(err)

@@ -20,6 +20,7 @@ from ._resp import FutureSink
 from ._server import (
     REDIRECT_ERRORS,
     RETRY_ERRORS,
+    Announcements,
     Locator,
     ServerInfo,
     ServerSettings,
@@ -53,7 +54,9 @@ class BlockingReader:
         deliver: DeliverFn,
         fail: FailFn,
         stats: ShardStats,
+        announcements: Announcements | None = None,
     ) -> None:
+        self._announcements = announcements
         self._stats = stats
         self._locator = locator
         self._settings = settings
@@ -119,20 +122,27 @@ class BlockingReader:
         except (RedisUnavailable, RedisCommandError) as err:
             self._fail(err)
             return
-        self._pending = client.submit(
-            "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
-        )
-        self._pending.add_done_callback(_ignore_result)  # read here or in _finish_pending
-        self._pending_keys = keys
+        pending = self._submit_pop(client, keys)
         limit_s = BLOCKING_POP_TIMEOUT_S + self._settings.reply_timeout_s
         # Not cancelled with this task: if the task is cancelled mid-pop, _finish_pending
         # still collects the reply, which may carry messages Redis already removed.
-        done, _ = await asyncio.wait({self._pending}, timeout=limit_s)
+        done, _ = await asyncio.wait({pending}, timeout=limit_s)
         if not done:
             self.drop_connection(f"no reply to a blocking pop within {limit_s} s")
             self._client = None
             return
-        pending, self._pending = self._pending, None
+        self._pending = None
+        await self._take_reply(pending)
+
+    def _submit_pop(self, client: FutureSink, keys: list[str]) -> asyncio.Future[object]:
+        pending = client.submit(
+            "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
+        )
+        pending.add_done_callback(_ignore_result)  # read here or in _finish_pending
+        self._pending, self._pending_keys = pending, keys
+        return pending
+
+    async def _take_reply(self, pending: asyncio.Future[object]) -> None:
         try:
             reply = pending.result()
         except ConnectionLost:
@@ -178,7 +188,7 @@ class BlockingReader:
             client = FutureSink()
             try:
                 protocol, info = await connect_to_master(
-                    self._locator, self._settings, client, load_scripts=False
+                    self._locator, self._settings, client, False, self._announcements
                 )
             except ConnectionLost as err:
                 if time.monotonic() >= deadline:

@@ -13,7 +13,6 @@ import asyncio
 import socket
 import ssl
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, cast
 
@@ -171,11 +170,6 @@ class FutureSink:
 
     async def call(self, *args: Arg) -> object:
         return await self.submit(*args)
-
-    async def call_many(self, commands: Sequence[Sequence[Arg]]) -> list[object]:
-        """Pipelines the commands; raises the first error after all replies are in."""
-        futures = [self.submit(*command) for command in commands]
-        return list(await asyncio.gather(*futures))
 
 
 def describe_loss(exc: BaseException | None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,6 +22,8 @@ from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.server")
+
+SLOW_CONNECT_S = 0.5  # a connection slower than this is checked against the deployment
 
 # Error replies that mean "not executed here; find the current master and try there": a
 # demoted master (READONLY), a replica still loading or cut off (LOADING, MASTERDOWN),
@@ -115,18 +118,18 @@ class SentinelLocator:
         answers = await asyncio.gather(
             *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
         )
-        views = [answer for answer in answers if isinstance(answer, tuple)]
+        views = [answer for answer in answers if isinstance(answer, _View)]
         if not views:
             errors = "; ".join(
                 f"{sentinel.describe()}: {answer}"
                 for sentinel, answer in zip(self.sentinels, answers, strict=True)
             )
             raise ConnectionLost(f"no sentinel gave a master address ({errors})")
-        _, host, port = max(views)
-        return _with_address(self.master_template, host, port)
+        best = max(views, key=lambda view: view.rank(views))
+        return _with_address(self.master_template, best.host, best.port)
 
-    async def _ask(self, sentinel: Endpoint) -> tuple[int, str, int]:
-        """(config epoch, host, port) of the master, as ``sentinel`` sees it."""
+    async def _ask(self, sentinel: Endpoint) -> _View:
+        """The master as ``sentinel`` sees it."""
         client = await open_client(sentinel, self.connect_timeout_s)
         try:
             auth = self.sentinel_credentials.auth_command()
@@ -141,11 +144,29 @@ class SentinelLocator:
         view = _pairs(replies[-1])
         if "ip" not in view:
             raise ConnectionLost(f"sentinel does not know master {self.master_name!r}")
-        return int(view.get("config-epoch", "0")), view["ip"], int(view["port"])
+        flags = set(view.get("flags", "").split(","))
+        return _View(int(view.get("config-epoch", "0")), view["ip"], int(view["port"]), flags)
 
     def describe(self) -> str:
         names = ", ".join(s.describe() for s in self.sentinels)
         return f"sentinel master {self.master_name!r} via {names}"
+
+
+@dataclass(frozen=True)
+class _View:
+    """One sentinel's answer: the master's address, from which configuration epoch."""
+
+    epoch: int
+    host: str
+    port: int
+    flags: frozenset[str] | set[str]
+
+    def rank(self, views: Sequence[_View]) -> tuple[int, bool, int]:
+        """Newest epoch first; then a settled view (the sentinel leading a failover still
+        names the old master until it ends); then the most sentinels agreeing."""
+        settled = not self.flags & {"failover_in_progress", "s_down", "o_down"}
+        votes = sum(1 for view in views if (view.host, view.port) == (self.host, self.port))
+        return self.epoch, settled, votes
 
 
 def _pairs(reply: object) -> dict[str, str]:
@@ -192,21 +213,52 @@ def handshake_commands(settings: ServerSettings, load_scripts: bool) -> list[tup
     return commands
 
 
+@dataclass
+class Announcements:
+    """How many new masters the sentinels announced (counted by the shard's watch)."""
+
+    switches: int = 0
+
+
 async def connect_to_master(
-    locator: Locator, settings: ServerSettings, sink: ReplySink, load_scripts: bool
+    locator: Locator,
+    settings: ServerSettings,
+    sink: ReplySink,
+    load_scripts: bool,
+    announcements: Announcements | None = None,
 ) -> tuple[RespProtocol, ServerInfo]:
-    """A connection to the current master, handshaken; ``sink`` gets what follows."""
+    """A connection to the current master, handshaken; ``sink`` gets what follows.
+
+    A master that was frozen accepts connections but answers only when it wakes up, by then
+    perhaps replaced (yet still saying ``master`` until the sentinels demote it): a
+    connection that took long, or during which a new master was announced, is checked
+    against the deployment again before it is used.
+    """
+    switches = announcements.switches if announcements else 0
+    started = time.monotonic()
     endpoint = await locator.locate()
     handshake = FutureSink()
     protocol = await open_connection(endpoint, handshake, settings.connect_timeout_s)
     handshake.protocol = protocol
     try:
         info = await _handshake(handshake, endpoint, settings, load_scripts)
+        if announcements and announcements.switches != switches:
+            raise ConnectionLost(
+                f"a new master was announced while connecting to {endpoint.describe()}"
+            )
+        if time.monotonic() - started > SLOW_CONNECT_S:
+            await _still_located(locator, endpoint)
     except BaseException:
         protocol.abort()
         raise
     protocol.sink = sink
     return protocol, info
+
+
+async def _still_located(locator: Locator, endpoint: Endpoint) -> None:
+    current = await locator.locate()
+    if (current.host, current.port) != (endpoint.host, endpoint.port):
+        raise ConnectionLost(f"the master moved while connecting to {endpoint.describe()}")
 
 
 async def _handshake(

@@ -21,7 +21,7 @@ from ._keys import KeyLayout
 from ._link import CommandLink
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._resp import Endpoint
-from ._server import Credentials, Locator, ServerInfo, ServerSettings
+from ._server import Announcements, Credentials, Locator, ServerInfo, ServerSettings
 from ._stats import ShardStats
 from ._watch import FailoverEvents, SentinelWatch
 
@@ -74,6 +74,7 @@ class ShardConnections:
         self.stats = stats
         self._on_server = on_server
         self.router: ClusterRouter | None = None
+        self.announcements = Announcements()
         self.link: CommandLink | ClusterRouter
         if spec.cluster:
             self.router = ClusterRouter(
@@ -83,7 +84,12 @@ class ShardConnections:
         else:
             verify = self._still_master if spec.watch else None
             self.link = CommandLink(
-                spec.locator, spec.settings, self._server_seen, stats, verify=verify
+                spec.locator,
+                spec.settings,
+                self._server_seen,
+                stats,
+                verify=verify,
+                announcements=self.announcements,
             )
         self.epoch_check: asyncio.Future[Any] | None = None
         self.inbox_reader: BlockingReader | None = None
@@ -149,6 +155,7 @@ class ShardConnections:
             deliver=deliver,
             fail=fail,
             stats=self.stats,
+            announcements=self.announcements,
         )
         if kind == "inbox":
             self.inbox_reader = reader
@@ -200,6 +207,7 @@ class ShardConnections:
         self.link.release()
 
     def switch_announced(self, address: str) -> None:
+        self.announcements.switches += 1  # connections being made now must look again
         reason = f"sentinels announced a new master at {address}"
         logger.warning(
             "Failover detected on %s: %s",

@@ -15,18 +15,16 @@ import os
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 
 from channels_ha import ChannelsHAError, load_config
+from channels_ha.sandbox._lifecycle import stopped_by_signals
 
 from .control import ControlServer
 from .workers import REPO_ROOT, LaunchError, Worker, listening_sockets
@@ -45,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
-    with _signals_raise_stop():
+    with stopped_by_signals():
         try:
             _run(args)
         except (LaunchError, ChannelsHAError) as err:
@@ -198,30 +196,6 @@ def _raise_file_limit() -> None:
 
 
 # -- signals -----------------------------------------------------------------------------------
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _Stop(BaseException):
-    """Raised by the signal handlers to unwind into the cleanup."""
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    for sig in _STOP_SIGNALS:  # a second Ctrl-C must not interrupt the cleanup
-        signal.signal(sig, signal.SIG_IGN)
-    raise _Stop
-
-
-@contextmanager
-def _signals_raise_stop() -> Iterator[None]:
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    except _Stop:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

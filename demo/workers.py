@@ -8,23 +8,21 @@ killed with SIGKILL.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+
+from channels_ha.sandbox._lifecycle import die_with_parent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTEN_BACKLOG = 4096  # the load test opens 1,000 sockets in bursts
 WORKER_READY_TIMEOUT_S = 30.0
 WORKER_STOP_TIMEOUT_S = 5.0
-_PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(Exception):
@@ -92,7 +90,7 @@ class Worker:
                 env=self._env,
                 pass_fds=fds,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - prctl has no other entry point
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - prctl has no other entry point
             )
         finally:
             os.close(write_fd)
@@ -130,18 +128,3 @@ class Worker:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGKILL the child when the launcher dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the launcher died before prctl took effect
-            os._exit(1)
-
-    return hook

@@ -11,7 +11,7 @@ import redis
 
 from channels_ha import RedisChannelLayer, parse_url
 from channels_ha._interop import close_sync_client, sync_client
-from channels_ha.sandbox import Topology
+from channels_ha.sandbox import Topology, Traffic
 
 LayerFactory = Callable[..., RedisChannelLayer]
 
@@ -44,3 +44,40 @@ def master_client(redis_topology: Topology) -> Iterator[redis.Redis]:
     client = sync_client(parse_url(redis_topology.url))
     yield client
     close_sync_client(client)
+
+
+# Sends queue up while a master is replaced (400/s for 2-3 s) and land at once on the new one:
+# capacity must hold that backlog, or group_send drops what does not fit (as the spec allows).
+TRAFFIC_CAPACITY = 5_000
+BEFORE_FAULT, AFTER_FAULT = 100, 200  # messages sent before a fault, and required after it
+
+
+async def start_traffic(
+    topology: Topology, make_layer: LayerFactory, mode: str = "group"
+) -> tuple[Traffic, RedisChannelLayer]:
+    """Numbered traffic from one layer to two others (stand-ins for other processes), with
+    requests in flight at any moment; returns it and the first receiving layer."""
+    sender = make_layer(topology, capacity=TRAFFIC_CAPACITY)
+    receivers = [
+        make_layer(topology, prefix=sender.prefix, capacity=TRAFFIC_CAPACITY) for _ in range(2)
+    ]
+    traffic = Traffic(
+        sender,  # type: ignore[arg-type]
+        receivers,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]
+        rate_per_s=400,
+        concurrency=8,  # requests are in flight when a fault strikes
+    )
+    await traffic.start()
+    await traffic.wait_sent(BEFORE_FAULT, timeout_s=10)
+    return traffic, receivers[0]
+
+
+async def finish_traffic(traffic: Traffic) -> None:
+    """Requires traffic to go on after the fault, then every message exactly once, in order."""
+    await traffic.wait_sent(traffic.sent + AFTER_FAULT, timeout_s=40)
+    report = await traffic.stop(drain_timeout_s=15)
+    print(report.summary())
+    details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
+    assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
+    assert report.reordered == 0, f"{details}; came late: {traffic.reorderings[:5]}"

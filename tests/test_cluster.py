@@ -17,39 +17,9 @@ import pytest
 from channels_ha import RedisChannelLayer, RedisUnavailable
 from channels_ha._cluster import slot_of
 from channels_ha._keys import KeyLayout
-from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory, Traffic
+from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
 
-from .conftest import LayerFactory
-
-BEFORE, AFTER = 100, 200
-CAPACITY = 5_000
-
-
-async def start_traffic(
-    cluster: ClusterTopology, make_layer: LayerFactory, mode: str = "group"
-) -> tuple[Traffic, RedisChannelLayer]:
-    # Sends queue up while a master is replaced (400/s for 2-3 s) and land at once on the
-    # new one: capacity must hold that backlog, or group_send drops what does not fit.
-    sender = make_layer(cluster, capacity=CAPACITY)
-    receivers = [make_layer(cluster, prefix=sender.prefix, capacity=CAPACITY) for _ in range(2)]
-    traffic = Traffic(
-        sender,  # type: ignore[arg-type]
-        receivers,  # type: ignore[arg-type]
-        mode=mode,  # type: ignore[arg-type]
-        rate_per_s=400,
-        concurrency=8,
-    )
-    await traffic.start()
-    await traffic.wait_sent(BEFORE, timeout_s=10)
-    return traffic, receivers[0]
-
-
-async def finish(traffic: Traffic) -> None:
-    await traffic.wait_sent(traffic.sent + AFTER, timeout_s=40)
-    report = await traffic.stop(drain_timeout_s=15)
-    print(report.summary())
-    details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
-    assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
+from .conftest import LayerFactory, finish_traffic, start_traffic
 
 
 async def inbox_owner(cluster: ClusterTopology, layer: RedisChannelLayer) -> RedisNode:
@@ -85,7 +55,7 @@ async def test_master_killed(
     victim = await TARGETS[target](cluster, receiver)
     victim.kill()
     await cluster.await_new_master(victim)
-    await finish(traffic)
+    await finish_traffic(traffic)
 
 
 async def test_master_frozen(cluster: ClusterTopology, make_layer: LayerFactory) -> None:
@@ -97,7 +67,7 @@ async def test_master_frozen(cluster: ClusterTopology, make_layer: LayerFactory)
         await cluster.await_new_master(victim)
     finally:
         victim.resume()
-    await finish(traffic)
+    await finish_traffic(traffic)
 
 
 @pytest.mark.parametrize("mode", ["send", "group"])
@@ -119,7 +89,7 @@ async def test_slot_migrated_during_traffic(
         await asyncio.sleep(0.5)  # the slot stays mid-migration a while, as in a reshard
         await cluster.afinish_slot_migration(slot, target)
     assert (await cluster.anode_for_slot(slot)) is target
-    await finish(traffic)
+    await finish_traffic(traffic)
 
 
 async def test_master_restarted_empty(cluster: ClusterTopology, make_layer: LayerFactory) -> None:
@@ -128,7 +98,7 @@ async def test_master_restarted_empty(cluster: ClusterTopology, make_layer: Laye
     victim = await group_owner(cluster, receiver)
     await victim.arestart_empty()
     await cluster.await_healthy()
-    await finish(traffic)
+    await finish_traffic(traffic)
 
 
 async def test_flush_scans_every_master(cluster: ClusterTopology, make_layer: LayerFactory) -> None:
@@ -161,7 +131,7 @@ async def test_tls_cluster(
     victim = await inbox_owner(cluster, receiver)
     victim.kill()
     await cluster.await_new_master(victim)
-    await finish(traffic)
+    await finish_traffic(traffic)
 
 
 async def test_unreachable_cluster_gives_up_and_stops() -> None:
@@ -174,7 +144,7 @@ async def test_unreachable_cluster_gives_up_and_stops() -> None:
     router = layer._session()._shards[0].router
     assert router is not None
     deadline = time.monotonic() + 5
-    while router._refreshing is not None:
+    while router._dispatching is not None:
         assert time.monotonic() < deadline, "the router kept trying after giving up"
         await asyncio.sleep(0.05)  # polling private state: no event tells it stopped
     await layer.close()

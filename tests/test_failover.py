@@ -16,38 +16,19 @@ import pytest
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
 from channels_ha._interop import close_sync_client, sync_client
 from channels_ha._keys import KeyLayout
-from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory, Traffic
+from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory
 
-from .conftest import LayerFactory
+from .conftest import LayerFactory, finish_traffic, start_traffic
 
 Fault = Callable[[], Awaitable[None]]
-
-BEFORE, AFTER = 100, 200  # messages sent before the fault, and required after it
-CAPACITY = 5_000
 
 
 async def run_through(
     fault: Fault, topology: Topology, make_layer: LayerFactory, mode: str = "group"
 ) -> None:
-    # Sends queue up while a master is replaced and land at once on the new one: capacity
-    # must hold that backlog, or group_send drops what does not fit (as the spec allows).
-    sender = make_layer(topology, capacity=CAPACITY)
-    receivers = [make_layer(topology, prefix=sender.prefix, capacity=CAPACITY) for _ in range(2)]
-    traffic = Traffic(
-        sender,  # type: ignore[arg-type]
-        receivers,  # type: ignore[arg-type]
-        mode=mode,  # type: ignore[arg-type]
-        rate_per_s=400,
-        concurrency=8,  # requests are in flight when the fault strikes
-    )
-    await traffic.start()
-    await traffic.wait_sent(BEFORE, timeout_s=10)
+    traffic, _ = await start_traffic(topology, make_layer, mode)
     await fault()
-    await traffic.wait_sent(traffic.sent + AFTER, timeout_s=40)
-    report = await traffic.stop(drain_timeout_s=15)
-    print(report.summary())
-    details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
-    assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
+    await finish_traffic(traffic)
 
 
 def kill_master(sentinel: SentinelTopology) -> Fault:

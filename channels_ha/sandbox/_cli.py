@@ -12,13 +12,11 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import Any
 
 from ..exceptions import SandboxError
 from ._kinds import TOPOLOGY_KINDS, start_topology
+from ._lifecycle import stopped_by_signals
 from ._topology import Topology
 
 
@@ -38,7 +36,7 @@ def add_sandbox_command(commands: Any) -> None:
 
 def run_sandbox(args: argparse.Namespace) -> int:
     """Start the topology, print its settings, wait for a stop signal, clean up."""
-    with _signals_raise_stop():
+    with stopped_by_signals():
         try:
             began = time.monotonic()
             topology = start_topology(args.kind, **_options(args))
@@ -71,33 +69,6 @@ def _print_settings(topology: Topology, elapsed_s: float) -> None:
         print(f"#   {line}")
     print(f"# configs and logs: {topology.directory}")
     sys.stdout.flush()
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _Stop(BaseException):
-    """Raised by the signal handlers to unwind into the cleanup."""
-
-
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
-    # Ignore repeats: a second Ctrl-C must not interrupt the cleanup the first one started.
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-    raise _Stop
-
-
-@contextmanager
-def _signals_raise_stop() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``_Stop`` while the sandbox runs (also while starting)."""
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    except _Stop:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _wait_for_stop() -> None:

@@ -10,14 +10,9 @@ as the interpreter.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
 import queue
 import shutil
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -25,8 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from ..exceptions import SandboxError
+from ._lifecycle import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
 _INSTALL_HINT = (
     "redis-server was not found on PATH; install Redis 7 "
     "(Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
@@ -59,7 +54,7 @@ def _popen(argv: Sequence[str], cwd: Path, log: IO[bytes]) -> Process:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_die_with_parent(),  # noqa: PLW1509 - prctl has no other Python entry point
+        preexec_fn=die_with_parent(),  # noqa: PLW1509 - prctl has no other Python entry point
     )
 
 
@@ -87,18 +82,3 @@ def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
             future.set_result(job())
         except BaseException as err:  # handed to the waiting caller, who re-raises it
             future.set_exception(err)
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """Build the preexec hook; everything it needs is resolved here, before the fork."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook

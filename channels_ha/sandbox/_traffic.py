@@ -119,6 +119,7 @@ class Traffic:
         self._tasks: list[asyncio.Task[None]] = []
         self._producer: asyncio.Task[None] | None = None
         self.sent = 0
+        self.reorderings: list[tuple[str, int, int]] = []  # (channel, number, after)
 
     async def start(self) -> None:
         """Creates the channels (joining the group from their own layer) and starts sending."""
@@ -195,6 +196,7 @@ class Traffic:
             inbox.received[number] += 1
             if number < inbox.highest and self._mode == "send":
                 inbox.reordered += 1  # (group sends run concurrently: their order is open)
+                self.reorderings.append((inbox.channel, number, inbox.highest))
             inbox.highest = max(inbox.highest, number)
             self._deliveries.append(time.monotonic())
             self._progress.set()

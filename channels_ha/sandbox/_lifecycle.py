@@ -1,0 +1,59 @@
+"""Keeping child processes tied to their launcher, and stopping cleanly on Ctrl-C or SIGTERM.
+
+Shared by the sandbox (redis-server children, ``channels-ha sandbox``) and the demo's
+launcher (its ASGI workers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+_PR_SET_PDEATHSIG = 1
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when this process dies (None
+    elsewhere); everything it needs is resolved here, before the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
+class _Stop(BaseException):
+    """Raised by the signal handlers to unwind into the cleanup."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    # Ignore repeats: a second Ctrl-C must not interrupt the cleanup the first one started.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stop
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """Turns SIGINT and SIGTERM into leaving this block (through every ``finally`` in it)."""
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    except _Stop:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
