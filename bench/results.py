@@ -31,6 +31,7 @@ class Measurement:
     status: str = "ok"  # "ok", "timeout" or "failed: <why>"
     # One awaited Redis round trip per message: compared with the RTT ceiling row.
     rtt_bound: bool = False
+    note: str = ""  # e.g. a paced producer that could not keep its schedule
 
     @property
     def ok(self) -> bool:
@@ -53,6 +54,7 @@ class Summary:
     runs: int
     failures: Counter[str]  # status -> count, for runs that did not finish
     rtt_bound: bool
+    note: str  # the most frequent note of the runs that finished
 
     @property
     def latency(self) -> bool:
@@ -86,7 +88,13 @@ def summarise(group: list[Measurement]) -> Summary:
         runs=len(group),
         failures=Counter(m.status for m in group if not m.ok),
         rtt_bound=first.rtt_bound,
+        note=_most_common(m.note for m in finished),
     )
+
+
+def _most_common(notes: Iterable[str]) -> str:
+    counted = Counter(notes)
+    return counted.most_common(1)[0][0] if counted else ""
 
 
 def summarise_all(measurements: Iterable[Measurement]) -> list[Summary]:

@@ -50,10 +50,11 @@ def _line(summary: Summary, references: list[Summary | None], ceiling: Summary |
 
 
 def _result(summary: Summary) -> str:
+    note = f" ({summary.note})" if summary.note else ""
     if summary.p50_ms is not None:
-        return f"p50 {summary.p50_ms:.2f} ms, p99 {_ms(summary.p99_ms)}"
+        return f"p50 {summary.p50_ms:.2f} ms, p99 {_ms(summary.p99_ms)}{note}"
     if summary.rate is not None:
-        return f"{summary.rate:,.0f} {summary.unit}"
+        return f"{summary.rate:,.0f} {summary.unit}{note}"
     return ", ".join(summary.failures) or "no result"
 
 
@@ -62,18 +63,17 @@ def _ms(value: float | None) -> str:
 
 
 def _ratio(summary: Summary, reference: Summary | None) -> str:
-    if reference is None or reference is summary:
-        return ""
+    if reference is None or reference is summary or summary.note or reference.note:
+        return ""  # a noted row (say, a producer behind its schedule) compares with nothing
     if summary.latency and reference.latency:
-        assert summary.p50_ms is not None and reference.p50_ms is not None
-        return _times(reference.p50_ms, summary.p50_ms)
+        return _times(reference.p50_ms or 0.0, summary.p50_ms or 0.0)
     if summary.rate is None or reference.rate is None:
         return ""
     return _times(summary.rate, reference.rate)
 
 
 def _times(better: float, worse: float) -> str:
-    return f"{better / worse:.1f}×" if worse > 0 else ""
+    return f"{better / worse:.1f}x" if worse > 0 and better > 0 else ""
 
 
 def _share(summary: Summary, ceiling: Summary | None) -> str:
@@ -100,7 +100,7 @@ def _role(role: str, counts: Iterable[int]) -> str:
     values = sorted(counts)
     if len(values) == 1:
         return f"{role} {values[0]}"
-    spread = f"{values[0]}" if values[0] == values[-1] else f"{values[0]}–{values[-1]}"
+    spread = f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
     return f"{len(values)} {role}s {spread} each"
 
 
@@ -108,5 +108,6 @@ def _runs(summary: Summary) -> str:
     finished = summary.runs - sum(summary.failures.values())
     text = f"{finished}/{summary.runs}"
     if summary.failures:
-        text += " (" + ", ".join(f"{status} ×{n}" for status, n in summary.failures.items()) + ")"
+        kinds = Counter(status.split(":")[0] for status in summary.failures.elements())
+        text += " (" + ", ".join(f"{kind} x{n}" for kind, n in kinds.items()) + ")"
     return text
