@@ -218,14 +218,13 @@ class CommandLink:
         if self._closed:  # nothing will write them again
             self._fail_all(RedisUnavailable("the channel layer was closed"))
             return
-        if not self._closed:
-            logger.warning(
-                "Lost the connection to Redis at %s (%s); %d requests will be retried",
-                self._describe_server(),
-                exc or "closed by the server",
-                len(self._queue),
-                extra={"event": "connection_lost", "pending": len(self._queue)},
-            )
+        logger.warning(
+            "Lost the connection to Redis at %s (%s); %d requests will be retried",
+            self._describe_server(),
+            exc or "closed by the server",
+            len(self._queue),
+            extra={"event": "connection_lost", "pending": len(self._queue)},
+        )
         if self._hand_back is not None:
             self._hand_over_queue(f"connection lost: {exc or 'closed by the server'}")
         elif self._queue:

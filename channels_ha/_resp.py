@@ -13,8 +13,9 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import hiredis
 
@@ -178,39 +179,41 @@ def describe_loss(exc: BaseException | None) -> str:
 
 async def open_connection(endpoint: Endpoint, sink: ReplySink, timeout_s: float) -> RespProtocol:
     """Connects (TCP, TLS or unix socket) within ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-
-    def factory() -> RespProtocol:
-        return RespProtocol(sink)
-
-    if endpoint.unix_path:
-        connecting = loop.create_unix_connection(
-            factory, endpoint.unix_path, ssl=endpoint.ssl_context
-        )
-    else:
-        connecting = loop.create_connection(
-            factory,
-            endpoint.host,
-            endpoint.port,
-            ssl=endpoint.ssl_context,
-            server_hostname=endpoint.server_hostname if endpoint.ssl_context else None,
-        )
-    attempt = asyncio.ensure_future(connecting)
+    attempt = asyncio.ensure_future(_connecting(endpoint, sink))
     try:
         done, _ = await asyncio.wait({attempt}, timeout=timeout_s)
     except asyncio.CancelledError:
-        attempt.add_done_callback(_close_orphan)
-        attempt.cancel()
+        _abandon(attempt)
         raise
     if not done:
-        attempt.add_done_callback(_close_orphan)
-        attempt.cancel()
+        _abandon(attempt)
         raise ConnectionLost(f"cannot connect to {endpoint.describe()}: timed out")
     try:
         _, protocol = attempt.result()
     except (OSError, ssl.SSLError) as err:
         raise ConnectionLost(f"cannot connect to {endpoint.describe()}: {err}") from err
     return protocol
+
+
+def _connecting(
+    endpoint: Endpoint, sink: ReplySink
+) -> Coroutine[Any, Any, tuple[asyncio.Transport, RespProtocol]]:
+    loop = asyncio.get_running_loop()
+
+    def factory() -> RespProtocol:
+        return RespProtocol(sink)
+
+    if endpoint.unix_path:
+        return loop.create_unix_connection(factory, endpoint.unix_path, ssl=endpoint.ssl_context)
+    hostname = endpoint.server_hostname if endpoint.ssl_context else None
+    return loop.create_connection(
+        factory, endpoint.host, endpoint.port, ssl=endpoint.ssl_context, server_hostname=hostname
+    )
+
+
+def _abandon(attempt: asyncio.Task[tuple[asyncio.Transport, RespProtocol]]) -> None:
+    attempt.add_done_callback(_close_orphan)
+    attempt.cancel()
 
 
 def _close_orphan(attempt: asyncio.Task[tuple[asyncio.Transport, RespProtocol]]) -> None:
