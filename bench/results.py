@@ -69,12 +69,6 @@ def _median(values: Iterable[float | None]) -> float | None:
 def summarise(group: list[Measurement]) -> Summary:
     """Medians over the runs that finished; errors summed and connections peaked over all."""
     first, finished = group[0], [m for m in group if m.ok]
-    errors: Counter[str] = Counter()
-    connections: dict[str, int] = {}
-    for measurement in group:
-        errors.update(measurement.errors)
-        for role, count in measurement.connections.items():
-            connections[role] = max(count, connections.get(role, 0))
     return Summary(
         topology=first.topology,
         row=first.row,
@@ -83,13 +77,21 @@ def summarise(group: list[Measurement]) -> Summary:
         rate=_median(m.rate for m in finished),
         p50_ms=_median(m.p50_ms for m in finished),
         p99_ms=_median(m.p99_ms for m in finished),
-        errors=errors,
-        connections=connections,
+        errors=sum((Counter(m.errors) for m in group), Counter()),
+        connections=_peaks(m.connections for m in group),
         runs=len(group),
         failures=Counter(m.status for m in group if not m.ok),
         rtt_bound=first.rtt_bound,
         note=_most_common(m.note for m in finished),
     )
+
+
+def _peaks(samples: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    peaks: dict[str, int] = {}
+    for sample in samples:
+        for role, count in sample.items():
+            peaks[role] = max(count, peaks.get(role, 0))
+    return peaks
 
 
 def _most_common(notes: Iterable[str]) -> str:

@@ -1,0 +1,129 @@
+"""What the workloads share: the message, a counting consumer, and how a run settles.
+
+A run ends when every consumer has what it expects, or when nothing arrived for
+``settle_s``: whatever is still missing then is counted as lost (an error), not waited for, so
+a layer that drops messages shows up in the errors column instead of as a timeout.
+Times are ``time.monotonic()``, which on Linux is one system-wide clock, so a worker process's
+receive times compare with the parent's send times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+WARM_UP_MESSAGES = 20  # opens connections, starts readers, loads scripts before timing
+POLL_S = 0.01
+_TEXT = "x" * 110  # with the other fields, ~150 bytes of msgpack
+
+
+def message(seq: int, **extra: Any) -> dict[str, Any]:
+    """The benchmark message: ~150 bytes serialized."""
+    return {"type": "bench.message", "seq": seq, "text": _TEXT, **extra}
+
+
+class Consumer:
+    """Receives on one channel in a task of its own, counting what arrives and when."""
+
+    def __init__(
+        self,
+        layer: Any,
+        channel: str,
+        on_message: Callable[[dict[str, Any], float], None] | None = None,
+    ) -> None:
+        self.layer = layer
+        self.channel = channel
+        self.received = 0
+        self.last_at = 0.0
+        self._on_message = on_message
+        self.task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Receives until cancelled."""
+        while True:
+            received = await self.layer.receive(self.channel)
+            now = time.monotonic()
+            self.received += 1
+            self.last_at = now
+            if self._on_message is not None:
+                self._on_message(received, now)
+
+    def failure(self) -> BaseException | None:
+        """Why the receiving task stopped, if it stopped on its own."""
+        task = self.task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+
+@asynccontextmanager
+async def receiving(consumers: list[Consumer]) -> AsyncIterator[list[Consumer]]:
+    """Runs the consumers for the duration of the block; cancels and awaits them after."""
+    loop = asyncio.get_running_loop()
+    for consumer in consumers:
+        consumer.task = loop.create_task(consumer.run())
+    try:
+        yield consumers
+    finally:
+        tasks = {consumer.task for consumer in consumers if consumer.task is not None}
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)  # unlike gather, does not re-raise their cancellation
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()  # seen: a failure during the run was raised by settle()
+
+
+async def settle(consumers: list[Consumer], expected_each: int, idle_s: float) -> int:
+    """Waits until each consumer received ``expected_each`` in all, or nothing arrives for
+    ``idle_s``; returns how many are missing (lost)."""
+    total = expected_each * len(consumers)
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        count = sum(min(c.received, expected_each) for c in consumers)
+        if count >= total:
+            return 0
+        _raise_failure(consumers)
+        now = time.monotonic()
+        if count != last_count:
+            last_count, last_change = count, now
+        elif now - last_change >= idle_s:
+            return total - count
+        await asyncio.sleep(POLL_S)
+
+
+def _raise_failure(consumers: list[Consumer]) -> None:
+    for consumer in consumers:
+        error = consumer.failure()
+        if error is not None:
+            raise RuntimeError(f"a consumer stopped: {type(error).__name__}: {error}") from error
+
+
+async def warm_up(layer: Any, channel: str, consumer: Consumer, idle_s: float) -> None:
+    """Sends and receives a few messages, so that timing starts on a warm layer."""
+    for seq in range(WARM_UP_MESSAGES):
+        await layer.send(channel, message(seq))
+    if await settle([consumer], WARM_UP_MESSAGES, idle_s):
+        raise RuntimeError("warm-up messages were lost")
+
+
+async def send_each(layer: Any, channel: str, count: int, errors: Counter[str]) -> None:
+    """Sends ``count`` messages one after the other, each awaited; failures are counted."""
+    for seq in range(count):
+        try:
+            await layer.send(channel, message(seq))
+        except Exception as err:  # recorded: a failed send is a result, not a crash
+            errors[type(err).__name__] += 1
+
+
+def error_kinds(outcomes: list[Any]) -> Counter[str]:
+    """Exception type name -> count, from ``gather(..., return_exceptions=True)`` results."""
+    return Counter(type(o).__name__ for o in outcomes if isinstance(o, BaseException))
+
+
+def with_lost(errors: Counter[str], lost: int) -> dict[str, int]:
+    return dict(errors + Counter(lost=lost))

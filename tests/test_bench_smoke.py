@@ -1,0 +1,36 @@
+"""The benchmark suite still runs: a quick pass of every workload on a single node.
+
+This keeps bench/ from rotting; it asserts nothing about speed, which depends on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = {"channels_ha", "core", "pubsub"}
+SMOKE_TIMEOUT_S = 90
+
+
+def test_quick_benchmark_prints_the_table_and_channels_ha_has_no_errors(tmp_path: Path) -> None:
+    """`bench/run.py --quick` prints the table, every layer ran every row, channels-ha cleanly."""
+    results = tmp_path / "results.json"
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick"]
+    command += ["--topology", "standalone", "--json", str(results)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("| topology | workload | layer |")
+    measurements = json.loads(results.read_text())
+    rows = {m["row"] for m in measurements if m["layer"] in LAYERS}
+    ran = {(m["row"], m["layer"]) for m in measurements}
+    assert ran >= {(row, layer) for row in rows for layer in LAYERS}
+    ours = [m for m in measurements if m["layer"] == "channels_ha"]
+    assert len(ours) == 6  # W1 in 1 and 2 processes, W2, W3 in 1 and N processes, latency
+    assert [(m["row"], m["status"], m["errors"]) for m in ours] == [
+        (m["row"], "ok", {}) for m in ours
+    ]
