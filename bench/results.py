@@ -26,6 +26,7 @@ class Measurement:
     unit: str = "msgs/s"
     p50_ms: float | None = None
     p99_ms: float | None = None
+    gap_s: float | None = None  # W4: the longest time without a delivery during the failover
     errors: Mapping[str, int] = field(default_factory=dict)  # exception or "lost" -> count
     connections: Mapping[str, int] = field(default_factory=dict)  # process role -> peak
     status: str = "ok"  # "ok", "timeout" or "failed: <why>"
@@ -49,6 +50,7 @@ class Summary:
     rate: float | None
     p50_ms: float | None
     p99_ms: float | None
+    gap_s: float | None
     errors: Counter[str]
     connections: dict[str, int]
     runs: int
@@ -77,6 +79,7 @@ def summarise(group: list[Measurement]) -> Summary:
         rate=_median(m.rate for m in finished),
         p50_ms=_median(m.p50_ms for m in finished),
         p99_ms=_median(m.p99_ms for m in finished),
+        gap_s=_median(m.gap_s for m in finished),
         errors=sum((Counter(m.errors) for m in group), Counter()),
         connections=_peaks(m.connections for m in group),
         runs=len(group),

@@ -55,6 +55,8 @@ async def _all_rows(target: Target, plan: Plan, progress: Progress) -> list[Meas
     measurements = []
     for repeat in range(1, plan.repeat + 1):
         for workload in plan.workloads:
+            if workload.topologies is not None and target.kind not in workload.topologies:
+                continue
             for row in workload.rows(plan.sizes):
                 for layer in _layers(workload, target, plan):
                     context = RowContext(target, layer, row, plan.sizes, new_prefix())
@@ -88,6 +90,8 @@ def _describe(err: BaseException) -> str:
 def _line(measurement: Measurement) -> str:
     if not measurement.ok:
         result = measurement.status
+    elif measurement.gap_s is not None:
+        result = f"longest gap {measurement.gap_s:.2f} s"
     elif measurement.p50_ms is not None:
         result = f"p50 {measurement.p50_ms:.2f} ms, p99 {measurement.p99_ms or 0:.2f} ms"
     else:

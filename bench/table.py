@@ -51,6 +51,8 @@ def _line(summary: Summary, references: list[Summary | None], ceiling: Summary |
 
 def _result(summary: Summary) -> str:
     note = f" ({summary.note})" if summary.note else ""
+    if summary.gap_s is not None:
+        return f"longest gap {summary.gap_s:.2f} s{note}"
     if summary.p50_ms is not None:
         return f"p50 {summary.p50_ms:.2f} ms, p99 {_ms(summary.p99_ms)}{note}"
     if summary.rate is not None:

@@ -30,6 +30,8 @@ class Sizes:
     latency_messages: int = 5_000
     latency_rate: int = 1_000  # messages per second
     ceiling_requests: int = 20_000
+    failover_rate: int = 400  # group_sends per second
+    failover_duration_s: float = 10.0
     settle_s: float = 5.0  # a consumer that got nothing for this long counts the rest as lost
     timeout_s: float = 300.0  # one row with one layer, workers and cleanup included
 
@@ -42,6 +44,8 @@ QUICK = Sizes(
     fanout_sends=20,
     latency_messages=200,
     ceiling_requests=2_000,
+    failover_rate=100,
+    failover_duration_s=4.0,
     settle_s=2.0,
     timeout_s=30.0,
 )
@@ -91,9 +95,11 @@ class Row:
 
 @dataclass(frozen=True)
 class Workload:
-    """A named set of rows; ``layers`` fixes the layers of reference rows (no layer under test)."""
+    """A named set of rows; ``layers`` fixes the layers of reference rows (no layer under test),
+    ``topologies`` limits where the workload means something (a failover needs replicas)."""
 
     name: str
     rows: Callable[[Sizes], list[Row]]
     layers: tuple[str, ...] | None = None
+    topologies: tuple[str, ...] | None = None
     description: str = field(default="", compare=False)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ._constants import RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_FIRST_S, RECONNECT_BACKOFF_MAX_S
+
+WAITING_LOG_INTERVAL_S = 5.0  # one line per outage, then a reminder this often
 
 
 class Backoff:
@@ -18,6 +21,7 @@ class Backoff:
     def __init__(self) -> None:
         self._delay_s = RECONNECT_BACKOFF_FIRST_S
         self._nudged = asyncio.Event()
+        self._reported_at: float | None = None
 
     async def wait(self) -> None:
         waiting = asyncio.ensure_future(self._nudged.wait())
@@ -30,6 +34,16 @@ class Backoff:
 
     def reset(self) -> None:
         self._delay_s = RECONNECT_BACKOFF_FIRST_S
+        self._reported_at = None
+
+    def report_due(self) -> bool:
+        """Whether this retry deserves a log line: every connection of every process retries
+        several times a second during a failover, which would drown the events that matter."""
+        now = time.monotonic()
+        if self._reported_at is not None and now - self._reported_at < WAITING_LOG_INTERVAL_S:
+            return False
+        self._reported_at = now
+        return True
 
     def nudge(self) -> None:
         self._nudged.set()

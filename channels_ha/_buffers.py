@@ -27,11 +27,25 @@ class ChannelBuffer:
     front of the buffer.
     """
 
-    __slots__ = ("capacity", "channel", "dropped", "items", "waiters", "warned_at")
+    __slots__ = (
+        "capacity",
+        "channel",
+        "dropped",
+        "items",
+        "shard",
+        "specific",
+        "waiters",
+        "waiting_key",
+        "warned_at",
+    )
 
-    def __init__(self, channel: str, capacity: int) -> None:
+    def __init__(self, channel: str, capacity: int, shard: int, waiting_key: str) -> None:
         self.channel = channel
         self.capacity = capacity
+        # The route, worked out once: receive() runs for every message.
+        self.shard = shard
+        self.specific = "!" in channel
+        self.waiting_key = waiting_key  # the inbox key, or the channel itself
         self.items: deque[Item] = deque()
         self.waiters: deque[asyncio.Future[Item]] = deque()
         self.dropped = 0
@@ -61,6 +75,8 @@ class ChannelBuffer:
 
     def take_fresh(self) -> Item | None:
         """The oldest unexpired buffered message, if any (expired ones are dropped)."""
+        if not self.items:
+            return None
         now = now_ms()
         while self.items:
             item = self.items.popleft()
@@ -74,15 +90,12 @@ class ChannelBuffer:
         self.waiters.append(waiter)
         return waiter
 
-    async def wait(self, waiter: asyncio.Future[Item]) -> Item:
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.items.appendleft(waiter.result())
-            elif waiter in self.waiters:
-                self.waiters.remove(waiter)
-            raise
+    def abandon(self, waiter: asyncio.Future[Item]) -> None:
+        """A receiver was cancelled: a message already handed to it goes back in front."""
+        if waiter.done() and not waiter.cancelled():
+            self.items.appendleft(waiter.result())
+        elif waiter in self.waiters:
+            self.waiters.remove(waiter)
 
     def drop_expired(self) -> int:
         now = now_ms()

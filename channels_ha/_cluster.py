@@ -89,6 +89,9 @@ class ClusterRouter:
         self._backoff = Backoff()
         self._closed = False
         self._mapped = False
+        # The map as the cluster last told it, before local guesses (a slot whose node failed
+        # is marked unowned here, not there): changes are judged against this.
+        self._told: list[str | None] = []
         self.server: ServerInfo | None = None  # unused: a cluster has many servers
 
     # -- the CommandLink interface ---------------------------------------------------------------
@@ -208,6 +211,8 @@ class ClusterRouter:
     def _moved(self, slot: int, target: str) -> None:
         if self._owners[slot] != target:
             self._owners[slot] = target
+            if self._told:
+                self._told[slot] = target  # the cluster said so; the next map agrees
             self._on_topology()
 
     def _settled(self, request: Request, _: object = None) -> None:
@@ -331,8 +336,8 @@ class ClusterRouter:
             await client.protocol.aclose()
 
     def _apply_map(self, owners: list[str | None]) -> None:
-        changed = self._mapped and owners != self._owners
-        self._owners, self._mapped = owners, True
+        changed = self._mapped and owners != self._told
+        self._owners, self._told, self._mapped = owners, list(owners), True
         self._first_slots = {}
         for slot, owner in enumerate(owners):
             if owner is not None:

@@ -8,7 +8,6 @@ what to pop), and gives back what nobody here will receive.
 from __future__ import annotations
 
 import secrets
-from collections import Counter
 from collections.abc import Iterable
 
 from ._buffers import ChannelBuffer, Item, now_ms
@@ -34,37 +33,42 @@ class Deliveries:
     def __init__(self, core: LayerCore) -> None:
         self._core = core
         self._buffers: dict[str, ChannelBuffer] = {}
-        self._inbox_waiting: Counter[str] = Counter()  # inbox key -> receivers waiting
-        self._normal_waiting: Counter[str] = Counter()  # channel -> receivers waiting
+        self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
+        self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
 
     def buffer(self, channel: str) -> ChannelBuffer:
         buffer = self._buffers.get(channel)
         if buffer is None:
-            buffer = ChannelBuffer(channel, self._core.capacity_of(channel))
+            core = self._core
+            if "!" in channel:
+                target = inbox_of(channel)
+                waiting_key = core.keys.inbox(target)
+            else:
+                target = waiting_key = channel
+            shard = core.shard_index(target)
+            buffer = ChannelBuffer(channel, core.capacity_of(channel), shard, waiting_key)
             self._buffers[channel] = buffer
         return buffer
 
     # -- who is waiting ----------------------------------------------------------------------
 
-    def _waiting(self, channel: str) -> tuple[Counter[str], str]:
-        if "!" in channel:
-            return self._inbox_waiting, self._core.keys.inbox(inbox_of(channel))
-        return self._normal_waiting, channel
-
-    def enter(self, channel: str, index: int) -> bool:
+    def enter(self, buffer: ChannelBuffer) -> bool:
         """A receiver starts waiting; True if it is the first for its inbox or channel."""
-        counter, key = self._waiting(channel)
-        if "!" in channel:
-            self._inbox_shard[key] = index
-        counter[key] += 1
-        return counter[key] == 1
+        counter = self._inbox_waiting if buffer.specific else self._normal_waiting
+        key = buffer.waiting_key
+        if buffer.specific:
+            self._inbox_shard[key] = buffer.shard
+        count = counter[key] = counter.get(key, 0) + 1
+        return count == 1
 
-    def leave(self, channel: str) -> bool:
+    def leave(self, buffer: ChannelBuffer) -> bool:
         """A receiver stops waiting; True if it was the last for its inbox or channel."""
-        counter, key = self._waiting(channel)
-        counter[key] -= 1
-        if counter[key] > 0:
+        counter = self._inbox_waiting if buffer.specific else self._normal_waiting
+        key = buffer.waiting_key
+        count = counter[key] - 1
+        if count > 0:
+            counter[key] = count
             return False
         del counter[key]
         return True
@@ -96,8 +100,8 @@ class Deliveries:
 
     def fail_waiters(self, index: int, error: Exception) -> None:
         """Hands ``error`` to every receiver waiting on a channel of shard ``index``."""
-        for channel, buffer in self._buffers.items():
-            if self._core.shard_index(target_of(channel)) == index:
+        for buffer in self._buffers.values():
+            if buffer.shard == index:
                 for waiter in buffer.waiters:
                     if not waiter.done():
                         waiter.set_exception(error)

@@ -10,7 +10,7 @@ silently fall out of its groups.
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 
 class Memberships:
@@ -23,7 +23,7 @@ class Memberships:
     def __init__(self, liveness_s: float) -> None:
         self._liveness_s = liveness_s
         self._groups_of: defaultdict[str, set[str]] = defaultdict(set)
-        self._receiving: Counter[str] = Counter()
+        self._receiving: dict[str, int] = {}
         self._last_active: dict[str, float] = {}  # last receive() entry or exit
         self._last_added: dict[str, float] = {}
 
@@ -41,10 +41,13 @@ class Memberships:
 
     def receiving(self, channel: str, delta: int) -> None:
         """Counts receivers in and out; ``delta`` is +1 on entry and -1 on exit."""
-        self._receiving[channel] += delta
-        if self._receiving[channel] <= 0:
+        count = self._receiving.get(channel, 0) + delta
+        if count > 0:
+            self._receiving[channel] = count
+        else:
             del self._receiving[channel]
-        self._last_active[channel] = time.monotonic()
+        if delta < 0:  # while somebody receives, the channel is live without a timestamp
+            self._last_active[channel] = time.monotonic()
 
     def touch(self, channel: str) -> None:
         """A receive() found its message waiting: the channel is alive."""

@@ -29,6 +29,8 @@ from .exceptions import ConfigurationError
 if TYPE_CHECKING:
     from ._config import RedisConfig
 
+_VALID_NAMES_REMEMBERED = 10_000  # bounded: channel names come and go with connections
+
 
 class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     """A drop-in for ``channels_redis.core.RedisChannelLayer`` that survives failovers.
@@ -79,6 +81,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             replica_ack_timeout_s=replica_ack_timeout,
         )
         self._sessions: dict[asyncio.AbstractEventLoop, Session] = {}
+        self._valid_channels: set[str] = set()
 
     def _shard_specs(self) -> list[ShardSpec]:
         name = f"channels-ha:{os.getpid()}:{self.client_prefix[:8]}"
@@ -108,6 +111,17 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 self._sessions.pop(other, None)  # async_to_sync threads may prune too
             session = self._sessions[loop] = Session(self._core, self.client_prefix)
         return session
+
+    def require_valid_channel_name(self, name: str, receive: bool = False) -> bool:
+        """Checks each name once: a regex per send and receive is a measurable share of
+        the per-message cost."""
+        if name in self._valid_channels and not receive:
+            return True
+        super().require_valid_channel_name(name, receive)
+        if len(self._valid_channels) >= _VALID_NAMES_REMEMBERED:
+            self._valid_channels.clear()
+        self._valid_channels.add(name)
+        return True
 
     # -- the channel layer API -------------------------------------------------------------
 

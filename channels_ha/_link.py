@@ -365,7 +365,8 @@ class CommandLink:
                 if self._hand_back is not None:
                     self._hand_over_queue(self._last_error)  # the router knows where to go
                     return
-                logger.info("Waiting for a Redis master: %s", err, extra={"event": "waiting"})
+                if self._backoff.report_due():
+                    logger.info("Waiting for a Redis master: %s", err, extra={"event": "waiting"})
                 await self._backoff.wait()
                 continue
             except RedisCommandError as err:

@@ -194,7 +194,8 @@ class BlockingReader:
                 if time.monotonic() >= deadline:
                     waited = time.monotonic() - started
                     raise give_up(self._locator.describe(), self._settings, waited, err) from err
-                logger.info("Reader waiting for a Redis master: %s", err)
+                if self._backoff.report_due():
+                    logger.info("Reader waiting for a Redis master: %s", err)
                 await self._backoff.wait()
                 continue
             client.protocol = protocol

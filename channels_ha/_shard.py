@@ -95,6 +95,7 @@ class ShardConnections:
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
         self._watch: SentinelWatch | None = None
+        self._announced = ""  # the last new master the sentinels announced
 
     def _server_seen(self, info: ServerInfo) -> None:
         self._start_watch()
@@ -209,12 +210,14 @@ class ShardConnections:
     def switch_announced(self, address: str) -> None:
         self.announcements.switches += 1  # connections being made now must look again
         reason = f"sentinels announced a new master at {address}"
-        logger.warning(
-            "Failover detected on %s: %s",
-            self.spec.locator.describe(),
-            reason,
-            extra={"event": "failover_detected", "new_master": address},
-        )
+        if address != self._announced:  # each sentinel announces it: one line is enough
+            self._announced = address
+            logger.warning(
+                "Failover detected on %s: %s",
+                self.spec.locator.describe(),
+                reason,
+                extra={"event": "failover_detected", "new_master": address},
+            )
         if isinstance(self.link, CommandLink) and not _is_at(self.link.server, address):
             self.link.drop_connection(reason)
         self.link.release()

@@ -34,3 +34,19 @@ def test_quick_benchmark_prints_the_table_and_channels_ha_has_no_errors(tmp_path
     assert [(m["row"], m["status"], m["errors"]) for m in ours] == [
         (m["row"], "ok", {}) for m in ours
     ]
+
+
+def test_quick_failover_benchmark_channels_ha_loses_nothing(tmp_path: Path) -> None:
+    """W4 runs (its own Sentinel per run, master killed mid-way), and channels-ha raised
+    nothing, lost nothing and duplicated nothing."""
+    results = tmp_path / "results.json"
+    command = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--workloads", "w4"]
+    command += ["--topology", "sentinel", "--layers", "channels_ha", "--json", str(results)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (measurement,) = json.loads(results.read_text())
+    assert measurement["status"] == "ok", measurement
+    assert measurement["errors"] == {}, measurement
+    assert measurement["gap_s"] > 0  # the failover was measured, not skipped

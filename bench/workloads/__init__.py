@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..workload import Workload
-from . import ceiling, latency, w1_point, w2_burst, w3_fanout
+from . import ceiling, latency, w1_point, w2_burst, w3_fanout, w4_failover
 
 WORKLOADS: dict[str, Workload] = {
     workload.name: workload
@@ -11,6 +11,7 @@ WORKLOADS: dict[str, Workload] = {
         w1_point.WORKLOAD,
         w2_burst.WORKLOAD,
         w3_fanout.WORKLOAD,
+        w4_failover.WORKLOAD,
         latency.WORKLOAD,
         ceiling.WORKLOAD,
     )

@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol
 
 Mode = Literal["group", "send"]
 
+RECEIVE_RETRY_S = 0.1  # after a failed receive(), as a consumer restarting would pause
+
 
 class Layer(Protocol):
     """The part of the Channels layer API the traffic uses."""
@@ -44,7 +46,9 @@ class TrafficReport:
     receive_errors: list[str]
     lost: dict[str, list[int]]  # channel -> numbers it never got
     duplicates: dict[str, list[int]]  # channel -> numbers it got more than once
-    max_gap_s: float  # longest time without any delivery, while messages were being sent
+    # Longest time without any delivery while messages were being sent; a layer that stops
+    # delivering for good scores the time from its last delivery to the end of sending.
+    max_gap_s: float
     reordered: int = 0  # deliveries that came after a higher number on the same channel
 
     @property
@@ -114,6 +118,7 @@ class Traffic:
         self._send_errors: list[str] = []
         self._receive_errors: list[str] = []
         self._deliveries: list[float] = []
+        self._sending_ended: float | None = None
         self._progress = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -191,6 +196,7 @@ class Traffic:
                 message = await inbox.layer.receive(inbox.channel)
             except Exception as err:  # recorded, and the consumer goes on like a real one
                 self._receive_errors.append(f"{type(err).__name__}: {err}")
+                await asyncio.sleep(RECEIVE_RETRY_S)  # a layer failing at once must not spin
                 continue
             number = message["n"]
             inbox.received[number] += 1
@@ -206,6 +212,7 @@ class Traffic:
         self._stopping.set()
         if self._producer is not None:
             await self._producer
+        self._sending_ended = time.monotonic()
         deadline = time.monotonic() + drain_timeout_s
         while not self._all_arrived() and time.monotonic() < deadline:
             await self._next_progress(deadline - time.monotonic())
@@ -235,10 +242,11 @@ class Traffic:
             receive_errors=self._receive_errors,
             lost=lost,
             duplicates=duplicates,
-            max_gap_s=_longest_gap(self._deliveries),
+            max_gap_s=_longest_gap(self._deliveries, self._sending_ended),
             reordered=sum(inbox.reordered for inbox in self._inboxes),
         )
 
 
-def _longest_gap(times: list[float]) -> float:
+def _longest_gap(deliveries: list[float], sending_ended: float | None) -> float:
+    times = sorted([*deliveries, sending_ended]) if deliveries and sending_ended else deliveries
     return max((later - earlier for earlier, later in itertools.pairwise(times)), default=0.0)
