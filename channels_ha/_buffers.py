@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -36,6 +37,7 @@ class ChannelBuffer:
         "specific",
         "waiters",
         "waiting_key",
+        "wake_reader",
         "warned_at",
     )
 
@@ -46,7 +48,9 @@ class ChannelBuffer:
         self.shard = shard
         self.specific = "!" in channel
         self.waiting_key = waiting_key  # the inbox key, or the channel itself
+        self.wake_reader: Callable[[], None] | None = None  # of the reader that fills it
         self.items: deque[Item] = deque()
+        # Receivers append a future here; put() hands the next message to the oldest.
         self.waiters: deque[asyncio.Future[Item]] = deque()
         self.dropped = 0
         self.warned_at = 0.0
@@ -83,12 +87,6 @@ class ChannelBuffer:
             if item[0] > now:
                 return item
         return None
-
-    def add_waiter(self) -> asyncio.Future[Item]:
-        """Registers a receiver; :meth:`put` hands it the next message."""
-        waiter: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        return waiter
 
     def abandon(self, waiter: asyncio.Future[Item]) -> None:
         """A receiver was cancelled: a message already handed to it goes back in front."""

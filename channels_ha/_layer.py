@@ -133,8 +133,12 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on ``channel``, waiting for one (through failovers too)."""
-        self.require_valid_channel_name(channel)
-        return await self._session().receive(channel)
+        if channel not in self._valid_channels:
+            self.require_valid_channel_name(channel)
+        session = self._sessions.get(asyncio.get_running_loop())
+        if session is None or session.closed:
+            session = self._session()
+        return await session.receive(channel)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-specific channel name; its messages arrive in this process's inbox."""

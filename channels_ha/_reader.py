@@ -74,10 +74,14 @@ class BlockingReader:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._backoff = Backoff()
+        self._loop = asyncio.get_running_loop()  # a reader belongs to one session, one loop
+        self._pop_limit_s = BLOCKING_POP_TIMEOUT_S + settings.reply_timeout_s
+        self._pop_deadline = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task = self._loop.create_task(self._run())
 
     def wake(self) -> None:
         """Somebody started waiting: pop, and re-issue a pop blocked on other keys."""
@@ -111,6 +115,9 @@ class BlockingReader:
                 await self._pop_once(keys)
         finally:
             self._stopping = True  # from here on, close() must not interrupt us
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             try:
                 await self._finish_pending()
             finally:
@@ -122,25 +129,46 @@ class BlockingReader:
         except (RedisUnavailable, RedisCommandError) as err:
             self._fail(err)
             return
-        pending = self._submit_pop(client, keys)
-        limit_s = BLOCKING_POP_TIMEOUT_S + self._settings.reply_timeout_s
-        # Not cancelled with this task: if the task is cancelled mid-pop, _finish_pending
-        # still collects the reply, which may carry messages Redis already removed.
-        done, _ = await asyncio.wait({pending}, timeout=limit_s)
-        if not done:
-            self.drop_connection(f"no reply to a blocking pop within {limit_s} s")
-            self._client = None
-            return
+        pending, replied = self._submit_pop(client, keys)
+        self._pop_deadline = self._loop.time() + self._pop_limit_s
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
+        # The pop itself is not awaited: cancelling this task would cancel it, and its reply
+        # may carry messages Redis already removed (_finish_pending collects it then).
+        # asyncio.wait or shield would do the same at two to three times the cost per pop.
+        await replied
         self._pending = None
         await self._take_reply(pending)
 
-    def _submit_pop(self, client: FutureSink, keys: list[str]) -> asyncio.Future[object]:
+    def _submit_pop(
+        self, client: FutureSink, keys: list[str]
+    ) -> tuple[asyncio.Future[object], asyncio.Future[None]]:
+        """The pop in flight, and a future of ours that completes when it does."""
         pending = client.submit(
             "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
         )
-        pending.add_done_callback(_ignore_result)  # read here or in _finish_pending
+        replied: asyncio.Future[None] = self._loop.create_future()
+
+        def settled(future: asyncio.Future[object]) -> None:
+            _ignore_result(future)  # read in _take_reply or in _finish_pending
+            if not replied.done():
+                replied.set_result(None)
+
+        pending.add_done_callback(settled)
         self._pending, self._pending_keys = pending, keys
-        return pending
+        return pending, replied
+
+    def _check_pop(self) -> None:
+        """The watchdog of blocking pops: one timer per reader, re-armed only when it fires,
+        rather than one per pop. A pop unanswered past its limit drops the connection,
+        which fails the pop and makes the next one reconnect."""
+        self._watchdog = None
+        if self._pending is None or self._pending.done() or self._stopping:
+            return
+        if self._loop.time() < self._pop_deadline:
+            self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
+            return
+        self.drop_connection(f"no reply to a blocking pop within {self._pop_limit_s} s")
 
     async def _take_reply(self, pending: asyncio.Future[object]) -> None:
         try:

@@ -29,6 +29,7 @@ from ._constants import (
 )
 from ._core import LayerCore
 from ._delivery import Deliveries, target_of
+from ._fanout import FanoutPlans, Target
 from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
@@ -79,12 +80,14 @@ class Session:
             for spec in core.shards
         ]
         self.deliveries = Deliveries(core)
+        self._fanout = FanoutPlans(self._group_targets)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Future[None] | None = None
         self._epochs: dict[tuple[int, str], object] = {}  # (shard, master) -> epoch seen
         self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
-        self._keeper = asyncio.get_running_loop().create_task(self._keep())
+        self._loop = asyncio.get_running_loop()
+        self._keeper = self._loop.create_task(self._keep())
 
     @property
     def closed(self) -> bool:
@@ -164,7 +167,8 @@ class Session:
         members = await self._members(group)
         if not members:
             return
-        plan = self._plan_group_push(members, core.codec.dumps(message), now_ms())
+        targets = self._fanout.targets(group, members)
+        plan = self._plan_group_push(targets, core.codec.dumps(message), now_ms())
         results = await asyncio.gather(
             *(self._push(index, packed, key) for (index, _), (key, packed) in plan.items())
         )
@@ -173,7 +177,7 @@ class Session:
             logger.info("%d of %d targets of group %s over capacity", full, len(members), group)
         core.stats.group_sends += 1
 
-    async def _members(self, group: str) -> list[str]:
+    async def _members(self, group: str) -> list[bytes]:
         core = self.core
         shard = self._shards[core.shard_index(group)]
         for _ in range(2):
@@ -184,26 +188,34 @@ class Session:
             reply = await shard.link.submit("ZRANGE", key, f"({cutoff}", "+inf", "BYSCORE", key=key)
             if shard.stats.server_changes == changes:
                 break  # no new server run meanwhile: the list is not from before a loss
-        return [member.decode() for member in cast(list[bytes], reply)]
+        return cast(list[bytes], reply)
 
-    def _plan_group_push(self, members: list[str], body: bytes, now: int) -> PushPlan:
-        """One element per process inbox and one per normal channel, batched into one PUSH
-        per shard, or per slot on Cluster (a script's keys must share a slot there). The
-        link pipelines the PUSHes of one node, so a group costs one round trip per node."""
-        expires = now + self.core.expiry_ms
-        targets: dict[str, list[str]] = {}  # inbox or normal channel -> member channels
+    def _group_targets(self, members: list[str]) -> list[Target]:
+        """One target per process inbox and one per normal channel of the members."""
+        core = self.core
+        by_target: dict[str, list[str]] = {}  # inbox or normal channel -> member channels
         for channel in members:
-            targets.setdefault(target_of(channel), []).append(channel)
-        units: dict[tuple[int, int], tuple[list[str], list[Any]]] = {}
-        for target, channels in targets.items():
+            by_target.setdefault(target_of(channel), []).append(channel)
+        targets = []
+        for target, channels in by_target.items():
             key, aux, kind = self._target_keys(channels[0], target)
-            keys, args = units.setdefault(self._unit(target, key), ([], []))
-            seq = self._seqs.next(key)
             named: str | list[str] = channels[0] if len(channels) == 1 else channels
-            element = encode_element(expires, self.sender, seq, named, body)
-            capacity = max(self.core.capacity_of(channel) for channel in channels)
-            keys += [key, aux]
-            args += [capacity, seq, element, kind]
+            capacity = max(core.capacity_of(channel) for channel in channels)
+            targets.append(Target(self._unit(target, key), key, aux, kind, named, capacity))
+        return targets
+
+    def _plan_group_push(self, targets: list[Target], body: bytes, now: int) -> PushPlan:
+        """The targets batched into one PUSH per shard, or per slot on Cluster (a script's
+        keys must share a slot there). The link pipelines the PUSHes of one node, so a group
+        costs one round trip per node."""
+        expires = now + self.core.expiry_ms
+        units: dict[tuple[int, int], tuple[list[str], list[Any]]] = {}
+        for target in targets:
+            keys, args = units.setdefault(target.unit, ([], []))
+            seq = self._seqs.next(target.key)
+            element = encode_element(expires, self.sender, seq, target.named, body)
+            keys += [target.key, target.aux]
+            args += [target.capacity, seq, element, target.kind]
         header = self._push_header(now)
         return {
             unit: (keys[0], pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args))
@@ -235,13 +247,20 @@ class Session:
     # -- receiving ---------------------------------------------------------------------------
 
     async def receive(self, channel: str) -> dict[str, Any]:
+        # The hot path of every delivery: written out flat, since each call and frame here
+        # is paid once per message by every consumer.
         core = self.core
         buffer = self.deliveries.buffer(channel)
-        item = buffer.take_fresh()
+        item = buffer.take_fresh() if buffer.items else None
         if item is None:
-            # Awaited here rather than in a helper coroutine: one frame less to resume for
-            # every message, which is most of what a receive costs.
-            waiter = self._start_waiting(channel, buffer)
+            wake = buffer.wake_reader
+            if wake is None:
+                wake = buffer.wake_reader = self._reader(buffer.shard, buffer.specific).wake
+            waiter: asyncio.Future[Item] = self._loop.create_future()
+            buffer.waiters.append(waiter)  # before waking the reader, whose keys count waiters
+            core.memberships.receiving(channel, +1)
+            if self.deliveries.enter(buffer) or not buffer.specific:
+                wake()
             try:
                 item = await waiter
             except asyncio.CancelledError:
@@ -253,14 +272,6 @@ class Session:
             core.memberships.touch(channel)
         core.stats.received += 1
         return core.codec.loads(item[1])
-
-    def _start_waiting(self, channel: str, buffer: ChannelBuffer) -> asyncio.Future[Item]:
-        reader = self._reader(buffer.shard, buffer.specific)
-        waiter = buffer.add_waiter()  # before waking the reader, whose keys count waiters
-        self.core.memberships.receiving(channel, +1)
-        if self.deliveries.enter(buffer) or not buffer.specific:
-            reader.wake()
-        return waiter
 
     def _stop_waiting(self, channel: str, buffer: ChannelBuffer) -> None:
         last = self.deliveries.leave(buffer)

@@ -178,6 +178,38 @@ async def test_waits_for_a_node_that_comes_back(
     assert (await layer.receive("queued"))["type"] == "waited"
 
 
+async def test_a_blocking_pop_without_reply_is_given_up(
+    redis_sandbox_factory: TopologyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen server never answers the reader's BLMPOP: past its limit (the pop's own
+    2 s plus socket_timeout) the reader drops the connection, and once the server is back
+    the receiver gets the next message, once."""
+    topology = redis_sandbox_factory("standalone")
+    layer = RedisChannelLayer(hosts=[f"{topology.url}?socket_timeout=1"], prefix="watchdog")
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "warm-up"})
+        assert (await layer.receive(channel))["type"] == "warm-up"
+        receiving = asyncio.create_task(layer.receive(channel))
+        await asyncio.sleep(0.2)  # let the reader block on the server before it freezes
+        caplog.set_level("INFO", logger="channels_ha")
+        node = topology.nodes[0]
+        node.pause()
+        try:
+            deadline = time.monotonic() + 10
+            while "no reply to a blocking pop" not in caplog.text:
+                assert time.monotonic() < deadline, "the stuck pop was never given up"
+                await asyncio.sleep(0.1)
+        finally:
+            node.resume()
+        await layer.send(channel, {"type": "after"})
+        assert (await asyncio.wait_for(receiving, 10))["type"] == "after"
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 0.3)
+    finally:
+        await layer.close()
+
+
 async def test_messages_a_restarted_master_forgot_are_written_again(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:

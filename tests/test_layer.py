@@ -123,6 +123,27 @@ async def test_groups(layer: RedisChannelLayer) -> None:
         await assert_nothing_arrives(layer, channel)
 
 
+async def test_group_send_follows_membership_changes(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Each group_send goes to the members of that moment, changes made by other processes
+    included: the sender's remembered targets of a group never outlive its member list."""
+    sender = make_layer(redis_topology)
+    other = make_layer(redis_topology, prefix=sender.prefix)  # another process
+    one, two = await sender.new_channel(), await other.new_channel()
+    await sender.group_add("changing", one)
+    await sender.group_send("changing", {"type": "first"})
+    await other.group_add("changing", two)
+    await sender.group_send("changing", {"type": "second"})
+    await other.group_discard("changing", one)
+    await sender.group_send("changing", {"type": "third"})
+    got_one = [(await asyncio.wait_for(sender.receive(one), 5))["type"] for _ in range(2)]
+    got_two = [(await asyncio.wait_for(other.receive(two), 5))["type"] for _ in range(2)]
+    assert (got_one, got_two) == (["first", "second"], ["second", "third"])
+    await assert_nothing_arrives(sender, one)
+    await assert_nothing_arrives(other, two)
+
+
 async def test_group_send_to_empty_group(layer: RedisChannelLayer) -> None:
     """group_send to a group nobody joined is not an error."""
     await layer.group_send("nobody-here", {"type": "void"})

@@ -1,0 +1,48 @@
+"""Where the copies of a ``group_send`` go, remembered per group.
+
+A ``group_send`` stores one copy per process inbox and one per normal channel, batched into
+one PUSH per shard (per slot on Cluster). Working out those targets walks every member, and
+groups are sent to far more often than they change, so the targets are kept per group and
+reused for as long as Redis returns the same member list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+# Groups whose targets are remembered at once; past that the memory starts over (a process
+# that sends to more groups than this recomputes, which is only what it did before).
+MAX_GROUPS_REMEMBERED = 1024
+
+
+class Target(NamedTuple):
+    """One copy of a group message: the list it goes to and what the PUSH script needs."""
+
+    unit: tuple[int, int]  # (shard, slot): targets of one unit share one PUSH
+    key: str  # the list
+    aux: str  # the inbox limit, or the normal channel's dedupe key
+    kind: str  # the PUSH script's target kind
+    named: str | list[str]  # the member channel(s) this copy is for
+    capacity: int
+
+
+class FanoutPlans:
+    """The targets of each group, recomputed only when its member list changes."""
+
+    __slots__ = ("_plans", "_resolve")
+
+    def __init__(self, resolve: Callable[[list[str]], list[Target]]) -> None:
+        self._resolve = resolve
+        self._plans: dict[str, tuple[list[bytes], list[Target]]] = {}
+
+    def targets(self, group: str, members: list[bytes]) -> list[Target]:
+        """The targets of ``members`` (as Redis returned them) of ``group``."""
+        known = self._plans.get(group)
+        if known is not None and known[0] == members:
+            return known[1]
+        targets = self._resolve([member.decode() for member in members])
+        if len(self._plans) >= MAX_GROUPS_REMEMBERED:
+            self._plans.clear()
+        self._plans[group] = (members, targets)
+        return targets
