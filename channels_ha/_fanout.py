@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-# Groups whose targets are remembered at once; past that the memory starts over (a process
-# that sends to more groups than this recomputes, which is only what it did before).
+# How much is remembered at once, in groups and in members over all groups; past either the
+# memory starts over (a process that sends to more than this recomputes, which is only what
+# it did before).
 MAX_GROUPS_REMEMBERED = 1024
+MAX_MEMBERS_REMEMBERED = 100_000
 
 
 class Target(NamedTuple):
@@ -30,11 +32,12 @@ class Target(NamedTuple):
 class FanoutPlans:
     """The targets of each group, recomputed only when its member list changes."""
 
-    __slots__ = ("_plans", "_resolve")
+    __slots__ = ("_members", "_plans", "_resolve")
 
     def __init__(self, resolve: Callable[[list[str]], list[Target]]) -> None:
         self._resolve = resolve
         self._plans: dict[str, tuple[list[bytes], list[Target]]] = {}
+        self._members = 0  # remembered over all groups
 
     def targets(self, group: str, members: list[bytes]) -> list[Target]:
         """The targets of ``members`` (as Redis returned them) of ``group``."""
@@ -42,7 +45,16 @@ class FanoutPlans:
         if known is not None and known[0] == members:
             return known[1]
         targets = self._resolve([member.decode() for member in members])
-        if len(self._plans) >= MAX_GROUPS_REMEMBERED:
-            self._plans.clear()
+        if known is not None:
+            self._members -= len(known[0])
+        elif len(self._plans) >= MAX_GROUPS_REMEMBERED:
+            self._forget_all()
+        if self._members + len(members) > MAX_MEMBERS_REMEMBERED:
+            self._forget_all()
         self._plans[group] = (members, targets)
+        self._members += len(members)
         return targets
+
+    def _forget_all(self) -> None:
+        self._plans.clear()
+        self._members = 0
