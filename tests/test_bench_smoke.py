@@ -50,3 +50,19 @@ def test_quick_failover_benchmark_channels_ha_loses_nothing(tmp_path: Path) -> N
     assert measurement["status"] == "ok", measurement
     assert measurement["errors"] == {}, measurement
     assert measurement["gap_s"] > 0  # the failover was measured, not skipped
+
+
+def test_call_counter_prints_calls_per_message_for_each_layer() -> None:
+    """`bench/calls.py` runs both shapes on every layer and prints a count for each."""
+    command = [sys.executable, str(ROOT / "bench" / "calls.py")]
+    command += ["--messages", "200", "--group-sends", "20"]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|")[1:4] for line in done.stdout.splitlines()[2:]]
+    assert {(shape.strip(), layer.strip()) for shape, layer, _ in rows} == {
+        (shape, layer) for shape in ("w1", "w3") for layer in LAYERS
+    }
+    for _, _, calls in rows:
+        assert float(calls.split()[0].replace(",", "")) > 0
