@@ -56,7 +56,7 @@ Epochs = dict[tuple[int, str], object]  # (shard, master) -> the epoch value las
 
 def check_epoch(
     core: LayerCore, shard: ShardConnections, info: ServerInfo, changed: bool, seen: Epochs
-) -> asyncio.Future[Any] | None:
+) -> asyncio.Future[None] | None:
     """Reads (creating it if missing) when this server's data began.
 
     A failover to a replica keeps the epoch (it was replicated); a master restarted empty
@@ -71,8 +71,19 @@ def check_epoch(
     known = seen.get(mark)
     shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
     check = shard.link.submit("GET", key, key=key)
-    check.add_done_callback(lambda done: _compare(shard, done, mark, known, changed, seen))
-    return check
+    # Done only once the comparison ran: the GET's own future is done as soon as its reply
+    # is read, before its callbacks run, and a group_send that saw it done then would find
+    # no grace period yet and read a member list nobody had re-asserted.
+    compared: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def compare(done: asyncio.Future[Any]) -> None:
+        try:
+            _compare(shard, done, mark, known, changed, seen)
+        finally:
+            compared.set_result(None)
+
+    check.add_done_callback(compare)
+    return compared
 
 
 def _compare(

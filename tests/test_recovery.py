@@ -1,0 +1,39 @@
+"""After a master came back without its data, group_send must know of the grace period as
+soon as anything read after the epoch check could let it go on."""
+
+from __future__ import annotations
+
+import time
+
+from channels_ha._recovery import check_epoch, recovered
+from channels_ha.sandbox import TopologyFactory
+
+from .conftest import LayerFactory
+
+
+async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A request written just before the epoch check (as one held during the reconnect is)
+    gets its reply in the same read as the check's GET. The task it wakes runs before the
+    GET's callbacks; ``recovered`` must still wait for the comparison, or a group_send would
+    read a member list that nobody re-asserted yet (a message lost to every member)."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    await layer.group_add("room", "member")  # connected; this server's epoch is known
+    session = layer._session()
+    shard = session._shards[0]
+    info = shard.link.server
+    assert info is not None
+    mark = (0, shard.node_of(info))
+    session._epochs[mark] = b"1"  # the process knew another epoch: this run lost the data
+    # The first write of a loop iteration goes out at once and the rest together: the PING
+    # and the check's SET and GET share one write, so their replies share one read.
+    opener = shard.link.submit("ECHO", "opener", key="room")
+    before = shard.link.submit("PING", key="room")
+    shard.epoch_check = check_epoch(session.core, shard, info, True, session._epochs)
+    assert await opener == b"opener"
+    assert await before == b"PONG"
+    await recovered(shard)
+    assert shard.stats.recovering_until > 0, "recovered() returned before the comparison"
+    assert time.time() >= shard.stats.recovering_until
