@@ -16,7 +16,7 @@ import pytest
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
 from channels_ha._interop import close_sync_client, sync_client
 from channels_ha._keys import KeyLayout
-from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory
+from channels_ha.sandbox import RedisNode, SentinelTopology, Topology, TopologyFactory
 
 from .conftest import LayerFactory, finish_traffic, start_traffic
 
@@ -228,6 +228,26 @@ async def test_messages_a_restarted_master_forgot_are_written_again(
         await asyncio.wait_for(receiver.receive(channel), 0.1)
 
 
+async def replicas_caught_up(
+    master: RedisNode, replicas: list[RedisNode], timeout_s: float = 5.0
+) -> None:
+    """Waits until every replica has applied the master's whole replication stream (a kill
+    right after a write otherwise races the asynchronous replication)."""
+    clients = [node.client() for node in (master, *replicas)]
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            offset = clients[0].info("replication")["master_repl_offset"]
+            applied = [c.info("replication").get("slave_repl_offset", -1) for c in clients[1:]]
+            if min(applied) >= offset:
+                return
+            assert time.monotonic() < deadline, f"replicas at {applied}, master at {offset}"
+            await asyncio.sleep(0.01)  # nothing to await: replication progress is polled
+    finally:
+        for client in clients:
+            client.close()
+
+
 async def test_written_again_after_failover_but_received_once(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:
@@ -241,6 +261,9 @@ async def test_written_again_after_failover_but_received_once(
     for number in range(5):
         await sender.send(channel, {"type": "n", "n": number})
     old = await sentinel.acurrent_master()
+    # What this test is about is copies: the promoted replica must already hold 0-4, or the
+    # sender's replay would deliver them for the first time instead of as copies.
+    await replicas_caught_up(old, [node for node in sentinel.data_nodes if node is not old])
     old.kill()
     await sentinel.await_new_master(old)
     await sender.send(channel, {"type": "n", "n": 5})  # the sender meets the new master
