@@ -66,6 +66,7 @@ class RespProtocol(asyncio.Protocol):
         self._parser = hiredis.Reader()
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
+        self._coalescing = False  # a write went out this iteration; the rest wait for _flush
         self._abort_reason: BaseException | None = None
         self.closed = False
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -96,14 +97,25 @@ class RespProtocol(asyncio.Protocol):
         self.sink.on_lost(exc or self._abort_reason)
 
     def write(self, data: bytes) -> None:
-        """Queues bytes; everything queued in one loop iteration goes out in one write."""
+        """Sends the first bytes of a loop iteration at once and coalesces the rest into one
+        write at the end of the iteration: a lone request does not wait for the loop to come
+        round (Redis works on it meanwhile), and a burst still costs one system call."""
         if self.closed:
             raise ConnectionLost("connection already closed")
-        if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._outgoing.append(data)
+        if self._coalescing:
+            self._outgoing.append(data)
+            return
+        self._coalescing = True
+        asyncio.get_running_loop().call_soon(self._flush)
+        if self._transport is None:
+            self._outgoing.append(data)  # not connected yet: as the rest, at the flush
+        elif not self._transport.is_closing():
+            self._transport.write(data)
 
     def _flush(self) -> None:
+        self._coalescing = False
+        if not self._outgoing:
+            return
         data = b"".join(self._outgoing)
         self._outgoing.clear()
         if self._transport is not None and not self._transport.is_closing():

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
+from channels_ha._resp import Endpoint, FutureSink, open_connection
 from channels_ha.sandbox import StandaloneTopology, TopologyFactory
 
 from .conftest import LayerFactory
@@ -27,6 +28,37 @@ def node(redis_sandbox_factory: TopologyFactory) -> StandaloneTopology:
 
 def admin(node: StandaloneTopology) -> redis.Redis:
     return node.nodes[0].client()  # type: ignore[no-any-return]
+
+
+async def test_a_lone_request_goes_out_at_once_and_a_burst_in_one_write(
+    node: StandaloneTopology,
+) -> None:
+    """The first request of a loop iteration is written before the loop comes round (Redis
+    starts on it meanwhile); what follows in the same iteration is coalesced into one write."""
+    client = FutureSink()
+    server = node.nodes[0]
+    client.protocol = await open_connection(Endpoint(server.host, server.port), client, 2.0)
+    transport = client.protocol._transport
+    assert transport is not None
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counting_write(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = counting_write  # type: ignore[method-assign,assignment]
+    try:
+        lone = client.submit("PING")
+        assert len(writes) == 1  # already written, nothing awaited yet
+        assert await lone == b"PONG"
+        writes.clear()
+        burst = [client.submit("INCR", "coalesced") for _ in range(1000)]
+        assert len(writes) == 1  # the first one; the other 999 wait for the flush
+        assert await asyncio.gather(*burst) == list(range(1, 1001))  # in order, none lost
+        assert len(writes) == 2
+    finally:
+        await client.protocol.aclose()
 
 
 async def test_refused_writes_wait_and_arrive_once_in_order(
