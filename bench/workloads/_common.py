@@ -10,11 +10,16 @@ receive times compare with the parent's send times.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..connections import ConnectionSampler
+    from ..workload import RowContext
 
 WARM_UP_MESSAGES = 20  # opens connections, starts readers, loads scripts before timing
 POLL_S = 0.01
@@ -109,6 +114,21 @@ async def warm_up(layer: Any, channel: str, consumer: Consumer, idle_s: float) -
         await layer.send(channel, message(seq))
     if await settle([consumer], WARM_UP_MESSAGES, idle_s):
         raise RuntimeError("warm-up messages were lost")
+
+
+@asynccontextmanager
+async def one_warm_consumer(
+    ctx: RowContext,
+) -> AsyncIterator[tuple[Any, str, Consumer, ConnectionSampler]]:
+    """A layer, a new channel with one consumer task in this process, warmed up, and a
+    connection sampler watching this process, for the duration of the block."""
+    async with ctx.open_layer() as layer:
+        channel = await layer.new_channel()
+        async with receiving([Consumer(layer, channel)]) as (consumer,):
+            await warm_up(layer, channel, consumer, ctx.sizes.settle_s)
+            with ctx.sampler() as sampler:
+                sampler.watch("process", os.getpid())
+                yield layer, channel, consumer, sampler
 
 
 async def send_each(layer: Any, channel: str, count: int, errors: Counter[str]) -> None:

@@ -22,28 +22,23 @@ from ._common import (
     WARM_UP_MESSAGES,
     Consumer,
     message,
+    one_warm_consumer,
     receiving,
     send_each,
     settle,
-    warm_up,
     with_lost,
 )
 
 
 async def one_process(ctx: RowContext) -> Measurement:
     count = ctx.sizes.point_messages
-    async with ctx.open_layer() as layer:
-        channel = await layer.new_channel()
-        async with receiving([Consumer(layer, channel)]) as (consumer,):
-            await warm_up(layer, channel, consumer, ctx.sizes.settle_s)
-            with ctx.sampler() as sampler:
-                sampler.watch("process", os.getpid())
-                errors: Counter[str] = Counter()
-                started = time.monotonic()
-                await send_each(layer, channel, count, errors)
-                expected = WARM_UP_MESSAGES + count - errors.total()
-                lost = await settle([consumer], expected, ctx.sizes.settle_s)
-                await asyncio.to_thread(sampler.sample)
+    async with one_warm_consumer(ctx) as (layer, channel, consumer, sampler):
+        errors: Counter[str] = Counter()
+        started = time.monotonic()
+        await send_each(layer, channel, count, errors)
+        expected = WARM_UP_MESSAGES + count - errors.total()
+        lost = await settle([consumer], expected, ctx.sizes.settle_s)
+        await asyncio.to_thread(sampler.sample)
     delivered = consumer.received - WARM_UP_MESSAGES
     rate = delivered / (consumer.last_at - started) if delivered else None
     return ctx.result(rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks())

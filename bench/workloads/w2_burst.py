@@ -10,41 +10,26 @@ raised. Connections are sampled during the burst.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 from ..results import Measurement
 from ..workload import Row, RowContext, Sizes, Workload
-from ._common import (
-    WARM_UP_MESSAGES,
-    Consumer,
-    error_kinds,
-    message,
-    receiving,
-    settle,
-    warm_up,
-    with_lost,
-)
+from ._common import WARM_UP_MESSAGES, error_kinds, message, one_warm_consumer, settle, with_lost
 
 
 async def burst(ctx: RowContext) -> Measurement:
     count = ctx.sizes.burst_messages
-    async with ctx.open_layer() as layer:
-        channel = await layer.new_channel()
-        async with receiving([Consumer(layer, channel)]) as (consumer,):
-            await warm_up(layer, channel, consumer, ctx.sizes.settle_s)
-            with ctx.sampler() as sampler:
-                sampler.watch("process", os.getpid())
-                started = time.monotonic()
-                sends = asyncio.gather(
-                    *(layer.send(channel, message(seq)) for seq in range(count)),
-                    return_exceptions=True,
-                )
-                await asyncio.to_thread(sampler.sample)  # one sample while the burst is on
-                errors = error_kinds(await sends)
-                await asyncio.to_thread(sampler.sample)  # and one with what the burst left open
-                expected = WARM_UP_MESSAGES + count - errors.total()
-                lost = await settle([consumer], expected, ctx.sizes.settle_s)
+    async with one_warm_consumer(ctx) as (layer, channel, consumer, sampler):
+        started = time.monotonic()
+        sends = asyncio.gather(
+            *(layer.send(channel, message(seq)) for seq in range(count)),
+            return_exceptions=True,
+        )
+        await asyncio.to_thread(sampler.sample)  # one sample while the burst is on
+        errors = error_kinds(await sends)
+        await asyncio.to_thread(sampler.sample)  # and one with what the burst left open
+        expected = WARM_UP_MESSAGES + count - errors.total()
+        lost = await settle([consumer], expected, ctx.sizes.settle_s)
     delivered = consumer.received - WARM_UP_MESSAGES
     rate = delivered / (consumer.last_at - started) if delivered else None
     return ctx.result(rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks())
