@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
@@ -267,18 +267,18 @@ class Session:
                 buffer.abandon(waiter)
                 raise
             finally:
-                self._stop_waiting(channel, buffer)
+                self._stop_waiting(channel, buffer, wake)
         else:
             core.memberships.touch(channel)
         core.stats.received += 1
         return core.codec.loads(item[1])
 
-    def _stop_waiting(self, channel: str, buffer: ChannelBuffer) -> None:
+    def _stop_waiting(self, channel: str, buffer: ChannelBuffer, wake: Callable[[], None]) -> None:
         last = self.deliveries.leave(buffer)
         self.core.memberships.receiving(channel, -1)
         if not buffer.specific:
             if last:
-                self._reader(buffer.shard, False).wake()  # stop popping what nobody awaits
+                wake()  # the channel's reader: stop popping what nobody awaits
             self._return_stranded([channel])
 
     def _reader(self, index: int, specific: bool) -> BlockingReader:
