@@ -24,7 +24,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from channels_ha import ChannelsHAError, load_config
-from channels_ha.sandbox._lifecycle import stopped_by_signals
+from channels_ha.sandbox._lifecycle import signals_held, stopped_by_signals
 
 from .control import ControlServer
 from .workers import REPO_ROOT, LaunchError, Worker, listening_sockets
@@ -170,7 +170,8 @@ def _supervise(workers: list[Worker]) -> None:
     """Wait for a stop signal (raised as ``_Stop``); a worker exiting on its own is an error."""
     while True:
         for worker in workers:
-            code = worker.exit_code()
+            with signals_held():
+                code = worker.exit_code()
             if code is not None:
                 raise LaunchError(f"worker {worker.pid} exited with status {code}; stopping")
         time.sleep(SUPERVISE_INTERVAL_S)  # a stop signal raises _Stop out of this sleep

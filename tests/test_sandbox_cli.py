@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from channels_ha.sandbox._lifecycle import signals_held, stopped_by_signals
 from channels_ha.sandbox.pytest_plugin import KINDS
 
 _COMMAND = [sys.executable, "-m", "channels_ha._cli", "sandbox"]
@@ -123,3 +124,15 @@ def test_every_kind_is_a_choice() -> None:
     """The command offers exactly the sandbox's topology kinds."""
     result = subprocess.run([*_COMMAND, "--help"], capture_output=True, text=True, check=True)
     assert "{" + ",".join(KINDS) + "}" in result.stdout
+
+
+def test_a_held_stop_signal_stops_right_after_the_block() -> None:
+    """A stop signal during signals_held() (the demo polls its workers so) does not cut the
+    block short, and stops the run as soon as the block ends."""
+    finished_block = False
+    with stopped_by_signals():
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished_block = True
+        pytest.fail("the held signal did not stop the run after the block")
+    assert finished_block

@@ -47,6 +47,21 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
+def signals_held() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM back for the block; they arrive when it ends.
+
+    For calls into ``subprocess`` under :func:`stopped_by_signals`: a ``_Stop`` raised inside
+    ``Popen.poll()`` between its taking and releasing an internal lock leaves the lock held,
+    and the cleanup's ``wait()`` on that process then blocks forever.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextmanager
 def stopped_by_signals() -> Iterator[None]:
     """Turns SIGINT and SIGTERM into leaving this block (through every ``finally`` in it)."""
     previous = {sig: signal.signal(sig, _raise_stop) for sig in _STOP_SIGNALS}
