@@ -22,6 +22,7 @@ class Counters:
 
     sent: int = 0
     group_sends: int = 0
+    group_member_reads: int = 0
     received: int = 0
     duplicates_dropped: int = 0
     expired: int = 0

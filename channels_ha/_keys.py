@@ -62,6 +62,10 @@ class KeyLayout:
         """The sorted set of a group's member channels, scored by time of joining."""
         return f"{self.prefix}:g:{{{group}}}"
 
+    def group_token(self, group: str) -> str:
+        """A random value that changes whenever the group's members change (see GROUP_PUSH)."""
+        return f"{self.prefix}:t:{{{group}}}"
+
     def epoch(self, tag: str | None = None) -> str:
         """When the data of a server began (ms): missing or young after a restart empty.
 

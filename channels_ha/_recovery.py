@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -37,8 +38,10 @@ def reassert(core: LayerCore, shard: ShardConnections) -> None:
     for group, channels in groups.items():
         for start in range(0, len(channels), _REASSERT_BATCH):
             batch = channels[start : start + _REASSERT_BATCH]
-            args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, *batch)
-            future = shard.link.submit_script(GROUP_ADD, (core.keys.group(group),), args)
+            token = secrets.token_hex(8)  # taken only if a member was missing
+            args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, token, *batch)
+            keys = (core.keys.group(group), core.keys.group_token(group))
+            future = shard.link.submit_script(GROUP_ADD, keys, args)
             future.add_done_callback(log_failure)
             count += len(batch)
     if count:

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from ._constants import REPLAY_LIMIT, REPLAY_WINDOW_S
+
+# A request, or how to make it when it is written again (most never are).
+Replayable = bytes | Callable[[], bytes]
 
 RETAIN_IDLE_S = 60.0  # the default expiry: messages older than that are gone anyway
 
@@ -28,9 +32,9 @@ class RecentPushes:
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: deque[tuple[float, str, bytes]] = deque(maxlen=REPLAY_LIMIT)
+        self._entries: deque[tuple[float, str, Replayable]] = deque(maxlen=REPLAY_LIMIT)
 
-    def add(self, key: str, packed: bytes) -> None:
+    def add(self, key: str, packed: Replayable) -> None:
         now = time.monotonic()
         entries = self._entries
         while entries and entries[0][0] < now - REPLAY_WINDOW_S:
@@ -44,4 +48,7 @@ class RecentPushes:
 
     def requests(self) -> list[tuple[str, bytes]]:
         """(routing key, request) of every retained write, oldest first."""
-        return [(key, packed) for _, key, packed in self._entries]
+        return [
+            (key, packed if isinstance(packed, bytes) else packed())
+            for _, key, packed in self._entries
+        ]

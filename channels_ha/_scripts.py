@@ -24,22 +24,21 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-# PUSH: append a message to each target list, unless the list is full or the message is a
-# copy of one this sender already stored there (what a retry after a lost reply looks like).
-# KEYS: per target i, KEYS[2i-1] the list and KEYS[2i] an aux key in the same slot:
+# The PUSH body, shared by PUSH and GROUP_PUSH: append a message to each target list, unless
+# the list is full or the message is a copy of one this sender already stored there (what a
+# retry after a lost reply looks like). The targets start after KEYS[k0] and ARGV[a0]:
+# KEYS: per target i, KEYS[k0+2i-1] the list and KEYS[k0+2i] an aux key in the same slot:
 #       for a normal channel ("c") the hash of this sender's sequence numbers applied there;
 #       for a process inbox ("i") the limit the receiving process published (capacity times
 #       its channels), which replaces ``capacity`` when larger.
-# ARGV: [1] list ttl (ms), [2] now (ms), [3] dedupe ttl (ms), then per target i:
-#       ARGV[4i] capacity, ARGV[4i+1] sequence number, ARGV[4i+2] element, ARGV[4i+3] kind.
+# ARGV: [a0+1] list ttl (ms), [a0+2] now (ms), [a0+3] dedupe ttl (ms), then per target i:
+#       ARGV[a0+4i] capacity, [a0+4i+1] sequence number, [a0+4i+2] element, [a0+4i+3] kind.
 # Returns: one status per target: 1 pushed, 0 full, 2 copy.
 # Elements start with their expiry time as 13 ASCII digits (ms), so a full list can first
 # drop what has expired. Sequence numbers count per (sender, list): a number above the
 # highest seen leaves gaps for the numbers in between, which may still come (a reordered
 # retry) and are then applied once; anything else at or below the highest is a copy.
-PUSH = Script(
-    "push",
-    """#!lua
+_PUSH_TARGETS = """
 local MAX_GAPS = 4096
 
 local function purge_expired(list, now)
@@ -66,45 +65,118 @@ local function is_copy(applied, seq, ttl)
   return copy
 end
 
-local list_ttl, now, dedupe_ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local statuses = {}
-for i = 1, #KEYS / 2 do
-  local list, aux = KEYS[2 * i - 1], KEYS[2 * i]
-  local capacity, seq = tonumber(ARGV[4 * i]), tonumber(ARGV[4 * i + 1])
-  local element, kind = ARGV[4 * i + 2], ARGV[4 * i + 3]
-  if kind == 'i' then
-    capacity = math.max(capacity, tonumber(redis.call('GET', aux) or '0'))
+local function push_targets(k0, a0)
+  local list_ttl, now, dedupe_ttl = ARGV[a0 + 1], tonumber(ARGV[a0 + 2]), ARGV[a0 + 3]
+  local statuses = {}
+  for i = 1, (#KEYS - k0) / 2 do
+    local list, aux = KEYS[k0 + 2 * i - 1], KEYS[k0 + 2 * i]
+    local capacity, seq = tonumber(ARGV[a0 + 4 * i]), tonumber(ARGV[a0 + 4 * i + 1])
+    local element, kind = ARGV[a0 + 4 * i + 2], ARGV[a0 + 4 * i + 3]
+    if kind == 'i' then
+      capacity = math.max(capacity, tonumber(redis.call('GET', aux) or '0'))
+    end
+    local status = 1
+    if kind == 'c' and is_copy(aux, seq, dedupe_ttl) then
+      status = 2
+    elseif redis.call('LLEN', list) >= capacity and purge_expired(list, now) >= capacity then
+      status = 0
+    else
+      redis.call('RPUSH', list, element)
+      redis.call('PEXPIRE', list, list_ttl)
+    end
+    statuses[i] = status
   end
-  local status = 1
-  if kind == 'c' and is_copy(aux, seq, dedupe_ttl) then
-    status = 2
-  elseif redis.call('LLEN', list) >= capacity and purge_expired(list, now) >= capacity then
-    status = 0
-  else
-    redis.call('RPUSH', list, element)
-    redis.call('PEXPIRE', list, list_ttl)
-  end
-  statuses[i] = status
+  return statuses
 end
-return statuses
+"""
+
+# PUSH: the PUSH body over every key and argument.
+PUSH = Script("push", "#!lua" + _PUSH_TARGETS + "return push_targets(0, 0)\n")
+
+# A group's membership token: a random value that changes whenever a member joins or leaves
+# (and that a master restarted empty no longer has). A sender that knows the token of the
+# member list it planned from can push in one round trip: GROUP_PUSH checks the token and the
+# member expiry on the server, and pushes only if the plan is still right.
+
+# GROUP_PUSH: the PUSH body, if the group's members are still those the token stands for.
+# KEYS: [1] the group's sorted set, [2] its membership token, then the PUSH targets.
+# ARGV: [1] the token the sender planned from, [2] the membership cutoff (s: a member scored
+#       at or below it has expired), then the PUSH arguments.
+# Returns: the PUSH statuses, or nil (pushing nothing) when the plan is stale.
+GROUP_PUSH = Script(
+    "group_push",
+    "#!lua"
+    + _PUSH_TARGETS
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if oldest[2] and tonumber(oldest[2]) <= tonumber(ARGV[2]) then return false end
+return push_targets(2, 2)
 """,
 )
 
-# GROUP_ADD: add channels to a group, refresh its expiry and drop members whose time ran out.
-# KEYS: [1] the group's sorted set.
-# ARGV: [1] now (s), [2] group expiry (s), [3...] channel names.
+# GROUP_MEMBERS: a group's live members and their token, dropping members whose time ran out.
+# KEYS: [1] the group's sorted set, [2] its membership token.
+# ARGV: [1] the membership cutoff (s), [2] a new token, set if the members changed or the
+#       token is missing.
+# Returns: [token or nil (no such group), members oldest first].
+GROUP_MEMBERS = Script(
+    "group_members",
+    """#!lua
+local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local ttl = redis.call('TTL', KEYS[1])
+if #members == 0 or ttl < 0 then return {false, members} end
+local token = redis.call('GET', KEYS[2])
+if removed > 0 or not token then
+  token = ARGV[2]
+  redis.call('SET', KEYS[2], token, 'EX', ttl)
+end
+return {token, members}
+""",
+)
+
+# GROUP_ADD: add channels to a group, refresh its expiry and drop members whose time ran out;
+# a new token when that changed the members.
+# KEYS: [1] the group's sorted set, [2] its membership token.
+# ARGV: [1] now (s), [2] group expiry (s), [3] a new token, [4...] channel names.
 # Returns: the number of channels added or refreshed.
 GROUP_ADD = Script(
     "group_add",
     """#!lua
 local now, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - expiry)
-for i = 3, #ARGV do
-  redis.call('ZADD', KEYS[1], now, ARGV[i])
+local changed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - expiry) > 0
+for i = 4, #ARGV do
+  changed = redis.call('ZADD', KEYS[1], now, ARGV[i]) == 1 or changed
 end
 redis.call('EXPIRE', KEYS[1], expiry)
-return #ARGV - 2
+if changed or redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[3], 'EX', expiry)
+else
+  redis.call('EXPIRE', KEYS[2], expiry)
+end
+return #ARGV - 3
 """,
 )
 
-ALL = (PUSH, GROUP_ADD)
+# GROUP_DISCARD: remove a channel from a group; a new token if it was a member.
+# KEYS: [1] the group's sorted set, [2] its membership token.
+# ARGV: [1] the channel, [2] a new token.
+# Returns: 1 if the channel was a member, else 0.
+GROUP_DISCARD = Script(
+    "group_discard",
+    """#!lua
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+if removed == 1 then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl)
+  else
+    redis.call('DEL', KEYS[2])
+  end
+end
+return removed
+""",
+)
+
+ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD)

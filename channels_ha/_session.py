@@ -13,7 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
@@ -29,13 +29,13 @@ from ._constants import (
 )
 from ._core import LayerCore
 from ._delivery import Deliveries, target_of
-from ._fanout import FanoutPlans, Target
+from ._fanout import FanoutPlans, Plan, Target
 from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
-from ._replay import RecentPushes
+from ._replay import RecentPushes, Replayable
 from ._resp import pack
-from ._scripts import GROUP_ADD, PUSH
+from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH
 from ._sequence import SendSequences
 from ._server import ServerInfo
 from ._shard import ShardConnections
@@ -49,8 +49,6 @@ _MAX_SCAN_ROUNDS = 1_000_000
 _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
 _LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
 _LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
-
-PushPlan = dict[tuple[int, int], tuple[str, bytes]]  # (shard, slot) -> routing key, PUSH
 
 
 class PreparedPush(NamedTuple):
@@ -124,7 +122,7 @@ class Session:
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         push = self.prepare_send(channel, message)
         statuses = await self._push(push.shard, push.packed, push.key)
-        if statuses[0] == _FULL:
+        if statuses is not None and statuses[0] == _FULL:
             raise ChannelFull(channel)
         self.core.stats.sent += 1
 
@@ -132,15 +130,21 @@ class Session:
         core = self.core
         return (core.expiry_ms, now, core.dedupe_ttl_ms)
 
-    async def _push(self, index: int, packed: bytes, key: str) -> list[int]:
+    async def _push(
+        self, index: int, packed: bytes, key: str, replayed: Replayable | None = None
+    ) -> list[int] | None:
         """A PUSH, then WAIT if replica_acks asks for it, as one unit: WAIT counts the writes
         of its own connection, so if a reconnect came between them, both go again (the
-        second PUSH is recognised as a copy)."""
+        second PUSH is recognised as a copy). ``replayed`` is what a replay writes, if not
+        ``packed``. A GROUP_PUSH that found its plan stale returns None, having written
+        nothing."""
         acks, link = self.core.replica_acks, self._shards[index].link
         for _ in range(_MAX_PUSH_ATTEMPTS):
             connection = link.connection_of(key)
-            statuses = cast(list[int], await link.submit_packed(packed, key))
-            self._recent[index].add(key, packed)
+            statuses = cast("list[int] | None", await link.submit_packed(packed, key))
+            if statuses is None:
+                return None
+            self._recent[index].add(key, packed if replayed is None else replayed)
             if not acks:
                 return statuses
             patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose
@@ -164,31 +168,76 @@ class Session:
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         core = self.core
-        members = await self._members(group)
+        body, now = core.codec.dumps(message), now_ms()
+        seqs: dict[str, int] = {}  # list -> this message's number there, kept across attempts
+        plan = self._fanout.tokened(group)
+        if plan is not None:
+            statuses = await self._push_if_members_unchanged(group, plan, body, now, seqs)
+            if statuses is not None:
+                self._group_sent(group, [statuses], len(plan.members))
+                return
+            self._fanout.distrust(group)
+        members, token = await self._members(group)
         if not members:
             return
-        targets = self._fanout.targets(group, members)
-        plan = self._plan_group_push(targets, core.codec.dumps(message), now_ms())
+        home = core.shard_index(group)
+        unit = None if self._shards[home].router else (home, 0)  # see _push_if_members_unchanged
+        targets = self._fanout.targets(group, members, token, unit)
+        units = self._push_arguments(targets, body, now, seqs)
+        header = self._push_header(now)
         results = await asyncio.gather(
-            *(self._push(index, packed, key) for (index, _), (key, packed) in plan.items())
+            *(
+                self._push(
+                    index, pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args), keys[0]
+                )
+                for (index, _), (keys, args) in units.items()
+            )
         )
-        full = sum(statuses.count(_FULL) for statuses in results)
-        if full:
-            logger.info("%d of %d targets of group %s over capacity", full, len(members), group)
-        core.stats.group_sends += 1
+        self._group_sent(group, results, len(members))
 
-    async def _members(self, group: str) -> list[bytes]:
+    def _group_sent(self, group: str, results: Sequence[list[int] | None], members: int) -> None:
+        full = sum(statuses.count(_FULL) for statuses in results if statuses)
+        if full:
+            logger.info("%d of %d targets of group %s over capacity", full, members, group)
+        self.core.stats.group_sends += 1
+
+    async def _push_if_members_unchanged(
+        self, group: str, plan: Plan, body: bytes, now: int, seqs: dict[str, int]
+    ) -> list[int] | None:
+        """One round trip instead of two: the PUSH of a remembered plan, done by the server
+        only if the group's membership token is still the one the plan was made from. None
+        when it is not (nothing was pushed)."""
+        core = self.core
+        (((index, _), (keys, args)),) = self._push_arguments(plan.targets, body, now, seqs).items()
+        header = self._push_header(now)
+        group_key, token_key = core.keys.group(group), core.keys.group_token(group)
+        token = cast(str, plan.token)  # FanoutPlans.tokened() returns plans with one
+        cutoff = time.time() - core.group_expiry_s
+        packed = pack(
+            "EVALSHA", GROUP_PUSH.sha, len(keys) + 2, group_key, token_key, *keys,
+            token, cutoff, *header, *args,
+        )  # fmt: skip
+
+        def unguarded() -> bytes:  # what a replay writes: the token may be gone by then
+            return pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args)
+
+        return await self._push(index, packed, group_key, unguarded)
+
+    async def _members(self, group: str) -> tuple[list[bytes], str | None]:
+        """The group's live members, and their membership token (None: no such group)."""
         core = self.core
         shard = self._shards[core.shard_index(group)]
+        keys = (core.keys.group(group), core.keys.group_token(group))
         for _ in range(2):
             changes = shard.stats.server_changes
             await recovered(shard)
-            cutoff = time.time() - core.group_expiry_s
-            key = core.keys.group(group)
-            reply = await shard.link.submit("ZRANGE", key, f"({cutoff}", "+inf", "BYSCORE", key=key)
+            args = (time.time() - core.group_expiry_s, secrets.token_hex(8))
+            reply = await shard.link.submit_script(GROUP_MEMBERS, keys, args)
             if shard.stats.server_changes == changes:
                 break  # no new server run meanwhile: the list is not from before a loss
-        return cast(list[bytes], reply)
+        core.stats.group_member_reads += 1
+        token, members = cast("tuple[bytes | None, list[bytes]]", reply)
+        return members, None if token is None else token.decode()
 
     def _group_targets(self, members: list[str]) -> list[Target]:
         """One target per process inbox and one per normal channel of the members."""
@@ -204,23 +253,26 @@ class Session:
             targets.append(Target(self._unit(target, key), key, aux, kind, named, capacity))
         return targets
 
-    def _plan_group_push(self, targets: list[Target], body: bytes, now: int) -> PushPlan:
+    def _push_arguments(
+        self, targets: list[Target], body: bytes, now: int, seqs: dict[str, int]
+    ) -> dict[tuple[int, int], tuple[list[str], list[Any]]]:
         """The targets batched into one PUSH per shard, or per slot on Cluster (a script's
-        keys must share a slot there). The link pipelines the PUSHes of one node, so a group
-        costs one round trip per node."""
+        keys must share a slot there): its keys and the arguments after the header. The link
+        pipelines the PUSHes of one node, so a group costs one round trip per node.
+
+        A list keeps the sequence number ``seqs`` gave it in an earlier attempt: a retried
+        request may have landed after all, and its copy must be recognised as one."""
         expires = now + self.core.expiry_ms
         units: dict[tuple[int, int], tuple[list[str], list[Any]]] = {}
         for target in targets:
             keys, args = units.setdefault(target.unit, ([], []))
-            seq = self._seqs.next(target.key)
+            seq = seqs.get(target.key)
+            if seq is None:
+                seq = seqs[target.key] = self._seqs.next(target.key)
             element = encode_element(expires, self.sender, seq, target.named, body)
             keys += [target.key, target.aux]
             args += [target.capacity, seq, element, target.kind]
-        header = self._push_header(now)
-        return {
-            unit: (keys[0], pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args))
-            for unit, (keys, args) in units.items()
-        }
+        return units
 
     def _unit(self, target: str, key: str) -> tuple[int, int]:
         """(shard, slot): what one PUSH may cover; the slot matters only on Cluster."""
@@ -233,16 +285,18 @@ class Session:
         core = self.core
         core.memberships.added(group, channel)
         link = self._shards[core.shard_index(group)].link
+        keys = (core.keys.group(group), core.keys.group_token(group))
+        token = secrets.token_hex(8)
         await link.submit_script(
-            GROUP_ADD, (core.keys.group(group),), (time.time(), core.group_expiry_s, channel)
+            GROUP_ADD, keys, (time.time(), core.group_expiry_s, token, channel)
         )
 
     async def group_discard(self, group: str, channel: str) -> None:
         core = self.core
         core.memberships.discarded(group, channel)
         link = self._shards[core.shard_index(group)].link
-        key = core.keys.group(group)
-        await link.submit("ZREM", key, channel, key=key)
+        keys = (core.keys.group(group), core.keys.group_token(group))
+        await link.submit_script(GROUP_DISCARD, keys, (channel, secrets.token_hex(8)))
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -73,6 +73,8 @@ class LayerStatistics:
 
     sent: int
     group_sends: int
+    # group_sends that read the member list: the first to a group, and after it changed
+    group_member_reads: int
     received: int
     duplicates_dropped: int
     expired: int

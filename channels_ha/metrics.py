@@ -40,6 +40,12 @@ LAYER_METRICS = (
     ("channels_ha_messages_received", "counter", "received", "Messages returned by receive()."),
     ("channels_ha_group_sends", "counter", "group_sends", "Calls of group_send()."),
     (
+        "channels_ha_group_member_reads",
+        "counter",
+        "group_member_reads",
+        "group_send() calls that read the member list (the group was new or had changed).",
+    ),
+    (
         "channels_ha_duplicates_dropped",
         "counter",
         "duplicates_dropped",

@@ -1,0 +1,104 @@
+"""group_send in one round trip: a sender remembers a group's targets with the group's
+membership token, and the server pushes only while the token (and every member's expiry)
+still holds; anything else sends the sender back to reading the members."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from channels_ha import RedisChannelLayer
+from channels_ha._codec import decode_element
+from channels_ha._keys import KeyLayout
+from channels_ha.sandbox import Topology
+
+from .conftest import LayerFactory
+
+pytestmark = pytest.mark.redis_topologies("standalone", "sentinel")
+
+
+async def receive_types(layer: RedisChannelLayer, channel: str, count: int) -> list[str]:
+    return [(await asyncio.wait_for(layer.receive(channel), 5))["type"] for _ in range(count)]
+
+
+async def assert_nothing_arrives(layer: RedisChannelLayer, channel: str) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.1)
+
+
+async def test_an_unchanged_group_is_read_once(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Members are read by the first group_send only; refreshing a membership (what every
+    process does periodically) keeps the plan, a new member replaces it."""
+    sender = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=sender.prefix)
+    one, two = await receiver.new_channel(), await receiver.new_channel()
+    await receiver.group_add("steady", one)
+    for number in range(5):
+        await sender.group_send("steady", {"type": f"m{number}"})
+    assert sender.statistics().group_member_reads == 1
+    await receiver.group_add("steady", one)  # a refresh: same member, new score
+    await sender.group_send("steady", {"type": "m5"})
+    assert sender.statistics().group_member_reads == 1
+    await receiver.group_add("steady", two)
+    await sender.group_send("steady", {"type": "m6"})
+    assert sender.statistics().group_member_reads == 2
+    assert await receive_types(receiver, one, 7) == [f"m{n}" for n in range(7)]
+    assert await receive_types(receiver, two, 1) == ["m6"]
+
+
+async def test_a_member_whose_time_ran_out_gets_nothing(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """The server checks member expiry before using a remembered plan: a member past
+    group_expiry is dropped even though the group's token did not change."""
+    layer = make_layer(redis_topology, group_expiry=2)
+    await layer.group_add("ageing", "old-member")
+    await asyncio.sleep(1.0)  # the behaviour under test is the passage of time
+    await layer.group_add("ageing", "young-member")  # keeps the group key alive past 2 s
+    await layer.group_send("ageing", {"type": "both"})
+    await asyncio.sleep(1.1)  # old-member's 2 s are over, young-member's are not
+    await layer.group_send("ageing", {"type": "young-only"})
+    assert await receive_types(layer, "old-member", 1) == ["both"]
+    assert await receive_types(layer, "young-member", 2) == ["both", "young-only"]
+    await assert_nothing_arrives(layer, "old-member")
+    assert layer.statistics().group_member_reads == 2
+
+
+async def test_a_stale_plan_is_sent_with_the_same_sequence_numbers(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """When the server refuses a stale plan, the message goes out with the numbers it was
+    given: a refused attempt that had in fact landed (a retry after a lost reply) would
+    otherwise come through twice."""
+    sender = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    await receiver.group_add("numbered", channel)
+    await sender.group_send("numbered", {"type": "first"})
+    keys = KeyLayout(sender.prefix)
+    master_client.set(keys.group_token("numbered"), "changed-elsewhere")
+    await sender.group_send("numbered", {"type": "second"})
+    assert sender.statistics().group_member_reads == 2
+    inbox = keys.inbox(channel.split("!")[0] + "!")
+    seqs = [decode_element(element).seq for element in master_client.lrange(inbox, 0, -1)]
+    assert seqs == [seqs[0], seqs[0] + 1]
+    assert await receive_types(receiver, channel, 2) == ["first", "second"]
+
+
+@pytest.mark.redis_topologies("cluster")
+async def test_cluster_reads_the_members_every_time(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """On Cluster a script's keys share one slot, and a group's key and its members' inboxes
+    do not: every group_send reads the members, and still reaches every one."""
+    layer = make_layer(redis_topology)
+    channel = await layer.new_channel()
+    await layer.group_add("spread", channel)
+    for number in range(3):
+        await layer.group_send("spread", {"type": f"m{number}"})
+    assert layer.statistics().group_member_reads == 3
+    assert await receive_types(layer, channel, 3) == ["m0", "m1", "m2"]
