@@ -53,6 +53,11 @@ class Deliveries:
 
     # -- who is waiting ----------------------------------------------------------------------
 
+    def waiting_on(self, channel: str) -> bool:
+        """Whether a receive() on ``channel`` waits in this event loop."""
+        buffer = self._buffers.get(channel)
+        return buffer is not None and any(not waiter.done() for waiter in buffer.waiters)
+
     def enter(self, buffer: ChannelBuffer) -> bool:
         """A receiver starts waiting; True if it is the first for its inbox or channel."""
         counter = self._inbox_waiting if buffer.specific else self._normal_waiting

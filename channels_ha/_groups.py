@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
+
+
+def _nobody(channel: str) -> bool:
+    return False
 
 
 class Memberships:
@@ -23,8 +28,10 @@ class Memberships:
     def __init__(self, liveness_s: float) -> None:
         self._liveness_s = liveness_s
         self._groups_of: defaultdict[str, set[str]] = defaultdict(set)
-        self._receiving: dict[str, int] = {}
-        self._last_active: dict[str, float] = {}  # last receive() entry or exit
+        # Whether a receive() on a channel is waiting now: asked of the layer's sessions
+        # when needed, so that receive() itself counts nothing.
+        self.waiting: Callable[[str], bool] = _nobody
+        self._last_active: dict[str, float] = {}  # last receive() that returned
         self._last_added: dict[str, float] = {}
 
     def added(self, group: str, channel: str) -> None:
@@ -39,25 +46,13 @@ class Memberships:
                 del self._groups_of[channel]
                 self._last_added.pop(channel, None)
 
-    def receiving(self, channel: str, delta: int) -> None:
-        """Counts receivers in and out; ``delta`` is +1 on entry and -1 on exit."""
-        count = self._receiving.get(channel, 0) + delta
-        if count > 0:
-            self._receiving[channel] = count
-        else:
-            del self._receiving[channel]
-        if delta < 0:  # while somebody receives, the channel is live without a timestamp
-            self._last_active[channel] = time.monotonic()
-
     def touch(self, channel: str) -> None:
-        """A receive() found its message waiting: the channel is alive."""
+        """A receive() returned: the channel is alive."""
         self._last_active[channel] = time.monotonic()
 
     def is_live(self, channel: str, now: float) -> bool:
-        if channel in self._receiving:
-            return True
         last = self._last_active.get(channel)
-        return last is not None and now - last < self._liveness_s
+        return (last is not None and now - last < self._liveness_s) or self.waiting(channel)
 
     def live_groups(self) -> dict[str, list[str]]:
         """Group name -> live member channels, for re-assertion."""
@@ -76,14 +71,14 @@ class Memberships:
         """
         now = time.monotonic()
         for channel in list(self._groups_of):
-            if channel in self._receiving:
+            if self.waiting(channel):
                 continue
             last = max(self._last_active.get(channel, 0.0), self._last_added.get(channel, 0.0))
             if now - last > horizon_s:
                 del self._groups_of[channel]
                 self._last_added.pop(channel, None)
         for channel, last in list(self._last_active.items()):
-            if channel not in self._receiving and now - last > horizon_s:
+            if now - last > horizon_s and not self.waiting(channel):
                 del self._last_active[channel]
 
     def clear(self) -> None:

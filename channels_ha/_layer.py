@@ -81,7 +81,13 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             replica_ack_timeout_s=replica_ack_timeout,
         )
         self._sessions: dict[asyncio.AbstractEventLoop, Session] = {}
+        self._core.memberships.waiting = self._waiting_on
         self._valid_channels: set[str] = set()
+
+    def _waiting_on(self, channel: str) -> bool:
+        return any(
+            session.deliveries.waiting_on(channel) for session in list(self._sessions.values())
+        )
 
     def _shard_specs(self) -> list[ShardSpec]:
         name = f"channels-ha:{os.getpid()}:{self.client_prefix[:8]}"

@@ -312,24 +312,22 @@ class Session:
                 wake = buffer.wake_reader = self._reader(buffer.shard, buffer.specific).wake
             waiter: asyncio.Future[Item] = self._loop.create_future()
             buffer.waiters.append(waiter)  # before waking the reader, whose keys count waiters
-            core.memberships.receiving(channel, +1)
             if self.deliveries.enter(buffer) or not buffer.specific:
                 wake()
             try:
                 item = await waiter
             except asyncio.CancelledError:
                 buffer.abandon(waiter)
+                core.memberships.touch(channel)  # live for a while after, as if it returned
                 raise
             finally:
                 self._stop_waiting(channel, buffer, wake)
-        else:
-            core.memberships.touch(channel)
+        core.memberships.touch(channel)
         core.stats.received += 1
         return core.codec.loads(item[1])
 
     def _stop_waiting(self, channel: str, buffer: ChannelBuffer, wake: Callable[[], None]) -> None:
         last = self.deliveries.leave(buffer)
-        self.core.memberships.receiving(channel, -1)
         if not buffer.specific:
             if last:
                 wake()  # the channel's reader: stop popping what nobody awaits
