@@ -32,6 +32,7 @@ class ChannelBuffer:
         "capacity",
         "channel",
         "dropped",
+        "handed_over",
         "items",
         "shard",
         "specific",
@@ -52,6 +53,9 @@ class ChannelBuffer:
         self.items: deque[Item] = deque()
         # Receivers append a future here; put() hands the next message to the oldest.
         self.waiters: deque[asyncio.Future[Item]] = deque()
+        # A waiter got its message and its receiver has not resumed yet: still waiting, as
+        # far as liveness goes (see Deliveries.waiting_on).
+        self.handed_over = False
         self.dropped = 0
         self.warned_at = 0.0
 
@@ -60,6 +64,7 @@ class ChannelBuffer:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(item)
+                self.handed_over = True
                 return
         self.items.append(item)
         if len(self.items) > self.capacity:

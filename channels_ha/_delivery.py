@@ -54,9 +54,12 @@ class Deliveries:
     # -- who is waiting ----------------------------------------------------------------------
 
     def waiting_on(self, channel: str) -> bool:
-        """Whether a receive() on ``channel`` waits in this event loop."""
+        """Whether a receive() on ``channel`` waits in this event loop. Safe to ask from
+        another thread (async_to_sync): the waiters are copied in one step."""
         buffer = self._buffers.get(channel)
-        return buffer is not None and any(not waiter.done() for waiter in buffer.waiters)
+        if buffer is None:
+            return False
+        return buffer.handed_over or any(not waiter.done() for waiter in tuple(buffer.waiters))
 
     def enter(self, buffer: ChannelBuffer) -> bool:
         """A receiver starts waiting; True if it is the first for its inbox or channel."""

@@ -102,7 +102,9 @@ PUSH = Script("push", "#!lua" + _PUSH_TARGETS + "return push_targets(0, 0)\n")
 # KEYS: [1] the group's sorted set, [2] its membership token, then the PUSH targets.
 # ARGV: [1] the token the sender planned from, [2] the membership cutoff (s: a member scored
 #       at or below it has expired), then the PUSH arguments.
-# Returns: the PUSH statuses, or nil (pushing nothing) when the plan is stale.
+# Returns: the PUSH statuses, or nil (pushing nothing) when the plan is stale. A group with
+# no member left is stale too: its token may outlive it for a moment (flush() deletes the two
+# keys one by one), and no expiry can be checked on an empty set.
 GROUP_PUSH = Script(
     "group_push",
     "#!lua"
@@ -110,7 +112,7 @@ GROUP_PUSH = Script(
     + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if oldest[2] and tonumber(oldest[2]) <= tonumber(ARGV[2]) then return false end
+if not oldest[2] or tonumber(oldest[2]) <= tonumber(ARGV[2]) then return false end
 return push_targets(2, 2)
 """,
 )
@@ -119,18 +121,23 @@ return push_targets(2, 2)
 # KEYS: [1] the group's sorted set, [2] its membership token.
 # ARGV: [1] the membership cutoff (s), [2] a new token, set if the members changed or the
 #       token is missing.
-# Returns: [token or nil (no such group), members oldest first].
+# Returns: [token or nil (no such group), members oldest first]. The token lives exactly as
+# long as the group (PTTL: TTL rounds, and 0 would be refused by SET); a group emptied here
+# loses it.
 GROUP_MEMBERS = Script(
     "group_members",
     """#!lua
 local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
-local ttl = redis.call('TTL', KEYS[1])
-if #members == 0 or ttl < 0 then return {false, members} end
+local ttl = redis.call('PTTL', KEYS[1])
+if #members == 0 or ttl <= 0 then
+  redis.call('DEL', KEYS[2])
+  return {false, members}
+end
 local token = redis.call('GET', KEYS[2])
 if removed > 0 or not token then
   token = ARGV[2]
-  redis.call('SET', KEYS[2], token, 'EX', ttl)
+  redis.call('SET', KEYS[2], token, 'PX', ttl)
 end
 return {token, members}
 """,
@@ -168,9 +175,9 @@ GROUP_DISCARD = Script(
     """#!lua
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if removed == 1 then
-  local ttl = redis.call('TTL', KEYS[1])
+  local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then
-    redis.call('SET', KEYS[2], ARGV[2], 'EX', ttl)
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
   else
     redis.call('DEL', KEYS[2])
   end

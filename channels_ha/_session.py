@@ -168,6 +168,7 @@ class Session:
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         core = self.core
+        core.stats.group_sends += 1  # every call, empty groups included
         body, now = core.codec.dumps(message), now_ms()
         seqs: dict[str, int] = {}  # list -> this message's number there, kept across attempts
         plan = self._fanout.tokened(group)
@@ -199,7 +200,6 @@ class Session:
         full = sum(statuses.count(_FULL) for statuses in results if statuses)
         if full:
             logger.info("%d of %d targets of group %s over capacity", full, members, group)
-        self.core.stats.group_sends += 1
 
     async def _push_if_members_unchanged(
         self, group: str, plan: Plan, body: bytes, now: int, seqs: dict[str, int]
@@ -331,15 +331,19 @@ class Session:
                 item = await waiter
             except asyncio.CancelledError:
                 buffer.abandon(waiter)
-                core.memberships.touch(channel)  # live for a while after, as if it returned
                 raise
             finally:
                 self._stop_waiting(channel, buffer, wake)
-        core.memberships.touch(channel)
+        else:
+            core.memberships.touch(channel)
         core.stats.received += 1
         return core.codec.loads(item[1])
 
     def _stop_waiting(self, channel: str, buffer: ChannelBuffer, wake: Callable[[], None]) -> None:
+        # Whatever ends the wait (a message, a cancellation, RedisUnavailable), the channel
+        # stays live for a while: its consumer may well receive again.
+        self.core.memberships.touch(channel)
+        buffer.handed_over = False
         last = self.deliveries.leave(buffer)
         if not buffer.specific:
             if last:

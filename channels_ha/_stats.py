@@ -73,7 +73,8 @@ class LayerStatistics:
 
     sent: int
     group_sends: int
-    # group_sends that read the member list: the first to a group, and after it changed
+    # group_sends that read the member list: all on Cluster (and for groups whose members
+    # live on other hosts); elsewhere the first to a group and those after it changed
     group_member_reads: int
     received: int
     duplicates_dropped: int

@@ -43,7 +43,8 @@ LAYER_METRICS = (
         "channels_ha_group_member_reads",
         "counter",
         "group_member_reads",
-        "group_send() calls that read the member list (the group was new or had changed).",
+        "group_send() calls that read the member list: all on Cluster; elsewhere the first "
+        "to a group and those after its members changed.",
     ),
     (
         "channels_ha_duplicates_dropped",

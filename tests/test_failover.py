@@ -161,6 +161,32 @@ async def test_gives_up_after_failover_timeout(
         await layer.close()
 
 
+async def test_a_receiver_that_gave_up_keeps_its_groups(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A receive() that raised RedisUnavailable leaves its channel live (its consumer may well
+    receive again): when Redis comes back empty, the channel's memberships are re-asserted."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology, failover_timeout=1)
+    channel = await layer.new_channel()
+    await layer.group_add("kept", channel)
+    receiving = asyncio.create_task(layer.receive(channel))
+    node = topology.nodes[0]
+    node.kill()
+    with pytest.raises(RedisUnavailable):
+        await asyncio.wait_for(receiving, 10)
+    await node.arestart_empty()
+    client = sync_client(parse_url(topology.url))
+    try:
+        deadline = time.monotonic() + 10
+        key = KeyLayout(layer.prefix).group("kept")
+        while client.zrange(key, 0, -1) != [channel.encode()]:
+            assert time.monotonic() < deadline, "the membership was not re-asserted in 10 s"
+            await asyncio.sleep(0.05)  # polling Redis, which has no event for this
+    finally:
+        close_sync_client(client)
+
+
 async def test_waits_for_a_node_that_comes_back(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:

@@ -5,6 +5,7 @@ still holds; anything else sends the sender back to reading the members."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis
@@ -102,3 +103,32 @@ async def test_cluster_reads_the_members_every_time(
         await layer.group_send("spread", {"type": f"m{number}"})
     assert layer.statistics().group_member_reads == 3
     assert await receive_types(layer, channel, 3) == ["m0", "m1", "m2"]
+
+
+async def test_a_group_emptied_behind_a_remembered_plan_gets_nothing(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A token that outlives its group (flush() deletes the keys one by one) does not let a
+    remembered plan through: an empty group is stale."""
+    layer = make_layer(redis_topology)
+    await layer.group_add("vanishing", "member")
+    await layer.group_send("vanishing", {"type": "before"})
+    master_client.delete(KeyLayout(layer.prefix).group("vanishing"))  # the token stays
+    await layer.group_send("vanishing", {"type": "after"})
+    assert await receive_types(layer, "member", 1) == ["before"]
+    await assert_nothing_arrives(layer, "member")
+
+
+async def test_members_are_read_in_a_group_about_to_expire(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """Reading a group with under a second to live, while dropping an expired member, is
+    not an error (a whole-second TTL reads 0 there, which SET refuses as an expiry)."""
+    layer = make_layer(redis_topology, group_expiry=60)
+    key = KeyLayout(layer.prefix).group("closing")
+    now = time.time()
+    master_client.zadd(key, {"expired": now - 120, "live": now})
+    master_client.pexpire(key, 400)
+    await layer.group_send("closing", {"type": "last"})
+    assert await receive_types(layer, "live", 1) == ["last"]
+    await assert_nothing_arrives(layer, "expired")
