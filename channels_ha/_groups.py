@@ -31,7 +31,7 @@ class Memberships:
         # Whether a receive() on a channel is waiting now: asked of the layer's sessions
         # when needed, so that receive() itself counts nothing.
         self.waiting: Callable[[str], bool] = _nobody
-        self._last_active: dict[str, float] = {}  # last receive() that returned
+        self._last_active: dict[str, float] = {}  # last receive() that ended
         self._last_added: dict[str, float] = {}
 
     def added(self, group: str, channel: str) -> None:
@@ -47,7 +47,7 @@ class Memberships:
                 self._last_added.pop(channel, None)
 
     def touch(self, channel: str) -> None:
-        """A receive() returned: the channel is alive."""
+        """A receive() ended (however): the channel is alive."""
         self._last_active[channel] = time.monotonic()
 
     def is_live(self, channel: str, now: float) -> bool:

@@ -66,6 +66,10 @@ class KeyLayout:
         """A random value that changes whenever the group's members change (see GROUP_PUSH)."""
         return f"{self.prefix}:t:{{{group}}}"
 
+    def group_keys(self, group: str) -> tuple[str, str]:
+        """(members, token): the KEYS of every group script."""
+        return self.group(group), self.group_token(group)
+
     def epoch(self, tag: str | None = None) -> str:
         """When the data of a server began (ms): missing or young after a restart empty.
 

@@ -40,8 +40,7 @@ def reassert(core: LayerCore, shard: ShardConnections) -> None:
             batch = channels[start : start + _REASSERT_BATCH]
             token = secrets.token_hex(8)  # taken only if a member was missing
             args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, token, *batch)
-            keys = (core.keys.group(group), core.keys.group_token(group))
-            future = shard.link.submit_script(GROUP_ADD, keys, args)
+            future = shard.link.submit_script(GROUP_ADD, core.keys.group_keys(group), args)
             future.add_done_callback(log_failure)
             count += len(batch)
     if count:

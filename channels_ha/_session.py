@@ -10,6 +10,7 @@ it popped but did not deliver back into Redis, and closes its connections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -49,6 +50,11 @@ _MAX_SCAN_ROUNDS = 1_000_000
 _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
 _LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
 _LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
+
+
+def _push_request(keys: list[str], header: tuple[int, ...], args: list[Any]) -> bytes:
+    """An EVALSHA of the PUSH script over ``keys`` (list and aux key per target)."""
+    return pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args)
 
 
 class PreparedPush(NamedTuple):
@@ -175,7 +181,7 @@ class Session:
         if plan is not None:
             statuses = await self._push_if_members_unchanged(group, plan, body, now, seqs)
             if statuses is not None:
-                self._group_sent(group, [statuses], len(plan.members))
+                self._log_over_capacity(group, [statuses], len(plan.members))
                 return
             self._fanout.distrust(group)
         members, token = await self._members(group)
@@ -188,15 +194,15 @@ class Session:
         header = self._push_header(now)
         results = await asyncio.gather(
             *(
-                self._push(
-                    index, pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args), keys[0]
-                )
+                self._push(index, _push_request(keys, header, args), keys[0])
                 for (index, _), (keys, args) in units.items()
             )
         )
-        self._group_sent(group, results, len(members))
+        self._log_over_capacity(group, results, len(members))
 
-    def _group_sent(self, group: str, results: Sequence[list[int] | None], members: int) -> None:
+    def _log_over_capacity(
+        self, group: str, results: Sequence[list[int] | None], members: int
+    ) -> None:
         full = sum(statuses.count(_FULL) for statuses in results if statuses)
         if full:
             logger.info("%d of %d targets of group %s over capacity", full, members, group)
@@ -210,17 +216,15 @@ class Session:
         core = self.core
         (((index, _), (keys, args)),) = self._push_arguments(plan.targets, body, now, seqs).items()
         header = self._push_header(now)
-        group_key, token_key = core.keys.group(group), core.keys.group_token(group)
+        group_key, token_key = core.keys.group_keys(group)
         token = cast(str, plan.token)  # FanoutPlans.tokened() returns plans with one
         cutoff = time.time() - core.group_expiry_s
         packed = pack(
             "EVALSHA", GROUP_PUSH.sha, len(keys) + 2, group_key, token_key, *keys,
             token, cutoff, *header, *args,
         )  # fmt: skip
-
-        def unguarded() -> bytes:  # what a replay writes: the token may be gone by then
-            return pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args)
-
+        # A replay writes the plain PUSH: the token may be gone by then.
+        unguarded = functools.partial(_push_request, keys, header, args)
         return await self._push(index, packed, group_key, unguarded)
 
     async def _members(self, group: str) -> tuple[list[bytes], str | None]:
@@ -245,10 +249,10 @@ class Session:
         if shard.router:  # a plain read: cheaper than the script, whose token goes unused
             reply = await shard.link.submit("ZRANGE", key, f"({cutoff}", "+inf", "BYSCORE", key=key)
             return cast(list[bytes], reply), None
-        keys, args = (key, core.keys.group_token(group)), (cutoff, secrets.token_hex(8))
+        args = (cutoff, secrets.token_hex(8))
         token, members = cast(
             "tuple[bytes | None, list[bytes]]",
-            await shard.link.submit_script(GROUP_MEMBERS, keys, args),
+            await shard.link.submit_script(GROUP_MEMBERS, core.keys.group_keys(group), args),
         )
         return members, None if token is None else token.decode()
 
@@ -298,17 +302,18 @@ class Session:
         core = self.core
         core.memberships.added(group, channel)
         link = self._shards[core.shard_index(group)].link
-        keys = (core.keys.group(group), core.keys.group_token(group))
         token = secrets.token_hex(8)
         await link.submit_script(
-            GROUP_ADD, keys, (time.time(), core.group_expiry_s, token, channel)
+            GROUP_ADD,
+            core.keys.group_keys(group),
+            (time.time(), core.group_expiry_s, token, channel),
         )
 
     async def group_discard(self, group: str, channel: str) -> None:
         core = self.core
         core.memberships.discarded(group, channel)
         link = self._shards[core.shard_index(group)].link
-        keys = (core.keys.group(group), core.keys.group_token(group))
+        keys = core.keys.group_keys(group)
         await link.submit_script(GROUP_DISCARD, keys, (channel, secrets.token_hex(8)))
 
     # -- receiving ---------------------------------------------------------------------------
