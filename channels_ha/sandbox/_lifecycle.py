@@ -39,31 +39,54 @@ class _Stop(BaseException):
     """Raised by the signal handlers to unwind into the cleanup."""
 
 
-def _raise_stop(signum: int, frame: FrameType | None) -> None:
+class _Holding:
+    """Whether the main thread is in :func:`signals_held`, and whether a stop came meanwhile.
+
+    Python runs signal handlers in the main thread, so this needs no lock; blocking the
+    signals at the OS level would not do (with other threads running, the kernel delivers a
+    process-wide signal to one of them, and Python still runs the handler in the main thread).
+    """
+
+    depth = 0
+    stop_pending = False
+
+
+def _stop() -> None:
     # Ignore repeats: a second Ctrl-C must not interrupt the cleanup the first one started.
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise _Stop
 
 
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    if _Holding.depth:
+        _Holding.stop_pending = True  # raised when the held block ends
+        return
+    _stop()
+
+
 @contextmanager
 def signals_held() -> Iterator[None]:
-    """Holds SIGINT and SIGTERM back for the block; they arrive when it ends.
+    """Holds a stop by SIGINT or SIGTERM back for the block; it takes effect when it ends.
 
     For calls into ``subprocess`` under :func:`stopped_by_signals`: a ``_Stop`` raised inside
     ``Popen.poll()`` between its taking and releasing an internal lock leaves the lock held,
     and the cleanup's ``wait()`` on that process then blocks forever.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    _Holding.depth += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        _Holding.depth -= 1
+    if not _Holding.depth and _Holding.stop_pending:
+        _Holding.stop_pending = False
+        _stop()
 
 
 @contextmanager
 def stopped_by_signals() -> Iterator[None]:
     """Turns SIGINT and SIGTERM into leaving this block (through every ``finally`` in it)."""
+    _Holding.stop_pending = False
     previous = {sig: signal.signal(sig, _raise_stop) for sig in _STOP_SIGNALS}
     try:
         yield
