@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ._backoff import Backoff
 from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S
-from ._resp import FutureSink
+from ._resp import FutureSink, pack
 from ._server import (
     REDIRECT_ERRORS,
     RETRY_ERRORS,
@@ -70,6 +70,7 @@ class BlockingReader:
         self._server: ServerInfo | None = None
         self._pending: asyncio.Future[object] | None = None
         self._pending_keys: list[str] = []
+        self._packed_pop = b""  # the BLMPOP of _pending_keys
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -144,9 +145,11 @@ class BlockingReader:
         self, client: FutureSink, keys: list[str]
     ) -> tuple[asyncio.Future[object], asyncio.Future[None]]:
         """The pop in flight, and a future of ours that completes when it does."""
-        pending = client.submit(
-            "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
-        )
+        if keys != self._pending_keys or not self._packed_pop:  # encoded once per key set
+            self._packed_pop = pack(
+                "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
+            )
+        pending = client.submit_packed(self._packed_pop)
         replied: asyncio.Future[None] = self._loop.create_future()
 
         def settled(future: asyncio.Future[object]) -> None:

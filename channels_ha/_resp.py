@@ -175,9 +175,13 @@ class FutureSink:
 
     def submit(self, *args: Arg) -> asyncio.Future[object]:
         """Writes a command; the future resolves with its reply or a ConnectionLost."""
+        return self.submit_packed(pack(*args))
+
+    def submit_packed(self, packed: bytes) -> asyncio.Future[object]:
+        """Writes a command already encoded with :func:`pack`."""
         assert self.protocol is not None
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self.protocol.write(pack(*args))
+        self.protocol.write(packed)
         self._waiting.append(future)
         return future
 
