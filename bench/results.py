@@ -27,6 +27,9 @@ class Measurement:
     p50_ms: float | None = None
     p99_ms: float | None = None
     gap_s: float | None = None  # W4: the longest time without a delivery during the failover
+    # CPU time of the measuring process's event-loop thread per message (or delivery, or
+    # PING), on rows where all of a layer's work runs in that one process.
+    cpu_us: float | None = None
     errors: Mapping[str, int] = field(default_factory=dict)  # exception or "lost" -> count
     connections: Mapping[str, int] = field(default_factory=dict)  # process role -> peak
     status: str = "ok"  # "ok", "timeout" or "failed: <why>"
@@ -51,6 +54,7 @@ class Summary:
     p50_ms: float | None
     p99_ms: float | None
     gap_s: float | None
+    cpu_us: float | None
     errors: Counter[str]
     connections: dict[str, int]
     runs: int
@@ -80,6 +84,7 @@ def summarise(group: list[Measurement]) -> Summary:
         p50_ms=_median(m.p50_ms for m in finished),
         p99_ms=_median(m.p99_ms for m in finished),
         gap_s=_median(m.gap_s for m in finished),
+        cpu_us=_median(m.cpu_us for m in finished),
         errors=sum((Counter(m.errors) for m in group), Counter()),
         connections=_peaks(m.connections for m in group),
         runs=len(group),

@@ -3,7 +3,9 @@
 Ratios say how many times better a layer did than channels_redis core and pubsub in the same
 run: throughput divided by theirs, or their p50 latency divided by this one's. Rows bounded by
 one awaited round trip per message also show their share of the raw round-trip ceiling, the
-``RTT ceiling`` rows of the same topology.
+``RTT ceiling`` rows of the same topology. Rows measured in one process show the CPU time
+that process's event loop spent per message: on a machine where every layer keeps its process
+busy, that is what sets the ratios.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ CEILING_LAYER = "redis-benchmark"
 
 HEADER = (
     "| topology | workload | layer | result (median) | vs core | vs pubsub | of RTT ceiling "
-    "| errors (all runs) | Redis connections (peak) | runs |"
+    "| CPU µs / msg | errors (all runs) | Redis connections (peak) | runs |"
 )
-RULE = "|---|---|---|--:|--:|--:|--:|---|---|---|"
+RULE = "|---|---|---|--:|--:|--:|--:|--:|---|---|---|"
 
 
 def render(summaries: list[Summary]) -> str:
@@ -42,6 +44,7 @@ def _line(summary: Summary, references: list[Summary | None], ceiling: Summary |
         _result(summary),
         *(_ratio(summary, reference) for reference in references),
         _share(summary, ceiling),
+        "" if summary.cpu_us is None else f"{summary.cpu_us:,.0f}",
         _errors(summary.errors),
         _connections(summary.connections),
         _runs(summary),

@@ -18,6 +18,7 @@ from channels_ha.sandbox import RedisNode
 from ..results import Measurement
 from ..table import CEILING_LAYER, CEILING_ROW
 from ..workload import Row, RowContext, Sizes, Workload
+from ._common import cpu_us_per
 
 ASYNCIO_LAYER = "asyncio client"
 _PING = b"*1\r\n$4\r\nPING\r\n"
@@ -27,10 +28,10 @@ async def ceiling(ctx: RowContext) -> Measurement:
     node = ctx.target.master()
     requests = ctx.sizes.ceiling_requests
     if ctx.layer == CEILING_LAYER:
-        rate = await _redis_benchmark(node, requests)
-    else:
-        rate = await _asyncio_pings(node, requests)
-    return ctx.result(rate=rate)
+        return ctx.result(rate=await _redis_benchmark(node, requests))
+    cpu_started = time.thread_time()
+    rate = await _asyncio_pings(node, requests)
+    return ctx.result(rate=rate, cpu_us=cpu_us_per(cpu_started, requests))
 
 
 def _benchmark_command(node: RedisNode, requests: int) -> list[str]:

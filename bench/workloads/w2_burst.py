@@ -14,13 +14,21 @@ import time
 
 from ..results import Measurement
 from ..workload import Row, RowContext, Sizes, Workload
-from ._common import WARM_UP_MESSAGES, error_kinds, message, one_warm_consumer, settle, with_lost
+from ._common import (
+    WARM_UP_MESSAGES,
+    cpu_us_per,
+    error_kinds,
+    message,
+    one_warm_consumer,
+    settle,
+    with_lost,
+)
 
 
 async def burst(ctx: RowContext) -> Measurement:
     count = ctx.sizes.burst_messages
     async with one_warm_consumer(ctx) as (layer, channel, consumer, sampler):
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.thread_time()
         sends = asyncio.gather(
             *(layer.send(channel, message(seq)) for seq in range(count)),
             return_exceptions=True,
@@ -30,9 +38,12 @@ async def burst(ctx: RowContext) -> Measurement:
         await asyncio.to_thread(sampler.sample)  # and one with what the burst left open
         expected = WARM_UP_MESSAGES + count - errors.total()
         lost = await settle([consumer], expected, ctx.sizes.settle_s)
-    delivered = consumer.received - WARM_UP_MESSAGES
+        delivered = consumer.received - WARM_UP_MESSAGES
+        cpu_us = cpu_us_per(cpu_started, delivered)
     rate = delivered / (consumer.last_at - started) if delivered else None
-    return ctx.result(rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks())
+    return ctx.result(
+        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu_us=cpu_us
+    )
 
 
 def rows(sizes: Sizes) -> list[Row]:
