@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from asgiref.sync import markcoroutinefunction
 from channels.layers import BaseChannelLayer
 
 from ._codec import MessageCodec
@@ -138,26 +137,14 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         _require_message(message)
         await self._session().send(channel, message)
 
-    @markcoroutinefunction
-    def receive(self, channel: str) -> Coroutine[Any, Any, dict[str, Any]]:
-        """The next message on ``channel``, waiting for one (through failovers too).
-
-        On the hot path (a known channel, this loop's session open) this hands back the
-        session's own coroutine: resuming a consumer then walks one coroutine frame fewer
-        per message. Anything else goes through :meth:`_receive`, so that every error still
-        comes from awaiting, never from the call.
-        """
-        try:
-            session = self._sessions.get(asyncio.get_running_loop())
-        except RuntimeError:  # no loop yet: asyncio.run(layer.receive(...))
-            session = None
-        if session is None or session.closed or channel not in self._valid_channels:
-            return self._receive(channel)
-        return session.receive(channel)
-
-    async def _receive(self, channel: str) -> dict[str, Any]:
-        self.require_valid_channel_name(channel)
-        return await self._session().receive(channel)
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message on ``channel``, waiting for one (through failovers too)."""
+        if channel not in self._valid_channels:
+            self.require_valid_channel_name(channel)
+        session = self._sessions.get(asyncio.get_running_loop())
+        if session is None or session.closed:
+            session = self._session()
+        return await session.receive(channel)
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-specific channel name; its messages arrive in this process's inbox."""

@@ -195,32 +195,6 @@ async def test_invalid_channel_names_raise_type_error(
         await layer.group_add("valid-group", name)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["", "bad channel", "a" * 100, 42])
-async def test_receive_raises_for_invalid_names_when_awaited(
-    layer: RedisChannelLayer, name: object
-) -> None:
-    """receive() refuses invalid names too, from the await, as an ``async def`` would: its
-    fast path hands back the session's coroutine, and errors must not move to the call."""
-    await layer.receive(await _known_channel(layer))  # the session exists: the fast path
-    pending = layer.receive(name)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        await pending
-
-
-async def _known_channel(layer: RedisChannelLayer) -> str:
-    channel = await layer.new_channel()
-    await layer.send(channel, {"type": "warm"})
-    return channel
-
-
-def test_receive_made_before_its_event_loop(redis_topology: Topology) -> None:
-    """``asyncio.run(layer.receive(...))`` works: the coroutine is made before any loop runs."""
-    layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="noloop")
-    asyncio.run(layer.send("noloop-channel", {"type": "early"}))
-    assert asyncio.run(layer.receive("noloop-channel")) == {"type": "early"}
-    asyncio.run(layer.flush())
-
-
 @pytest.mark.parametrize("name", ["", "bad group", "b" * 100, "bang!", 7])
 async def test_invalid_group_names_raise_type_error(layer: RedisChannelLayer, name: object) -> None:
     """Invalid group names are refused with TypeError."""
@@ -296,7 +270,6 @@ async def test_cancelled_receive_on_normal_channel_returns_message(
     pytest.fail("the cancellation never raced with a delivery in 20 attempts")
 
 
-@pytest.mark.filterwarnings("error:async_to_sync was passed a non-async-marked callable")
 def test_async_to_sync_repeatedly(redis_topology: Topology) -> None:
     """Sync code can send and receive through async_to_sync, call after call."""
     layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="syncuse")
