@@ -27,9 +27,10 @@ class Measurement:
     p50_ms: float | None = None
     p99_ms: float | None = None
     gap_s: float | None = None  # W4: the longest time without a delivery during the failover
-    # CPU time of the measuring process's event-loop thread per message (or delivery, or
-    # PING), on rows where all of a layer's work runs in that one process.
+    # CPU per message (or delivery, or PING) on rows where all of a layer's work runs in
+    # one process: that process's event-loop thread, and the Redis masters (bench/cpu.py).
     cpu_us: float | None = None
+    redis_cpu_us: float | None = None
     errors: Mapping[str, int] = field(default_factory=dict)  # exception or "lost" -> count
     connections: Mapping[str, int] = field(default_factory=dict)  # process role -> peak
     status: str = "ok"  # "ok", "timeout" or "failed: <why>"
@@ -55,6 +56,7 @@ class Summary:
     p99_ms: float | None
     gap_s: float | None
     cpu_us: float | None
+    redis_cpu_us: float | None
     errors: Counter[str]
     connections: dict[str, int]
     runs: int
@@ -85,6 +87,7 @@ def summarise(group: list[Measurement]) -> Summary:
         p99_ms=_median(m.p99_ms for m in finished),
         gap_s=_median(m.gap_s for m in finished),
         cpu_us=_median(m.cpu_us for m in finished),
+        redis_cpu_us=_median(m.redis_cpu_us for m in finished),
         errors=sum((Counter(m.errors) for m in group), Counter()),
         connections=_peaks(m.connections for m in group),
         runs=len(group),

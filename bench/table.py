@@ -3,9 +3,8 @@
 Ratios say how many times better a layer did than channels_redis core and pubsub in the same
 run: throughput divided by theirs, or their p50 latency divided by this one's. Rows bounded by
 one awaited round trip per message also show their share of the raw round-trip ceiling, the
-``RTT ceiling`` rows of the same topology. Rows measured in one process show the CPU time
-that process's event loop spent per message: on a machine where every layer keeps its process
-busy, that is what sets the ratios.
+``RTT ceiling`` rows of the same topology. Rows measured in one process show the CPU spent
+per message by that process and by Redis, which share the machine's cores.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ CEILING_LAYER = "redis-benchmark"
 
 HEADER = (
     "| topology | workload | layer | result (median) | vs core | vs pubsub | of RTT ceiling "
-    "| CPU µs / msg | errors (all runs) | Redis connections (peak) | runs |"
+    "| CPU µs / msg: process · Redis | errors (all runs) | Redis connections (peak) | runs |"
 )
 RULE = "|---|---|---|--:|--:|--:|--:|--:|---|---|---|"
 
@@ -44,7 +43,7 @@ def _line(summary: Summary, references: list[Summary | None], ceiling: Summary |
         _result(summary),
         *(_ratio(summary, reference) for reference in references),
         _share(summary, ceiling),
-        "" if summary.cpu_us is None else f"{summary.cpu_us:,.0f}",
+        _cpu(summary),
         _errors(summary.errors),
         _connections(summary.connections),
         _runs(summary),
@@ -85,6 +84,15 @@ def _share(summary: Summary, ceiling: Summary | None) -> str:
     if not summary.rtt_bound or ceiling is None or not ceiling.rate or summary.rate is None:
         return ""
     return f"{summary.rate / ceiling.rate:.0%}"
+
+
+def _cpu(summary: Summary) -> str:
+    """Left out where messages failed or were lost: CPU per delivered message would then
+    count the failures' work against the messages that made it."""
+    if summary.cpu_us is None or summary.errors:
+        return ""
+    redis_us = "-" if summary.redis_cpu_us is None else f"{summary.redis_cpu_us:,.1f}"
+    return f"{summary.cpu_us:,.1f} · {redis_us}"
 
 
 def _errors(errors: Counter[str]) -> str:

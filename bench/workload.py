@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .connections import ConnectionSampler
+from .cpu import CpuPerMessage, CpuWindow
 from .layers import open_layer
 from .results import Measurement
 from .targets import Target
@@ -72,7 +73,12 @@ class RowContext:
     def sampler(self) -> ConnectionSampler:
         return ConnectionSampler(self.target.masters())
 
-    def result(self, **fields: Any) -> Measurement:
+    def cpu_window(self) -> CpuWindow:
+        return CpuWindow(self.target.masters())
+
+    def result(self, cpu: CpuPerMessage | None = None, **fields: Any) -> Measurement:
+        if cpu is not None:
+            fields.update(cpu_us=cpu.process_us, redis_cpu_us=cpu.redis_us)
         measurement = Measurement(
             topology=self.target.kind,
             row=self.row.label,

@@ -145,11 +145,5 @@ def error_kinds(outcomes: list[Any]) -> Counter[str]:
     return Counter(type(o).__name__ for o in outcomes if isinstance(o, BaseException))
 
 
-def cpu_us_per(cpu_started: float, count: int) -> float | None:
-    """CPU time of this thread since ``time.thread_time()`` was ``cpu_started``, in µs per
-    message. The thread's own clock: the connection sampler's thread is not counted."""
-    return (time.thread_time() - cpu_started) / count * 1e6 if count else None
-
-
 def with_lost(errors: Counter[str], lost: int) -> dict[str, int]:
     return dict(errors + Counter(lost=lost))

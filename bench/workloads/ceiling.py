@@ -15,10 +15,10 @@ import time
 
 from channels_ha.sandbox import RedisNode
 
+from ..cpu import CpuPerMessage, CpuWindow
 from ..results import Measurement
 from ..table import CEILING_LAYER, CEILING_ROW
 from ..workload import Row, RowContext, Sizes, Workload
-from ._common import cpu_us_per
 
 ASYNCIO_LAYER = "asyncio client"
 _PING = b"*1\r\n$4\r\nPING\r\n"
@@ -29,9 +29,8 @@ async def ceiling(ctx: RowContext) -> Measurement:
     requests = ctx.sizes.ceiling_requests
     if ctx.layer == CEILING_LAYER:
         return ctx.result(rate=await _redis_benchmark(node, requests))
-    cpu_started = time.thread_time()
-    rate = await _asyncio_pings(node, requests)
-    return ctx.result(rate=rate, cpu_us=cpu_us_per(cpu_started, requests))
+    rate, spent = await _asyncio_pings(node, requests, ctx.cpu_window())
+    return ctx.result(rate=rate, cpu=spent)
 
 
 def _benchmark_command(node: RedisNode, requests: int) -> list[str]:
@@ -61,17 +60,21 @@ async def _redis_benchmark(node: RedisNode, requests: int) -> float:
     raise RuntimeError(f"redis-benchmark gave no PING_MBULK result: {err.decode()[-200:]}")
 
 
-async def _asyncio_pings(node: RedisNode, requests: int) -> float:
+async def _asyncio_pings(
+    node: RedisNode, requests: int, cpu: CpuWindow
+) -> tuple[float, CpuPerMessage | None]:
     context = None
     if node.tls is not None:
         context = ssl.create_default_context(cafile=str(node.tls.ca_cert))
     reader, writer = await asyncio.open_connection(node.host, node.port, ssl=context)
     try:
+        cpu.start()
         started = time.monotonic()
         for _ in range(requests):
             writer.write(_PING)
             await reader.readuntil(b"\r\n")
-        return requests / (time.monotonic() - started)
+        rate = requests / (time.monotonic() - started)
+        return rate, cpu.per_message(requests)
     finally:
         writer.close()
         await writer.wait_closed()

@@ -21,7 +21,6 @@ from ..workload import Row, RowContext, Sizes, Workload
 from ._common import (
     WARM_UP_MESSAGES,
     Consumer,
-    cpu_us_per,
     message,
     one_warm_consumer,
     receiving,
@@ -35,16 +34,18 @@ async def one_process(ctx: RowContext) -> Measurement:
     count = ctx.sizes.point_messages
     async with one_warm_consumer(ctx) as (layer, channel, consumer, sampler):
         errors: Counter[str] = Counter()
-        started, cpu_started = time.monotonic(), time.thread_time()
+        cpu = ctx.cpu_window()
+        cpu.start()
+        started = time.monotonic()
         await send_each(layer, channel, count, errors)
         expected = WARM_UP_MESSAGES + count - errors.total()
         lost = await settle([consumer], expected, ctx.sizes.settle_s)
         delivered = consumer.received - WARM_UP_MESSAGES
-        cpu_us = cpu_us_per(cpu_started, delivered)
+        spent = cpu.per_message(delivered)
         await asyncio.to_thread(sampler.sample)
     rate = delivered / (consumer.last_at - started) if delivered else None
     return ctx.result(
-        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu_us=cpu_us
+        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu=spent
     )
 
 

@@ -16,7 +16,6 @@ from ..results import Measurement
 from ..workload import Row, RowContext, Sizes, Workload
 from ._common import (
     WARM_UP_MESSAGES,
-    cpu_us_per,
     error_kinds,
     message,
     one_warm_consumer,
@@ -28,7 +27,9 @@ from ._common import (
 async def burst(ctx: RowContext) -> Measurement:
     count = ctx.sizes.burst_messages
     async with one_warm_consumer(ctx) as (layer, channel, consumer, sampler):
-        started, cpu_started = time.monotonic(), time.thread_time()
+        cpu = ctx.cpu_window()
+        cpu.start()
+        started = time.monotonic()
         sends = asyncio.gather(
             *(layer.send(channel, message(seq)) for seq in range(count)),
             return_exceptions=True,
@@ -39,10 +40,10 @@ async def burst(ctx: RowContext) -> Measurement:
         expected = WARM_UP_MESSAGES + count - errors.total()
         lost = await settle([consumer], expected, ctx.sizes.settle_s)
         delivered = consumer.received - WARM_UP_MESSAGES
-        cpu_us = cpu_us_per(cpu_started, delivered)
+        spent = cpu.per_message(delivered)
     rate = delivered / (consumer.last_at - started) if delivered else None
     return ctx.result(
-        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu_us=cpu_us
+        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu=spent
     )
 
 

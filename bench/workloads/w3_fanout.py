@@ -19,7 +19,7 @@ from ..layers import open_layer
 from ..processes import Pipe, Worker, started_workers
 from ..results import Measurement
 from ..workload import Row, RowContext, Sizes, Workload
-from ._common import Consumer, cpu_us_per, message, receiving, settle, with_lost
+from ._common import Consumer, message, receiving, settle, with_lost
 
 GROUP = "bench-group"
 
@@ -54,16 +54,18 @@ async def one_process(ctx: RowContext) -> Measurement:
             raise RuntimeError("the warm-up group_send did not reach every member")
         with ctx.sampler() as sampler:
             sampler.watch("process", os.getpid())
-            started, cpu_started = time.monotonic(), time.thread_time()
+            cpu = ctx.cpu_window()
+            cpu.start()
+            started = time.monotonic()
             errors = await send_all(layer, sends)
             lost = await settle(consumers, 1 + sends - errors.total(), settle_s)
             delivered = sum(consumer.received - 1 for consumer in consumers)
-            cpu_us = cpu_us_per(cpu_started, delivered)
+            spent = cpu.per_message(delivered)
             await asyncio.to_thread(sampler.sample)
     last_at = max(consumer.last_at for consumer in consumers)
     rate = delivered / (last_at - started) if delivered else None
     return ctx.result(
-        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu_us=cpu_us
+        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu=spent
     )
 
 
