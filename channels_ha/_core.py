@@ -26,6 +26,7 @@ class Counters:
     received: int = 0
     duplicates_dropped: int = 0
     expired: int = 0
+    malformed_dropped: int = 0
     replica_ack_shortfalls: int = 0
 
 

@@ -7,7 +7,9 @@ what to pop), and gives back what nobody here will receive.
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 from collections.abc import Iterable
 
 from ._buffers import ChannelBuffer, Item, now_ms
@@ -15,6 +17,10 @@ from ._codec import decode_element, encode_element
 from ._core import LayerCore
 from ._reader import KeysFn
 from ._sequence import SendSequences
+
+logger = logging.getLogger("channels_ha.layer")
+
+MALFORMED_LOG_S = 10.0  # a stream of foreign elements is logged at most this often
 
 
 def inbox_of(channel: str) -> str:
@@ -36,6 +42,7 @@ class Deliveries:
         self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
         self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
+        self._malformed_logged_at = 0.0
 
     def buffer(self, channel: str) -> ChannelBuffer:
         buffer = self._buffers.get(channel)
@@ -122,7 +129,11 @@ class Deliveries:
         stats = self._core.stats
         normal: set[str] = set()
         for element in elements:
-            envelope = decode_element(element)
+            try:
+                envelope = decode_element(element)
+            except ValueError as err:
+                self._malformed(key, err)
+                continue
             if envelope.expires_ms <= now:
                 stats.expired += 1
             elif self._core.marks.is_copy(key, envelope.sender, envelope.seq):
@@ -135,6 +146,21 @@ class Deliveries:
                     if "!" not in target:
                         normal.add(target)
         return normal
+
+    def _malformed(self, key: str, err: ValueError) -> None:
+        stats = self._core.stats
+        stats.malformed_dropped += 1
+        now = time.monotonic()
+        if stats.malformed_dropped == 1 or now - self._malformed_logged_at > MALFORMED_LOG_S:
+            self._malformed_logged_at = now
+            logger.warning(
+                "Dropped an element of %s that is not a channels-ha message (%s); %d so far. "
+                "Is another program writing to this layer's prefix?",
+                key,
+                err,
+                stats.malformed_dropped,
+                extra={"event": "malformed_dropped", "key": key},
+            )
 
     # -- giving back ---------------------------------------------------------------------------
 

@@ -79,6 +79,7 @@ class LayerStatistics:
     received: int
     duplicates_dropped: int
     expired: int
+    malformed_dropped: int  # list elements that were not channels-ha messages
     replica_ack_shortfalls: int
     sessions: int  # event loops with open connections
     buffered: int  # messages in this process waiting for their receiver

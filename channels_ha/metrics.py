@@ -59,6 +59,12 @@ LAYER_METRICS = (
         "Messages that expired before anyone received them.",
     ),
     (
+        "channels_ha_malformed_dropped",
+        "counter",
+        "malformed_dropped",
+        "List elements that were not channels-ha messages (written by something else), dropped.",
+    ),
+    (
         "channels_ha_replica_ack_shortfalls",
         "counter",
         "replica_ack_shortfalls",
