@@ -200,7 +200,16 @@ class BlockingReader:
     def _hand_over(self, reply: object) -> None:
         if isinstance(reply, list):
             key, elements = reply
-            self._deliver(key.decode(), elements)
+            try:
+                self._deliver(key.decode(), elements)
+            except Exception:  # a bug: losing one batch beats every receiver waiting forever
+                logger.error(
+                    "Could not deliver %d popped messages of %s; the reader goes on",
+                    len(elements),
+                    key.decode(errors="replace"),
+                    exc_info=True,
+                    extra={"event": "delivery_failed", "messages": len(elements)},
+                )
 
     async def _connection(self) -> FutureSink:
         client = self._client

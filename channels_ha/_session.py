@@ -91,6 +91,7 @@ class Session:
         self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self._loop = asyncio.get_running_loop()
+        self._swept_at = time.monotonic()
         self._keeper = self._loop.create_task(self._keep())
 
     @property
@@ -457,22 +458,32 @@ class Session:
     async def _keep(self) -> None:
         """Periodic upkeep; also the hook that closes the session when its loop shuts down."""
         try:
-            swept = time.monotonic()
             tick_s = min(EPOCH_CHECK_INTERVAL_S, self.core.refresh_interval_s)
             while True:
                 await asyncio.sleep(tick_s)
-                await self._check_epochs()
-                self._publish_inbox_limits()
-                if self.core.refresh_due():
-                    for shard in self._shards:
-                        reassert(self.core, shard)
-                if time.monotonic() - swept >= BUFFER_SWEEP_INTERVAL_S:
-                    swept = time.monotonic()
-                    self._sweep()
+                try:
+                    await self._upkeep()
+                except Exception:  # a bug must not end upkeep: memberships would lapse
+                    logger.error(
+                        "Upkeep of the channel layer failed; trying again in %s s",
+                        tick_s,
+                        exc_info=True,
+                        extra={"event": "upkeep_failed"},
+                    )
         except asyncio.CancelledError:
             if self._closing is None:  # cancelled by the loop's shutdown, not by close()
                 await self.aclose()
             raise
+
+    async def _upkeep(self) -> None:
+        await self._check_epochs()
+        self._publish_inbox_limits()
+        if self.core.refresh_due():
+            for shard in self._shards:
+                reassert(self.core, shard)
+        if time.monotonic() - self._swept_at >= BUFFER_SWEEP_INTERVAL_S:
+            self._swept_at = time.monotonic()
+            self._sweep()
 
     async def _check_epochs(self) -> None:
         for shard in self._shards:
