@@ -113,5 +113,6 @@ class ChannelBuffer:
 
     @property
     def idle(self) -> bool:
-        """Nothing buffered and nobody waiting: the buffer can be forgotten."""
-        return not self.items and not self.waiters
+        """Nothing buffered and nobody waiting (a receiver handed a message but not yet
+        resumed still counts as waiting): the buffer can be forgotten."""
+        return not self.items and not self.waiters and not self.handed_over

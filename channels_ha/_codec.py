@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, MalformedElement
 
 _EXPIRY_DIGITS = 13
 
@@ -108,7 +108,7 @@ def encode_element(
 def decode_element(element: bytes) -> Envelope:
     """The inverse of :func:`encode_element`.
 
-    Raises ValueError for anything else: the layer's lists are plain Redis keys, which an
+    Raises MalformedElement for anything else: the layer's lists are plain Redis keys, which an
     operator, a script or another program can write to, and such an element must not stop
     the reader that popped it.
     """
@@ -117,14 +117,14 @@ def decode_element(element: bytes) -> Envelope:
         sender, seq, targets, body = msgpack.unpackb(memoryview(element)[_EXPIRY_DIGITS:])
     except (ValueError, TypeError, msgpack.UnpackException) as err:
         # The cause's text would quote the element, which may hold anybody's data.
-        raise ValueError(f"not a channels-ha list element ({type(err).__name__})") from None
+        raise MalformedElement(f"not a channels-ha list element ({type(err).__name__})") from None
     if not (
         isinstance(sender, str)
         and isinstance(seq, int)
         and isinstance(body, bytes)
         and (isinstance(targets, str) or _all_str(targets))
     ):
-        raise ValueError("not a channels-ha list element: unexpected field types")
+        raise MalformedElement("not a channels-ha list element: unexpected field types")
     return Envelope(expires_ms, sender, seq, targets, body)
 
 

@@ -49,6 +49,8 @@ GROUP_REFRESH_INTERVAL_S = 3_600.0
 CHANNEL_LIVENESS_S = 300.0
 # Local buffers of channels nobody receives on are swept this often.
 BUFFER_SWEEP_INTERVAL_S = 10.0
+# A bug that keeps failing background work (upkeep, delivery) is logged at most this often.
+FAILURE_LOG_INTERVAL_S = 60.0
 # Returning buffered messages to Redis at close may take at most this long.
 CLOSE_RETURN_TIMEOUT_S = 2.0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from collections.abc import Iterable
 
 from ._buffers import ChannelBuffer, Item, now_ms
@@ -17,10 +16,12 @@ from ._codec import decode_element, encode_element
 from ._core import LayerCore
 from ._reader import KeysFn
 from ._sequence import SendSequences
+from ._throttle import LogThrottle
+from .exceptions import MalformedElement
 
 logger = logging.getLogger("channels_ha.layer")
 
-MALFORMED_LOG_S = 10.0  # a stream of foreign elements is logged at most this often
+MALFORMED_LOG_INTERVAL_S = 10.0  # a stream of foreign elements is logged at most this often
 
 
 def inbox_of(channel: str) -> str:
@@ -42,7 +43,7 @@ class Deliveries:
         self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
         self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
-        self._malformed_logged_at = 0.0
+        self._malformed_log = LogThrottle(MALFORMED_LOG_INTERVAL_S)
 
     def buffer(self, channel: str) -> ChannelBuffer:
         buffer = self._buffers.get(channel)
@@ -105,10 +106,13 @@ class Deliveries:
         core = self._core
 
         def keys() -> list[str]:
+            buffers = self._buffers
             return [
                 core.keys.channel(channel)
                 for channel in self._normal_waiting
-                if self._buffers[channel].waiters and core.shard_index(channel) == index
+                if channel in buffers
+                and buffers[channel].waiters
+                and core.shard_index(channel) == index
             ]
 
         return keys
@@ -131,7 +135,7 @@ class Deliveries:
         for element in elements:
             try:
                 envelope = decode_element(element)
-            except ValueError as err:
+            except MalformedElement as err:
                 self._malformed(key, err)
                 continue
             if envelope.expires_ms <= now:
@@ -147,18 +151,16 @@ class Deliveries:
                         normal.add(target)
         return normal
 
-    def _malformed(self, key: str, err: ValueError) -> None:
-        stats = self._core.stats
-        stats.malformed_dropped += 1
-        now = time.monotonic()
-        if stats.malformed_dropped == 1 or now - self._malformed_logged_at > MALFORMED_LOG_S:
-            self._malformed_logged_at = now
+    def _malformed(self, key: str, err: MalformedElement) -> None:
+        self._core.stats.malformed_dropped += 1
+        count = self._malformed_log.due()
+        if count:
             logger.warning(
-                "Dropped an element of %s that is not a channels-ha message (%s); %d so far. "
+                "Dropped %d element(s) of %s that are not channels-ha messages (the last: %s). "
                 "Is another program writing to this layer's prefix?",
+                count,
                 key,
                 err,
-                stats.malformed_dropped,
                 extra={"event": "malformed_dropped", "key": key},
             )
 

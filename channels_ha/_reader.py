@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from ._backoff import Backoff
-from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S
+from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S, FAILURE_LOG_INTERVAL_S
 from ._resp import FutureSink, pack
 from ._server import (
     REDIRECT_ERRORS,
@@ -28,6 +28,7 @@ from ._server import (
     give_up,
 )
 from ._stats import ShardStats
+from ._throttle import LogThrottle
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.reader")
@@ -79,6 +80,7 @@ class BlockingReader:
         self._pop_limit_s = BLOCKING_POP_TIMEOUT_S + settings.reply_timeout_s
         self._pop_deadline = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
 
     def start(self) -> None:
         if self._task is None:
@@ -203,13 +205,18 @@ class BlockingReader:
             try:
                 self._deliver(key.decode(), elements)
             except Exception:  # a bug: losing one batch beats every receiver waiting forever
-                logger.error(
-                    "Could not deliver %d popped messages of %s; the reader goes on",
-                    len(elements),
-                    key.decode(errors="replace"),
-                    exc_info=True,
-                    extra={"event": "delivery_failed", "messages": len(elements)},
-                )
+                self._stats.delivery_failures += 1
+                count = self._failure_log.due()
+                if count:
+                    logger.error(
+                        "Could not deliver up to %d popped messages of %s (%d failed "
+                        "batch(es) since the last report); the reader goes on",
+                        len(elements),
+                        key.decode(errors="replace"),
+                        count,
+                        exc_info=True,
+                        extra={"event": "delivery_failed", "messages": len(elements)},
+                    )
 
     async def _connection(self) -> FutureSink:
         client = self._client

@@ -35,17 +35,20 @@ class Script:
 #       ARGV[a0+4i] capacity, [a0+4i+1] sequence number, [a0+4i+2] element, [a0+4i+3] kind.
 # Returns: one status per target: 1 pushed, 0 full, 2 copy.
 # Elements start with their expiry time as 13 ASCII digits (ms), so a full list can first
-# drop what has expired. Sequence numbers count per (sender, list): a number above the
-# highest seen leaves gaps for the numbers in between, which may still come (a reordered
-# retry) and are then applied once; anything else at or below the highest is a copy.
+# drop what has expired (and what something else wrote there, which has no expiry).
+# Sequence numbers count per (sender, list): a number above the highest seen leaves gaps for
+# the numbers in between, which may still come (a reordered retry) and are then applied once;
+# anything else at or below the highest is a copy.
 _PUSH_TARGETS = """
 local MAX_GAPS = 4096
 
 local function purge_expired(list, now)
   for _ = 1, 1000 do
     local head = redis.call('LINDEX', list, 0)
-    if not head or tonumber(string.sub(head, 1, 13)) > now then break end
-    redis.call('LPOP', list)
+    if not head then break end
+    local expires = tonumber(string.sub(head, 1, 13))
+    if expires and expires > now then break end
+    redis.call('LPOP', list)  -- expired, or not ours (no expiry: receivers would drop it)
   end
   return redis.call('LLEN', list)
 end

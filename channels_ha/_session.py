@@ -14,7 +14,8 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
@@ -26,6 +27,7 @@ from ._constants import (
     BUFFER_SWEEP_INTERVAL_S,
     CLOSE_RETURN_TIMEOUT_S,
     EPOCH_CHECK_INTERVAL_S,
+    FAILURE_LOG_INTERVAL_S,
     FLUSH_SCAN_COUNT,
 )
 from ._core import LayerCore
@@ -40,6 +42,7 @@ from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH
 from ._sequence import SendSequences
 from ._server import ServerInfo
 from ._shard import ShardConnections
+from ._throttle import LogThrottle
 from ._timeouts import within
 from .exceptions import RedisCommandError, RedisUnavailable
 
@@ -92,6 +95,7 @@ class Session:
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self._loop = asyncio.get_running_loop()
         self._swept_at = time.monotonic()
+        self._upkeep_failures = LogThrottle(FAILURE_LOG_INTERVAL_S)
         self._keeper = self._loop.create_task(self._keep())
 
     @property
@@ -461,29 +465,43 @@ class Session:
             tick_s = min(EPOCH_CHECK_INTERVAL_S, self.core.refresh_interval_s)
             while True:
                 await asyncio.sleep(tick_s)
-                try:
-                    await self._upkeep()
-                except Exception:  # a bug must not end upkeep: memberships would lapse
-                    logger.error(
-                        "Upkeep of the channel layer failed; trying again in %s s",
-                        tick_s,
-                        exc_info=True,
-                        extra={"event": "upkeep_failed"},
-                    )
+                await self._upkeep()
         except asyncio.CancelledError:
             if self._closing is None:  # cancelled by the loop's shutdown, not by close()
                 await self.aclose()
             raise
 
     async def _upkeep(self) -> None:
-        await self._check_epochs()
-        self._publish_inbox_limits()
+        """One tick. Each step is guarded on its own: a bug in one must not stop the others
+        (memberships would lapse at group_expiry, buffers would never be swept)."""
+        with self._step("epoch check"):
+            await self._check_epochs()
+        with self._step("inbox limits"):
+            self._publish_inbox_limits()
         if self.core.refresh_due():
             for shard in self._shards:
-                reassert(self.core, shard)
+                with self._step(f"membership refresh of shard {shard.spec.index}"):
+                    reassert(self.core, shard)
         if time.monotonic() - self._swept_at >= BUFFER_SWEEP_INTERVAL_S:
             self._swept_at = time.monotonic()
-            self._sweep()
+            with self._step("sweep"):
+                self._sweep()
+
+    @contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:  # cancellation (a BaseException) still ends the upkeep
+            count = self._upkeep_failures.due(name)
+            if count:
+                logger.error(
+                    "Upkeep step %r of the channel layer failed (%d time(s) since the last "
+                    "report); it runs again at the next tick",
+                    name,
+                    count,
+                    exc_info=True,
+                    extra={"event": "upkeep_failed", "step": name},
+                )
 
     async def _check_epochs(self) -> None:
         for shard in self._shards:

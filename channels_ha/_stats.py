@@ -24,6 +24,7 @@ class ShardStats:
     reconnects: int = 0
     retries: int = 0  # requests written again after a lost reply or to a new master
     master_wait_s: float = 0.0  # time spent (re)connecting, summed over connections
+    delivery_failures: int = 0  # popped batches lost to a bug in handing them over
     last_server_change: float | None = None  # time.time()
     # Until then (time.time()), group_send waits for processes to re-assert memberships
     # that a master restarted empty lost.
@@ -64,6 +65,7 @@ class ShardStatistics:
     reconnects: int
     retries: int  # requests written again after a lost reply or to a new master
     master_wait_s: float  # time spent (re)connecting, summed over connections
+    delivery_failures: int  # popped batches lost to a bug in handing them over
     last_server_change: float | None  # time.time() of the last new server run seen
 
 
@@ -100,6 +102,7 @@ def statistics_of(core: LayerCore, sessions: Iterable[Session]) -> LayerStatisti
             reconnects=stats.reconnects,
             retries=stats.retries,
             master_wait_s=stats.master_wait_s,
+            delivery_failures=stats.delivery_failures,
             last_server_change=stats.last_server_change,
         )
         for spec, stats in zip(core.shards, core.shard_stats, strict=True)

@@ -24,6 +24,11 @@ class RedisCommandError(ChannelsHAError):
     """Redis answered a command with an error that retrying cannot fix."""
 
 
+class MalformedElement(ChannelsHAError, ValueError):
+    """A list element that is not a channels-ha message (something else wrote it); raised
+    internally, and the element is dropped."""
+
+
 class ConnectionLost(ChannelsHAError):
     """A connection to Redis broke; raised internally and retried within the failover timeout."""
 

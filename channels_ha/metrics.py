@@ -98,6 +98,12 @@ SHARD_METRICS = (
         "master_wait_s",
         "Time spent connecting or waiting for a usable master.",
     ),
+    (
+        "channels_ha_delivery_failures",
+        "counter",
+        "delivery_failures",
+        "Popped batches of messages lost to a bug in handing them to their receivers.",
+    ),
 )
 LAST_FAILOVER = "channels_ha_last_failover_timestamp_seconds"
 MASTER_INFO = "channels_ha_master"

@@ -17,6 +17,9 @@ import redis
 
 from channels_ha import RedisChannelLayer
 from channels_ha._keys import KeyLayout
+from channels_ha.sandbox import Topology
+
+from .conftest import LayerFactory
 
 pytestmark = pytest.mark.redis_topologies("standalone", "cluster")
 
@@ -58,3 +61,15 @@ async def test_a_foreign_element_on_a_normal_channel_does_not_stop_its_reader(
     received = await asyncio.wait_for(layer.receive("shared-queue"), RECEIVE_TIMEOUT_S)
     assert received == {"type": "real"}
     assert layer.statistics().malformed_dropped == 1
+
+
+async def test_a_full_list_with_a_foreign_head_still_takes_sends(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """The PUSH script makes room in a full list by dropping what expired; a foreign element
+    has no expiry, and is dropped the same way rather than failing the send."""
+    layer = make_layer(redis_topology, capacity=1)
+    master_client.rpush(KeyLayout(layer.prefix).channel("full-queue"), b"plain text")
+    await layer.send("full-queue", {"type": "real"})
+    received = await asyncio.wait_for(layer.receive("full-queue"), RECEIVE_TIMEOUT_S)
+    assert received == {"type": "real"}

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from channels_ha import RedisChannelLayer
+from channels_ha._buffers import now_ms
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -60,6 +61,7 @@ async def test_a_failed_delivery_does_not_stop_the_reader(
     assert received == {"type": "after"}
     (failure,) = events(caplog, "delivery_failed")
     assert failure.exc_info is not None
+    assert [shard.delivery_failures for shard in layer.statistics().shards] == [1]
 
 
 async def test_a_failed_upkeep_runs_again(
@@ -80,3 +82,50 @@ async def test_a_failed_upkeep_runs_again(
         await asyncio.wait_for(again.wait(), UPKEEP_TIMEOUT_S * 2)
     (failure,) = events(caplog, "upkeep_failed")
     assert failure.exc_info is not None
+
+
+async def test_a_failing_upkeep_step_does_not_stop_the_others(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that fails at every tick leaves the later steps running, and is reported once
+    a minute rather than once a tick."""
+    session = layer._session()
+
+    async def broken() -> None:
+        raise RuntimeError("injected bug")
+
+    ticks: list[int] = []
+    two_ticks = asyncio.Event()
+    publish = session._publish_inbox_limits
+
+    def counting() -> None:
+        publish()
+        ticks.append(1)
+        if len(ticks) >= 2:
+            two_ticks.set()
+
+    with caplog.at_level(logging.ERROR, logger="channels_ha.layer"):
+        monkeypatch.setattr(session, "_check_epochs", broken)
+        monkeypatch.setattr(session, "_publish_inbox_limits", counting)
+        await asyncio.wait_for(two_ticks.wait(), UPKEEP_TIMEOUT_S * 2)
+    (failure,) = events(caplog, "upkeep_failed")  # two failures, one report
+    assert getattr(failure, "step", None) == "epoch check"
+
+
+async def test_a_sweep_keeps_a_receiver_that_was_just_handed_a_message(
+    layer: RedisChannelLayer,
+) -> None:
+    """Between a message handed to a waiting receiver and that receiver resuming, the buffer
+    has no item and no waiter. A sweep in that moment used to forget it, and the reader's next
+    look at what to pop raised KeyError and ended the reader."""
+    deliveries = layer._session().deliveries
+    buffer = deliveries.buffer("handed-over")
+    waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    buffer.waiters.append(waiter)
+    deliveries.enter(buffer)
+    buffer.put((now_ms() + 60_000, b"body"))  # the receiver's task has not run yet
+    assert waiter.done()
+    deliveries.sweep()
+    assert "handed-over" in deliveries.channels()
+    assert deliveries.normal_keys(0)() == []  # nobody waits for more; and no KeyError
+    deliveries.leave(buffer)
