@@ -24,7 +24,8 @@ from channels_ha.sandbox import RedisNode
 # matter (during a burst, before closing).
 SAMPLE_INTERVAL_S = 0.25
 _SOCKET = "socket:["
-_NAME = "channels-ha-bench-sampler"
+# The benchmark's own connections (the sampler's, the CPU window's): never counted.
+BENCH_CLIENT_NAME = "channels-ha-bench-sampler"
 
 
 def socket_inodes(pid: int) -> set[str]:
@@ -63,10 +64,7 @@ class ConnectionSampler:
     (all of them, on Cluster: a process's connections to different nodes add up)."""
 
     def __init__(self, nodes: list[RedisNode], interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        self._clients = [
-            node.client(socket_timeout=2.0, socket_connect_timeout=2.0, client_name=_NAME)
-            for node in nodes
-        ]
+        self._clients = [bench_client(node) for node in nodes]
         self._interval_s = interval_s
         self._pids: dict[str, int] = {}
         self._peaks: dict[str, int] = {}
@@ -122,11 +120,19 @@ class ConnectionSampler:
             client.close()
 
 
+def bench_client(node: RedisNode) -> redis.Redis:
+    """A client of the benchmark's own on ``node``: short timeouts, and the name that keeps the
+    sampler from counting it as a layer's connection. The caller closes it."""
+    return node.client(
+        socket_timeout=2.0, socket_connect_timeout=2.0, client_name=BENCH_CLIENT_NAME
+    )
+
+
 def _client_ports(client: redis.Redis) -> set[int]:
-    """The client-side ports of a node's connections, but for the sampler's own (named, since
-    the sampler's thread and an explicit sample may each hold one)."""
+    """The client-side ports of a node's connections, but for the benchmark's own (named: the
+    sampler's thread and an explicit sample may each hold one, and so may a CPU window)."""
     return {
         int(entry["addr"].rsplit(":", 1)[1])
         for entry in client.client_list()
-        if entry.get("name") != _NAME
+        if entry.get("name") != BENCH_CLIENT_NAME
     }
