@@ -53,9 +53,10 @@ class ChannelBuffer:
         self.items: deque[Item] = deque()
         # Receivers append a future here; put() hands the next message to the oldest.
         self.waiters: deque[asyncio.Future[Item]] = deque()
-        # A waiter got its message and its receiver has not resumed yet: still waiting, as
-        # far as liveness goes (see Deliveries.waiting_on).
-        self.handed_over = False
+        # Receivers handed a message that have not resumed yet: still waiting, as far as
+        # liveness and sweeping go (see Deliveries.waiting_on). A count, since several
+        # receivers of one channel may be in that state at once.
+        self.handed_over = 0
         self.dropped = 0
         self.warned_at = 0.0
 
@@ -64,7 +65,7 @@ class ChannelBuffer:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(item)
-                self.handed_over = True
+                self.handed_over += 1
                 return
         self.items.append(item)
         if len(self.items) > self.capacity:
@@ -82,6 +83,21 @@ class ChannelBuffer:
                     extra={"event": "buffer_overflow", "channel": self.channel},
                 )
 
+    def _put_front(self, item: Item) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(item)
+                self.handed_over += 1
+                return
+        self.items.appendleft(item)
+
+    def resumed(self, waiter: asyncio.Future[Item]) -> None:
+        """The receiver of ``waiter`` runs again; if it was handed a message, it is no longer
+        waiting for it."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            self.handed_over -= 1
+
     def take_fresh(self) -> Item | None:
         """The oldest unexpired buffered message, if any (expired ones are dropped)."""
         if not self.items:
@@ -94,9 +110,11 @@ class ChannelBuffer:
         return None
 
     def abandon(self, waiter: asyncio.Future[Item]) -> None:
-        """A receiver was cancelled: a message already handed to it goes back in front."""
+        """A receiver was cancelled: a message already handed to it goes to the next receiver
+        still waiting, or back in front of the buffer."""
         if waiter.done() and not waiter.cancelled():
-            self.items.appendleft(waiter.result())
+            if waiter.exception() is None:  # not a receiver failed with RedisUnavailable
+                self._put_front(waiter.result())
         elif waiter in self.waiters:
             self.waiters.remove(waiter)
 

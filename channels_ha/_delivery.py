@@ -67,7 +67,7 @@ class Deliveries:
         buffer = self._buffers.get(channel)
         if buffer is None:
             return False
-        return buffer.handed_over or any(not waiter.done() for waiter in tuple(buffer.waiters))
+        return buffer.handed_over > 0 or any(not waiter.done() for waiter in tuple(buffer.waiters))
 
     def enter(self, buffer: ChannelBuffer) -> bool:
         """A receiver starts waiting; True if it is the first for its inbox or channel."""
@@ -118,10 +118,12 @@ class Deliveries:
         return keys
 
     def fail_waiters(self, index: int, error: Exception) -> None:
-        """Hands ``error`` to every receiver waiting on a channel of shard ``index``."""
+        """Hands ``error`` to every receiver waiting on a channel of shard ``index``; their
+        waiters leave the buffers, which the sweep can then forget."""
         for buffer in self._buffers.values():
             if buffer.shard == index:
-                for waiter in buffer.waiters:
+                while buffer.waiters:
+                    waiter = buffer.waiters.popleft()
                     if not waiter.done():
                         waiter.set_exception(error)
 

@@ -171,7 +171,8 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._session().flush()
 
     async def close(self) -> None:
-        """Closes this event loop's connections, returning undelivered messages to Redis."""
+        """Closes this event loop's connections, returning undelivered messages to Redis;
+        receive() calls still waiting raise RedisUnavailable."""
         session = self._sessions.pop(asyncio.get_running_loop(), None)
         if session is not None:
             await session.aclose()

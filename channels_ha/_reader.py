@@ -88,6 +88,8 @@ class BlockingReader:
 
     def wake(self) -> None:
         """Somebody started waiting: pop, and re-issue a pop blocked on other keys."""
+        if self._task is None:  # closed: nothing to pop for, nobody to unblock
+            return
         self._wanted.set()
         if self._pending is not None and self._keys() != self._pending_keys:
             self._unblock()

@@ -343,17 +343,23 @@ class Session:
                 buffer.abandon(waiter)
                 raise
             finally:
-                self._stop_waiting(channel, buffer, wake)
+                self._stop_waiting(channel, buffer, wake, waiter)
         else:
             core.memberships.touch(channel)
         core.stats.received += 1
         return core.codec.loads(item[1])
 
-    def _stop_waiting(self, channel: str, buffer: ChannelBuffer, wake: Callable[[], None]) -> None:
+    def _stop_waiting(
+        self,
+        channel: str,
+        buffer: ChannelBuffer,
+        wake: Callable[[], None],
+        waiter: asyncio.Future[Item],
+    ) -> None:
         # Whatever ends the wait (a message, a cancellation, RedisUnavailable), the channel
         # stays live for a while: its consumer may well receive again.
         self.core.memberships.touch(channel)
-        buffer.handed_over = False
+        buffer.resumed(waiter)
         last = self.deliveries.leave(buffer)
         if not buffer.specific:
             if last:
@@ -584,11 +590,18 @@ class Session:
             await asyncio.wait({self._keeper})
         for shard in self._shards:
             await shard.close_readers()
+        # What the readers popped has been handed over; nothing more will come to those
+        # still waiting, and a receive() must not hang on a closed session.
+        closed = RedisUnavailable("the channel layer was closed while receive() waited")
+        for shard in self._shards:
+            self.deliveries.fail_waiters(shard.spec.index, closed)
         try:
             channels = self.deliveries.channels()
             await within(self._return_to_redis(channels), CLOSE_RETURN_TIMEOUT_S)
         except (asyncio.TimeoutError, RedisUnavailable) as err:
             logger.warning("Could not return buffered messages to Redis at close: %s", err)
+        if self._tasks:  # returns started by receivers that just left: let them finish
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_RETURN_TIMEOUT_S)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
