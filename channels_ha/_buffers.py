@@ -92,12 +92,6 @@ class ChannelBuffer:
                 return
         self.items.appendleft(item)
 
-    def resumed(self, waiter: asyncio.Future[Item]) -> None:
-        """The receiver of ``waiter`` runs again; if it was handed a message, it is no longer
-        waiting for it."""
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            self.handed_over -= 1
-
     def take_fresh(self) -> Item | None:
         """The oldest unexpired buffered message, if any (expired ones are dropped)."""
         if not self.items:
@@ -114,6 +108,7 @@ class ChannelBuffer:
         still waiting, or back in front of the buffer."""
         if waiter.done() and not waiter.cancelled():
             if waiter.exception() is None:  # not a receiver failed with RedisUnavailable
+                self.handed_over -= 1
                 self._put_front(waiter.result())
         elif waiter in self.waiters:
             self.waiters.remove(waiter)

@@ -129,4 +129,6 @@ def decode_element(element: bytes) -> Envelope:
 
 
 def _all_str(values: object) -> bool:
-    return isinstance(values, list) and all(isinstance(value, str) for value in values)
+    # A list comprehension rather than all(generator): this runs for every popped element,
+    # whose targets are up to one per channel of the process.
+    return isinstance(values, list) and not [v for v in values if type(v) is not str]

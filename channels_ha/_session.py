@@ -337,13 +337,15 @@ class Session:
             buffer.waiters.append(waiter)  # before waking the reader, whose keys count waiters
             if self.deliveries.enter(buffer) or not buffer.specific:
                 wake()
+            received = False
             try:
                 item = await waiter
+                received = True
             except asyncio.CancelledError:
-                buffer.abandon(waiter)
+                buffer.abandon(waiter)  # passes on a message handed over meanwhile
                 raise
             finally:
-                self._stop_waiting(channel, buffer, wake, waiter)
+                self._stop_waiting(channel, buffer, wake, received)
         else:
             core.memberships.touch(channel)
         core.stats.received += 1
@@ -354,12 +356,13 @@ class Session:
         channel: str,
         buffer: ChannelBuffer,
         wake: Callable[[], None],
-        waiter: asyncio.Future[Item],
+        received: bool,
     ) -> None:
         # Whatever ends the wait (a message, a cancellation, RedisUnavailable), the channel
         # stays live for a while: its consumer may well receive again.
         self.core.memberships.touch(channel)
-        buffer.resumed(waiter)
+        if received:
+            buffer.handed_over -= 1  # resumed with the message it was handed
         last = self.deliveries.leave(buffer)
         if not buffer.specific:
             if last:
