@@ -117,11 +117,12 @@ class Deliveries:
 
         return keys
 
-    def fail_waiters(self, index: int, error: Exception) -> None:
-        """Hands ``error`` to every receiver waiting on a channel of shard ``index``; their
-        waiters leave the buffers, which the sweep can then forget."""
+    def fail_waiters(self, index: int, error: Exception, specific: bool | None = None) -> None:
+        """Hands ``error`` to every receiver waiting on a channel of shard ``index`` (only on
+        process-specific or only on normal channels, if ``specific`` says which: the reader
+        that failed); their waiters leave the buffers, which the sweep can then forget."""
         for buffer in self._buffers.values():
-            if buffer.shard == index:
+            if buffer.shard == index and specific in (None, buffer.specific):
                 while buffer.waiters:
                     waiter = buffer.waiters.popleft()
                     if not waiter.done():

@@ -192,10 +192,10 @@ class BlockingReader:
         """A server that is not the master (any more) makes us look again; others fail."""
         if str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
             self.drop_connection(f"{str(err).split(' ', 1)[0]} from {self._describe_server()}")
-        else:
+            self._client = None
+        else:  # about the command (WRONGTYPE, NOPERM...): the connection itself is fine
             logger.error("Blocking pop failed: %s", err)
             self._fail(err)
-        self._client = None
         await self._backoff.wait()  # no tight loop if it keeps failing
 
     def _describe_server(self) -> str:

@@ -41,6 +41,11 @@ class RecentPushes:
             entries.popleft()
         entries.append((now, key, packed))
 
+    def clear(self) -> None:
+        """Forgets everything: after flush(), writing those messages again would bring back
+        what the application deleted."""
+        self._entries.clear()
+
     def __bool__(self) -> bool:
         """Whether anything written recently could still be worth writing again (older
         messages have expired anyway)."""

@@ -379,7 +379,7 @@ class Session:
         shard, deliveries = self._shards[index], self.deliveries
 
         def fail(error: Exception) -> None:
-            deliveries.fail_waiters(index, error)
+            deliveries.fail_waiters(index, error, specific)
 
         if specific:
             # Every inbox of this process shares one slot: its tag is the client prefix.
@@ -553,6 +553,8 @@ class Session:
         """Deletes this prefix's messages and groups; the epoch marks stay (deleting them
         would look like data loss to every process watching them)."""
         self.core.memberships.clear()  # flushed groups must not be re-asserted
+        for recent in self._recent:  # nor flushed messages written again after a failover
+            recent.clear()
         for shard in self._shards:
             for node in shard.scan_links():
                 await self._flush_node(node, shard.link)

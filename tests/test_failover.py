@@ -260,6 +260,23 @@ async def test_messages_a_restarted_master_forgot_are_written_again(
         await asyncio.wait_for(receiver.receive(channel), 0.1)
 
 
+async def test_flushed_messages_are_not_written_again(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """flush() also forgets the recent writes kept for replay: a master restarted empty right
+    after must not get back what the application deleted."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "flushed"})
+    await layer.flush()
+    await topology.nodes[0].arestart_empty()
+    await layer.send(channel, {"type": "after"})
+    assert await asyncio.wait_for(layer.receive(channel), 10) == {"type": "after"}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.5)
+
+
 async def replicas_caught_up(
     master: RedisNode, replicas: list[RedisNode], timeout_s: float = 5.0
 ) -> None:
