@@ -167,8 +167,13 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         await self._session().group_send(group, message)
 
     async def flush(self) -> None:
-        """Deletes every message and group of this layer's prefix (SCAN, never KEYS)."""
+        """Deletes every message and group of this layer's prefix (SCAN, never KEYS).
+
+        Other event loops' sessions of this layer forget their replays too; other processes
+        cannot be told, and may write their last 2 s again after a failover."""
         await self._session().flush()
+        for session in list(self._sessions.values()):
+            session.forget_recent()
 
     async def close(self) -> None:
         """Closes this event loop's connections, returning undelivered messages to Redis;

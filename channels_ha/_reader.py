@@ -196,6 +196,9 @@ class BlockingReader:
         else:  # about the command (WRONGTYPE, NOPERM...): the connection itself is fine
             logger.error("Blocking pop failed: %s", err)
             self._fail(err)
+            # Only receivers that call again see this again: a short pause, not the growing
+            # one of reconnecting, which nothing would reset while the connection is kept.
+            self._backoff.reset()
         await self._backoff.wait()  # no tight loop if it keeps failing
 
     def _describe_server(self) -> str:

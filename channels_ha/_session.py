@@ -553,12 +553,18 @@ class Session:
         """Deletes this prefix's messages and groups; the epoch marks stay (deleting them
         would look like data loss to every process watching them)."""
         self.core.memberships.clear()  # flushed groups must not be re-asserted
-        for recent in self._recent:  # nor flushed messages written again after a failover
-            recent.clear()
+        self.forget_recent()
         for shard in self._shards:
             for node in shard.scan_links():
                 await self._flush_node(node, shard.link)
+        self.forget_recent()  # sends acknowledged during the scan were deleted too
         self.deliveries.clear()
+
+    def forget_recent(self) -> None:
+        """Forgets the writes kept for replay: after flush(), writing them again after a
+        failover would bring back what the application deleted."""
+        for recent in self._recent:
+            recent.clear()
 
     def _epoch_keys(self) -> list[tuple[str, str]]:
         return [pair for shard in self._shards for pair in shard.epoch_keys(self.core.keys)]
@@ -603,7 +609,7 @@ class Session:
         try:
             channels = self.deliveries.channels()
             await within(self._return_to_redis(channels), CLOSE_RETURN_TIMEOUT_S)
-        except (asyncio.TimeoutError, RedisUnavailable) as err:
+        except (asyncio.TimeoutError, RedisUnavailable, RedisCommandError) as err:
             logger.warning("Could not return buffered messages to Redis at close: %s", err)
         if self._tasks:  # returns started by receivers that just left: let them finish
             await asyncio.wait(set(self._tasks), timeout=CLOSE_RETURN_TIMEOUT_S)
