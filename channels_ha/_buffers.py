@@ -84,13 +84,10 @@ class ChannelBuffer:
                 )
 
     def _put_front(self, item: Item) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(item)
-                self.handed_over += 1
-                return
-        self.items.appendleft(item)
+        if any(not waiter.done() for waiter in self.waiters):
+            self.put(item)  # straight to the longest-waiting receiver
+        else:
+            self.items.appendleft(item)
 
     def take_fresh(self) -> Item | None:
         """The oldest unexpired buffered message, if any (expired ones are dropped)."""
