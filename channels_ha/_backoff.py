@@ -18,7 +18,8 @@ class Backoff:
     moves to the new master without waiting for the next scheduled attempt.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_s: float = RECONNECT_BACKOFF_MAX_S) -> None:
+        self._max_s = max_s
         self._delay_s = RECONNECT_BACKOFF_FIRST_S
         self._nudged = asyncio.Event()
         self._reported_at: float | None = None
@@ -30,7 +31,7 @@ class Backoff:
         finally:
             waiting.cancel()
         self._nudged.clear()
-        self._delay_s = min(self._delay_s * RECONNECT_BACKOFF_FACTOR, RECONNECT_BACKOFF_MAX_S)
+        self._delay_s = min(self._delay_s * RECONNECT_BACKOFF_FACTOR, self._max_s)
 
     def reset(self) -> None:
         self._delay_s = RECONNECT_BACKOFF_FIRST_S

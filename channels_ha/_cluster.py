@@ -37,6 +37,8 @@ logger = logging.getLogger("channels_ha.cluster")
 SLOTS = 16_384
 _DROP = -2  # slot of internal requests (ASKING) that are not re-routed
 _TRYAGAIN_DELAY_S = 0.05
+# While requests wait for a slot's new owner, the slot map is read at least this often.
+SLOT_MAP_POLL_MAX_S = 0.15
 
 
 def slot_of(key: str) -> int:
@@ -86,7 +88,9 @@ class ClusterRouter:
         self._links: dict[str, CommandLink] = {}
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
-        self._backoff = Backoff()
+        # Held requests wait for the cluster to promote a replica, which nothing announces:
+        # the slot map is polled, and a short cap shortens the wait after the promotion.
+        self._backoff = Backoff(SLOT_MAP_POLL_MAX_S)
         self._closed = False
         self._mapped = False
         # The map as the cluster last told it, before local guesses (a slot whose node failed
