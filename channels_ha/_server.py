@@ -28,11 +28,13 @@ SLOW_CONNECT_S = 0.5  # a connection slower than this is checked against the dep
 # Error replies that mean "not executed here; find the current master and try there": a
 # demoted master (READONLY), a replica still loading or cut off (LOADING, MASTERDOWN),
 # blocked clients kicked on a role change (UNBLOCKED), a script cache emptied by a restart
-# (NOSCRIPT), and Cluster redirections.
+# (NOSCRIPT), a server busy with a long script (BUSY, past busy-reply-threshold; the space
+# keeps out BUSYKEY and BUSYGROUP), and Cluster redirections.
 RETRY_ERRORS = (
     "READONLY",
     "LOADING",
     "MASTERDOWN",
+    "BUSY ",
     "UNBLOCKED",
     "NOSCRIPT",
     "TRYAGAIN",

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+import redis
 
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
 from channels_ha._interop import close_sync_client, sync_client
@@ -138,6 +139,50 @@ async def test_live_memberships_are_refreshed(
     assert (await asyncio.wait_for(receiving, 5))["type"] == "still.here"
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive("idle-channel"), 0.1)
+
+
+_LONG_SCRIPT = """
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local stop = now() + tonumber(ARGV[1]) * 1000
+while now() < stop do end
+return 1
+"""
+
+
+async def test_a_server_busy_with_a_long_script_is_waited_for(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A script running past busy-reply-threshold makes Redis answer BUSY to everyone else
+    until it ends: send() waits for that, as for a failover, instead of raising."""
+    topology = redis_sandbox_factory("standalone")
+    node = topology.nodes[0]
+    layer = make_layer(topology)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "before"})
+    assert await layer.receive(channel) == {"type": "before"}
+    admin, runner = node.client(), node.client()
+    try:
+        admin.config_set("busy-reply-threshold", 100)
+        script = asyncio.create_task(asyncio.to_thread(runner.eval, _LONG_SCRIPT, 0, 1500))
+        deadline = time.monotonic() + 5
+        while not _answers_busy(admin):  # nothing announces the busy state: PING until BUSY
+            assert time.monotonic() < deadline, "the script never made the server busy"
+            await asyncio.sleep(0.02)
+        waiting = asyncio.create_task(layer.receive(channel))
+        await layer.send(channel, {"type": "during"})
+        assert await asyncio.wait_for(waiting, 10) == {"type": "during"}
+        assert await script == 1
+    finally:
+        admin.close()
+        runner.close()
+
+
+def _answers_busy(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except redis.ResponseError as err:
+        return str(err).startswith("BUSY")
+    return False
 
 
 async def test_gives_up_after_failover_timeout(
