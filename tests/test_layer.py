@@ -102,11 +102,13 @@ async def test_expired_messages_are_not_delivered(
     make_layer: LayerFactory, redis_topology: Topology
 ) -> None:
     """A message older than `expiry` is dropped, and no longer counts toward capacity."""
-    layer = make_layer(redis_topology, expiry=0.2, capacity=1)
+    # expiry leaves "new" a second to be received: under a loaded suite a 0.2 s expiry let
+    # it expire before its pop, and receive() then waited for the test's timeout.
+    layer = make_layer(redis_topology, expiry=1, capacity=1)
     await layer.send("short-lived", {"type": "old"})
-    await asyncio.sleep(0.3)  # the behaviour under test is the passage of time
+    await asyncio.sleep(1.1)  # the behaviour under test is the passage of time
     await layer.send("short-lived", {"type": "new"})
-    assert (await layer.receive("short-lived"))["type"] == "new"
+    assert (await asyncio.wait_for(layer.receive("short-lived"), 10))["type"] == "new"
     await assert_nothing_arrives(layer, "short-lived")
 
 
