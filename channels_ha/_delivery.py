@@ -110,8 +110,8 @@ class Deliveries:
             return [
                 core.keys.channel(channel)
                 for channel in self._normal_waiting
-                if channel in buffers
-                and buffers[channel].waiters
+                if (buffer := buffers.get(channel)) is not None
+                and buffer.waiters
                 and core.shard_index(channel) == index
             ]
 

@@ -171,9 +171,11 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
         Other event loops' sessions of this layer forget their replays too; other processes
         cannot be told, and may write their last 2 s again after a failover."""
-        await self._session().flush()
+        flushed = self._session()
+        await flushed.flush()
         for session in list(self._sessions.values()):
-            session.forget_recent()
+            if session is not flushed:
+                session.forget_recent()
 
     async def close(self) -> None:
         """Closes this event loop's connections, returning undelivered messages to Redis;

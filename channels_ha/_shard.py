@@ -24,7 +24,6 @@ from ._resp import Endpoint
 from ._server import Announcements, Credentials, Locator, ServerInfo, ServerSettings
 from ._stats import ShardStats
 from ._watch import FailoverEvents, SentinelWatch
-from .exceptions import RedisUnavailable
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -175,10 +174,7 @@ class ShardConnections:
             link = self.link
             if link.server is not None and link.server.run_id != server.run_id:
                 return None  # the link is on another server; the pop times out by itself
-        try:
-            return link.submit("CLIENT", "UNBLOCK", server.client_id)
-        except RedisUnavailable:  # the layer is closing: the pop ends with its connection
-            return None
+        return link.submit("CLIENT", "UNBLOCK", server.client_id)
 
     def readers(self) -> list[BlockingReader]:
         return [r for r in (self.inbox_reader, self.normal_reader) if r is not None]

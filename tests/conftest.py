@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 import redis
 
 from channels_ha import RedisChannelLayer, parse_url
+from channels_ha._buffers import ChannelBuffer
 from channels_ha._interop import close_sync_client, sync_client
 from channels_ha.sandbox import Topology, Traffic
 
@@ -81,3 +83,20 @@ async def finish_traffic(traffic: Traffic) -> None:
     details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
     assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
     assert report.reordered == 0, f"{details}; came late: {traffic.reorderings[:5]}"
+
+
+RECEIVERS_WAIT_TIMEOUT_S = 5.0
+
+
+async def receivers_waiting(
+    layer: RedisChannelLayer, channel: str, receivers: int = 1
+) -> ChannelBuffer:
+    """The channel's buffer, once ``receivers`` receive() calls wait on it."""
+    deliveries = layer._session().deliveries
+    deadline = asyncio.get_running_loop().time() + RECEIVERS_WAIT_TIMEOUT_S
+    while True:
+        buffer = deliveries._buffers.get(channel)
+        if buffer is not None and sum(not w.done() for w in buffer.waiters) >= receivers:
+            return buffer
+        assert asyncio.get_running_loop().time() < deadline, "the receivers never waited"
+        await asyncio.sleep(0.01)  # receive() has no hook to await its start

@@ -19,7 +19,7 @@ from channels_ha import RedisChannelLayer, RedisCommandError
 from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import Topology
 
-from .conftest import LayerFactory
+from .conftest import LayerFactory, receivers_waiting
 
 pytestmark = pytest.mark.redis_topologies("standalone", "cluster")
 
@@ -82,17 +82,9 @@ async def test_a_foreign_key_fails_only_the_receivers_of_its_reader(
     raise; receivers on process channels, popped by another reader, go on waiting."""
     specific = await layer.new_channel()
     waiting = asyncio.create_task(layer.receive(specific))
-    await _waiting_on(layer, specific)
+    await receivers_waiting(layer, specific)
     master_client.set(KeyLayout(layer.prefix).channel("poisoned"), "not a list")
     with pytest.raises(RedisCommandError, match="WRONGTYPE"):
         await asyncio.wait_for(layer.receive("poisoned"), RECEIVE_TIMEOUT_S)
     await layer.send(specific, {"type": "still waited for"})
     assert await asyncio.wait_for(waiting, RECEIVE_TIMEOUT_S) == {"type": "still waited for"}
-
-
-async def _waiting_on(layer: RedisChannelLayer, channel: str) -> None:
-    deliveries = layer._session().deliveries
-    deadline = asyncio.get_running_loop().time() + RECEIVE_TIMEOUT_S
-    while not deliveries.waiting_on(channel):
-        assert asyncio.get_running_loop().time() < deadline, "the receiver never waited"
-        await asyncio.sleep(0.01)  # receive() has no hook to await its start

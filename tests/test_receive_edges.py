@@ -15,23 +15,12 @@ from typing import Any
 import pytest
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
-from channels_ha._buffers import ChannelBuffer
+
+from .conftest import receivers_waiting
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
 TIMEOUT_S = 5.0
-
-
-async def waiting_buffer(layer: RedisChannelLayer, channel: str, receivers: int) -> ChannelBuffer:
-    """The channel's buffer, once ``receivers`` receivers wait on it."""
-    deliveries = layer._session().deliveries
-    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-    while True:
-        buffer = deliveries._buffers.get(channel)
-        if buffer is not None and sum(not w.done() for w in buffer.waiters) >= receivers:
-            return buffer
-        assert asyncio.get_running_loop().time() < deadline, "the receivers never waited"
-        await asyncio.sleep(0.01)  # receive() has no hook to await its start
 
 
 def deliver_then(
@@ -56,9 +45,9 @@ async def test_a_message_handed_to_a_cancelled_receiver_goes_to_the_next(
     """Two receivers wait; the first is handed the message and cancelled before it resumes:
     the second gets the message."""
     first = asyncio.create_task(layer.receive("edge-queue"))
-    await waiting_buffer(layer, "edge-queue", 1)
+    await receivers_waiting(layer, "edge-queue", 1)
     second = asyncio.create_task(layer.receive("edge-queue"))
-    await waiting_buffer(layer, "edge-queue", 2)
+    await receivers_waiting(layer, "edge-queue", 2)
     deliver_then(layer, monkeypatch, first.cancel)
     await layer.send("edge-queue", {"type": "m"})
     with pytest.raises(asyncio.CancelledError):
@@ -73,9 +62,9 @@ async def test_a_message_survives_a_sweep_while_two_receivers_leave(
     cancelled before resuming: the message must still be there for the next receive()."""
     session = layer._session()
     first = asyncio.create_task(layer.receive("edge-sweep"))
-    await waiting_buffer(layer, "edge-sweep", 1)
+    await receivers_waiting(layer, "edge-sweep", 1)
     second = asyncio.create_task(layer.receive("edge-sweep"))
-    await waiting_buffer(layer, "edge-sweep", 2)
+    await receivers_waiting(layer, "edge-sweep", 2)
     loop = asyncio.get_running_loop()
     deliveries = session.deliveries
     real = deliveries.deliver
@@ -99,7 +88,7 @@ async def test_a_cancel_racing_a_failure_raises_cancelled_error(layer: RedisChan
     cancellation must not turn into the failure."""
     channel = await layer.new_channel()
     waiting = asyncio.create_task(layer.receive(channel))
-    buffer = await waiting_buffer(layer, channel, 1)
+    buffer = await receivers_waiting(layer, channel, 1)
     layer._session().deliveries.fail_waiters(buffer.shard, RedisUnavailable("no master"))
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -110,7 +99,7 @@ async def test_close_ends_a_pending_receive(layer: RedisChannelLayer) -> None:
     """close() while a receive() waits makes it raise RedisUnavailable, instead of leaving it
     waiting on a session that is gone."""
     waiting = asyncio.create_task(layer.receive("edge-close"))
-    await waiting_buffer(layer, "edge-close", 1)
+    await receivers_waiting(layer, "edge-close", 1)
     await layer.close()
     done, _ = await asyncio.wait({waiting}, timeout=TIMEOUT_S)  # no cancel: it must end alone
     if not done:
@@ -127,7 +116,7 @@ async def test_buffers_of_failed_receivers_are_swept(layer: RedisChannelLayer) -
     channels = [await layer.new_channel() for _ in range(3)]
     receivers = [asyncio.create_task(layer.receive(channel)) for channel in channels]
     for channel in channels:
-        buffer = await waiting_buffer(layer, channel, 1)
+        buffer = await receivers_waiting(layer, channel, 1)
     deliveries.fail_waiters(buffer.shard, RedisUnavailable("no master"))
     for receiver in receivers:
         with pytest.raises(RedisUnavailable):
