@@ -52,6 +52,11 @@ class KeyLayout:
         """The sequence numbers of ``sender`` applied to a normal channel (a hash)."""
         return f"{self.prefix}:d:{{{_NORMAL_TAG}}}:{channel}:{sender}"
 
+    def return_marker(self, list_key: str, returner: str) -> str:
+        """Marks one return of messages to ``list_key`` as applied (see RETURN); it shares
+        the list's hash tag, which is the first in the key."""
+        return f"{self.prefix}:r:{list_key[len(self.prefix) + 1 :]}:{returner}"
+
     def inbox_limit(self, non_local_name: str) -> str:
         """How many messages the receiving process lets its inbox hold (its channels times
         their capacity), published by that process; missing, ``capacity`` applies."""

@@ -189,4 +189,23 @@ return removed
 """,
 )
 
-ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD)
+# RETURN: put messages this process popped but will not deliver back at the head of their
+# list, once: a retry after a lost reply finds the marker of the first attempt and writes
+# nothing (a plain LPUSH would store them twice, and two competing receivers in different
+# processes would each get a copy).
+# KEYS: [1] the list, [2] the marker of this return (same slot).
+# ARGV: [1] list ttl (ms), [2] marker ttl (ms), [3...] the elements, oldest first.
+# Returns: 1 if written, 0 if this return was already applied.
+RETURN = Script(
+    "return",
+    """#!lua
+if not redis.call('SET', KEYS[2], 1, 'NX', 'PX', ARGV[2]) then return 0 end
+for i = #ARGV, 3, -1 do
+  redis.call('LPUSH', KEYS[1], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD, RETURN)

@@ -37,8 +37,8 @@ from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
 from ._replay import RecentPushes, Replayable
-from ._resp import pack
-from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH
+from ._resp import Arg, pack
+from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH, RETURN
 from ._sequence import SendSequences
 from ._server import ServerInfo
 from ._shard import ShardConnections
@@ -403,14 +403,20 @@ class Session:
     async def _return_to_redis(self, channels: Iterable[str]) -> None:
         """Pushes buffered messages back to the head of their list, order kept."""
         returned = self.deliveries.take_returnable(channels)
-        await asyncio.gather(*(self._push_front(i, k, e) for (i, k), e in returned.items()))
-
-    async def _push_front(self, index: int, key: str, elements: list[bytes]) -> None:
-        link = self._shards[index].link
-        await asyncio.gather(  # written together: no list left without its expiry
-            link.submit("LPUSH", key, *reversed(elements), key=key),
-            link.submit("PEXPIRE", key, self.core.expiry_ms, key=key),
+        return_id = secrets.token_hex(8)
+        await asyncio.gather(
+            *(self._push_front(i, k, e, return_id) for (i, k), e in returned.items())
         )
+
+    async def _push_front(
+        self, index: int, key: str, elements: list[bytes], return_id: str
+    ) -> None:
+        """One RETURN: the list and its expiry in one step, and applied once however often
+        the link writes it again after a lost reply."""
+        core = self.core
+        marker = core.keys.return_marker(key, return_id)
+        args: list[Arg] = [core.expiry_ms, core.dedupe_ttl_ms, *elements]
+        await self._shards[index].link.submit_script(RETURN, (key, marker), args)
         logger.info("Returned %d undelivered messages to %s", len(elements), key)
 
     # -- failover bookkeeping ----------------------------------------------------------------

@@ -8,10 +8,13 @@ request twice, which is exactly what the link does on a retry.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 
 from channels_ha import RedisChannelLayer
+from channels_ha._buffers import now_ms
+from channels_ha._codec import encode_element
 
 pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
@@ -37,3 +40,24 @@ async def test_normal_channel_duplicate_refused_by_redis(layer: RedisChannelLaye
     assert (await layer.receive("dedupe-normal"))["type"] == "once"
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive("dedupe-normal"), 0.1)
+
+
+async def test_returned_messages_written_twice_are_stored_once(layer: RedisChannelLayer) -> None:
+    """Messages a process gives back (its receivers left) go to the head of their list once,
+    even when the link writes the return again after a lost reply: a plain LPUSH would store
+    them twice, and competing receivers in two processes would each get a copy."""
+    channel, core, session = "dedupe-returned", layer._core, layer._session()
+    key, shard = core.keys.channel(channel), core.shard_index(channel)
+    expires = now_ms() + 60_000
+    elements = [
+        encode_element(expires, "a-returner", n, channel, core.codec.dumps({"type": "r", "n": n}))
+        for n in (1, 2)
+    ]
+    await layer.send(channel, {"type": "r", "n": 3})  # already queued behind the returned ones
+    for _ in range(2):
+        await session._push_front(shard, key, elements, "one-return")
+    link = session._shards[shard].link
+    stored = cast(list[bytes], await link.submit("LRANGE", key, 0, -1, key=key))
+    assert stored[:2] == elements
+    assert len(stored) == 3
+    assert [(await layer.receive(channel))["n"] for _ in range(3)] == [1, 2, 3]
