@@ -37,6 +37,7 @@ logger = logging.getLogger("channels_ha.cluster")
 SLOTS = 16_384
 _DROP = -2  # slot of internal requests (ASKING) that are not re-routed
 _TRYAGAIN_DELAY_S = 0.05
+_MAX_CLOSE_ROUNDS = 100  # bounds close()'s loops over requests and links
 # While requests wait for a slot's new owner, the slot map is read at least this often.
 SLOT_MAP_POLL_MAX_S = 0.15
 
@@ -188,7 +189,9 @@ class ClusterRouter:
         for request in requests:
             if request.future.done():
                 continue
-            if request.slot < 0:  # ASKING (internal) or a node's own command (SCAN, UNBLOCK)
+            if self._closed:  # a link draining at close(): nothing routes it on any more
+                request.future.set_exception(RedisUnavailable("the channel layer was closed"))
+            elif request.slot < 0:  # ASKING (internal) or a node's own command (SCAN, UNBLOCK)
                 request.future.set_exception(RedisUnavailable(f"{reason} on a cluster node"))
             elif reason.startswith("ASK ") and request.slot not in self._held:
                 self._link(_redirect_target(reason)).submit_request(request, asking=True)
@@ -378,6 +381,15 @@ class ClusterRouter:
         return Endpoint(host, int(port), ssl_context=template.ssl_context, server_hostname=hostname)
 
     async def close(self, drain_timeout_s: float) -> None:
+        """Lets requests waiting for a slot's owner finish within ``drain_timeout_s``, as a
+        link lets its own, then closes every link, including one opened meanwhile."""
+        deadline = time.monotonic() + drain_timeout_s
+        for _ in range(_MAX_CLOSE_ROUNDS):
+            waiting = [r.future for h in self._held.values() for r in (*h.returned, *h.newer)]
+            waiting = [future for future in waiting if not future.done()]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            await asyncio.wait(waiting, timeout=deadline - time.monotonic())
         self._closed = True
         if self._dispatching is not None:
             self._dispatching.cancel()
@@ -387,8 +399,14 @@ class ClusterRouter:
                 if not request.future.done():
                     request.future.set_exception(RedisUnavailable("the channel layer was closed"))
         self._held.clear()
-        for link in list(self._links.values()):
-            await link.close(drain_timeout_s)
+        closed: set[CommandLink] = set()
+        for _ in range(_MAX_CLOSE_ROUNDS):  # a link draining may hand requests to another
+            left = [link for link in self._links.values() if link not in closed]
+            if not left:
+                break
+            for link in left:
+                await link.close(max(deadline - time.monotonic(), 0.0))
+                closed.add(link)
 
 
 def _majority(maps: list[list[str | None]]) -> list[str | None]:

@@ -96,6 +96,7 @@ class ShardConnections:
         self.normal_reader: BlockingReader | None = None
         self._watch: SentinelWatch | None = None
         self._announced = ""  # the last new master the sentinels announced
+        self._closing = False
 
     def _server_seen(self, info: ServerInfo) -> None:
         self._start_watch()
@@ -229,7 +230,7 @@ class ShardConnections:
 
     def _start_watch(self) -> None:
         spec = self.spec.watch
-        if spec is None or self._watch is not None:
+        if spec is None or self._watch is not None or self._closing:
             return
         events = FailoverEvents(self.failover_started, self.failover_aborted, self.switch_announced)
         self._watch = SentinelWatch(
@@ -249,10 +250,12 @@ class ShardConnections:
             await reader.close()
 
     async def close(self, drain_timeout_s: float) -> None:
+        # A connection made while the link drains must not start a watch nobody closes.
+        self._closing = True
         await self.close_readers()
+        await self.link.close(drain_timeout_s)
         if self._watch is not None:
             await self._watch.close()
-        await self.link.close(drain_timeout_s)
 
 
 def _address(info: ServerInfo) -> str:

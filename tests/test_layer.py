@@ -428,3 +428,18 @@ async def test_inbox_holds_capacity_per_channel(
         await asyncio.sleep(0.05)  # polling Redis, which has no event for this
     await asyncio.gather(*(sender.send(c, {"type": "one"}) for c in channels))
     assert {(await task)["type"] for task in waiting} == {"one"}
+
+
+async def test_close_leaves_no_task_behind(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """close() owns what the layer started: a connection made while close() drains the
+    last requests (and what it starts, such as the Sentinel watch) is closed too."""
+    layer = make_layer(redis_topology)
+    before = asyncio.all_tasks()
+    sending = asyncio.create_task(layer.send("close-race", {"type": "x"}))
+    await asyncio.sleep(0)  # the send waits for the first connection, still being made
+    await layer.close()
+    await sending  # drained by close(): it went out before the link closed
+    left = {task for task in asyncio.all_tasks() - before if not task.done()}
+    assert not left, left
