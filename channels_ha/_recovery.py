@@ -105,7 +105,11 @@ def _compare(
 
 
 def _note_data_loss(shard: ShardConnections, began_s: float) -> None:
-    shard.stats.recovering_until = began_s + RESTART_GRACE_S  # the same moment everywhere
+    # Counted from the later of the data's new beginning and now: a process that reached
+    # the server only now (seen on Cluster: 2 s after the epoch was written) cannot assume
+    # that the others re-asserted their memberships meanwhile.
+    until = max(began_s, time.time()) + RESTART_GRACE_S
+    shard.stats.recovering_until = max(shard.stats.recovering_until, until)
     logger.warning(
         "Redis on %s restarted without its data; group_send waits %.1f s for group "
         "memberships to be re-asserted",

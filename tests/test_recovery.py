@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from channels_ha._buffers import now_ms
+from channels_ha._constants import RESTART_GRACE_S
 from channels_ha._recovery import check_epoch, recovered
 from channels_ha.sandbox import TopologyFactory
 
@@ -37,3 +39,28 @@ async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
     await recovered(shard)
     assert shard.stats.recovering_until > 0, "recovered() returned before the comparison"
     assert time.time() >= shard.stats.recovering_until
+
+
+async def test_a_loss_noticed_late_still_gets_the_grace_period(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A process that reaches a server restarted empty only seconds after its data began
+    again (a Cluster node refuses requests until its cluster state is ok again) cannot
+    assume that the other processes re-asserted their memberships meanwhile: they could not
+    reach it either. group_send waits the grace period from when this process noticed."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    await layer.group_add("room", "member")
+    session = layer._session()
+    shard = session._shards[0]
+    info = shard.link.server
+    assert info is not None
+    session._epochs[(0, shard.node_of(info))] = b"1"  # the process knew another epoch
+    key = shard.epoch_key(session.core.keys, info)
+    assert key is not None
+    await shard.link.submit("SET", key, now_ms() - 5_000, key=key)  # began again 5 s ago
+    noticed = time.time()
+    check = check_epoch(session.core, shard, info, True, session._epochs)
+    assert check is not None
+    await check
+    assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
