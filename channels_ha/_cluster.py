@@ -381,15 +381,15 @@ class ClusterRouter:
         return Endpoint(host, int(port), ssl_context=template.ssl_context, server_hostname=hostname)
 
     async def close(self, drain_timeout_s: float) -> None:
-        """Lets requests waiting for a slot's owner finish within ``drain_timeout_s``, as a
-        link lets its own, then closes every link, including one opened meanwhile."""
+        """Lets the requests in flight, or waiting for a slot's owner, finish within
+        ``drain_timeout_s`` (routing goes on meanwhile, as a link goes on writing while it
+        drains), then closes every link."""
         deadline = time.monotonic() + drain_timeout_s
         for _ in range(_MAX_CLOSE_ROUNDS):
-            waiting = [r.future for h in self._held.values() for r in (*h.returned, *h.newer)]
-            waiting = [future for future in waiting if not future.done()]
-            if not waiting or time.monotonic() >= deadline:
+            unsettled = self._unsettled()
+            if not unsettled or time.monotonic() >= deadline:
                 break
-            await asyncio.wait(waiting, timeout=deadline - time.monotonic())
+            await asyncio.wait(unsettled, timeout=deadline - time.monotonic())
         self._closed = True
         if self._dispatching is not None:
             self._dispatching.cancel()
@@ -400,13 +400,18 @@ class ClusterRouter:
                     request.future.set_exception(RedisUnavailable("the channel layer was closed"))
         self._held.clear()
         closed: set[CommandLink] = set()
-        for _ in range(_MAX_CLOSE_ROUNDS):  # a link draining may hand requests to another
+        for _ in range(_MAX_CLOSE_ROUNDS):  # a reader's unblock may still open a link
             left = [link for link in self._links.values() if link not in closed]
             if not left:
                 break
             for link in left:
                 await link.close(max(deadline - time.monotonic(), 0.0))
                 closed.add(link)
+
+    def _unsettled(self) -> list[asyncio.Future[object]]:
+        held = [r.future for h in self._held.values() for r in (*h.returned, *h.newer)]
+        linked = [future for link in self._links.values() for future in link.unsettled()]
+        return [future for future in (*held, *linked) if not future.done()]
 
 
 def _majority(maps: list[list[str | None]]) -> list[str | None]:

@@ -34,6 +34,10 @@ DEDUPE_MEMORY_MIN_S = 120.0
 # After a master restarted empty, group_send waits this long for every process to
 # re-assert its memberships (their readers reconnect within RECONNECT_BACKOFF_MAX_S).
 RESTART_GRACE_S = 2.0
+# A loss noticed this soon after the data began again gets the grace period counted from the
+# moment it was noticed (the other processes may have reached the server no earlier); one
+# noticed later (a process idle meanwhile) gets it counted from the epoch: long over.
+RESTART_NOTICE_WINDOW_S = 10.0
 
 # How often a process with group memberships checks that no master lost its data.
 EPOCH_CHECK_INTERVAL_S = 1.0

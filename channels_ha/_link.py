@@ -327,10 +327,7 @@ class CommandLink:
         self._holding.cancel()
         self._holding = None
         if self._usable and self._protocol is not None:
-            queued, self._queue = self._queue, deque()
-            for request in queued:
-                if not request.future.done():
-                    self._write(request)
+            self._write_queued()
         elif self._queue:
             self._ensure_connecting()
 
@@ -385,7 +382,12 @@ class CommandLink:
         if self.server is not None:
             self._stats.reconnects += 1
         self.server = info
-        self._on_server(info)
+        try:
+            self._on_server(info)
+        finally:  # whatever the callback does, what waited for this connection goes out
+            self._write_queued()
+
+    def _write_queued(self) -> None:
         if self._holding is not None:
             return  # a failover runs: this may still be the old master; release() writes
         queued, self._queue = self._queue, deque()
@@ -425,13 +427,19 @@ class CommandLink:
 
     # -- closing -----------------------------------------------------------------------
 
+    def unsettled(self) -> list[asyncio.Future[object]]:
+        """The futures of requests still waiting for a connection or a reply."""
+        held = [request for request, _ in self._doubt or ()]
+        requests = (*held, *self._retry, *self._inflight, *self._queue)
+        return [request.future for request in requests if not request.future.done()]
+
     async def close(self, drain_timeout_s: float) -> None:
         """Waits briefly for replies still due, then closes; safe to call twice."""
         if self._closed:
             return
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline:
-            pending = [r.future for r in (*self._inflight, *self._queue) if not r.future.done()]
+            pending = self.unsettled()
             if not pending:
                 break
             await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from ._buffers import now_ms
-from ._constants import RESTART_GRACE_S
+from ._constants import RESTART_GRACE_S, RESTART_NOTICE_WINDOW_S
 from ._core import LayerCore
 from ._resp import Arg
 from ._scripts import GROUP_ADD
@@ -105,11 +105,13 @@ def _compare(
 
 
 def _note_data_loss(shard: ShardConnections, began_s: float) -> None:
-    # Counted from the later of the data's new beginning and now: a process that reached
-    # the server only now (seen on Cluster: 2 s after the epoch was written) cannot assume
-    # that the others re-asserted their memberships meanwhile.
-    until = max(began_s, time.time()) + RESTART_GRACE_S
-    shard.stats.recovering_until = max(shard.stats.recovering_until, until)
+    # A process that reached the server only now (seen on Cluster: 2 s after the epoch was
+    # written) cannot assume that the others re-asserted their memberships meanwhile, so the
+    # period counts from now. Not for a process that was idle for long, though: the others
+    # have long re-asserted theirs, and it would wait for nothing.
+    now = time.time()
+    start = now if now - began_s <= RESTART_NOTICE_WINDOW_S else began_s
+    shard.stats.recovering_until = max(shard.stats.recovering_until, start + RESTART_GRACE_S)
     logger.warning(
         "Redis on %s restarted without its data; group_send waits %.1f s for group "
         "memberships to be re-asserted",

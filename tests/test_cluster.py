@@ -148,3 +148,24 @@ async def test_unreachable_cluster_gives_up_and_stops() -> None:
         assert time.monotonic() < deadline, "the router kept trying after giving up"
         await asyncio.sleep(0.05)  # polling private state: no event tells it stopped
     await layer.close()
+
+
+async def test_close_drains_a_request_whose_link_is_connecting(
+    cluster: ClusterTopology, make_layer: LayerFactory
+) -> None:
+    """close() lets a request for a master not connected yet go out, and leaves no task."""
+    layer = make_layer(cluster)
+    await layer.group_add("warm", "member")  # the slot map is known; one link is connected
+    router = layer._session()._shards[0].router
+    assert router is not None
+    keys = KeyLayout(layer.prefix)
+    warm_owner = router.owner_endpoint(slot_of(keys.group("warm")))
+    names = (f"group-{n}" for n in range(1_000))
+    other = next(n for n in names if router.owner_endpoint(slot_of(keys.group(n))) != warm_owner)
+    before = asyncio.all_tasks()
+    adding = asyncio.create_task(layer.group_add(other, "member"))
+    await asyncio.sleep(0)  # routed to the other master's link, which starts connecting
+    await layer.close()
+    await adding  # drained, not failed
+    left = {task for task in asyncio.all_tasks() - before if not task.done()}
+    assert not left, left

@@ -43,9 +43,7 @@ async def test_normal_channel_duplicate_refused_by_redis(layer: RedisChannelLaye
 
 
 async def test_returned_messages_written_twice_are_stored_once(layer: RedisChannelLayer) -> None:
-    """Messages a process gives back (its receivers left) go to the head of their list once,
-    even when the link writes the return again after a lost reply: a plain LPUSH would store
-    them twice, and competing receivers in two processes would each get a copy."""
+    """Messages given back to their list are stored once when the link writes the return twice."""
     channel, core, session = "dedupe-returned", layer._core, layer._session()
     key, shard = core.keys.channel(channel), core.shard_index(channel)
     expires = now_ms() + 60_000
