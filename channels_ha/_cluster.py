@@ -28,7 +28,7 @@ from ._backoff import Backoff
 from ._link import CommandLink, Request
 from ._resp import Arg, Endpoint, open_client, pack
 from ._scripts import Script
-from ._server import FixedLocator, ServerInfo, ServerSettings, give_up
+from ._server import FixedLocator, ServerInfo, ServerSettings, all_replies, give_up
 from ._stats import ShardStats
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
@@ -332,12 +332,10 @@ class ClusterRouter:
         client = await open_client(endpoint, self._settings.connect_timeout_s)
         try:
             auth = self._settings.credentials.auth_command()
-            commands = [auth] if auth else []
-            futures = [client.submit(*c) for c in [*commands, ("CLUSTER", "SLOTS")]]
-            done, _ = await asyncio.wait(futures, timeout=self._settings.reply_timeout_s)
-            if len(done) < len(futures):
-                raise ConnectionLost(f"{endpoint.describe()} did not answer CLUSTER SLOTS")
-            return cast(list[list[object]], [f.result() for f in futures][-1])
+            commands = [*([auth] if auth else []), ("CLUSTER", "SLOTS")]
+            timeout_s = self._settings.reply_timeout_s
+            replies = await all_replies(client, commands, timeout_s, endpoint=endpoint)
+            return cast(list[list[object]], replies[-1])
         finally:
             assert client.protocol is not None
             await client.protocol.aclose()

@@ -137,9 +137,7 @@ class SentinelLocator:
             auth = self.sentinel_credentials.auth_command()
             commands = [auth] if auth else []
             commands.append(("SENTINEL", "MASTER", self.master_name))
-            replies = await _all_replies(
-                client, commands, self.connect_timeout_s, endpoint=sentinel
-            )
+            replies = await all_replies(client, commands, self.connect_timeout_s, endpoint=sentinel)
         finally:
             assert client.protocol is not None
             await client.protocol.aclose()
@@ -267,14 +265,14 @@ async def _handshake(
     client: FutureSink, endpoint: Endpoint, settings: ServerSettings, load_scripts: bool
 ) -> ServerInfo:
     commands = handshake_commands(settings, load_scripts)
-    replies = await _all_replies(client, commands, settings.reply_timeout_s, endpoint=endpoint)
+    replies = await all_replies(client, commands, settings.reply_timeout_s, endpoint=endpoint)
     offset = len(commands) - (len(ALL_SCRIPTS) if load_scripts else 0)
     role, info, client_id = replies[offset - 3 : offset]
     _require_master(role, endpoint)
     return ServerInfo(endpoint, _parse_run_id(info), int(client_id))  # type: ignore[call-overload]
 
 
-async def _all_replies(
+async def all_replies(
     client: FutureSink, commands: Sequence[Sequence[Arg]], timeout_s: float, *, endpoint: Endpoint
 ) -> list[object]:
     """Pipelines the commands; raises the first error once every reply is in."""

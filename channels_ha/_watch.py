@@ -152,7 +152,6 @@ class SentinelWatch:
             if len(parts) == 5 and parts[0] == self._master_name:
                 self._events.switched(f"{parts[3]}:{parts[4]}")
         elif _about(parts, self._master_name):
-            # "<instance type> <name> <ip> <port> @ <master name> <master ip> <master port>"
             if event == FAILOVER_STARTS:
                 self._events.started()
             else:
@@ -167,8 +166,11 @@ class SentinelWatch:
 
 
 def _about(parts: list[str], master_name: str) -> bool:
-    return (
-        "@" in parts
-        and parts.index("@") + 1 < len(parts)
-        and (parts[parts.index("@") + 1] == master_name)
-    )
+    """Whether an instance event concerns our master. Sentinels describe a replica (the
+    promoted one, in "+failover-state-send-slaveof-noone") as "<type> <name> <ip> <port> @
+    <master name> <master ip> <master port>", and the master itself (the aborts) as
+    "master <name> <ip> <port>"."""
+    if "@" in parts:
+        at = parts.index("@")
+        return at + 1 < len(parts) and parts[at + 1] == master_name
+    return len(parts) >= 2 and parts[0] == "master" and parts[1] == master_name

@@ -9,14 +9,19 @@ arrived exactly once, with no exception raised.
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
-from channels_ha._cluster import slot_of
+from channels_ha._cluster import ClusterRouter, slot_of
 from channels_ha._keys import KeyLayout
+from channels_ha._resp import Endpoint
+from channels_ha._server import ServerSettings
+from channels_ha._stats import ShardStats
 from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
 
 from .conftest import LayerFactory, finish_traffic, start_traffic
@@ -169,3 +174,26 @@ async def test_close_drains_a_request_whose_link_is_connecting(
     await adding  # drained, not failed
     left = {task for task in asyncio.all_tasks() - before if not task.done()}
     assert not left, left
+
+
+async def test_a_frozen_node_leaves_no_unread_error_behind(
+    cluster: ClusterTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading the slot map while a node is frozen logs no 'exception was never retrieved'."""
+    startup = [Endpoint(node.host, node.port) for node in cluster.nodes]
+    router = ClusterRouter(
+        startup, ServerSettings(reply_timeout_s=0.3), ShardStats(), lambda _: None, lambda: None
+    )
+    key = "{frozen}key"
+    await router.submit("SET", key, "1", key=key)
+    frozen = cluster.nodes[1]
+    frozen.pause()
+    try:
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            await router.locate(slot_of(key))  # what a reader reconnecting does
+            gc.collect()  # an unread exception is reported when its future is collected
+            await asyncio.sleep(0)
+    finally:
+        frozen.resume()
+        await router.close(1.0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

@@ -366,3 +366,33 @@ async def test_written_again_after_failover_but_received_once(
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(receiver.receive(channel), 0.2)
     assert receiver.statistics().duplicates_dropped >= 5
+
+
+async def test_an_aborted_failover_releases_held_writes(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Writes held while sentinels promote a replica go out when they abort the failover."""
+    sentinel = redis_sandbox_factory("sentinel")
+    assert isinstance(sentinel, SentinelTopology)
+    layer = make_layer(sentinel)  # holds writes for at most min(10 s, failover_timeout / 2)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "before"})  # connected: the watch is subscribed
+    link = layer._session()._shards[0].link
+    master = await sentinel.acurrent_master()
+    replicas = [node for node in sentinel.data_nodes if node is not master]
+    await sentinel.afailover()
+    for replica in replicas:  # the promotion cannot finish: failover-timeout (3 s) aborts it
+        replica.pause()
+    try:
+        deadline = time.monotonic() + 5.0
+        while link._holding is None:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the failover start was not heard"
+            await asyncio.sleep(0.01)  # the link has no hook to await a hold
+        held_at = time.monotonic()
+        await layer.send(channel, {"type": "held"})
+        assert time.monotonic() - held_at < 6.0  # released by the abort, not by the 10 s limit
+    finally:
+        for replica in replicas:
+            replica.resume()
+    assert (await layer.receive(channel))["type"] == "before"
+    assert (await layer.receive(channel))["type"] == "held"
