@@ -220,7 +220,26 @@ class ClusterRouter:
             self._owners[slot] = target
             if self._told:
                 self._told[slot] = target  # the cluster said so; the next map agrees
+            self._hold_behind_old_links()
             self._on_topology()
+
+    def _hold_behind_old_links(self) -> None:
+        """Holds each slot that still has requests on a link other than its owner's (queued
+        there while it reconnects, or awaiting replies): newer requests of the slot wait until
+        those are answered, or handed back and written first. Otherwise a slot that changed
+        owner meanwhile would take its new requests ahead of its old ones."""
+        for address, link in self._links.items():
+            for request in link.pending_requests():
+                slot = request.slot
+                if slot < 0 or self._owners[slot] == address or request.future.done():
+                    continue
+                held = self._held.get(slot)
+                if held is None:
+                    held = self._held[slot] = _Held()
+                if request not in held.expected:  # (one handed back is in no link)
+                    held.expected.add(request)
+                    request.future.add_done_callback(functools.partial(self._settled, request))
+        self._schedule()
 
     def _settled(self, request: Request, _: object = None) -> None:
         """An expected request completed on its old link: one fewer to wait for."""
@@ -342,7 +361,10 @@ class ClusterRouter:
 
     def _apply_map(self, owners: list[str | None]) -> None:
         changed = self._mapped and owners != self._told
+        moved = owners != self._owners
         self._owners, self._told, self._mapped = owners, list(owners), True
+        if moved:
+            self._hold_behind_old_links()
         self._first_slots = {}
         for slot, owner in enumerate(owners):
             if owner is not None:

@@ -427,11 +427,14 @@ class CommandLink:
 
     # -- closing -----------------------------------------------------------------------
 
+    def pending_requests(self) -> list[Request]:
+        """Requests still waiting for a connection or a reply, oldest first."""
+        held = [request for request, _ in self._doubt or ()]
+        return [*held, *self._retry, *self._inflight, *self._queue]
+
     def unsettled(self) -> list[asyncio.Future[object]]:
         """The futures of requests still waiting for a connection or a reply."""
-        held = [request for request, _ in self._doubt or ()]
-        requests = (*held, *self._retry, *self._inflight, *self._queue)
-        return [request.future for request in requests if not request.future.done()]
+        return [r.future for r in self.pending_requests() if not r.future.done()]
 
     async def close(self, drain_timeout_s: float) -> None:
         """Waits briefly for replies still due, then closes; safe to call twice."""

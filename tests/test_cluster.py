@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
-from channels_ha._cluster import ClusterRouter, slot_of
+from channels_ha._cluster import ClusterRouter, _parse_slots, slot_of
 from channels_ha._keys import KeyLayout
 from channels_ha._resp import Endpoint
 from channels_ha._server import ServerSettings
@@ -197,3 +197,41 @@ async def test_a_frozen_node_leaves_no_unread_error_behind(
         frozen.resume()
         await router.close(1.0)
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_slot_keeps_its_order_when_its_owner_changes_under_a_queued_request(
+    cluster: ClusterTopology,
+) -> None:
+    """A request still queued for a slot's old master is stored before a newer one."""
+    startup = [Endpoint(node.host, node.port) for node in cluster.nodes]
+    settings = ServerSettings(reply_timeout_s=2.0)
+    router = ClusterRouter(startup, settings, ShardStats(), lambda _: None, lambda: None)
+    key = "{ordered}list"
+    await router.submit("RPUSH", key, "warm", key=key)
+    victim = await cluster.anode_for_slot(slot_of(key))
+    old_link = router.link_at(Endpoint(victim.host, victim.port))
+    victim.pause()
+    try:
+        new_master = await cluster.await_new_master(victim)
+        # The state a busy router reaches (seen in a helper's runs): the old master's link
+        # reconnecting, with a request of the slot queued, when the slot map moves the slot.
+        old_link.drop_connection("the master stopped answering")
+        for _ in range(100):  # the transport reports the loss on a later loop turn
+            if old_link._protocol is None:
+                break
+            await asyncio.sleep(0)
+        first = router.submit("RPUSH", key, "first", key=key)  # the map still names the old
+        assert old_link._queue, "not queued on the old master's link"
+        # A map read that got its answer (a full refresh would also wait for the frozen node).
+        owners = await router._ask_slots(Endpoint(new_master.host, new_master.port))
+        router._apply_map(_parse_slots(Endpoint(new_master.host, new_master.port), owners))
+        second = router.submit("RPUSH", key, "second", key=key)
+        await asyncio.gather(first, second)
+    finally:
+        victim.resume()
+        await router.close(1.0)
+    client = new_master.client()
+    try:
+        assert client.lrange(key, 0, -1) == [b"warm", b"first", b"second"]
+    finally:
+        client.close()
