@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -220,10 +220,10 @@ class ClusterRouter:
             self._owners[slot] = target
             if self._told:
                 self._told[slot] = target  # the cluster said so; the next map agrees
-            self._hold_behind_old_links()
+            self._hold_behind_old_links({slot})
             self._on_topology()
 
-    def _hold_behind_old_links(self) -> None:
+    def _hold_behind_old_links(self, slots: Container[int] | None = None) -> None:
         """Holds each slot that still has requests on a link other than its owner's (queued
         there while it reconnects, or awaiting replies): newer requests of the slot wait until
         those are answered, or handed back and written first. Otherwise a slot that changed
@@ -232,6 +232,8 @@ class ClusterRouter:
             for request in link.pending_requests():
                 slot = request.slot
                 if slot < 0 or self._owners[slot] == address or request.future.done():
+                    continue
+                if slots is not None and slot not in slots:  # (one MOVED: one slot to check)
                     continue
                 held = self._held.get(slot)
                 if held is None:
