@@ -11,6 +11,7 @@ from ._codec import MessageCodec
 from ._constants import CHANNEL_LIVENESS_S, DEDUPE_MEMORY_MIN_S, GROUP_REFRESH_INTERVAL_S
 from ._groups import Memberships
 from ._keys import KeyLayout
+from ._replay import RecentPushes
 from ._sequence import DeliveryMarks
 from ._shard import ShardSpec
 from ._stats import ShardStats
@@ -48,10 +49,13 @@ class LayerCore:
     marks: DeliveryMarks = field(default_factory=DeliveryMarks)
     stats: Counters = field(default_factory=Counters)
     shard_stats: list[ShardStats] = field(default_factory=list)
+    # Per shard, the writes of the last seconds, of every event loop (see _replay).
+    recent: list[RecentPushes] = field(default_factory=list)
     _last_refresh: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.shard_stats = [ShardStats() for _ in self.shards]
+        self.recent = [RecentPushes() for _ in self.shards]
         self.expiry_ms = int(self.expiry_s * 1000)
         failover_timeout_s = max(spec.settings.failover_timeout_s for spec in self.shards)
         # A retry lands within the failover timeout of the first attempt.

@@ -69,6 +69,11 @@ class Deliveries:
             return False
         return buffer.handed_over > 0 or any(not waiter.done() for waiter in tuple(buffer.waiters))
 
+    def receiving_inbox(self) -> bool:
+        """Whether a receive() on a process-specific channel waits in this event loop (asked
+        from other threads: one read of a dict's size)."""
+        return bool(self._inbox_waiting)
+
     def enter(self, buffer: ChannelBuffer) -> bool:
         """A receiver starts waiting; True if it is the first for its inbox or channel."""
         counter = self._inbox_waiting if buffer.specific else self._normal_waiting
@@ -225,7 +230,8 @@ class Deliveries:
             buffer.take_all()
 
     def buffered(self) -> int:
-        return sum(len(buffer.items) for buffer in self._buffers.values())
+        """Asked from other threads too (statistics() for metrics and health): a snapshot."""
+        return sum(len(buffer.items) for buffer in tuple(self._buffers.values()))
 
 
 def _fresh(items: list[Item]) -> list[Item]:

@@ -9,6 +9,7 @@ silently fall out of its groups.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,6 +28,10 @@ class Memberships:
 
     def __init__(self, liveness_s: float) -> None:
         self._liveness_s = liveness_s
+        # Every event loop of the process (async_to_sync calls run in their own) joins and
+        # leaves groups here, from its own thread: changes to the groups, and reading them
+        # all, take the lock. touch() does not: it is one dict store per receive().
+        self._lock = threading.Lock()
         self._groups_of: defaultdict[str, set[str]] = defaultdict(set)
         # Whether a receive() on a channel is waiting now: asked of the layer's sessions
         # when needed, so that receive() itself counts nothing.
@@ -35,16 +40,18 @@ class Memberships:
         self._last_added: dict[str, float] = {}
 
     def added(self, group: str, channel: str) -> None:
-        self._groups_of[channel].add(group)
-        self._last_added[channel] = time.monotonic()
+        with self._lock:
+            self._groups_of[channel].add(group)
+            self._last_added[channel] = time.monotonic()
 
     def discarded(self, group: str, channel: str) -> None:
-        groups = self._groups_of.get(channel)
-        if groups is not None:
-            groups.discard(group)
-            if not groups:
-                del self._groups_of[channel]
-                self._last_added.pop(channel, None)
+        with self._lock:
+            groups = self._groups_of.get(channel)
+            if groups is not None:
+                groups.discard(group)
+                if not groups:
+                    del self._groups_of[channel]
+                    self._last_added.pop(channel, None)
 
     def touch(self, channel: str) -> None:
         """A receive() ended (however): the channel is alive."""
@@ -57,8 +64,10 @@ class Memberships:
     def live_groups(self) -> dict[str, list[str]]:
         """Group name -> live member channels, for re-assertion."""
         now = time.monotonic()
+        with self._lock:
+            joined = [(channel, tuple(groups)) for channel, groups in self._groups_of.items()]
         result: defaultdict[str, list[str]] = defaultdict(list)
-        for channel, groups in self._groups_of.items():
+        for channel, groups in joined:
             if self.is_live(channel, now):
                 for group in groups:
                     result[group].append(channel)
@@ -70,20 +79,26 @@ class Memberships:
         Redis expired their memberships by then (``horizon_s`` is the group expiry).
         """
         now = time.monotonic()
-        for channel in list(self._groups_of):
+        with self._lock:
+            channels = list(self._groups_of)
+        for channel in channels:
             if self.waiting(channel):
                 continue
-            last = max(self._last_active.get(channel, 0.0), self._last_added.get(channel, 0.0))
-            if now - last > horizon_s:
-                del self._groups_of[channel]
-                self._last_added.pop(channel, None)
-        for channel, last in list(self._last_active.items()):
+            with self._lock:
+                last = max(self._last_active.get(channel, 0.0), self._last_added.get(channel, 0.0))
+                if now - last > horizon_s:
+                    self._groups_of.pop(channel, None)
+                    self._last_added.pop(channel, None)
+        # A copy made in C, in one step: receive() in other threads stores meanwhile.
+        for channel, last in dict(self._last_active).items():
             if now - last > horizon_s and not self.waiting(channel):
-                del self._last_active[channel]
+                self._last_active.pop(channel, None)
 
     def clear(self) -> None:
-        self._groups_of.clear()
-        self._last_added.clear()
+        with self._lock:
+            self._groups_of.clear()
+            self._last_added.clear()
 
     def __len__(self) -> int:
-        return sum(len(groups) for groups in self._groups_of.values())
+        with self._lock:
+            return sum(len(groups) for groups in self._groups_of.values())

@@ -144,7 +144,24 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         session = self._sessions.get(asyncio.get_running_loop())
         if session is None or session.closed:
             session = self._session()
+        if "!" in channel and len(self._sessions) > 1:
+            self._refuse_a_second_receiving_loop(session)
         return await session.receive(channel)
+
+    def _refuse_a_second_receiving_loop(self, session: Session) -> None:
+        """The process-specific channels of a process share one inbox in Redis: an event loop
+        waiting on them pops messages for the others, which would then wait in vain. As
+        channels_redis does, refuse rather than lose them."""
+        for other in list(self._sessions.values()):
+            if other is session or other.closed or other.loop.is_closed():
+                continue  # (a loop closed without shutting down leaves its waiters behind)
+            if other.deliveries.receiving_inbox():
+                raise RuntimeError(
+                    "Two event loops are trying to receive() on one channel layer at once! "
+                    "Process-specific channels (from new_channel()) of one process share one "
+                    "inbox, which one event loop at a time receives from: receive in the "
+                    "event loop already receiving, or on a channel without '!'."
+                )
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A new process-specific channel name; its messages arrive in this process's inbox."""
@@ -169,13 +186,9 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def flush(self) -> None:
         """Deletes every message and group of this layer's prefix (SCAN, never KEYS).
 
-        Other event loops' sessions of this layer forget their replays too; other processes
+        The process forgets its writes kept for replay (every event loop's); other processes
         cannot be told, and may write their last 2 s again after a failover."""
-        flushed = self._session()
-        await flushed.flush()
-        for session in list(self._sessions.values()):
-            if session is not flushed:
-                session.forget_recent()
+        await self._session().flush()
 
     async def close(self) -> None:
         """Closes this event loop's connections, returning undelivered messages to Redis;

@@ -10,6 +10,7 @@ the missing messages come through.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,33 +28,42 @@ class RecentPushes:
 
     Entries are dropped only when a newer one arrives more than ``REPLAY_WINDOW_S`` later,
     so during an outage (when nothing is acknowledged) the last seconds before it stay.
+    One per shard for the whole process: a write made in a short-lived event loop
+    (``async_to_sync``) is written again by whichever loop meets the new server run, so the
+    event loops' threads share it, behind a lock.
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_lock")
 
     def __init__(self) -> None:
         self._entries: deque[tuple[float, str, Replayable]] = deque(maxlen=REPLAY_LIMIT)
+        self._lock = threading.Lock()
 
     def add(self, key: str, packed: Replayable) -> None:
         now = time.monotonic()
-        entries = self._entries
-        while entries and entries[0][0] < now - REPLAY_WINDOW_S:
-            entries.popleft()
-        entries.append((now, key, packed))
+        with self._lock:
+            entries = self._entries
+            while entries and entries[0][0] < now - REPLAY_WINDOW_S:
+                entries.popleft()
+            entries.append((now, key, packed))
 
     def clear(self) -> None:
         """Forgets everything: after flush(), writing those messages again would bring back
         what the application deleted."""
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def __bool__(self) -> bool:
         """Whether anything written recently could still be worth writing again (older
         messages have expired anyway)."""
-        return bool(self._entries) and time.monotonic() - self._entries[-1][0] < RETAIN_IDLE_S
+        with self._lock:
+            last = self._entries[-1][0] if self._entries else None
+        return last is not None and time.monotonic() - last < RETAIN_IDLE_S
 
     def requests(self) -> list[tuple[str, bytes]]:
         """(routing key, request) of every retained write, oldest first."""
+        with self._lock:
+            entries = list(self._entries)
         return [
-            (key, packed if isinstance(packed, bytes) else packed())
-            for _, key, packed in self._entries
+            (key, packed if isinstance(packed, bytes) else packed()) for _, key, packed in entries
         ]

@@ -80,8 +80,10 @@ class DeliveryMarks:
 
     def forget_idle(self, idle_s: float) -> None:
         horizon = time.monotonic() - idle_s
-        for mark in [m for m, value in self._marks.items() if value.seen_at < horizon]:
-            del self._marks[mark]
+        # A copy made in C, in one step: another event loop's reader may add marks meanwhile.
+        for mark, value in dict(self._marks).items():
+            if value.seen_at < horizon:
+                self._marks.pop(mark, None)
 
     def clear(self) -> None:
         self._marks.clear()

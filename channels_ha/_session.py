@@ -36,7 +36,7 @@ from ._fanout import FanoutPlans, Plan, Target
 from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
-from ._replay import RecentPushes, Replayable
+from ._replay import Replayable
 from ._resp import Arg, pack
 from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH, RETURN
 from ._sequence import SendSequences
@@ -78,7 +78,6 @@ class Session:
         self.client_prefix = client_prefix
         self.sender = secrets.token_hex(8)
         self._seqs = SendSequences()
-        self._recent = [RecentPushes() for _ in core.shards]
         self._wait_ms = int(core.replica_ack_timeout_s * 1000)
         self._shards = [
             ShardConnections(
@@ -97,6 +96,10 @@ class Session:
         self._swept_at = time.monotonic()
         self._upkeep_failures = LogThrottle(FAILURE_LOG_INTERVAL_S)
         self._keeper = self._loop.create_task(self._keep())
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     @property
     def closed(self) -> bool:
@@ -155,7 +158,7 @@ class Session:
             statuses = cast("list[int] | None", await link.submit_packed(packed, key))
             if statuses is None:
                 return None
-            self._recent[index].add(key, packed if replayed is None else replayed)
+            self.core.recent[index].add(key, packed if replayed is None else replayed)
             if not acks:
                 return statuses
             patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose
@@ -455,7 +458,7 @@ class Session:
 
     def _replay(self, shard: ShardConnections) -> None:
         """Writes again what this process wrote just before the failure (see ``_replay``)."""
-        requests = self._recent[shard.spec.index].requests()
+        requests = self.core.recent[shard.spec.index].requests()
         for key, packed in requests:
             shard.link.submit_packed(packed, key).add_done_callback(log_failure)
         if requests:
@@ -520,7 +523,7 @@ class Session:
 
     async def _check_epochs(self) -> None:
         for shard in self._shards:
-            if not self.core.memberships and not self._recent[shard.spec.index]:
+            if not self.core.memberships and not self.core.recent[shard.spec.index]:
                 continue  # nothing of ours to re-assert or write again
             try:
                 lost = await watch_epochs(self.core, shard, self._epochs)
@@ -559,17 +562,17 @@ class Session:
         """Deletes this prefix's messages and groups; the epoch marks stay (deleting them
         would look like data loss to every process watching them)."""
         self.core.memberships.clear()  # flushed groups must not be re-asserted
-        self.forget_recent()
+        self._forget_recent()
         for shard in self._shards:
             for node in shard.scan_links():
                 await self._flush_node(node, shard.link)
-        self.forget_recent()  # sends acknowledged during the scan were deleted too
+        self._forget_recent()  # sends acknowledged during the scan were deleted too
         self.deliveries.clear()
 
-    def forget_recent(self) -> None:
-        """Forgets the writes kept for replay: after flush(), writing them again after a
-        failover would bring back what the application deleted."""
-        for recent in self._recent:
+    def _forget_recent(self) -> None:
+        """Forgets the process's writes kept for replay (every event loop's): after flush(),
+        writing them again after a failover would bring back what the application deleted."""
+        for recent in self.core.recent:
             recent.clear()
 
     def _epoch_keys(self) -> list[tuple[str, str]]:

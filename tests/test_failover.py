@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import redis
+from asgiref.sync import async_to_sync
 
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
 from channels_ha._interop import close_sync_client, sync_client
@@ -396,3 +397,25 @@ async def test_an_aborted_failover_releases_held_writes(
             replica.resume()
     assert (await layer.receive(channel))["type"] == "before"
     assert (await layer.receive(channel))["type"] == "held"
+
+
+@pytest.mark.parametrize("mode", ["send", "group_send"])
+async def test_writes_made_through_async_to_sync_are_written_again(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, mode: str
+) -> None:
+    """Sends from sync code (an event loop per call) are written again after a restart empty."""
+    topology = redis_sandbox_factory("standalone")
+    sender = make_layer(topology)
+    receiver = make_layer(topology, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    await receiver.group_add("sync-senders", channel)
+    await sender.send("warm-up", {"type": "w"})  # the process's long-lived event loop
+    for number in range(5):
+        message = {"type": "n", "n": number}
+        if mode == "send":
+            await asyncio.to_thread(async_to_sync(sender.send), channel, message)
+        else:
+            await asyncio.to_thread(async_to_sync(sender.group_send), "sync-senders", message)
+    await topology.nodes[0].arestart_empty()
+    received = [(await asyncio.wait_for(receiver.receive(channel), 5))["n"] for _ in range(5)]
+    assert received == list(range(5))

@@ -1,0 +1,97 @@
+"""One layer used from several event loops of one process: the ASGI server's, and the
+short-lived ones of async_to_sync calls and other threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from channels_ha import RedisChannelLayer
+from channels_ha.sandbox import Topology
+
+pytestmark = pytest.mark.redis_topologies("standalone")
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, as an ASGI server's does."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
+        return self.submit(coroutine).result(timeout_s)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def asgi_loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.stop()
+
+
+def test_a_second_event_loop_receiving_on_the_inbox_is_refused(
+    redis_topology: Topology, asgi_loop: LoopThread
+) -> None:
+    """receive() on a process channel raises while another loop waits on one (as channels_redis)."""
+    layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="two-loops")
+    try:
+        consumer_channel = asgi_loop.run(layer.new_channel())
+        waiting = asgi_loop.submit(layer.receive(consumer_channel))
+        deadline = time.monotonic() + 5
+        while not ((s := layer._sessions.get(asgi_loop.loop)) and s.deliveries.receiving_inbox()):
+            assert time.monotonic() < deadline, "the consumer never waited"
+            time.sleep(0.01)  # receive() has no hook to await its start
+        reply = async_to_sync(layer.new_channel)()
+        with pytest.raises(RuntimeError, match="Two event loops"):
+            async_to_sync(layer.receive)(reply)
+        async_to_sync(layer.send)(consumer_channel, {"type": "still.delivered"})
+        assert waiting.result(5)["type"] == "still.delivered"
+    finally:
+        asgi_loop.run(layer.flush())
+        asgi_loop.run(layer.close())
+
+
+def test_memberships_can_be_refreshed_while_another_loop_joins_groups(
+    redis_topology: Topology,
+) -> None:
+    """Reading every membership while another thread's event loop adds some raises nothing."""
+    layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="refresh-race")
+    memberships = layer._core.memberships
+    for number in range(5_000):
+        memberships.added("big", f"member-{number}")
+        memberships.touch(f"member-{number}")
+    stop = threading.Event()
+
+    def join_groups() -> None:
+        for number in range(200_000):  # bounded; stopped by the event long before
+            if stop.is_set():
+                return
+            memberships.added("other", f"joiner-{number}")
+
+    joiner = threading.Thread(target=join_groups, daemon=True)
+    joiner.start()
+    try:
+        for _ in range(20):
+            assert len(memberships.live_groups()["big"]) == 5_000
+    finally:
+        stop.set()
+        joiner.join(5)
