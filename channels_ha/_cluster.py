@@ -231,9 +231,13 @@ class ClusterRouter:
         for address, link in self._links.items():
             for request in link.pending_requests():
                 slot = request.slot
-                if slot < 0 or self._owners[slot] == address or request.future.done():
+                if slot < 0 or request.future.done():
                     continue
                 if slots is not None and slot not in slots:  # (one MOVED: one slot to check)
+                    continue
+                # No owner: the slot is held anyway until a map names one, and this runs
+                # again then. The same owner: newer requests queue behind these on its link.
+                if self._owners[slot] in (None, address):
                     continue
                 held = self._held.get(slot)
                 if held is None:

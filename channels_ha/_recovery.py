@@ -12,7 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, cast
 
 from ._buffers import now_ms
 from ._constants import RESTART_GRACE_S, RESTART_NOTICE_WINDOW_S
@@ -157,7 +157,12 @@ async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -
             shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
         previous = seen.get((shard.spec.index, node))
         seen[(shard.spec.index, node)] = value
-        lost = lost or (previous is not None and value != previous)
+        if previous is not None and value != previous:
+            lost = True
+            # Noticed here first, the connection's own epoch check will find nothing new:
+            # group_send must wait for the memberships from here.
+            began_s = time.time() if value is None else int(cast(bytes, value)) / 1000
+            _note_data_loss(shard, began_s)
     if lost:
         logger.warning(
             "A master of %s lost its data; re-asserting group memberships",

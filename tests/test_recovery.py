@@ -9,7 +9,7 @@ import pytest
 
 from channels_ha._buffers import now_ms
 from channels_ha._constants import RESTART_GRACE_S
-from channels_ha._recovery import check_epoch, recovered
+from channels_ha._recovery import check_epoch, recovered, watch_epochs
 from channels_ha.sandbox import TopologyFactory
 
 from .conftest import LayerFactory
@@ -71,3 +71,23 @@ async def test_the_grace_period_counts_from_a_late_notice(
         assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
     else:
         assert shard.stats.recovering_until < noticed
+
+
+async def test_a_loss_noticed_by_the_epoch_watch_gets_the_grace_period(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A restart empty noticed first by the periodic epoch read makes group_send wait too."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    await layer.group_add("room", "member")
+    session = layer._session()
+    shard = session._shards[0]
+    info = shard.link.server
+    assert info is not None
+    session._epochs[(0, shard.node_of(info))] = b"1"  # the process knew another epoch
+    key = shard.epoch_key(session.core.keys, info)
+    assert key is not None
+    await shard.link.submit("SET", key, now_ms() - 1_000, key=key)  # began again 1 s ago
+    noticed = time.time()
+    assert await watch_epochs(session.core, shard, session._epochs)
+    assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
