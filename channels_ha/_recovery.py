@@ -123,8 +123,8 @@ def _note_data_loss(shard: ShardConnections, began_s: float) -> None:
 
 async def recovered(shard: ShardConnections) -> None:
     """Waits out the grace period after a master came back without its data."""
-    if shard.epoch_check is not None and not shard.epoch_check.done():
-        await asyncio.wait({shard.epoch_check})
+    if shard.epoch_checks:
+        await asyncio.wait(set(shard.epoch_checks))
     delay = shard.stats.recovering_until - time.time()
     if delay > 0:
         await asyncio.sleep(delay)  # the grace period is the point: processes re-assert

@@ -431,7 +431,7 @@ class Session:
         if run == "same":
             return
         changed = run == "new"
-        shard.epoch_check = check_epoch(self.core, shard, info, changed, self._epochs)
+        shard.add_epoch_check(check_epoch(self.core, shard, info, changed, self._epochs))
         if run == "first":
             return
         logger.warning(

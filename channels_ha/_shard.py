@@ -91,12 +91,19 @@ class ShardConnections:
                 verify=verify,
                 announcements=self.announcements,
             )
-        self.epoch_check: asyncio.Future[Any] | None = None
+        # Epoch checks not yet compared, one per server run met (on Cluster, several nodes'
+        # at once): group_send waits for all of them, not only for the last one started.
+        self.epoch_checks: set[asyncio.Future[Any]] = set()
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
         self._watch: SentinelWatch | None = None
         self._announced = ""  # the last new master the sentinels announced
         self._closing = False
+
+    def add_epoch_check(self, check: asyncio.Future[Any] | None) -> None:
+        if check is not None and not check.done():
+            self.epoch_checks.add(check)
+            check.add_done_callback(self.epoch_checks.discard)
 
     def _server_seen(self, info: ServerInfo) -> None:
         self._start_watch()

@@ -35,7 +35,7 @@ async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
     # and the check's SET and GET share one write, so their replies share one read.
     opener = shard.link.submit("ECHO", "opener", key="room")
     before = shard.link.submit("PING", key="room")
-    shard.epoch_check = check_epoch(session.core, shard, info, True, session._epochs)
+    shard.add_epoch_check(check_epoch(session.core, shard, info, True, session._epochs))
     assert await opener == b"opener"
     assert await before == b"PONG"
     await recovered(shard)
