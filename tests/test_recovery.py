@@ -7,9 +7,11 @@ import time
 
 import pytest
 
+from channels_ha import RedisChannelLayer
 from channels_ha._buffers import now_ms
 from channels_ha._constants import RESTART_GRACE_S
 from channels_ha._recovery import check_epoch, recovered, watch_epochs
+from channels_ha._session import Session
 from channels_ha.sandbox import TopologyFactory
 
 from .conftest import LayerFactory
@@ -43,6 +45,21 @@ async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
     assert time.time() >= shard.stats.recovering_until
 
 
+async def _data_began_again(layer: RedisChannelLayer, began_s_ago: float) -> Session:
+    """A layer whose master's epoch says its data began ``began_s_ago``, while the process
+    knew another one: what a restart empty looks like to it."""
+    await layer.group_add("room", "member")
+    session = layer._session()
+    shard = session._shards[0]
+    info = shard.link.server
+    assert info is not None
+    session._epochs[(0, shard.node_of(info))] = b"1"
+    key = shard.epoch_key(session.core.keys, info)
+    assert key is not None
+    await shard.link.submit("SET", key, now_ms() - int(began_s_ago * 1000), key=key)
+    return session
+
+
 @pytest.mark.parametrize(("began_s_ago", "waits"), [(5.0, True), (60.0, False)])
 async def test_the_grace_period_counts_from_a_late_notice(
     redis_sandbox_factory: TopologyFactory,
@@ -52,19 +69,11 @@ async def test_the_grace_period_counts_from_a_late_notice(
 ) -> None:
     """A restart empty noticed seconds late gets a full grace period, one noticed late by an idle
     process none."""
-    topology = redis_sandbox_factory("standalone")
-    layer = make_layer(topology)
-    await layer.group_add("room", "member")
-    session = layer._session()
+    session = await _data_began_again(make_layer(redis_sandbox_factory("standalone")), began_s_ago)
     shard = session._shards[0]
-    info = shard.link.server
-    assert info is not None
-    session._epochs[(0, shard.node_of(info))] = b"1"  # the process knew another epoch
-    key = shard.epoch_key(session.core.keys, info)
-    assert key is not None
-    await shard.link.submit("SET", key, now_ms() - int(began_s_ago * 1000), key=key)
+    assert shard.link.server is not None
     noticed = time.time()
-    check = check_epoch(session.core, shard, info, True, session._epochs)
+    check = check_epoch(session.core, shard, shard.link.server, True, session._epochs)
     assert check is not None
     await check
     if waits:
@@ -77,17 +86,8 @@ async def test_a_loss_noticed_by_the_epoch_watch_gets_the_grace_period(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:
     """A restart empty noticed first by the periodic epoch read makes group_send wait too."""
-    topology = redis_sandbox_factory("standalone")
-    layer = make_layer(topology)
-    await layer.group_add("room", "member")
-    session = layer._session()
+    session = await _data_began_again(make_layer(redis_sandbox_factory("standalone")), 1.0)
     shard = session._shards[0]
-    info = shard.link.server
-    assert info is not None
-    session._epochs[(0, shard.node_of(info))] = b"1"  # the process knew another epoch
-    key = shard.epoch_key(session.core.keys, info)
-    assert key is not None
-    await shard.link.submit("SET", key, now_ms() - 1_000, key=key)  # began again 1 s ago
     noticed = time.time()
     assert await watch_epochs(session.core, shard, session._epochs)
     assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
