@@ -8,7 +8,6 @@ what to pop), and gives back what nobody here will receive.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Iterable
 
 from ._buffers import ChannelBuffer, Item, now_ms
@@ -183,14 +182,16 @@ class Deliveries:
                 found.append(channel)
         return found
 
-    def take_returnable(self, channels: Iterable[str]) -> dict[tuple[int, str], list[bytes]]:
+    def take_returnable(
+        self, channels: Iterable[str], returner: str
+    ) -> dict[tuple[int, str], list[bytes]]:
         """Removes the buffered messages of ``channels`` (unless somebody waits there) and
         encodes them again for their list, by (shard, key), in their original order.
 
-        They go back under a fresh sender id: receivers hold no mark for it, so they will
-        not mistake the returned messages for duplicates.
+        They go back under ``returner``, a fresh sender id: receivers hold no mark for it, so
+        they will not mistake the returned messages for duplicates.
         """
-        core, returner, numbers = self._core, secrets.token_hex(8), SendSequences()
+        core, numbers = self._core, SendSequences()
         returned: dict[tuple[int, str], list[bytes]] = {}
         for channel in channels:
             buffer = self._buffers.get(channel)

@@ -405,8 +405,8 @@ class Session:
 
     async def _return_to_redis(self, channels: Iterable[str]) -> None:
         """Pushes buffered messages back to the head of their list, order kept."""
-        returned = self.deliveries.take_returnable(channels)
-        return_id = secrets.token_hex(8)
+        return_id = secrets.token_hex(8)  # the elements' sender, and their markers' name
+        returned = self.deliveries.take_returnable(channels, return_id)
         await asyncio.gather(
             *(self._push_front(i, k, e, return_id) for (i, k), e in returned.items())
         )
