@@ -24,7 +24,7 @@ from ._session import Session
 from ._shard import ShardSpec
 from ._specs import shard_spec
 from ._stats import LayerStatistics, statistics_of
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ForeignChannel
 
 if TYPE_CHECKING:
     from ._config import RedisConfig
@@ -121,13 +121,31 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def require_valid_channel_name(self, name: str, receive: bool = False) -> bool:
         """Checks each name once: a regex per send and receive is a measurable share of
         the per-message cost."""
-        if name in self._valid_channels and not receive:
+        if self._known_channel(name) and not receive:
             return True
         super().require_valid_channel_name(name, receive)
         if len(self._valid_channels) >= _VALID_NAMES_REMEMBERED:
             self._valid_channels.clear()
         self._valid_channels.add(name)
         return True
+
+    def _known_channel(self, name: object) -> bool:
+        """Whether ``name`` passed the checks already; an unhashable one gets the name rules'
+        TypeError from the checks, not "unhashable type"."""
+        try:
+            return name in self._valid_channels
+        except TypeError:
+            return False
+
+    def _require_own_channel(self, channel: str) -> None:
+        """Receiving on another layer's process-specific channel would pop that layer's whole
+        inbox here, and its messages for other channels would wait here in vain."""
+        if not channel[: channel.index("!")].endswith(self.client_prefix):
+            raise ForeignChannel(
+                f"Channel {channel!r} is a process-specific channel of another channel layer "
+                "instance (another process, or a layer built again since): only the layer "
+                "whose new_channel() made it can receive on it."
+            )
 
     # -- the channel layer API -------------------------------------------------------------
 
@@ -139,13 +157,15 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on ``channel``, waiting for one (through failovers too)."""
-        if channel not in self._valid_channels:
+        if not self._known_channel(channel):
             self.require_valid_channel_name(channel)
         session = self._sessions.get(asyncio.get_running_loop())
         if session is None or session.closed:
             session = self._session()
-        if "!" in channel and len(self._sessions) > 1:
-            self._refuse_a_second_receiving_loop(session)
+        if "!" in channel:
+            self._require_own_channel(channel)
+            if len(self._sessions) > 1:
+                self._refuse_a_second_receiving_loop(session)
         return await session.receive(channel)
 
     def _refuse_a_second_receiving_loop(self, session: Session) -> None:

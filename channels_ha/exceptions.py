@@ -24,6 +24,11 @@ class RedisCommandError(ChannelsHAError):
     """Redis answered a command with an error that retrying cannot fix."""
 
 
+class ForeignChannel(ChannelsHAError, ValueError):
+    """``receive()`` on a process-specific channel that another layer instance made
+    (channels_redis raises ``AssertionError("Wrong client prefix")`` there)."""
+
+
 class MalformedElement(ChannelsHAError, ValueError):
     """A list element that is not a channels-ha message (something else wrote it); raised
     internally, and the element is dropped."""
@@ -41,6 +46,7 @@ __all__ = [
     "ChannelsHAError",
     "ConfigurationError",
     "ConnectionLost",
+    "ForeignChannel",
     "RedisCommandError",
     "RedisUnavailable",
     "SandboxError",

@@ -13,7 +13,7 @@ import redis
 from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
-from channels_ha import ConfigurationError, RedisChannelLayer
+from channels_ha import ConfigurationError, ForeignChannel, RedisChannelLayer
 from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import Topology
 
@@ -61,6 +61,23 @@ async def test_process_specific_channels_do_not_mix(layer: RedisChannelLayer) ->
     await layer.send(second, {"type": "to.second"})
     assert (await layer.receive(second))["type"] == "to.second"
     assert (await layer.receive(first))["type"] == "to.first"
+
+
+async def test_receiving_on_another_layers_process_channel_is_refused(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """As channels_redis refuses it ("Wrong client prefix"): the receiver would otherwise pop
+    the owner's whole inbox, and the owner's messages for its other channels with it."""
+    owner, other = make_layer(redis_topology), make_layer(redis_topology)
+    first, second = await owner.new_channel(), await owner.new_channel()
+    await owner.send(first, {"type": "to.first"})
+    await owner.send(second, {"type": "to.second"})
+    with pytest.raises(ForeignChannel, match="process-specific channel of another"):
+        await other.receive(first)
+    with pytest.raises(ForeignChannel):
+        await other.receive("hand.made!x")
+    assert (await owner.receive(second))["type"] == "to.second"
+    assert (await owner.receive(first))["type"] == "to.first"
 
 
 async def test_channel_full_at_capacity(make_layer: LayerFactory, redis_topology: Topology) -> None:
@@ -186,14 +203,19 @@ async def test_flush(layer: RedisChannelLayer) -> None:
     await assert_nothing_arrives(layer, "flushed-member")
 
 
-@pytest.mark.parametrize("name", ["", "bad channel", "a" * 100, "semi;colon", "brace{", 42, None])
+@pytest.mark.parametrize(
+    "name", ["", "bad channel", "a" * 100, "semi;colon", "brace{", 42, None, ["unhashable"]]
+)
 async def test_invalid_channel_names_raise_type_error(
     layer: RedisChannelLayer, name: object
 ) -> None:
     """Invalid channel names are refused with TypeError, as every channel layer does."""
-    with pytest.raises(TypeError):
+    rule = "Channel name must be a valid unicode string"
+    with pytest.raises(TypeError, match=rule):
         await layer.send(name, {"type": "x"})  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=rule):
+        await layer.receive(name)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rule):
         await layer.group_add("valid-group", name)  # type: ignore[arg-type]
 
 
