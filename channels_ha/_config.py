@@ -81,7 +81,21 @@ PositiveSeconds = Annotated[
 ]
 Database = Annotated[int, _require(lambda d: d >= 0, "a database number >= 0")]
 Name = Annotated[str, _require(bool, "a non-empty string")]
-CertReqs = Literal["required", "optional", "none"]
+
+
+def _cert_reqs_as_redis_py_takes_them(value: object) -> object:
+    """``None`` means "none" to redis-py (channels_redis's Heroku example passes it), and
+    ``ssl.CERT_*`` constants are accepted there too."""
+    if value is None:
+        return "none"
+    if isinstance(value, ssl.VerifyMode):
+        return {ssl.CERT_NONE: "none", ssl.CERT_OPTIONAL: "optional"}.get(value, "required")
+    return value
+
+
+CertReqs = Annotated[
+    Literal["required", "optional", "none"], BeforeValidator(_cert_reqs_as_redis_py_takes_them)
+]
 
 
 class _Frozen(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
@@ -27,7 +28,7 @@ from ._config import (
 )
 from .exceptions import ConfigurationError
 
-__all__ = ["KNOWN_KEYS", "TLS_KEYS", "Source", "build_config", "check_keys"]
+__all__ = ["IGNORED_KEYS", "KNOWN_KEYS", "TLS_KEYS", "Source", "build_config", "check_keys"]
 
 SINGLE_KEYS = ("address", "host", "port", "unix_socket_path")
 SENTINEL_KEYS = (
@@ -61,6 +62,29 @@ SENTINEL_KWARGS_KEYS = {  # sentinel_kwargs key -> SentinelConfig field (TLS key
     "password": "sentinel_password",
     "socket_timeout": "sentinel_socket_timeout_s",
     "socket_connect_timeout": "sentinel_socket_connect_timeout_s",
+}
+_NO_POOL = "channels-ha holds a fixed few connections per process"
+_RETRIES = "channels-ha retries every operation until failover_timeout"
+_BYTES = "channels-ha reads and writes bytes"
+_OWN_NAMES = "channels-ha names its connections channels-ha:<pid>:<layer>"
+IGNORED_KEYS = {  # redis-py connection options that change nothing here -> why
+    "max_connections": _NO_POOL,
+    "single_connection_client": _NO_POOL,
+    "retry": _RETRIES,
+    "retry_on_timeout": _RETRIES,
+    "retry_on_error": _RETRIES,
+    "encoding": _BYTES,
+    "encoding_errors": _BYTES,
+    "decode_responses": _BYTES,
+    "protocol": "channels-ha speaks RESP2 itself",
+    "client_name": _OWN_NAMES,
+    "lib_name": _OWN_NAMES,
+    "lib_version": _OWN_NAMES,
+    "socket_keepalive_options": "the system's TCP keepalive timings apply",
+}
+_SENTINEL_IGNORED_KEYS = {
+    **IGNORED_KEYS,
+    "socket_keepalive": "the channel layer's connections to sentinels always use TCP keepalive",
 }
 KNOWN_KEYS = ("mode", "ssl", *SINGLE_KEYS, *SENTINEL_KEYS, *CLUSTER_KEYS, *TLS_KEYS, *COMMON_KEYS)
 _KNOWN_SENTINEL_KWARGS = ("ssl", *SENTINEL_KWARGS_KEYS, *TLS_KEYS)
@@ -96,6 +120,8 @@ _EXPECTATIONS = {
 _BOOL = TypeAdapter(bool, config=ConfigDict(hide_input_in_errors=True))
 _M = TypeVar("_M", bound=BaseModel)
 _UNSET: Any = object()
+logger = logging.getLogger("channels_ha.config")
+_ignored_noted: set[str] = set()  # ignored options already logged by this process
 Origin = Mapping[Loc, str]  # model field path -> option key path
 Built = tuple[dict[str, Any], Origin]  # model fields of one mode, and where they came from
 TLSOptions = dict[str, Any] | None  # the data nodes' ssl_* options; None when TLS is off
@@ -139,15 +165,27 @@ def check_keys(
     *,
     prefix: str = "",
     noun: str = "key",
+    ignored: Mapping[str, str] = IGNORED_KEYS,
 ) -> None:
-    """Reject the first unknown key, suggesting the closest known one."""
+    """Reject the first unknown key, suggesting the closest known one.
+
+    redis-py's pool and codec options are let through (and then unused): a ``REDIS_URL`` is
+    often shared with a cache or Celery, and channels_redis ``hosts`` dicts carry them."""
     for key in options:
-        if key not in known:
+        if key in ignored:
+            _note_ignored(f"{prefix}{key}", ignored[key])
+        elif key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise source.error(
                 f"'{prefix}{key}': unknown {noun}{hint}; expected one of {', '.join(known)}"
             )
+
+
+def _note_ignored(key: str, why: str) -> None:
+    if key not in _ignored_noted:
+        _ignored_noted.add(key)
+        logger.info("Redis option '%s' is accepted and ignored: %s.", key, why)
 
 
 def validate(model: type[_M], data: Mapping[str, Any], source: Source, origin: Origin) -> _M:
@@ -280,7 +318,13 @@ def _sentinel(options: Mapping[str, Any], source: Source, data_tls: TLSOptions) 
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, Mapping):
         raise source.expected("sentinel_kwargs", "an object of sentinel connection options")
-    check_keys(kwargs, _KNOWN_SENTINEL_KWARGS, source, prefix="sentinel_kwargs.")
+    check_keys(
+        kwargs,
+        _KNOWN_SENTINEL_KWARGS,
+        source,
+        prefix="sentinel_kwargs.",
+        ignored=_SENTINEL_IGNORED_KEYS,
+    )
     own_keys = ("sentinels", "master_name", "sentinel_username", "sentinel_password")
     fields = {key: options[key] for key in own_keys if key in options}
     origin: dict[Loc, str] = {}

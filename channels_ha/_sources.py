@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
 from ._config import RedisConfig
 from ._options import KNOWN_KEYS, Source, build_config, check_keys
 from ._url import parse_url, redact_url, url_options
@@ -81,9 +83,25 @@ def _expand_address(options: Mapping[str, Any], source: Source) -> tuple[Mapping
     if from_url.pop("mode") != "single":
         raise source.expected("address", "a redis://, rediss:// or unix:// URL")
     rest = {key: value for key, value in options.items() if key != "address"}
-    for key in from_url.keys() & rest.keys():
-        raise source.error(f"'{key}' is given in the 'address' URL and as a key; expected it once")
+    for key in sorted(from_url.keys() & rest.keys()):
+        if not _same_value(from_url[key], rest[key]):
+            raise source.error(
+                f"'{key}' is given in the 'address' URL and as a key, with different values; "
+                "expected it once"
+            )
     return {**rest, **from_url}, source
+
+
+def _same_value(from_url: object, given: object) -> bool:
+    """Whether a key repeats the URL's value (``/0`` and ``"db": 0``), which channels_redis
+    configurations often do."""
+    plain = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in (from_url, given)]
+    if plain[0] == plain[1] or str(plain[0]).lower() == str(plain[1]).lower():
+        return True
+    try:
+        return float(plain[0]) == float(plain[1])  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
 
 
 def parse_hosts_entry(entry: object, *, source: str = "hosts entry") -> RedisConfig:

@@ -15,6 +15,7 @@ import pytest
 
 from channels_ha import _sources
 from channels_ha._cli import main
+from channels_ha._options import IGNORED_KEYS
 from channels_ha._sources import load_config, parse_connection_config, parse_url
 from channels_ha.exceptions import ConfigurationError
 
@@ -114,3 +115,11 @@ def test_python_examples_run() -> None:
         namespace: dict[str, object] = {}
         exec(compile(code, str(DOC), "exec"), namespace)
         assert "default" in namespace["CHANNEL_LAYERS"]  # type: ignore[operator]
+
+
+def test_the_ignored_options_table_lists_what_is_ignored() -> None:
+    """The table of ignored redis-py options is the one the parser uses."""
+    section = DOC.read_text().split("### Options that are ignored")[1].split("\n#")[0]
+    documented = set(re.findall(r"`([\w.]+)`", "".join(re.findall(r"^\| (.*?) \|", section, re.M))))
+    ignored = {*IGNORED_KEYS, "sentinel_kwargs.socket_keepalive"}
+    assert documented - {"Key"} == ignored

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import traceback
 from typing import Any
 
 import pytest
 
-from channels_ha import _sources
+from channels_ha import _options, _sources
 from channels_ha._config import (
     ClusterConfig,
     NodeAddress,
@@ -23,6 +24,7 @@ from channels_ha._sources import (
     parse_hosts_entry,
     select_source,
 )
+from channels_ha._url import parse_url
 from channels_ha.exceptions import ConfigurationError
 
 EXAMPLE = (
@@ -426,9 +428,17 @@ def test_sentinel_password_given_twice() -> None:
 
 
 def test_address_url_key_given_twice() -> None:
-    """A key both inside the address URL and beside it is ambiguous."""
-    message = _error({"address": f"redis://:{SECRET}@h/0", "password": SECRET})
-    assert "'password' is given in the 'address' URL and as a key" in message
+    """A key both inside the address URL and beside it, with another value, is ambiguous."""
+    message = _error({"address": f"redis://:{SECRET}@h/0", "password": "other"})
+    assert "'password' is given in the 'address' URL and as a key, with different" in message
+    message = _error({"address": "redis://h/0", "db": 1})
+    assert "'db' is given in the 'address' URL and as a key, with different" in message
+
+
+def test_address_url_key_repeated_with_the_same_value() -> None:
+    """channels_redis configurations often repeat the URL's database or password as a key."""
+    entry = {"address": f"redis://:{SECRET}@h:6380/0", "db": 0, "password": SECRET}
+    assert parse_hosts_entry(entry) == SingleNodeConfig(address="h:6380", db=0, password=SECRET)
 
 
 def test_address_url_must_be_single_node() -> None:
@@ -582,6 +592,45 @@ def test_hosts_entry_channels_redis_dicts() -> None:
     )
     assert isinstance(sentinel, SentinelConfig)
     assert sentinel.sentinel_password is not None
+
+
+@pytest.mark.parametrize(
+    ("cert_reqs", "expected"),
+    [
+        (None, "none"),
+        (ssl.CERT_NONE, "none"),
+        (ssl.CERT_OPTIONAL, "optional"),
+        (ssl.CERT_REQUIRED, "required"),
+    ],
+)
+def test_cert_reqs_as_redis_py_takes_them(cert_reqs: object, expected: str) -> None:
+    """channels_redis's Heroku example passes ``"ssl_cert_reqs": None``: no verification."""
+    entry = {"address": "rediss://:pw@h:6380", "ssl_cert_reqs": cert_reqs}
+    tls = parse_hosts_entry(entry).tls
+    assert tls == TLSConfig(cert_reqs=expected)
+    assert tls.verifies_hostname is (expected != "none")
+
+
+def test_redis_py_pool_options_are_accepted_and_ignored(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Options of redis-py's pools and codecs change nothing here; a typo still fails."""
+    monkeypatch.setattr(_options, "_ignored_noted", set())
+    plain = {"address": "redis://h:6380/0"}
+    entry = {**plain, "max_connections": 50, "retry_on_timeout": True, "encoding": "utf-8"}
+    with caplog.at_level(logging.INFO, logger="channels_ha.config"):
+        assert parse_hosts_entry(entry) == parse_hosts_entry(plain)
+        url = "redis://h:6380/0?max_connections=20&protocol=3&client_name=web"
+        assert parse_url(url) == parse_hosts_entry(plain)
+        sentinel = {**SENTINELS, "sentinel_kwargs": {"socket_keepalive": True}}
+        assert parse_connection_config(sentinel) == parse_connection_config(SENTINELS)
+        parse_hosts_entry(entry)
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == 6, logged  # once per option and process
+    assert "Redis option 'max_connections' is accepted and ignored" in logged[0]
+    assert any("'sentinel_kwargs.socket_keepalive'" in line for line in logged)
+    with pytest.raises(ConfigurationError, match="'max_connection': unknown key"):
+        parse_hosts_entry({**plain, "max_connection": 50})
 
 
 def test_hosts_entry_errors_name_the_entry() -> None:
