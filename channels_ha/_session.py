@@ -240,14 +240,28 @@ class Session:
         Cluster, where no plan can use one)."""
         core = self.core
         shard = self._shards[core.shard_index(group)]
-        for _ in range(2):
+        for attempt in range(2):
             changes = shard.stats.server_changes
             await recovered(shard)
             members, token = await self._read_members(shard, group)
+            if not members and not attempt and await self._emptied_by_data_loss(shard, group):
+                continue  # read again once the memberships had time to be re-asserted
             if shard.stats.server_changes == changes:
                 break  # no new server run meanwhile: the list is not from before a loss
         core.stats.group_member_reads += 1
         return members, token
+
+    async def _emptied_by_data_loss(self, shard: ShardConnections, group: str) -> bool:
+        """Whether a group that had members at this process's last read of it reads empty
+        because the data began again.
+
+        A ``FLUSHALL`` or ``FLUSHDB`` (a cache's ``clear()`` on a shared database) loses the
+        data without a reconnect that would notice, and the periodic epoch check may be a
+        second away: a group_send meanwhile would go to nobody. So check now."""
+        if not self._fanout.forget(group):
+            return False  # not seen with members: an empty group costs no extra round trip
+        await self._check_epochs_of(shard)
+        return shard.stats.recovering_until > time.time()
 
     async def _read_members(
         self, shard: ShardConnections, group: str
@@ -523,16 +537,18 @@ class Session:
 
     async def _check_epochs(self) -> None:
         for shard in self._shards:
-            if not self.core.memberships and not self.core.recent[shard.spec.index]:
-                continue  # nothing of ours to re-assert or write again
-            try:
-                lost = await watch_epochs(self.core, shard, self._epochs)
-            except (RedisUnavailable, RedisCommandError) as err:
-                logger.debug("Epoch check failed: %s", err)
-                continue
-            if lost:
-                reassert(self.core, shard)
-                self._replay(shard)
+            if self.core.memberships or self.core.recent[shard.spec.index]:
+                await self._check_epochs_of(shard)  # (else nothing to re-assert or replay)
+
+    async def _check_epochs_of(self, shard: ShardConnections) -> None:
+        try:
+            lost = await watch_epochs(self.core, shard, self._epochs)
+        except (RedisUnavailable, RedisCommandError) as err:
+            logger.debug("Epoch check failed: %s", err)
+            return
+        if lost:
+            reassert(self.core, shard)
+            self._replay(shard)
 
     def _sweep(self) -> None:
         self._return_stranded(self.deliveries.sweep())

@@ -3,6 +3,7 @@ soon as anything read after the epoch check could let it go on."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from channels_ha._buffers import now_ms
 from channels_ha._constants import RESTART_GRACE_S
 from channels_ha._recovery import check_epoch, recovered, watch_epochs
 from channels_ha._session import Session
-from channels_ha.sandbox import TopologyFactory
+from channels_ha.sandbox import StandaloneTopology, TopologyFactory
 
 from .conftest import LayerFactory
 
@@ -91,3 +92,29 @@ async def test_a_loss_noticed_by_the_epoch_watch_gets_the_grace_period(
     noticed = time.time()
     assert await watch_epochs(session.core, shard, session._epochs)
     assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
+
+
+@pytest.mark.parametrize("command", ["FLUSHALL", "FLUSHDB"])
+async def test_a_group_send_just_after_a_flush_by_hand_still_reaches_the_members(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, command: str
+) -> None:
+    """FLUSHALL or FLUSHDB (a Django cache's clear() on a shared database) loses the data
+    with no reconnect to notice it: a group_send right after must not find the group empty
+    and send to nobody."""
+    topology = redis_sandbox_factory("standalone")
+    assert isinstance(topology, StandaloneTopology)
+    member = make_layer(topology)
+    sender = make_layer(topology, prefix=member.prefix)
+    channel = await member.new_channel()
+    await member.group_add("room", channel)
+    waiting = asyncio.create_task(member.receive(channel))  # a live member
+    await sender.group_send("room", {"type": "before"})
+    assert (await waiting)["type"] == "before"
+    waiting = asyncio.create_task(member.receive(channel))
+    admin = topology.node.async_client()
+    try:
+        await admin.execute_command(command)
+    finally:
+        await admin.aclose()
+    await sender.group_send("room", {"type": "after"})
+    assert (await asyncio.wait_for(waiting, 10))["type"] == "after"
