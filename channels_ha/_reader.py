@@ -186,6 +186,9 @@ class BlockingReader:
         except RedisCommandError as err:
             await self._on_error(err)
             return
+        # Reset on a pop answered, not on a connection made: a server that accepts the
+        # connection and refuses the pop (CLUSTERDOWN) must meet a growing pause.
+        self._backoff.reset()
         self._hand_over(reply)
 
     async def _on_error(self, err: RedisCommandError) -> None:
@@ -235,7 +238,6 @@ class BlockingReader:
 
     async def _reconnect(self, started: float) -> FutureSink:
         deadline = started + self._settings.failover_timeout_s
-        self._backoff.reset()
         while True:
             client = FutureSink()
             try:

@@ -26,6 +26,8 @@ from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
 
 from .conftest import LayerFactory, finish_traffic, start_traffic
 
+CLUSTER_DOWN_S = 2.0
+
 
 async def inbox_owner(cluster: ClusterTopology, layer: RedisChannelLayer) -> RedisNode:
     """The master holding ``layer``'s process inbox."""
@@ -235,3 +237,34 @@ async def test_a_slot_keeps_its_order_when_its_owner_changes_under_a_queued_requ
         assert client.lrange(key, 0, -1) == [b"warm", b"first", b"second"]
     finally:
         client.close()
+
+
+async def test_a_reader_refused_with_clusterdown_backs_off(
+    cluster: ClusterTopology, make_layer: LayerFactory
+) -> None:
+    """A Cluster that lost a slot's owner still takes connections, and answers CLUSTERDOWN to
+    every blocking pop: the reader must pause longer each time, not reconnect at once (seen:
+    ~110 new connections per second and node, each with a slot-map read of every node)."""
+    layer = make_layer(cluster)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "warm-up"})
+    assert (await layer.receive(channel))["type"] == "warm-up"
+    owner = await inbox_owner(cluster, layer)
+    spare = (slot_of(inbox_key(layer)) + 8192) % 16384  # another slot, of another master
+    spare_owner = await cluster.anode_for_slot(spare)
+    receiving = asyncio.create_task(layer.receive(channel))
+    clients = [node.async_client() for node in cluster.nodes]
+    owner_client, spare_client = owner.async_client(), spare_owner.async_client()
+    try:
+        for client in clients:  # an unserved slot: "CLUSTERDOWN The cluster is down"
+            await client.execute_command("CLUSTER", "DELSLOTS", spare)
+        before = (await owner_client.info("stats"))["total_connections_received"]
+        await asyncio.sleep(CLUSTER_DOWN_S)  # the span over which connections are counted
+        opened = (await owner_client.info("stats"))["total_connections_received"] - before
+        await spare_client.execute_command("CLUSTER", "ADDSLOTS", spare)
+    finally:
+        for client in [*clients, owner_client, spare_client]:
+            await client.aclose()
+    assert opened <= 50, f"{opened} connections to the inbox's master in {CLUSTER_DOWN_S} s"
+    await layer.send(channel, {"type": "after"})
+    assert (await asyncio.wait_for(receiving, 20))["type"] == "after"
