@@ -366,7 +366,8 @@ class CommandLink:
                     logger.info("Waiting for a Redis master: %s", err, extra={"event": "waiting"})
                 await self._backoff.wait()
                 continue
-            except RedisCommandError as err:
+            except RedisCommandError as err:  # the handshake was refused (WRONGPASS, NOPERM)
+                self._last_error, self._refused = str(err), True  # no reconnect storm
                 self._fail_all(err)
                 return
             self._adopt(protocol, info)

@@ -291,7 +291,13 @@ async def all_replies(
 
 def _explain_handshake_error(err: RedisCommandError, endpoint: Endpoint) -> Exception:
     text = str(err)
-    if text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")) or "AUTH" in text:
+    if text.startswith("NOPERM"):  # names the user and the command, never a password
+        return RedisCommandError(
+            f"Redis at {endpoint.describe()} accepted the credentials but refused a command "
+            f"the channel layer runs on connecting ({text}); the user needs AUTH, SELECT, "
+            "ROLE, INFO, CLIENT SETNAME, CLIENT ID and SCRIPT LOAD."
+        )
+    if text.startswith(("WRONGPASS", "NOAUTH")) or "AUTH" in text:
         return RedisCommandError(
             f"Redis at {endpoint.describe()} refused the credentials from the configuration "
             f"({text.split(' ', 1)[0]}); check 'username'/'password'."
