@@ -60,6 +60,29 @@ def _push_request(keys: list[str], header: tuple[int, ...], args: list[Any]) -> 
     return pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args)
 
 
+PushParts = tuple[list[str], tuple[int, ...], list[Any]]  # _push_request's arguments
+
+
+def _to_replay(
+    written: Replayable, parts: PushParts | None, statuses: list[int]
+) -> Replayable | None:
+    """What a replay may write of a PUSH: not the targets it found full. Their messages were
+    refused (ChannelFull, or skipped by group_send); written again once there is room, they
+    would arrive after all, and after newer ones."""
+    if _FULL not in statuses:
+        return written
+    kept = [i for i, status in enumerate(statuses) if status != _FULL]
+    if parts is None or not kept:
+        return None  # (a request without its parts has one target)
+    keys, header, args = parts
+    return functools.partial(
+        _push_request,
+        [key for i in kept for key in keys[2 * i : 2 * i + 2]],
+        header,
+        [arg for i in kept for arg in args[4 * i : 4 * i + 4]],
+    )
+
+
 class PreparedPush(NamedTuple):
     shard: int  # its index in the layer's hosts
     link: Link
@@ -145,20 +168,27 @@ class Session:
         return (core.expiry_ms, now, core.dedupe_ttl_ms)
 
     async def _push(
-        self, index: int, packed: bytes, key: str, replayed: Replayable | None = None
+        self,
+        index: int,
+        packed: bytes,
+        key: str,
+        replayed: Replayable | None = None,
+        parts: PushParts | None = None,
     ) -> list[int] | None:
         """A PUSH, then WAIT if replica_acks asks for it, as one unit: WAIT counts the writes
         of its own connection, so if a reconnect came between them, both go again (the
         second PUSH is recognised as a copy). ``replayed`` is what a replay writes, if not
-        ``packed``. A GROUP_PUSH that found its plan stale returns None, having written
-        nothing."""
+        ``packed``, and ``parts`` what it was made of (for a PUSH of several targets). A
+        GROUP_PUSH that found its plan stale returns None, having written nothing."""
         acks, link = self.core.replica_acks, self._shards[index].link
         for _ in range(_MAX_PUSH_ATTEMPTS):
             connection = link.connection_of(key)
             statuses = cast("list[int] | None", await link.submit_packed(packed, key))
             if statuses is None:
                 return None
-            self.core.recent[index].add(key, packed if replayed is None else replayed)
+            to_replay = _to_replay(packed if replayed is None else replayed, parts, statuses)
+            if to_replay is not None:
+                self.core.recent[index].add(key, to_replay)
             if not acks:
                 return statuses
             patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose
@@ -202,7 +232,9 @@ class Session:
         header = self._push_header(now)
         results = await asyncio.gather(
             *(
-                self._push(index, _push_request(keys, header, args), keys[0])
+                self._push(
+                    index, _push_request(keys, header, args), keys[0], parts=(keys, header, args)
+                )
                 for (index, _), (keys, args) in units.items()
             )
         )
@@ -233,7 +265,7 @@ class Session:
         )  # fmt: skip
         # A replay writes the plain PUSH: the token may be gone by then.
         unguarded = functools.partial(_push_request, keys, header, args)
-        return await self._push(index, packed, group_key, unguarded)
+        return await self._push(index, packed, group_key, unguarded, (keys, header, args))
 
     async def _members(self, group: str) -> tuple[list[bytes], str | None]:
         """The group's live members, and their membership token (None: no such group, or
