@@ -53,7 +53,11 @@ def reassert(core: LayerCore, shard: ShardConnections) -> None:
         )
 
 
-Epochs = dict[tuple[int, str], object]  # (shard, master) -> the epoch value last seen
+# (shard, master) -> the epoch key read last, and its value. On Cluster a master's epoch key
+# lives in the first slot it owns; a reshard that moves that slot changes the key (or brings
+# another master's value along), which says nothing about the data: only a different value
+# under the same key does.
+Epochs = dict[tuple[int, str], tuple[str, object]]
 
 
 def check_epoch(
@@ -70,7 +74,8 @@ def check_epoch(
     if key is None:
         return None
     mark = (shard.spec.index, shard.node_of(info))
-    known = seen.get(mark)
+    last = seen.get(mark)
+    known = last[1] if last is not None and last[0] == key else None
     shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
     check = shard.link.submit("GET", key, key=key)
     # Done only once the comparison ran: the GET's own future is done as soon as its reply
@@ -80,7 +85,7 @@ def check_epoch(
 
     def compare(done: asyncio.Future[Any]) -> None:
         try:
-            _compare(shard, done, mark, known, changed, seen)
+            _compare(shard, done, (mark, key), known, changed, seen)
         finally:
             compared.set_result(None)
 
@@ -91,7 +96,7 @@ def check_epoch(
 def _compare(
     shard: ShardConnections,
     check: asyncio.Future[Any],
-    mark: tuple[int, str],
+    where: tuple[tuple[int, str], str],
     known: object,
     changed: bool,
     seen: Epochs,
@@ -99,7 +104,8 @@ def _compare(
     if check.cancelled() or check.exception() is not None or check.result() is None:
         log_failure(check)
         return
-    seen[mark] = check.result()
+    mark, key = where
+    seen[mark] = (key, check.result())
     if changed and known is not None and check.result() != known:
         _note_data_loss(shard, int(check.result()) / 1000)
 
@@ -155,9 +161,9 @@ async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -
     for (node, key), value in zip(marks, values, strict=True):
         if value is None:
             shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
-        previous = seen.get((shard.spec.index, node))
-        seen[(shard.spec.index, node)] = value
-        if previous is not None and value != previous:
+        last_key, last_value = seen.get((shard.spec.index, node), (None, None))
+        seen[(shard.spec.index, node)] = (key, value)
+        if last_key == key and last_value is not None and value != last_value:
             lost = True
             # Noticed here first, the connection's own epoch check will find nothing new:
             # group_send must wait for the memberships from here.

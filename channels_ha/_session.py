@@ -35,7 +35,14 @@ from ._delivery import Deliveries, target_of
 from ._fanout import FanoutPlans, Plan, Target
 from ._link import CommandLink
 from ._reader import BlockingReader
-from ._recovery import check_epoch, log_failure, reassert, recovered, watch_epochs
+from ._recovery import (
+    Epochs,
+    check_epoch,
+    log_failure,
+    reassert,
+    recovered,
+    watch_epochs,
+)
 from ._replay import Replayable
 from ._resp import Arg, pack
 from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH, RETURN
@@ -112,7 +119,7 @@ class Session:
         self._fanout = FanoutPlans(self._group_targets)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Future[None] | None = None
-        self._epochs: dict[tuple[int, str], object] = {}  # (shard, master) -> epoch seen
+        self._epochs: Epochs = {}  # (shard, master) -> (epoch key, value) seen last
         self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self._loop = asyncio.get_running_loop()

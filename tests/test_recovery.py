@@ -32,8 +32,9 @@ async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
     shard = session._shards[0]
     info = shard.link.server
     assert info is not None
-    mark = (0, shard.node_of(info))
-    session._epochs[mark] = b"1"  # the process knew another epoch: this run lost the data
+    key = shard.epoch_key(session.core.keys, info)
+    assert key is not None
+    session._epochs[(0, shard.node_of(info))] = (key, b"1")  # it knew another: data lost
     # The first write of a loop iteration goes out at once and the rest together: the PING
     # and the check's SET and GET share one write, so their replies share one read.
     opener = shard.link.submit("ECHO", "opener", key="room")
@@ -54,9 +55,9 @@ async def _data_began_again(layer: RedisChannelLayer, began_s_ago: float) -> Ses
     shard = session._shards[0]
     info = shard.link.server
     assert info is not None
-    session._epochs[(0, shard.node_of(info))] = b"1"
     key = shard.epoch_key(session.core.keys, info)
     assert key is not None
+    session._epochs[(0, shard.node_of(info))] = (key, b"1")
     await shard.link.submit("SET", key, now_ms() - int(began_s_ago * 1000), key=key)
     return session
 
