@@ -105,6 +105,11 @@ def encode_element(
     return b"%013d" % expires_ms + packed
 
 
+def expires_of(element: bytes) -> int:
+    """When an element of ours expires (ms), without decoding the rest."""
+    return int(element[:_EXPIRY_DIGITS])
+
+
 def decode_element(element: bytes) -> Envelope:
     """The inverse of :func:`encode_element`.
 

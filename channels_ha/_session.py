@@ -22,7 +22,7 @@ from channels.exceptions import ChannelFull
 
 from ._buffers import ChannelBuffer, Item, now_ms
 from ._cluster import ClusterRouter, slot_of
-from ._codec import encode_element
+from ._codec import encode_element, expires_of
 from ._constants import (
     BUFFER_SWEEP_INTERVAL_S,
     CLOSE_RETURN_TIMEOUT_S,
@@ -68,6 +68,7 @@ def _push_request(keys: list[str], header: tuple[int, ...], args: list[Any]) -> 
 
 
 PushParts = tuple[list[str], tuple[int, ...], list[Any]]  # _push_request's arguments
+Return = tuple[int, str, list[bytes], str]  # shard, list, elements, return id
 
 
 def _to_replay(
@@ -118,6 +119,7 @@ class Session:
         self.deliveries = Deliveries(core)
         self._fanout = FanoutPlans(self._group_targets)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unreturned: list[Return] = []  # RETURNs that failed, tried again at each sweep
         self._closing: asyncio.Future[None] | None = None
         self._epochs: Epochs = {}  # (shard, master) -> (epoch key, value) seen last
         self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
@@ -460,9 +462,39 @@ class Session:
         """Pushes buffered messages back to the head of their list, order kept."""
         return_id = secrets.token_hex(8)  # the elements' sender, and their markers' name
         returned = self.deliveries.take_returnable(channels, return_id)
-        await asyncio.gather(
-            *(self._push_front(i, k, e, return_id) for (i, k), e in returned.items())
+        await self._give_back([(i, k, e, return_id) for (i, k), e in returned.items()])
+
+    async def _give_back(self, returns: list[Return]) -> None:
+        """RETURNs; one that fails (OOM, NOPERM, no master past failover_timeout) is kept
+        and tried again at the next sweep, under the same id: if it did land after all, its
+        marker makes the retry a no-op. Delivering it here instead could duplicate it."""
+        results = await asyncio.gather(
+            *(self._push_front(*each) for each in returns), return_exceptions=True
         )
+        for each, result in zip(returns, results, strict=True):
+            if isinstance(result, (RedisCommandError, RedisUnavailable)):
+                self._unreturned.append(each)
+                logger.warning(
+                    "Could not give %d message(s) back to %s (%s); trying again in %.0f s",
+                    len(each[2]),
+                    each[1],
+                    result,
+                    BUFFER_SWEEP_INTERVAL_S,
+                    extra={"event": "return_failed"},
+                )
+            elif isinstance(result, BaseException):
+                raise result
+
+    def _retry_returns(self) -> None:
+        retry, self._unreturned = self._unreturned, []
+        now = now_ms()
+        fresh = [
+            (index, key, alive, return_id)
+            for index, key, elements, return_id in retry
+            if (alive := [e for e in elements if expires_of(e) > now])
+        ]
+        if fresh:
+            self._spawn(self._give_back(fresh))
 
     async def _push_front(
         self, index: int, key: str, elements: list[bytes], return_id: str
@@ -590,6 +622,7 @@ class Session:
             self._replay(shard)
 
     def _sweep(self) -> None:
+        self._retry_returns()
         self._return_stranded(self.deliveries.sweep())
         self.core.memberships.forget_dead(self.core.group_expiry_s)
         self.core.marks.forget_idle(self.core.dedupe_memory_s)
@@ -672,6 +705,7 @@ class Session:
             self.deliveries.fail_waiters(shard.spec.index, closed)
         try:
             channels = self.deliveries.channels()
+            self._retry_returns()
             await within(self._return_to_redis(channels), CLOSE_RETURN_TIMEOUT_S)
         except (asyncio.TimeoutError, RedisUnavailable, RedisCommandError) as err:
             logger.warning("Could not return buffered messages to Redis at close: %s", err)

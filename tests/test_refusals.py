@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
 
 from channels_ha import RedisChannelLayer, RedisCommandError
+from channels_ha._buffers import now_ms
+from channels_ha._codec import encode_element
 from channels_ha.sandbox import StandaloneTopology, Topology
+
+from .conftest import LayerFactory
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -48,3 +53,35 @@ async def test_a_user_refused_a_command_on_connecting_is_told_which_without_a_st
     assert all(PASSWORD not in error for error in errors)
     assert len(errors) >= 3
     assert opened <= 12, f"{opened} connections for {len(errors)} refused sends"
+
+
+async def test_messages_a_full_memory_refused_to_take_back_are_given_back_later(
+    redis_topology: Topology, make_layer: LayerFactory
+) -> None:
+    """Normal-channel messages popped for receivers that then left go back to Redis; when
+    Redis refuses that (OOM, NOPERM) they stay with the process and go back once it
+    accepts, instead of being lost (seen: one message in five gone)."""
+    assert isinstance(redis_topology, StandaloneTopology)
+    popper = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=popper.prefix)
+    await popper.send("given-back", {"type": "warm-up"})  # its link connected
+    assert (await receiver.receive("given-back"))["type"] == "warm-up"
+    session, core = popper._session(), popper._core
+    expires = now_ms() + 60_000
+    popped = [
+        encode_element(expires, "a-sender", n, "given-back", core.codec.dumps({"n": n}))
+        for n in range(1, 5)
+    ]
+    admin = redis_topology.node.async_client()
+    try:
+        await admin.config_set("maxmemory", 1)  # every write that may grow memory: OOM
+        session._deliver(core.keys.channel("given-back"), popped)  # nobody waits here
+        await asyncio.wait(set(session._tasks))  # the return, refused
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.aclose()
+    session._sweep()  # what the upkeep does every few seconds
+    if session._tasks:
+        await asyncio.wait(set(session._tasks))
+    received = [(await asyncio.wait_for(receiver.receive("given-back"), 5))["n"] for _ in range(4)]
+    assert received == [1, 2, 3, 4]
