@@ -92,6 +92,7 @@ class CommandLink:
         self._usable = False
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._traffic, self._progress_at = (0, 0, 0), 0.0  # see _stalled_s
         self._closed = False
         self._backoff = Backoff()  # reset by a successful reply, not by a new attempt
         self._last_error = "no connection attempt yet"
@@ -157,7 +158,8 @@ class CommandLink:
         self._protocol.write(request.packed)
         request.due = time.monotonic() + request.patience_s
         self._inflight.append(request)
-        if self._watchdog is None:
+        if self._watchdog is None:  # the first request after a quiet spell
+            self._stalled_s(baseline=True)
             self._arm_watchdog(request.due)
 
     # -- replies (called by the protocol, in order) ------------------------------------
@@ -218,6 +220,7 @@ class CommandLink:
         if self._closed:  # nothing will write them again
             self._fail_all(RedisUnavailable("the channel layer was closed"))
             return
+        self._last_error = f"lost the connection to {self._describe_server()}: {exc or 'closed'}"
         logger.warning(
             "Lost the connection to Redis at %s (%s); %d requests will be retried",
             self._describe_server(),
@@ -237,8 +240,27 @@ class CommandLink:
         (from ``SUSPECT_AFTER_S`` on), then whether it hangs (at ``reply_timeout``)."""
         age = time.monotonic() - since
         next_check = SUSPECT_AFTER_S - age if age < SUSPECT_AFTER_S else SUSPECT_INTERVAL_S
-        delay = max(min(next_check, self._settings.reply_timeout_s - age), 0.0)
+        if age < self._settings.reply_timeout_s:
+            delay = max(min(next_check, self._settings.reply_timeout_s - age), 0.0)
+        else:  # overdue, yet bytes were moving at the last check
+            delay = SUSPECT_INTERVAL_S
         self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_replies)
+
+    def _stalled_s(self, baseline: bool = False) -> float:
+        """Seconds since the connection last made progress, as far as checks saw: a reply
+        arriving, or a backlog of requests draining into the socket (a large request over a
+        slow link). Writes the socket takes without a backlog say nothing: a frozen server's
+        kernel buffers take megabytes."""
+        now = time.monotonic()
+        if self._protocol is None:
+            return now - self._progress_at
+        received, accepted, unsent = self._protocol.traffic()
+        last_received, last_accepted, last_unsent = self._traffic
+        moved = received != last_received or (last_unsent > 0 and accepted != last_accepted)
+        self._traffic = (received, accepted, unsent)
+        if moved or baseline:
+            self._progress_at = now
+        return now - self._progress_at
 
     def _disarm_watchdog(self) -> None:
         if self._watchdog is not None:
@@ -251,8 +273,9 @@ class CommandLink:
             return
         oldest = self._inflight[0].due
         age = time.monotonic() - oldest
-        if age >= self._settings.reply_timeout_s:
-            self.drop_connection(f"no reply for {self._settings.reply_timeout_s} s")
+        timeout_s = self._settings.reply_timeout_s
+        if age >= timeout_s and self._stalled_s() >= timeout_s:
+            self.drop_connection(f"no reply, and no byte moving, for {timeout_s} s")
             return
         if age >= SUSPECT_AFTER_S:
             self._start_verifying()

@@ -79,6 +79,7 @@ class BlockingReader:
         self._loop = asyncio.get_running_loop()  # a reader belongs to one session, one loop
         self._pop_limit_s = BLOCKING_POP_TIMEOUT_S + settings.reply_timeout_s
         self._pop_deadline = 0.0
+        self._pop_received = 0  # bytes the connection had received when the pop went out
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
 
@@ -136,6 +137,7 @@ class BlockingReader:
             return
         pending, replied = self._submit_pop(client, keys)
         self._pop_deadline = self._loop.time() + self._pop_limit_s
+        self._pop_received = client.protocol.received if client.protocol else 0
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
         # The pop itself is not awaited: cancelling this task would cancel it, and its reply
@@ -173,6 +175,14 @@ class BlockingReader:
         if self._pending is None or self._pending.done() or self._stopping:
             return
         if self._loop.time() < self._pop_deadline:
+            self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
+            return
+        protocol = self._client.protocol if self._client is not None else None
+        if protocol is not None and protocol.received != self._pop_received:
+            # A large batch still arriving over a slow link: Redis already removed it from
+            # the list, and dropping the connection now would lose it.
+            self._pop_received = protocol.received
+            self._pop_deadline = self._loop.time() + self._settings.reply_timeout_s
             self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
             return
         self.drop_connection(f"no reply to a blocking pop within {self._pop_limit_s} s")

@@ -70,6 +70,10 @@ class RespProtocol(asyncio.Protocol):
         self._abort_reason: BaseException | None = None
         self.closed = False
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Bytes read, and given to the transport: a large reply or request still moving
+        # over a slow link is progress, not a hung server.
+        self.received = 0
+        self._handed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports implement the interface
@@ -80,6 +84,7 @@ class RespProtocol(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         self._parser.feed(data)
         try:
             reply = self._parser.gets()
@@ -111,6 +116,7 @@ class RespProtocol(asyncio.Protocol):
             self._outgoing.append(data)  # not connected yet: as the rest, at the flush
         elif not self._transport.is_closing():
             self._transport.write(data)
+            self._handed += len(data)
 
     def _flush(self) -> None:
         self._coalescing = False
@@ -120,6 +126,12 @@ class RespProtocol(asyncio.Protocol):
         self._outgoing.clear()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+            self._handed += len(data)
+
+    def traffic(self) -> tuple[int, int, int]:
+        """Bytes received, bytes the socket accepted, and bytes still waiting to be sent."""
+        unsent = self._transport.get_write_buffer_size() if self._transport is not None else 0
+        return self.received, self._handed - unsent, unsent
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Drops the connection now; the sink hears about it through ``on_lost``."""

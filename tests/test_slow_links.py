@@ -1,0 +1,114 @@
+"""A large message over a slow link is progress, not a hung server.
+
+The reply watchdogs drop a connection that answers nothing within ``socket_timeout``; a
+reply or request still moving byte by byte must not count as nothing. Here a proxy on
+loopback passes one direction at a fixed rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import pytest
+
+from channels_ha import RedisChannelLayer
+from channels_ha.sandbox import StandaloneTopology, Topology
+
+pytestmark = pytest.mark.redis_topologies("standalone")
+
+RATE = 4 << 20  # bytes per second through the slow direction
+CHUNK = 64 << 10
+TIMEOUT_S = 1.5  # socket_timeout: each transfer below takes longer; the socket buffers
+# (up to 4 MB sent unseen) drain within it
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+            if slow:
+                await asyncio.sleep(len(data) / RATE)  # the rate limit itself
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+@asynccontextmanager
+async def slow_proxy(topology: Topology, *, upstream_slow: bool) -> AsyncIterator[int]:
+    """A port forwarding to the topology's node, one direction at ``RATE``."""
+    assert isinstance(topology, StandaloneTopology)
+    node, pipes = topology.node, set()
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(node.host, node.port)
+        for pipe in (
+            _pipe(client_r, server_w, slow=upstream_slow),
+            _pipe(server_r, client_w, slow=not upstream_slow),
+        ):
+            task = asyncio.ensure_future(pipe)
+            pipes.add(task)
+            task.add_done_callback(pipes.discard)
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CHUNK)  # no big buffer to hide in
+    listener.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(handle, sock=listener)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        server.close()
+        for task in list(pipes):
+            task.cancel()
+        with suppress(asyncio.CancelledError):
+            await asyncio.gather(*pipes)
+        await server.wait_closed()
+
+
+async def test_a_large_batch_arriving_slowly_is_received(redis_topology: Topology) -> None:
+    """Seen: the blocking pop's watchdog dropped the connection while a 48 MB batch was still
+    arriving; Redis had already removed it from the list, and all of it was lost."""
+    direct = RedisChannelLayer(hosts=[redis_topology.url], prefix="slow-pop")
+    async with slow_proxy(redis_topology, upstream_slow=False) as port:
+        url = f"redis://127.0.0.1:{port}/0?socket_timeout={TIMEOUT_S}"
+        slow = RedisChannelLayer(hosts=[url], prefix="slow-pop")
+        try:
+            channel = await slow.new_channel()
+            payloads = [os.urandom(4 << 20) for _ in range(6)]  # 6 s at RATE
+            for number, payload in enumerate(payloads):
+                await direct.send(channel, {"type": "big", "n": number, "data": payload})
+            received = [await asyncio.wait_for(slow.receive(channel), 30) for _ in payloads]
+        finally:
+            await slow.close()
+            await direct.close()
+    assert [message["data"] for message in received] == payloads
+
+
+async def test_a_large_send_leaving_slowly_goes_through(redis_topology: Topology) -> None:
+    """Seen: a 24 MB send over a 3 MB/s link was dropped at every socket_timeout and never
+    went through; the sends queued behind it waited until failover_timeout."""
+    receiver = RedisChannelLayer(hosts=[redis_topology.url], prefix="slow-send")
+    async with slow_proxy(redis_topology, upstream_slow=True) as port:
+        url = f"redis://127.0.0.1:{port}/0?socket_timeout={TIMEOUT_S}&failover_timeout=20"
+        sender = RedisChannelLayer(hosts=[url], prefix="slow-send")
+        try:
+            channel = await receiver.new_channel()
+            await sender.send(channel, {"type": "warm-up"})  # connected before timing
+            payload = os.urandom(12 << 20)  # 3 s at RATE, more than the socket buffers hold
+            started = time.monotonic()
+            await sender.send(channel, {"type": "big", "data": payload})
+            took = time.monotonic() - started
+            await sender.send(channel, {"type": "after"})
+            received = [await asyncio.wait_for(receiver.receive(channel), 10) for _ in range(3)]
+        finally:
+            await sender.close()
+            await receiver.close()
+    assert [message["type"] for message in received] == ["warm-up", "big", "after"]
+    assert received[1]["data"] == payload
+    assert took < 15, f"the large send took {took:.1f} s"
