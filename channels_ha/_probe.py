@@ -126,9 +126,10 @@ def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
             rtt_ms = round((time.perf_counter() - started) * 1000, 3)
             role = str(client.execute_command("ROLE")[0])
             version = _info_field(client.execute_command("INFO", "server"), "redis_version")
+            policy = _info_field(client.execute_command("INFO", "memory"), "maxmemory_policy")
     except _FAILED as err:
         return NodeReport(label, reachable=False, error=_error(err))
-    return NodeReport(label, reachable=True, role=role, version=version, rtt_ms=rtt_ms)
+    return NodeReport(label, True, None, role, version, rtt_ms, policy)
 
 
 def _master_problems(node: NodeReport) -> list[str]:
@@ -139,9 +140,24 @@ def _master_problems(node: NodeReport) -> list[str]:
     return []
 
 
+def _master_warnings(node: NodeReport | None) -> list[str]:
+    """An evicting memory policy drops messages and group memberships without an error."""
+    if node is None or node.maxmemory_policy in (None, "noeviction"):
+        return []
+    return [
+        f"{node.address} has maxmemory-policy {node.maxmemory_policy}: when memory runs out, "
+        "Redis evicts messages and group memberships without an error; set noeviction"
+    ]
+
+
 def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
     master = _probe_node(_single_kwargs(config, timeout_s), config.node_labels()[0])
-    return ProbeReport("single", problems=tuple(_master_problems(master)), master=master)
+    return ProbeReport(
+        "single",
+        problems=tuple(_master_problems(master)),
+        warnings=tuple(_master_warnings(master)),
+        master=master,
+    )
 
 
 # -- sentinel --------------------------------------------------------------------------------
@@ -228,7 +244,7 @@ def _sentinel_verdict(
         if r.flags != "slave" or r.link != "ok"
     ]
     warnings += _failover_too_slow(config, reachable)
-    return problems + _master_problems(master), warnings
+    return problems + _master_problems(master), warnings + _master_warnings(master)
 
 
 def _failover_too_slow(config: SentinelConfig, reachable: list[SentinelReport]) -> list[str]:
@@ -324,6 +340,7 @@ def _cluster_report(
     warnings = [
         f"node {node.address} is flagged {','.join(sorted(node.flags))}" for node in failing
     ]
+    warnings += [warning for master in masters for warning in _master_warnings(master)]
     return tuple(problems), tuple(warnings), cluster
 
 

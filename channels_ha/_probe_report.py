@@ -30,6 +30,7 @@ class NodeReport:
     role: str | None = None
     version: str | None = None
     rtt_ms: float | None = None
+    maxmemory_policy: str | None = None
 
     def text(self) -> str:
         if not self.reachable:

@@ -11,7 +11,13 @@ from channels_ha._cli import main
 from channels_ha._probe import probe
 from channels_ha._sources import parse_connection_config
 from channels_ha._url import parse_url
-from channels_ha.sandbox import ClusterTopology, SentinelTopology, Topology, TopologyFactory
+from channels_ha.sandbox import (
+    ClusterTopology,
+    RedisNode,
+    SentinelTopology,
+    Topology,
+    TopologyFactory,
+)
 
 
 def test_every_topology_probes_ok(redis_topology: Topology) -> None:
@@ -121,3 +127,29 @@ def test_failover_slower_than_the_timeout_is_a_warning(redis_sentinel: SentinelT
     warnings = probe(config).warnings
     assert any("down-after-milliseconds is 1000" in warning for warning in warnings)
     assert not any("down-after" in w for w in probe(parse_url(redis_sentinel.url)).warnings)
+
+
+def test_an_evicting_memory_policy_is_a_warning(redis_topology: Topology) -> None:
+    """Under maxmemory with an evicting policy Redis drops messages and groups silently."""
+    masters = _masters(redis_topology)
+    clients = [node.client() for node in masters]
+    try:
+        for client in clients:
+            client.config_set("maxmemory-policy", "volatile-lru")
+        report = probe(parse_url(redis_topology.url))
+    finally:
+        for client in clients:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.close()
+    assert report.ok  # the layer works; a failure under memory pressure would lose data
+    evicting = [w for w in report.warnings if "maxmemory-policy volatile-lru" in w]
+    assert len(evicting) == len(masters), report.warnings
+    assert "set noeviction" in evicting[0]
+
+
+def _masters(topology: Topology) -> list[RedisNode]:
+    if isinstance(topology, ClusterTopology):
+        return topology.masters()
+    if isinstance(topology, SentinelTopology):
+        return [topology.current_master()]
+    return list(topology.nodes)
