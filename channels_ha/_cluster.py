@@ -87,6 +87,7 @@ class ClusterRouter:
         self._owners: list[str | None] = [None] * SLOTS
         self._first_slots: dict[str, int] = {}  # master -> the first slot it owns
         self._masters: set[str] = set()  # the masters of the last map, and those MOVED named
+        self._last_error = "slot map unknown"  # what held requests wait out, for give_up()
         self._links: dict[str, CommandLink] = {}
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
@@ -184,6 +185,7 @@ class ClusterRouter:
 
     def _handed_back(self, link: CommandLink, requests: list[Request], reason: str) -> None:
         """A link gives back what it could not serve; route it on, keeping slot order."""
+        self._last_error = reason
         for request in requests:
             if request.future.done():
                 continue
@@ -262,13 +264,11 @@ class ClusterRouter:
             self._dispatching = asyncio.get_running_loop().create_task(self._dispatch_held())
 
     async def _dispatch_held(self) -> None:
-        started = time.monotonic()
-        last_error = "slot map unknown"
         first = True
         try:
             while self._held and not self._closed:
                 self._release_ready()
-                self._fail_overdue(started, last_error)
+                self._fail_overdue()
                 if not self._held:
                     return
                 if not first or self._mapped:
@@ -277,7 +277,7 @@ class ClusterRouter:
                     await self._backoff.wait()
                 first = False
                 if any(self._owners[slot] is None for slot in self._held):
-                    last_error = await self._try_refresh() or last_error
+                    await self._try_refresh()
         finally:
             self._dispatching = None
 
@@ -293,27 +293,27 @@ class ClusterRouter:
                 if not request.future.done():
                     link.submit_request(request)
 
-    def _fail_overdue(self, started: float, last_error: str) -> None:
+    def _fail_overdue(self) -> None:
         """Fails requests past their deadline and forgets slots left with nothing to send."""
         now = time.monotonic()
         error: RedisUnavailable | None = None
         for slot, held in list(self._held.items()):
             for request in (*held.returned, *held.newer):
                 if request.deadline <= now and not request.future.done():
+                    waited = now - request.deadline + self._settings.failover_timeout_s
                     error = error or give_up(
-                        self.describe(), self._settings, now - started, last_error
+                        self.describe(), self._settings, waited, self._last_error
                     )
                     request.future.set_exception(error)
             if all(r.future.done() for r in (*held.returned, *held.newer, *held.expected)):
                 del self._held[slot]
 
-    async def _try_refresh(self) -> str | None:
+    async def _try_refresh(self) -> None:
         try:
             await self._refresh_map()
         except (ConnectionLost, RedisCommandError) as err:
             logger.info("Waiting for the cluster's slot map: %s", err)
-            return str(err)
-        return None
+            self._last_error = str(err)
 
     async def _still_owner(self, link: CommandLink) -> bool:
         """Asks the other nodes whether ``link``'s node still owns what it was sent."""

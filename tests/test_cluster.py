@@ -297,3 +297,28 @@ async def test_a_reshard_is_not_taken_for_a_failover(
     assert shard.stats.server_changes == changes
     assert shard.stats.recovering_until < time.time()
     assert (await layer.receive("member"))["type"] == "before"
+
+
+async def test_giving_up_on_a_down_cluster_says_how_long_and_why(
+    cluster: ClusterTopology, make_layer: LayerFactory
+) -> None:
+    """Seen: 'waited 0.0 s ... last error: slot map unknown' after 30 s of CLUSTERDOWN."""
+    layer = make_layer(cluster, failover_timeout=2)
+    await layer.send("down", {"type": "warm-up"})  # the slot map read, the link open
+    spare = (slot_of(KeyLayout(layer.prefix).channel("down")) + 8192) % 16384
+    spare_owner = await cluster.anode_for_slot(spare)
+    clients = [node.async_client() for node in cluster.nodes]
+    spare_client = spare_owner.async_client()
+    try:
+        for client in clients:  # an unserved slot: "CLUSTERDOWN The cluster is down"
+            await client.execute_command("CLUSTER", "DELSLOTS", spare)
+        with pytest.raises(RedisUnavailable) as caught:
+            await layer.send("down", {"type": "refused"})
+        await spare_client.execute_command("CLUSTER", "ADDSLOTS", spare)
+    finally:
+        for client in [*clients, spare_client]:
+            await client.aclose()
+    message = str(caught.value)
+    waited = float(message.split("waited ")[1].split(" s", maxsplit=1)[0])
+    assert waited >= 1.9, message
+    assert "CLUSTERDOWN" in message, message
