@@ -37,6 +37,9 @@ logger = logging.getLogger("channels_ha.cluster")
 SLOTS = 16_384
 _DROP = -2  # slot of internal requests (ASKING) that are not re-routed
 _TRYAGAIN_DELAY_S = 0.05
+# Slot maps still due this long after the first one arrived are not waited for: a frozen
+# node (one the layer may not even use) would hold every read for socket_timeout.
+_MAP_ANSWER_WINDOW_S = 0.25
 _MAX_CLOSE_ROUNDS = 100  # bounds close()'s loops over requests and links
 # While requests wait for a slot's new owner, the slot map is read at least this often.
 SLOT_MAP_POLL_MAX_S = 0.15
@@ -331,21 +334,46 @@ class ClusterRouter:
         better from its peers. The majority has the current view.
         """
         candidates = [e for e in self._candidates() if _address(e.host, e.port) != exclude]
-        answers = await asyncio.gather(
-            *(self._ask_slots(endpoint) for endpoint in candidates), return_exceptions=True
-        )
+        answers = await self._ask_all(candidates)
         maps = [
             _parse_slots(endpoint, answer)
-            for endpoint, answer in zip(candidates, answers, strict=True)
+            for endpoint, answer in answers.items()
             if isinstance(answer, list)
         ]
         if not maps:
-            errors = "; ".join(
-                f"{endpoint.describe()}: {answer}"
-                for endpoint, answer in zip(candidates, answers, strict=True)
-            )
+            errors = "; ".join(f"{where.describe()}: {answer}" for where, answer in answers.items())
             raise ConnectionLost(f"no cluster node gave its slot map ({errors})")
         self._apply_map(_majority(maps))
+
+    async def _ask_all(self, candidates: list[Endpoint]) -> dict[Endpoint, object]:
+        """Each candidate's ``CLUSTER SLOTS`` reply or error; once one map arrived, those
+        still due ``_MAP_ANSWER_WINDOW_S`` later are left out (and their reads cancelled)."""
+        loop = asyncio.get_running_loop()
+        asked = {asyncio.ensure_future(self._ask_slots(node)): node for node in candidates}
+        answers: dict[Endpoint, object] = {}
+        pending, closes_at = set(asked), None
+        try:
+            while pending:
+                timeout = None if closes_at is None else max(closes_at - loop.time(), 0.0)
+                done, pending = await asyncio.wait(
+                    pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break  # the window closed
+                for task in done:
+                    error = task.exception()
+                    answers[asked[task]] = error if error is not None else task.result()
+                    if error is None and closes_at is None:
+                        closes_at = loop.time() + _MAP_ANSWER_WINDOW_S
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                for task in pending:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: no "never retrieved" log line
+        return answers
 
     def _candidates(self) -> list[Endpoint]:
         known = [self._endpoint(address) for address in self._links]
