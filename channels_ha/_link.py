@@ -92,7 +92,7 @@ class CommandLink:
         self._usable = False
         self._connecting: asyncio.Task[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._traffic, self._progress_at = (0, 0, 0), 0.0  # see _stalled_s
+        self._backlog, self._progress_at = (0, 0), 0.0  # see _stalled_s
         self._closed = False
         self._backoff = Backoff()  # reset by a successful reply, not by a new attempt
         self._last_error = "no connection attempt yet"
@@ -247,20 +247,21 @@ class CommandLink:
         self._watchdog = asyncio.get_running_loop().call_later(delay, self._check_replies)
 
     def _stalled_s(self, baseline: bool = False) -> float:
-        """Seconds since the connection last made progress, as far as checks saw: a reply
-        arriving, or a backlog of requests draining into the socket (a large request over a
-        slow link). Writes the socket takes without a backlog say nothing: a frozen server's
-        kernel buffers take megabytes."""
+        """Seconds since the connection last made progress: a reply byte arriving, or (as
+        the checks saw it) a backlog of requests draining into the socket, as a large request
+        over a slow link does. Writes the socket takes without a backlog say nothing: a
+        frozen server's kernel buffers take megabytes. ``baseline`` starts the backlog
+        record afresh (the first request after a quiet spell)."""
         now = time.monotonic()
-        if self._protocol is None:
+        protocol = self._protocol
+        if protocol is None:
             return now - self._progress_at
-        received, accepted, unsent = self._protocol.traffic()
-        last_received, last_accepted, last_unsent = self._traffic
-        moved = received != last_received or (last_unsent > 0 and accepted != last_accepted)
-        self._traffic = (received, accepted, unsent)
-        if moved or baseline:
+        accepted, unsent = protocol.backlog()
+        last_accepted, last_unsent = self._backlog
+        if not baseline and last_unsent > 0 and accepted != last_accepted:
             self._progress_at = now
-        return now - self._progress_at
+        self._backlog = (accepted, unsent)
+        return now - max(self._progress_at, protocol.received_at)
 
     def _disarm_watchdog(self) -> None:
         if self._watchdog is not None:
@@ -274,7 +275,8 @@ class CommandLink:
         oldest = self._inflight[0].due
         age = time.monotonic() - oldest
         timeout_s = self._settings.reply_timeout_s
-        if age >= timeout_s and self._stalled_s() >= timeout_s:
+        stalled_s = self._stalled_s()  # at every check: the backlog record stays fresh
+        if age >= timeout_s and stalled_s >= timeout_s:
             self.drop_connection(f"no reply, and no byte moving, for {timeout_s} s")
             return
         if age >= SUSPECT_AFTER_S:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -70,9 +71,10 @@ class RespProtocol(asyncio.Protocol):
         self._abort_reason: BaseException | None = None
         self.closed = False
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Bytes read, and given to the transport: a large reply or request still moving
-        # over a slow link is progress, not a hung server.
+        # Bytes read (and when last), and given to the transport: a large reply or request
+        # still moving over a slow link is progress, not a hung server.
         self.received = 0
+        self.received_at = 0.0  # time.monotonic()
         self._handed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +87,7 @@ class RespProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
+        self.received_at = time.monotonic()
         self._parser.feed(data)
         try:
             reply = self._parser.gets()
@@ -128,10 +131,10 @@ class RespProtocol(asyncio.Protocol):
             self._transport.write(data)
             self._handed += len(data)
 
-    def traffic(self) -> tuple[int, int, int]:
-        """Bytes received, bytes the socket accepted, and bytes still waiting to be sent."""
+    def backlog(self) -> tuple[int, int]:
+        """Bytes the socket accepted so far, and bytes still waiting for it to take them."""
         unsent = self._transport.get_write_buffer_size() if self._transport is not None else 0
-        return self.received, self._handed - unsent, unsent
+        return self._handed - unsent, unsent
 
     def abort(self, exc: BaseException | None = None) -> None:
         """Drops the connection now; the sink hears about it through ``on_lost``."""

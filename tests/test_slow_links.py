@@ -1,4 +1,4 @@
-"""A large message over a slow link is progress, not a hung server.
+"""A large message over a slow link is progress, not a hung server; a hung server still is.
 
 The reply watchdogs drop a connection that answers nothing within ``socket_timeout``; a
 reply or request still moving byte by byte must not count as nothing. Here a proxy on
@@ -8,6 +8,7 @@ loopback passes one direction at a fixed rate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.redis_topologies("standalone")
 
 RATE = 4 << 20  # bytes per second through the slow direction
 CHUNK = 64 << 10
-TIMEOUT_S = 1.5  # socket_timeout: each transfer below takes longer; the socket buffers
-# (up to 4 MB sent unseen) drain within it
+TIMEOUT_S = 2.5  # socket_timeout: each transfer below takes longer; what the socket
+# buffers hold (up to 4 MB leaves unseen: tcp_wmem) drains well within it
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slow: bool) -> None:
@@ -80,7 +81,7 @@ async def test_a_large_batch_arriving_slowly_is_received(redis_topology: Topolog
         slow = RedisChannelLayer(hosts=[url], prefix="slow-pop")
         try:
             channel = await slow.new_channel()
-            payloads = [os.urandom(4 << 20) for _ in range(6)]  # 6 s at RATE
+            payloads = [os.urandom(4 << 20) for _ in range(6)]  # 6 s at RATE: > 2 s + timeout
             for number, payload in enumerate(payloads):
                 await direct.send(channel, {"type": "big", "n": number, "data": payload})
             received = [await asyncio.wait_for(slow.receive(channel), 30) for _ in payloads]
@@ -100,7 +101,7 @@ async def test_a_large_send_leaving_slowly_goes_through(redis_topology: Topology
         try:
             channel = await receiver.new_channel()
             await sender.send(channel, {"type": "warm-up"})  # connected before timing
-            payload = os.urandom(12 << 20)  # 3 s at RATE, more than the socket buffers hold
+            payload = os.urandom(16 << 20)  # 4 s at RATE, more than the socket buffers hold
             started = time.monotonic()
             await sender.send(channel, {"type": "big", "data": payload})
             took = time.monotonic() - started
@@ -112,3 +113,39 @@ async def test_a_large_send_leaving_slowly_goes_through(redis_topology: Topology
     assert [message["type"] for message in received] == ["warm-up", "big", "after"]
     assert received[1]["data"] == payload
     assert took < 15, f"the large send took {took:.1f} s"
+
+
+async def test_a_frozen_server_under_steady_traffic_is_still_dropped_in_time(
+    redis_topology: Topology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes a frozen server's kernel buffers take are no progress: with a send every 10 ms
+    the connection is dropped about socket_timeout after the last reply, not later (a review
+    found 2 x socket_timeout), and the sends complete once the server is back."""
+    assert isinstance(redis_topology, StandaloneTopology)
+    node = redis_topology.node
+    url = f"{redis_topology.url.split('?')[0]}?socket_timeout=1&failover_timeout=20"
+    layer = RedisChannelLayer(hosts=[url], prefix="frozen", capacity=1000)
+    sends: list[asyncio.Task[None]] = []
+    try:
+        await layer.send("frozen", {"type": "warm-up"})
+        node.pause()
+        frozen_at = time.time()
+        try:
+            with caplog.at_level(logging.WARNING, logger="channels_ha.link"):
+                for number in range(400):  # 4 s of traffic at most
+                    sends.append(asyncio.create_task(layer.send("frozen", {"n": number})))
+                    await asyncio.sleep(0.01)  # the pace of the traffic
+                    if _dropped(caplog):
+                        break
+        finally:
+            node.resume()
+        await asyncio.wait_for(asyncio.gather(*sends), 20)
+    finally:
+        await layer.close()
+    dropped = _dropped(caplog)
+    assert dropped, "the frozen server's connection was never dropped"
+    assert dropped[0].created - frozen_at < 1.6, dropped[0].created - frozen_at
+
+
+def _dropped(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("Dropping the connection")]
