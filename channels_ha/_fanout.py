@@ -89,13 +89,6 @@ class FanoutPlans:
         if plan is not None and plan.token is not None:
             self._plans[group] = plan._replace(token=None)
 
-    def forget(self, group: str) -> bool:
-        """Forgets the plan of ``group`` (it read empty); whether there was one."""
-        plan = self._plans.pop(group, None)
-        if plan is not None:
-            self._members -= len(plan.members)
-        return plan is not None
-
     def _forget_all(self) -> None:
         self._plans.clear()
         self._members = 0

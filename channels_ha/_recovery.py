@@ -107,10 +107,10 @@ def _compare(
     mark, key = where
     seen[mark] = (key, check.result())
     if changed and known is not None and check.result() != known:
-        _note_data_loss(shard, int(check.result()) / 1000)
+        note_data_loss(shard, int(check.result()) / 1000)
 
 
-def _note_data_loss(shard: ShardConnections, began_s: float) -> None:
+def note_data_loss(shard: ShardConnections, began_s: float) -> None:
     # A process that reached the server only now (seen on Cluster: 2 s after the epoch was
     # written) cannot assume that the others re-asserted their memberships meanwhile, so the
     # period counts from now. Not for a process that was idle for long, though: the others
@@ -168,7 +168,7 @@ async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -
             # Noticed here first, the connection's own epoch check will find nothing new:
             # group_send must wait for the memberships from here.
             began_s = time.time() if value is None else int(cast(bytes, value)) / 1000
-            _note_data_loss(shard, began_s)
+            note_data_loss(shard, began_s)
     if lost:
         logger.warning(
             "A master of %s lost its data; re-asserting group memberships",

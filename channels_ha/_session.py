@@ -29,6 +29,7 @@ from ._constants import (
     EPOCH_CHECK_INTERVAL_S,
     FAILURE_LOG_INTERVAL_S,
     FLUSH_SCAN_COUNT,
+    RESTART_NOTICE_WINDOW_S,
 )
 from ._core import LayerCore
 from ._delivery import Deliveries, target_of
@@ -39,6 +40,7 @@ from ._recovery import (
     Epochs,
     check_epoch,
     log_failure,
+    note_data_loss,
     reassert,
     recovered,
     watch_epochs,
@@ -58,6 +60,7 @@ logger = logging.getLogger("channels_ha.layer")
 _FULL = 0  # a PUSH status: the list is at capacity
 _MAX_SCAN_ROUNDS = 1_000_000
 _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
+_GROUPS_SEEN_REMEMBERED = 10_000  # see LayerCore.groups_with_members
 _LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
 _LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
 
@@ -285,23 +288,51 @@ class Session:
             changes = shard.stats.server_changes
             await recovered(shard)
             members, token = await self._read_members(shard, group)
-            if not members and not attempt and await self._emptied_by_data_loss(shard, group):
+            if members:
+                self._seen_with_members(group)
+            elif not attempt and await self._emptied_by_data_loss(shard, group):
                 continue  # read again once the memberships had time to be re-asserted
             if shard.stats.server_changes == changes:
                 break  # no new server run meanwhile: the list is not from before a loss
         core.stats.group_member_reads += 1
         return members, token
 
+    def _seen_with_members(self, group: str) -> None:
+        seen = self.core.groups_with_members
+        if group not in seen:
+            if len(seen) >= _GROUPS_SEEN_REMEMBERED:
+                seen.clear()  # bounded: only groups read empty right after a flush matter
+            seen.add(group)
+
     async def _emptied_by_data_loss(self, shard: ShardConnections, group: str) -> bool:
-        """Whether a group that had members at this process's last read of it reads empty
-        because the data began again.
+        """Whether a group that had members at this process's last read of it (in any event
+        loop: async_to_sync makes one per call) reads empty because the data began again.
 
         A ``FLUSHALL`` or ``FLUSHDB`` (a cache's ``clear()`` on a shared database) loses the
         data without a reconnect that would notice, and the periodic epoch check may be a
-        second away: a group_send meanwhile would go to nobody. So check now."""
-        if not self._fanout.forget(group):
+        second away, or, in a short-lived event loop, have nothing to compare with: a
+        group_send meanwhile would go to nobody. So read the epoch of the group's master:
+        missing, or begun within the last seconds, it says the data began again."""
+        seen = self.core.groups_with_members
+        if group not in seen:
             return False  # not seen with members: an empty group costs no extra round trip
-        await self._check_epochs_of(shard)
+        seen.discard(group)
+        where = shard.epoch_key_beside(self.core.keys, self.core.keys.group(group))
+        if where is None:
+            return False
+        node, key = where
+        value = cast("bytes | None", await shard.link.submit("GET", key, key=key))
+        now = time.time()
+        if value is None:
+            shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
+        began_s = now if value is None else int(value) / 1000
+        if now - began_s > RESTART_NOTICE_WINDOW_S:
+            return False  # the data did not begin again lately: the group emptied
+        if shard.stats.recovering_until <= now:  # news to this process
+            self._epochs[(shard.spec.index, node)] = (key, value)
+            note_data_loss(shard, began_s)
+            reassert(self.core, shard)
+            self._replay(shard)
         return shard.stats.recovering_until > time.time()
 
     async def _read_members(
@@ -709,6 +740,15 @@ class Session:
             await within(self._return_to_redis(channels), CLOSE_RETURN_TIMEOUT_S)
         except (asyncio.TimeoutError, RedisUnavailable, RedisCommandError) as err:
             logger.warning("Could not return buffered messages to Redis at close: %s", err)
+        if self._unreturned:  # nothing will try again
+            lost = sum(len(elements) for _, _, elements, _ in self._unreturned)
+            self._unreturned.clear()
+            logger.error(
+                "%d message(s) popped for receivers that left could not be given back to "
+                "Redis before close(); they are lost",
+                lost,
+                extra={"event": "return_lost", "messages": lost},
+            )
         if self._tasks:  # returns started by receivers that just left: let them finish
             await asyncio.wait(set(self._tasks), timeout=CLOSE_RETURN_TIMEOUT_S)
         for task in list(self._tasks):

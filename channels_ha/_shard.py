@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._cluster import ClusterRouter, tag_for_slot
+from ._cluster import ClusterRouter, slot_of, tag_for_slot
 from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE
 from ._keys import KeyLayout
 from ._link import CommandLink
@@ -129,6 +129,14 @@ class ShardConnections:
             if slot is not None:
                 found.append((address, keys.epoch(tag_for_slot(slot))))
         return found
+
+    def epoch_key_beside(self, keys: KeyLayout, key: str) -> tuple[str, str] | None:
+        """(master, epoch key) of the master holding ``key``, if known."""
+        if self.router is None:
+            return "", keys.epoch()
+        owner = self.router.owner_of(slot_of(key))
+        slot = None if owner is None else self.router.first_slot_at(owner)
+        return None if owner is None or slot is None else (owner, keys.epoch(tag_for_slot(slot)))
 
     def epoch_key(self, keys: KeyLayout, info: ServerInfo) -> str | None:
         """The epoch key of the server ``info`` describes (on Cluster, in a slot it owns)."""

@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from channels_ha import RedisChannelLayer
 from channels_ha._buffers import now_ms
@@ -96,20 +97,28 @@ async def test_a_loss_noticed_by_the_epoch_watch_gets_the_grace_period(
 
 
 @pytest.mark.parametrize("command", ["FLUSHALL", "FLUSHDB"])
+@pytest.mark.parametrize("sync", [False, True], ids=["event-loop", "async_to_sync"])
 async def test_a_group_send_just_after_a_flush_by_hand_still_reaches_the_members(
-    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, command: str
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, command: str, sync: bool
 ) -> None:
     """FLUSHALL or FLUSHDB (a Django cache's clear() on a shared database) loses the data
     with no reconnect to notice it: a group_send right after must not find the group empty
-    and send to nobody."""
+    and send to nobody, also from sync code (an event loop per call, nothing remembered)."""
     topology = redis_sandbox_factory("standalone")
     assert isinstance(topology, StandaloneTopology)
     member = make_layer(topology)
     sender = make_layer(topology, prefix=member.prefix)
+
+    async def group_send(message: dict[str, str]) -> None:
+        if sync:
+            await asyncio.to_thread(async_to_sync(sender.group_send), "room", message)
+        else:
+            await sender.group_send("room", message)
+
     channel = await member.new_channel()
     await member.group_add("room", channel)
     waiting = asyncio.create_task(member.receive(channel))  # a live member
-    await sender.group_send("room", {"type": "before"})
+    await group_send({"type": "before"})
     assert (await waiting)["type"] == "before"
     waiting = asyncio.create_task(member.receive(channel))
     admin = topology.node.async_client()
@@ -117,5 +126,5 @@ async def test_a_group_send_just_after_a_flush_by_hand_still_reaches_the_members
         await admin.execute_command(command)
     finally:
         await admin.aclose()
-    await sender.group_send("room", {"type": "after"})
+    await group_send({"type": "after"})
     assert (await asyncio.wait_for(waiting, 10))["type"] == "after"
