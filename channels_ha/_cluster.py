@@ -37,7 +37,7 @@ logger = logging.getLogger("channels_ha.cluster")
 SLOTS = 16_384
 _DROP = -2  # slot of internal requests (ASKING) that are not re-routed
 _TRYAGAIN_DELAY_S = 0.05
-# Slot maps still due this long after the first one arrived are not waited for: a frozen
+# Once most nodes answered (a map among the answers), the others get this long: a frozen
 # node (one the layer may not even use) would hold every read for socket_timeout.
 _MAP_ANSWER_WINDOW_S = 0.25
 _MAX_CLOSE_ROUNDS = 100  # bounds close()'s loops over requests and links
@@ -94,6 +94,7 @@ class ClusterRouter:
         self._links: dict[str, CommandLink] = {}
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None  # see _refresh_soon
         # Held requests wait for the cluster to promote a replica, which nothing announces:
         # the slot map is polled, and a short cap shortens the wait after the promotion.
         self._backoff = Backoff(SLOT_MAP_POLL_MAX_S)
@@ -163,6 +164,10 @@ class ClusterRouter:
             raise ConnectionLost(f"no master serves slot {slot}")
         return endpoint
 
+    def owner_of(self, slot: int) -> str | None:
+        """The master that owns ``slot`` as far as this router knows (``host:port``)."""
+        return self._owners[slot]
+
     def first_slot_at(self, address: str) -> int | None:
         """A slot the master at ``address`` (``host:port``) owns, if any."""
         return self._first_slots.get(address)
@@ -188,7 +193,8 @@ class ClusterRouter:
 
     def _handed_back(self, link: CommandLink, requests: list[Request], reason: str) -> None:
         """A link gives back what it could not serve; route it on, keeping slot order."""
-        self._last_error = reason
+        if not reason.startswith(("MOVED ", "ASK ")):  # redirections are not failures
+            self._last_error = reason
         for request in requests:
             if request.future.done():
                 continue
@@ -224,7 +230,20 @@ class ClusterRouter:
             self._hold_behind_old_links({slot})
             if target not in self._masters:  # a promoted replica (else a slot migrated)
                 self._masters.add(target)
+                self._refresh_soon()
                 self._on_topology()
+
+    def _refresh_soon(self) -> None:
+        """Reads the whole map after a MOVED named a new master: the one it replaced must
+        leave the known masters, or its coming back later would not count as new."""
+        if self._refreshing is None and not self._closed:
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_once())
+
+    async def _refresh_once(self) -> None:
+        try:
+            await self._try_refresh()
+        finally:
+            self._refreshing = None
 
     def _hold_behind_old_links(self, slots: Container[int] | None = None) -> None:
         """Holds each slot that still has requests on a link other than its owner's (queued
@@ -346,8 +365,10 @@ class ClusterRouter:
         self._apply_map(_majority(maps))
 
     async def _ask_all(self, candidates: list[Endpoint]) -> dict[Endpoint, object]:
-        """Each candidate's ``CLUSTER SLOTS`` reply or error; once one map arrived, those
-        still due ``_MAP_ANSWER_WINDOW_S`` later are left out (and their reads cancelled)."""
+        """Each candidate's ``CLUSTER SLOTS`` reply or error; once most of them answered,
+        with a map among the answers, those still due ``_MAP_ANSWER_WINDOW_S`` later are
+        left out (their reads cancelled). Not fewer: the majority of maps is what outvotes
+        a restarted master still claiming its old slots."""
         loop = asyncio.get_running_loop()
         asked = {asyncio.ensure_future(self._ask_slots(node)): node for node in candidates}
         answers: dict[Endpoint, object] = {}
@@ -363,8 +384,9 @@ class ClusterRouter:
                 for task in done:
                     error = task.exception()
                     answers[asked[task]] = error if error is not None else task.result()
-                    if error is None and closes_at is None:
-                        closes_at = loop.time() + _MAP_ANSWER_WINDOW_S
+                mapped = any(not isinstance(answer, BaseException) for answer in answers.values())
+                if closes_at is None and mapped and 2 * len(answers) > len(candidates):
+                    closes_at = loop.time() + _MAP_ANSWER_WINDOW_S
         finally:
             for task in pending:
                 task.cancel()
@@ -449,14 +471,18 @@ class ClusterRouter:
                 break
             await asyncio.wait(unsettled, timeout=deadline - time.monotonic())
         self._closed = True
-        if self._dispatching is not None:
-            self._dispatching.cancel()
-            await asyncio.wait({self._dispatching})
+        for task in (self._dispatching, self._refreshing):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
         for held in self._held.values():
             for request in (*held.returned, *held.newer):
                 if not request.future.done():
                     request.future.set_exception(RedisUnavailable("the channel layer was closed"))
         self._held.clear()
+        await self._close_links(deadline)
+
+    async def _close_links(self, deadline: float) -> None:
         closed: set[CommandLink] = set()
         for _ in range(_MAX_CLOSE_ROUNDS):  # a reader's unblock may still open a link
             left = [link for link in self._links.values() if link not in closed]

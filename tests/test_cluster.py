@@ -291,12 +291,18 @@ async def test_a_reshard_is_not_taken_for_a_failover(
     assert first is not None
     target = next(node for node in await cluster.amasters() if node is not source)
     changes = shard.stats.server_changes
+    channel_slot = slot_of(KeyLayout(layer.prefix).channel("member"))
+    channel_owner = await cluster.anode_for_slot(channel_slot)
+    elsewhere = next(node for node in await cluster.amasters() if node is not channel_owner)
+    await cluster.amigrate_slot(channel_slot, elsewhere)
+    await layer.send("member", {"type": "moved"})  # MOVED to a master the router knows
+    assert shard.stats.server_changes == changes
     await cluster.amigrate_slot(first, target)
     await router._refresh_map()
     assert not await watch_epochs(session.core, shard, session._epochs)
     assert shard.stats.server_changes == changes
     assert shard.stats.recovering_until < time.time()
-    assert (await layer.receive("member"))["type"] == "before"
+    assert [(await layer.receive("member"))["type"] for _ in range(2)] == ["before", "moved"]
 
 
 async def test_giving_up_on_a_down_cluster_says_how_long_and_why(
