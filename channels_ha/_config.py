@@ -84,10 +84,8 @@ Name = Annotated[str, _require(bool, "a non-empty string")]
 
 
 def _cert_reqs_as_redis_py_takes_them(value: object) -> object:
-    """``None`` means "none" to redis-py (channels_redis's Heroku example passes it), and
-    ``ssl.CERT_*`` constants are accepted there too."""
-    if value is None:
-        return "none"
+    """``ssl.CERT_*`` constants, as redis-py takes them (its ``None`` is translated for
+    channels_redis hosts entries only, see ``_sources``)."""
     if isinstance(value, ssl.VerifyMode):
         return {ssl.CERT_NONE: "none", ssl.CERT_OPTIONAL: "optional"}.get(value, "required")
     return value

@@ -126,7 +126,10 @@ def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
             rtt_ms = round((time.perf_counter() - started) * 1000, 3)
             role = str(client.execute_command("ROLE")[0])
             version = _info_field(client.execute_command("INFO", "server"), "redis_version")
-            policy = _info_field(client.execute_command("INFO", "memory"), "maxmemory_policy")
+            memory = client.execute_command("INFO", "memory")
+            policy = _info_field(memory, "maxmemory_policy")
+            if _info_field(memory, "maxmemory") == "0":
+                policy = None  # no limit: nothing is ever evicted, whatever the policy
     except _FAILED as err:
         return NodeReport(label, reachable=False, error=_error(err))
     return NodeReport(label, True, None, role, version, rtt_ms, policy)

@@ -33,7 +33,7 @@ class Script:
 #       its channels), which replaces ``capacity`` when larger.
 # ARGV: [a0+1] list ttl (ms), [a0+2] now (ms), [a0+3] dedupe ttl (ms), then per target i:
 #       ARGV[a0+4i] capacity, [a0+4i+1] sequence number, [a0+4i+2] element, [a0+4i+3] kind.
-# Returns: one status per target: 1 pushed, 0 full, 2 copy.
+# Returns: one status per target: 1 pushed, 0 full, 2 copy (of one pushed before).
 # Elements start with their expiry time as 13 ASCII digits (ms), so a full list can first
 # drop what has expired (and what something else wrote there, which has no expiry).
 # Sequence numbers count per (sender, list): a number above the highest seen leaves gaps for
@@ -83,6 +83,9 @@ local function push_targets(k0, a0)
       status = 2
     elseif redis.call('LLEN', list) >= capacity and purge_expired(list, now) >= capacity then
       status = 0
+      if kind == 'c' then
+        redis.call('HSET', aux, seq, 1)  -- refused: a retry is judged again, not as a copy
+      end
     else
       redis.call('RPUSH', list, element)
       redis.call('PEXPIRE', list, list_ttl)

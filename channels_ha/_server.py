@@ -295,7 +295,8 @@ def _explain_handshake_error(err: RedisCommandError, endpoint: Endpoint) -> Exce
         return RedisCommandError(
             f"Redis at {endpoint.describe()} accepted the credentials but refused a command "
             f"the channel layer runs on connecting ({text}); the user needs AUTH, SELECT, "
-            "ROLE, INFO, CLIENT SETNAME, CLIENT ID and SCRIPT LOAD."
+            "ROLE, INFO, CLIENT SETNAME, CLIENT ID and SCRIPT LOAD (on Cluster also CLUSTER "
+            "SLOTS)."
         )
     if text.startswith(("WRONGPASS", "NOAUTH")) or "AUTH" in text:
         return RedisCommandError(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from ._config import RedisConfig
-from ._options import KNOWN_KEYS, Source, build_config, check_keys
+from ._options import IGNORED_KEYS, KNOWN_KEYS, Source, build_config, check_keys
 from ._url import parse_url, redact_url, url_options
 from .exceptions import ConfigurationError
 
@@ -83,8 +83,8 @@ def _expand_address(options: Mapping[str, Any], source: Source) -> tuple[Mapping
     if from_url.pop("mode") != "single":
         raise source.expected("address", "a redis://, rediss:// or unix:// URL")
     rest = {key: value for key, value in options.items() if key != "address"}
-    for key in sorted(from_url.keys() & rest.keys()):
-        if not _same_value(from_url[key], rest[key]):
+    for key in sorted(from_url.keys() & rest.keys() - IGNORED_KEYS.keys()):
+        if not _same_value(key, from_url[key], rest[key]):
             raise source.error(
                 f"'{key}' is given in the 'address' URL and as a key, with different values; "
                 "expected it once"
@@ -92,11 +92,15 @@ def _expand_address(options: Mapping[str, Any], source: Source) -> tuple[Mapping
     return {**rest, **from_url}, source
 
 
-def _same_value(from_url: object, given: object) -> bool:
+def _same_value(key: str, from_url: object, given: object) -> bool:
     """Whether a key repeats the URL's value (``/0`` and ``"db": 0``), which channels_redis
-    configurations often do."""
+    configurations often do. Credentials must match exactly."""
     plain = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in (from_url, given)]
-    if plain[0] == plain[1] or str(plain[0]).lower() == str(plain[1]).lower():
+    if plain[0] == plain[1]:
+        return True
+    if key in ("username", "password"):
+        return False
+    if str(plain[0]).lower() == str(plain[1]).lower():
         return True
     try:
         return float(plain[0]) == float(plain[1])  # type: ignore[arg-type]
@@ -111,7 +115,7 @@ def parse_hosts_entry(entry: object, *, source: str = "hosts entry") -> RedisCon
     if isinstance(entry, list | tuple) and len(entry) == 2:
         return parse_connection_config({"host": entry[0], "port": entry[1]}, source=source)
     if isinstance(entry, Mapping):
-        return parse_connection_config(entry, source=source)
+        return parse_connection_config(_redis_py_cert_reqs(entry), source=source)
     raise ConfigurationError(
         f"Invalid Redis configuration in {source}: expected a URL string, a (host, port) pair "
         f"or a dict, got {type(entry).__name__}."
@@ -190,3 +194,21 @@ def _announce(source: ConfigSource, config: RedisConfig) -> None:
         ignored,
         extra={"config_source": source.name, "redis_mode": facts["mode"]},
     )
+
+
+def _redis_py_cert_reqs(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``"ssl_cert_reqs": None`` means "none" to redis-py, and channels_redis's Heroku
+    example passes it; only here: in ``REDIS_CONNECTION_CONFIG`` a JSON null is an error
+    rather than a silent way to turn verification off."""
+    entry = _none_means_none(entry)
+    kwargs = entry.get("sentinel_kwargs")
+    if isinstance(kwargs, Mapping):
+        entry["sentinel_kwargs"] = _none_means_none(kwargs)
+    return entry
+
+
+def _none_means_none(options: Mapping[str, Any]) -> dict[str, Any]:
+    options = dict(options)
+    if "ssl_cert_reqs" in options and options["ssl_cert_reqs"] is None:
+        options["ssl_cert_reqs"] = "none"
+    return options

@@ -46,6 +46,22 @@ async def test_normal_channel_duplicate_refused_by_redis(layer: RedisChannelLaye
         await asyncio.wait_for(layer.receive("dedupe-normal"), 0.1)
 
 
+async def test_a_refused_push_written_again_is_judged_again(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A PUSH refused for capacity whose reply was lost is written again by the link; that
+    copy must be refused (or stored) again, not counted as one already stored (seen: send()
+    returned, and the message was never stored)."""
+    layer = make_layer(redis_topology, capacity=1)
+    await layer.send("full-normal", {"type": "first"})
+    push = layer._session().prepare_send("full-normal", {"type": "second"})
+    assert await push.link.submit_packed(push.packed, push.key) == [0]
+    assert await push.link.submit_packed(push.packed, push.key) == [0]
+    assert (await layer.receive("full-normal"))["type"] == "first"
+    assert await push.link.submit_packed(push.packed, push.key) == [1]
+    assert (await layer.receive("full-normal"))["type"] == "second"
+
+
 async def test_returned_messages_written_twice_are_stored_once(layer: RedisChannelLayer) -> None:
     """Messages given back to their list are stored once when the link writes the return twice."""
     channel, core, session = "dedupe-returned", layer._core, layer._session()
@@ -71,21 +87,27 @@ async def test_a_write_again_leaves_out_what_capacity_refused(
 ) -> None:
     """A send refused with ChannelFull, or a group_send copy skipped for a full inbox, is not
     written by the replay after a failover (seen: delivered later after all, after newer
-    messages, and twice where the application retried)."""
+    messages, and twice where the application retried); what was accepted still is."""
     receiver = make_layer(redis_topology, capacity=1)
+    other = make_layer(redis_topology, prefix=receiver.prefix, capacity=1)  # room to spare
     filler = make_layer(redis_topology, prefix=receiver.prefix, capacity=1)
     sender = make_layer(redis_topology, prefix=receiver.prefix, capacity=1)
-    channel = await receiver.new_channel()
+    channel, other_channel = await receiver.new_channel(), await other.new_channel()
     await receiver.group_add("replayed", channel)
+    await other.group_add("replayed", other_channel)
     await filler.send(channel, {"type": "fill"})
     if mode == "send":
         with pytest.raises(ChannelFull):
             await sender.send(channel, {"type": "refused"})
-    else:
-        await sender.group_send("replayed", {"type": "refused"})  # skipped, as the spec says
+        await sender.send(other_channel, {"type": "refused"})
+    else:  # one PUSH of both inboxes (one per slot on Cluster): one full, one not
+        await sender.group_send("replayed", {"type": "refused"})  # skipped where full
     assert (await receiver.receive(channel))["type"] == "fill"
+    assert (await other.receive(other_channel))["type"] == "refused"
     session = sender._session()
     for shard in session._shards:
         session._replay(shard)  # what meeting a new server run does
-    await sender.send(channel, {"type": "after"})
-    assert (await receiver.receive(channel))["type"] == "after"
+    for layer, target in ((receiver, channel), (other, other_channel)):
+        await sender.send(target, {"type": "after"})
+        assert (await layer.receive(target))["type"] == "after"
+    assert other.statistics().duplicates_dropped == 1  # the accepted copy was written again

@@ -136,11 +136,16 @@ def test_an_evicting_memory_policy_is_a_warning(redis_topology: Topology) -> Non
     try:
         for client in clients:
             client.config_set("maxmemory-policy", "volatile-lru")
+        unlimited = probe(parse_url(redis_topology.url))  # maxmemory 0: nothing is evicted
+        for client in clients:
+            client.config_set("maxmemory", 1 << 30)
         report = probe(parse_url(redis_topology.url))
     finally:
         for client in clients:
             client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 0)
             client.close()
+    assert unlimited.warnings == ()
     assert report.ok  # the layer works; a failure under memory pressure would lose data
     evicting = [w for w in report.warnings if "maxmemory-policy volatile-lru" in w]
     assert len(evicting) == len(masters), report.warnings

@@ -433,6 +433,8 @@ def test_address_url_key_given_twice() -> None:
     assert "'password' is given in the 'address' URL and as a key, with different" in message
     message = _error({"address": "redis://h/0", "db": 1})
     assert "'db' is given in the 'address' URL and as a key, with different" in message
+    message = _error({"address": f"redis://:{SECRET}@h/0", "password": SECRET.upper()})
+    assert "'password' is given in the 'address' URL and as a key, with different" in message
 
 
 def test_address_url_key_repeated_with_the_same_value() -> None:
@@ -609,6 +611,12 @@ def test_cert_reqs_as_redis_py_takes_them(cert_reqs: object, expected: str) -> N
     tls = parse_hosts_entry(entry).tls
     assert tls == TLSConfig(cert_reqs=expected)
     assert tls.verifies_hostname is (expected != "none")
+
+
+def test_null_cert_reqs_is_an_error_outside_hosts_entries() -> None:
+    """In REDIS_CONNECTION_CONFIG a JSON null must not silently turn verification off."""
+    message = _error('{"address": "rediss://h:6380", "ssl_cert_reqs": null}')
+    assert "'ssl_cert_reqs': expected one of 'required', 'optional' or 'none'" in message
 
 
 def test_redis_py_pool_options_are_accepted_and_ignored(
