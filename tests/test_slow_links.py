@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -72,44 +73,50 @@ async def slow_proxy(topology: Topology, *, upstream_slow: bool) -> AsyncIterato
         await server.wait_closed()
 
 
-async def test_a_large_batch_arriving_slowly_is_received(redis_topology: Topology) -> None:
-    """Seen: the blocking pop's watchdog dropped the connection while a 48 MB batch was still
-    arriving; Redis had already removed it from the list, and all of it was lost."""
-    direct = RedisChannelLayer(hosts=[redis_topology.url], prefix="slow-pop")
-    async with slow_proxy(redis_topology, upstream_slow=False) as port:
-        url = f"redis://127.0.0.1:{port}/0?socket_timeout={TIMEOUT_S}"
-        slow = RedisChannelLayer(hosts=[url], prefix="slow-pop")
+@asynccontextmanager
+async def direct_and_slow(
+    topology: Topology, *, upstream_slow: bool, query: str
+) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer]]:
+    """A layer straight to Redis, and one through the slow proxy (``query`` on its URL)."""
+    prefix = f"slow{uuid.uuid4().hex[:8]}"
+    direct = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+    async with slow_proxy(topology, upstream_slow=upstream_slow) as port:
+        slow = RedisChannelLayer(hosts=[f"redis://127.0.0.1:{port}/0?{query}"], prefix=prefix)
         try:
-            channel = await slow.new_channel()
-            payloads = [os.urandom(4 << 20) for _ in range(6)]  # 6 s at RATE: > 2 s + timeout
-            for number, payload in enumerate(payloads):
-                await direct.send(channel, {"type": "big", "n": number, "data": payload})
-            received = [await asyncio.wait_for(slow.receive(channel), 30) for _ in payloads]
+            yield direct, slow
         finally:
             await slow.close()
             await direct.close()
+
+
+async def test_a_large_batch_arriving_slowly_is_received(redis_topology: Topology) -> None:
+    """Seen: the blocking pop's watchdog dropped the connection while a 48 MB batch was still
+    arriving; Redis had already removed it from the list, and all of it was lost."""
+    query = f"socket_timeout={TIMEOUT_S}"
+    async with direct_and_slow(redis_topology, upstream_slow=False, query=query) as layers:
+        direct, slow = layers
+        channel = await slow.new_channel()
+        payloads = [os.urandom(4 << 20) for _ in range(6)]  # 6 s at RATE: > 2 s + timeout
+        for number, payload in enumerate(payloads):
+            await direct.send(channel, {"type": "big", "n": number, "data": payload})
+        received = [await asyncio.wait_for(slow.receive(channel), 30) for _ in payloads]
     assert [message["data"] for message in received] == payloads
 
 
 async def test_a_large_send_leaving_slowly_goes_through(redis_topology: Topology) -> None:
     """Seen: a 24 MB send over a 3 MB/s link was dropped at every socket_timeout and never
     went through; the sends queued behind it waited until failover_timeout."""
-    receiver = RedisChannelLayer(hosts=[redis_topology.url], prefix="slow-send")
-    async with slow_proxy(redis_topology, upstream_slow=True) as port:
-        url = f"redis://127.0.0.1:{port}/0?socket_timeout={TIMEOUT_S}&failover_timeout=20"
-        sender = RedisChannelLayer(hosts=[url], prefix="slow-send")
-        try:
-            channel = await receiver.new_channel()
-            await sender.send(channel, {"type": "warm-up"})  # connected before timing
-            payload = os.urandom(16 << 20)  # 4 s at RATE, more than the socket buffers hold
-            started = time.monotonic()
-            await sender.send(channel, {"type": "big", "data": payload})
-            took = time.monotonic() - started
-            await sender.send(channel, {"type": "after"})
-            received = [await asyncio.wait_for(receiver.receive(channel), 10) for _ in range(3)]
-        finally:
-            await sender.close()
-            await receiver.close()
+    query = f"socket_timeout={TIMEOUT_S}&failover_timeout=20"
+    async with direct_and_slow(redis_topology, upstream_slow=True, query=query) as layers:
+        receiver, sender = layers
+        channel = await receiver.new_channel()
+        await sender.send(channel, {"type": "warm-up"})  # connected before timing
+        payload = os.urandom(16 << 20)  # 4 s at RATE, more than the socket buffers hold
+        started = time.monotonic()
+        await sender.send(channel, {"type": "big", "data": payload})
+        took = time.monotonic() - started
+        await sender.send(channel, {"type": "after"})
+        received = [await asyncio.wait_for(receiver.receive(channel), 10) for _ in range(3)]
     assert [message["type"] for message in received] == ["warm-up", "big", "after"]
     assert received[1]["data"] == payload
     assert took < 15, f"the large send took {took:.1f} s"
