@@ -40,6 +40,7 @@ _TRYAGAIN_DELAY_S = 0.05
 # Once most nodes answered (a map among the answers), the others get this long: a frozen
 # node (one the layer may not even use) would hold every read for socket_timeout.
 _MAP_ANSWER_WINDOW_S = 0.25
+_MAX_REFRESHES_AFTER_MOVED = 3  # map reads in a row while MOVEDs name new masters
 _MAX_CLOSE_ROUNDS = 100  # bounds close()'s loops over requests and links
 # While requests wait for a slot's new owner, the slot map is read at least this often.
 SLOT_MAP_POLL_MAX_S = 0.15
@@ -95,6 +96,7 @@ class ClusterRouter:
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None  # see _refresh_soon
+        self._refresh_again = False
         # Held requests wait for the cluster to promote a replica, which nothing announces:
         # the slot map is polled, and a short cap shortens the wait after the promotion.
         self._backoff = Backoff(SLOT_MAP_POLL_MAX_S)
@@ -235,13 +237,22 @@ class ClusterRouter:
 
     def _refresh_soon(self) -> None:
         """Reads the whole map after a MOVED named a new master: the one it replaced must
-        leave the known masters, or its coming back later would not count as new."""
-        if self._refreshing is None and not self._closed:
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_once())
+        leave the known masters, or its coming back later would not count as new. A read
+        already under way may predate the MOVED: then one more follows it."""
+        if self._closed:
+            return
+        if self._refreshing is not None:
+            self._refresh_again = True
+            return
+        self._refreshing = asyncio.get_running_loop().create_task(self._refresh_after_moved())
 
-    async def _refresh_once(self) -> None:
+    async def _refresh_after_moved(self) -> None:
         try:
-            await self._try_refresh()
+            for _ in range(_MAX_REFRESHES_AFTER_MOVED):
+                self._refresh_again = False
+                await self._try_refresh()
+                if not self._refresh_again:
+                    break
         finally:
             self._refreshing = None
 

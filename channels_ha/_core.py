@@ -51,9 +51,10 @@ class LayerCore:
     shard_stats: list[ShardStats] = field(default_factory=list)
     # Per shard, the writes of the last seconds, of every event loop (see _replay).
     recent: list[RecentPushes] = field(default_factory=list)
-    # Groups that some event loop of this process last read with members: one that reads
-    # empty makes group_send look whether the data began again (Session._members).
-    groups_with_members: set[str] = field(default_factory=set)
+    # Group -> when (time.time()) some event loop of this process last knew it had members:
+    # one that reads empty makes group_send look whether the data began again since
+    # (Session._members). Oldest first, bounded.
+    groups_with_members: dict[str, float] = field(default_factory=dict)
     _last_refresh: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:

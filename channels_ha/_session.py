@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
@@ -29,7 +29,7 @@ from ._constants import (
     EPOCH_CHECK_INTERVAL_S,
     FAILURE_LOG_INTERVAL_S,
     FLUSH_SCAN_COUNT,
-    RESTART_NOTICE_WINDOW_S,
+    RESTART_GRACE_S,
 )
 from ._core import LayerCore
 from ._delivery import Deliveries, target_of
@@ -232,6 +232,7 @@ class Session:
             statuses = await self._push_if_members_unchanged(group, plan, body, now, seqs)
             if statuses is not None:
                 self._log_over_capacity(group, [statuses], len(plan.members))
+                self._seen_with_members(group)
                 return
             self._fanout.distrust(group)
         members, token = await self._members(group)
@@ -299,36 +300,41 @@ class Session:
 
     def _seen_with_members(self, group: str) -> None:
         seen = self.core.groups_with_members
-        if group not in seen:
-            if len(seen) >= _GROUPS_SEEN_REMEMBERED:
-                seen.clear()  # bounded: only groups read empty right after a flush matter
-            seen.add(group)
+        seen.pop(group, None)  # to the end: the oldest go first
+        seen[group] = time.time()
+        if len(seen) > _GROUPS_SEEN_REMEMBERED:
+            with suppress(RuntimeError, StopIteration, KeyError):  # other threads race here
+                del seen[next(iter(seen))]
 
     async def _emptied_by_data_loss(self, shard: ShardConnections, group: str) -> bool:
-        """Whether a group that had members at this process's last read of it (in any event
-        loop: async_to_sync makes one per call) reads empty because the data began again.
+        """Whether a group this process last knew with members (in any event loop:
+        async_to_sync makes one per call) reads empty because the data began again since.
 
         A ``FLUSHALL`` or ``FLUSHDB`` (a cache's ``clear()`` on a shared database) loses the
         data without a reconnect that would notice, and the periodic epoch check may be a
         second away, or, in a short-lived event loop, have nothing to compare with: a
         group_send meanwhile would go to nobody. So read the epoch of the group's master:
-        missing, or begun within the last seconds, it says the data began again."""
-        seen = self.core.groups_with_members
-        if group not in seen:
+        missing, or begun after the members were last seen, the data began again. A group
+        that emptied in the ordinary way costs one GET."""
+        known_at = self.core.groups_with_members.pop(group, None)
+        if known_at is None:
             return False  # not seen with members: an empty group costs no extra round trip
-        seen.discard(group)
         where = shard.epoch_key_beside(self.core.keys, self.core.keys.group(group))
         if where is None:
             return False
         node, key = where
-        value = cast("bytes | None", await shard.link.submit("GET", key, key=key))
+        try:
+            value = cast("bytes | None", await shard.link.submit("GET", key, key=key))
+        except (RedisUnavailable, RedisCommandError) as err:
+            logger.debug("Epoch read failed: %s", err)
+            return False  # the member read itself succeeded: send to what it found
         now = time.time()
         if value is None:
             shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
         began_s = now if value is None else int(value) / 1000
-        if now - began_s > RESTART_NOTICE_WINDOW_S:
-            return False  # the data did not begin again lately: the group emptied
-        if shard.stats.recovering_until <= now:  # news to this process
+        if began_s < known_at:
+            return False  # the data began before the members were seen: the group emptied
+        if shard.stats.recovering_until < began_s + RESTART_GRACE_S:  # news to this process
             self._epochs[(shard.spec.index, node)] = (key, value)
             note_data_loss(shard, began_s)
             reassert(self.core, shard)
@@ -740,6 +746,12 @@ class Session:
             await within(self._return_to_redis(channels), CLOSE_RETURN_TIMEOUT_S)
         except (asyncio.TimeoutError, RedisUnavailable, RedisCommandError) as err:
             logger.warning("Could not return buffered messages to Redis at close: %s", err)
+        if self._tasks:  # returns started by receivers that just left: let them finish
+            await asyncio.wait(set(self._tasks), timeout=CLOSE_RETURN_TIMEOUT_S)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
         if self._unreturned:  # nothing will try again
             lost = sum(len(elements) for _, _, elements, _ in self._unreturned)
             self._unreturned.clear()
@@ -749,11 +761,5 @@ class Session:
                 lost,
                 extra={"event": "return_lost", "messages": lost},
             )
-        if self._tasks:  # returns started by receivers that just left: let them finish
-            await asyncio.wait(set(self._tasks), timeout=CLOSE_RETURN_TIMEOUT_S)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
         for shard in self._shards:
             await shard.close(CLOSE_RETURN_TIMEOUT_S)

@@ -128,3 +128,23 @@ async def test_a_group_send_just_after_a_flush_by_hand_still_reaches_the_members
         await admin.aclose()
     await group_send({"type": "after"})
     assert (await asyncio.wait_for(waiting, 10))["type"] == "after"
+
+
+async def test_a_group_that_empties_the_ordinary_way_costs_no_wait(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """On a Redis whose data began seconds ago, a group whose last member left reads empty:
+    that is no loss, and group_send must not wait out a grace period (a review found my first
+    check taking any young epoch for one)."""
+    topology = redis_sandbox_factory("standalone")  # its epoch is seconds old
+    member = make_layer(topology)
+    sender = make_layer(topology, prefix=member.prefix)
+    channel = await member.new_channel()
+    await member.group_add("room", channel)
+    await sender.group_send("room", {"type": "while-a-member"})
+    assert (await member.receive(channel))["type"] == "while-a-member"
+    await member.group_discard("room", channel)
+    started = time.monotonic()
+    await sender.group_send("room", {"type": "to-nobody"})
+    assert time.monotonic() - started < RESTART_GRACE_S / 2
+    assert sender._session()._shards[0].stats.recovering_until == 0
