@@ -132,7 +132,9 @@ def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
                 policy = None  # no limit: nothing is ever evicted, whatever the policy
     except _FAILED as err:
         return NodeReport(label, reachable=False, error=_error(err))
-    return NodeReport(label, True, None, role, version, rtt_ms, policy)
+    return NodeReport(
+        label, reachable=True, role=role, version=version, rtt_ms=rtt_ms, maxmemory_policy=policy
+    )
 
 
 def _master_problems(node: NodeReport) -> list[str]:

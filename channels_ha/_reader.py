@@ -79,7 +79,7 @@ class BlockingReader:
         self._loop = asyncio.get_running_loop()  # a reader belongs to one session, one loop
         self._pop_limit_s = BLOCKING_POP_TIMEOUT_S + settings.reply_timeout_s
         self._pop_deadline = 0.0
-        self._pop_received = 0  # bytes the connection had received when the pop went out
+        self._pop_heard_at = 0.0  # when the pop went out, or bytes of its reply last came
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
 
@@ -137,7 +137,7 @@ class BlockingReader:
             return
         pending, replied = self._submit_pop(client, keys)
         self._pop_deadline = self._loop.time() + self._pop_limit_s
-        self._pop_received = client.protocol.received if client.protocol else 0
+        self._pop_heard_at = time.monotonic()  # the protocol's clock (uvloop's differs)
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
         # The pop itself is not awaited: cancelling this task would cancel it, and its reply
@@ -178,10 +178,10 @@ class BlockingReader:
             self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
             return
         protocol = self._client.protocol if self._client is not None else None
-        if protocol is not None and protocol.received != self._pop_received:
+        if protocol is not None and protocol.received_at > self._pop_heard_at:
             # A large batch still arriving over a slow link: Redis already removed it from
             # the list, and dropping the connection now would lose it.
-            self._pop_received = protocol.received
+            self._pop_heard_at = protocol.received_at
             self._pop_deadline = self._loop.time() + self._settings.reply_timeout_s
             self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
             return

@@ -71,9 +71,8 @@ class RespProtocol(asyncio.Protocol):
         self._abort_reason: BaseException | None = None
         self.closed = False
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Bytes read (and when last), and given to the transport: a large reply or request
-        # still moving over a slow link is progress, not a hung server.
-        self.received = 0
+        # When bytes last came in, and how many went to the transport: a large reply or
+        # request still moving over a slow link is progress, not a hung server.
         self.received_at = 0.0  # time.monotonic()
         self._handed = 0
 
@@ -86,7 +85,6 @@ class RespProtocol(asyncio.Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
     def data_received(self, data: bytes) -> None:
-        self.received += len(data)
         self.received_at = time.monotonic()
         self._parser.feed(data)
         try:

@@ -123,26 +123,27 @@ class ShardConnections:
         """(master, epoch key) for every master of this shard."""
         if self.router is None:
             return [("", keys.epoch())]
-        found = []
-        for address in self.router.master_addresses():
-            slot = self.router.first_slot_at(address)
-            if slot is not None:
-                found.append((address, keys.epoch(tag_for_slot(slot))))
-        return found
+        found = [(a, self._epoch_key_at(keys, a)) for a in self.router.master_addresses()]
+        return [(address, key) for address, key in found if key is not None]
 
     def epoch_key_beside(self, keys: KeyLayout, key: str) -> tuple[str, str] | None:
         """(master, epoch key) of the master holding ``key``, if known."""
         if self.router is None:
             return "", keys.epoch()
         owner = self.router.owner_of(slot_of(key))
-        slot = None if owner is None else self.router.first_slot_at(owner)
-        return None if owner is None or slot is None else (owner, keys.epoch(tag_for_slot(slot)))
+        epoch = None if owner is None else self._epoch_key_at(keys, owner)
+        return None if owner is None or epoch is None else (owner, epoch)
 
     def epoch_key(self, keys: KeyLayout, info: ServerInfo) -> str | None:
         """The epoch key of the server ``info`` describes (on Cluster, in a slot it owns)."""
         if self.router is None:
             return keys.epoch()
-        slot = self.router.first_slot_at(_address(info))
+        return self._epoch_key_at(keys, _address(info))
+
+    def _epoch_key_at(self, keys: KeyLayout, address: str) -> str | None:
+        """A Cluster master's epoch key: in the first slot it owns, if it owns any."""
+        assert self.router is not None
+        slot = self.router.first_slot_at(address)
         return None if slot is None else keys.epoch(tag_for_slot(slot))
 
     def scan_links(self) -> list[CommandLink]:
