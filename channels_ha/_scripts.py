@@ -39,8 +39,13 @@ class Script:
 # Sequence numbers count per (sender, list): a number above the highest seen leaves gaps for
 # the numbers in between, which may still come (a reordered retry) and are then applied once;
 # anything else at or below the highest is a copy.
+# An inbox keeps no numbers (its receiving process drops copies), but a copy written again
+# after the inbox filled up must not come back as full: send() would raise ChannelFull for a
+# message that is stored, and an application retrying it would get it twice. Only a full inbox
+# is searched, from its newest end (a write again follows the first within moments).
 _PUSH_TARGETS = """
 local MAX_GAPS = 4096
+local RECENT_INBOX = 1000
 
 local function purge_expired(list, now)
   for _ = 1, 1000 do
@@ -85,6 +90,8 @@ local function push_targets(k0, a0)
       status = 0
       if kind == 'c' then
         redis.call('HSET', aux, seq, 1)  -- refused: a retry is judged again, not as a copy
+      elseif redis.call('LPOS', list, element, 'RANK', -1, 'MAXLEN', RECENT_INBOX) then
+        status = 2  -- the write again of one stored before the inbox filled up
       end
     else
       redis.call('RPUSH', list, element)

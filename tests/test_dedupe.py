@@ -62,6 +62,22 @@ async def test_a_refused_push_written_again_is_judged_again(
     assert (await layer.receive("full-normal"))["type"] == "second"
 
 
+async def test_a_stored_message_written_again_to_a_full_inbox_is_a_copy(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """The first write filled the inbox and its reply was lost: the write again must answer
+    "copy", not "full" (seen: send() raised ChannelFull for a message that was delivered, so
+    an application that retried got it twice). A new message is still refused."""
+    layer = make_layer(redis_topology, capacity=1)
+    channel = await layer.new_channel()
+    assert await _send_twice(layer, channel) == [[1], [2]]
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "another"})
+    assert (await layer.receive(channel))["type"] == "once"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.1)
+
+
 async def test_returned_messages_written_twice_are_stored_once(layer: RedisChannelLayer) -> None:
     """Messages given back to their list are stored once when the link writes the return twice."""
     channel, core, session = "dedupe-returned", layer._core, layer._session()
