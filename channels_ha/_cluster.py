@@ -453,7 +453,7 @@ class ClusterRouter:
     def _link(self, address: str) -> CommandLink:
         link = self._links.get(address)
         if link is None:
-            locator = FixedLocator(self._endpoint(address))
+            locator = FixedLocator(self._endpoint(address), kind="cluster node")
             link = CommandLink(
                 locator,
                 self._settings,
@@ -461,6 +461,7 @@ class ClusterRouter:
                 self._stats,
                 hand_back=self._handed_back,
                 verify=self._still_owner,
+                routed_because=lambda: self._last_error,
             )
             self._links[address] = link
         return link

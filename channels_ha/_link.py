@@ -58,6 +58,7 @@ HandBack = Callable[["CommandLink", list[Request], str], None]
 # Asks the deployment whether the link's server is still the master for what it carries.
 Verify = Callable[["CommandLink"], Awaitable[bool]]
 
+_NOT_TRIED = "no connection attempt yet"
 SUSPECT_AFTER_S = 0.5  # a reply this late: check that the server is still the master
 SUSPECT_INTERVAL_S = 0.25  # and check again this often until reply_timeout
 
@@ -74,8 +75,10 @@ class CommandLink:
         hand_back: HandBack | None = None,
         verify: Verify | None = None,
         announcements: Announcements | None = None,
+        routed_because: Callable[[], str] | None = None,
     ) -> None:
         self._locator = locator
+        self._routed_because = routed_because  # why requests came here (a router's last error)
         self._announcements = announcements
         self._hand_back = hand_back
         self._verify = verify
@@ -95,7 +98,7 @@ class CommandLink:
         self._backlog, self._progress_at = (0, 0), 0.0  # see _stalled_s
         self._closed = False
         self._backoff = Backoff()  # reset by a successful reply, not by a new attempt
-        self._last_error = "no connection attempt yet"
+        self._last_error = _NOT_TRIED
         self._refused = False  # a server refused requests: wait before the next attempt
         self._holding: asyncio.TimerHandle | None = None  # a failover runs: writes wait
         self.server: ServerInfo | None = None
@@ -432,7 +435,10 @@ class CommandLink:
         if not any(r.deadline <= now for r in self._queue):
             return
         waited = now - min(r.deadline for r in self._queue) + self._settings.failover_timeout_s
-        error = give_up(self._locator.describe(), self._settings, waited, self._last_error)
+        reason = self._last_error
+        if reason == _NOT_TRIED and self._routed_because is not None:
+            reason = self._routed_because()  # they ran out of time before reaching this node
+        error = give_up(self._locator.describe(), self._settings, waited, reason)
         keep: deque[Request] = deque()
         for request in self._queue:
             if request.deadline <= now:

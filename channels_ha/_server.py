@@ -89,15 +89,16 @@ class Locator(Protocol):
 
 @dataclass(frozen=True)
 class FixedLocator:
-    """A single node: the master is always the same address."""
+    """A single node, or one node of a Cluster: the master is always the same address."""
 
     endpoint: Endpoint
+    kind: str = "single node"  # what errors call it
 
     async def locate(self) -> Endpoint:
         return self.endpoint
 
     def describe(self) -> str:
-        return f"single node {self.endpoint.describe()}"
+        return f"{self.kind} {self.endpoint.describe()}"
 
 
 @dataclass

@@ -330,6 +330,28 @@ async def test_giving_up_on_a_down_cluster_says_how_long_and_why(
     assert "CLUSTERDOWN" in message, message
 
 
+async def test_giving_up_on_a_frozen_master_names_the_cluster_and_the_cause(
+    cluster: ClusterTopology, make_layer: LayerFactory
+) -> None:
+    """Seen, past failover_timeout while a master was frozen: "... on single node
+    tcp://...; last error: no connection attempt yet", from the link to its replacement,
+    which the requests reached already overdue."""
+    layer = make_layer(cluster, failover_timeout=1)
+    await layer.send("frozen", {"type": "warm-up"})
+    owner = await cluster.anode_for_slot(slot_of(KeyLayout(layer.prefix).channel("frozen")))
+    owner.pause()
+    try:
+        with pytest.raises(RedisUnavailable) as caught:
+            await layer.send("frozen", {"type": "refused"})
+    finally:
+        owner.resume()
+    message = str(caught.value)
+    assert "failover_timeout" in message, message
+    assert "cluster" in message, message
+    assert "single node" not in message, message
+    assert "no connection attempt yet" not in message, message
+
+
 async def test_a_frozen_node_does_not_hold_up_the_slot_map(
     cluster: ClusterTopology, make_layer: LayerFactory
 ) -> None:
