@@ -42,6 +42,13 @@ _TRYAGAIN_DELAY_S = 0.05
 _MAP_ANSWER_WINDOW_S = 0.25
 _MAX_REFRESHES_AFTER_MOVED = 3  # map reads in a row while MOVEDs name new masters
 _MAX_CLOSE_ROUNDS = 100  # bounds close()'s loops over requests and links
+# A link to a node that owns no slot is closed once idle; one still busy is looked at again
+# this often, for at most this many rounds (the next slot map starts over).
+_RETIRE_CHECK_S = 0.5
+_MAX_RETIRE_ROUNDS = 100
+# Nodes whose links were closed are still asked for the slot map (their vote keeps a
+# restarted master from being believed); the oldest are forgotten beyond this many.
+_MAX_FORMER_NODES = 16
 # While requests wait for a slot's new owner, the slot map is read at least this often.
 SLOT_MAP_POLL_MAX_S = 0.15
 
@@ -93,6 +100,9 @@ class ClusterRouter:
         self._masters: set[str] = set()  # the masters of the last map, and those MOVED named
         self._last_error = "slot map unknown"  # what held requests wait out, for give_up()
         self._links: dict[str, CommandLink] = {}
+        self._former: dict[str, None] = {}  # nodes whose links were retired, oldest first
+        self._retired: set[CommandLink] = set()  # taken out of _links, not closed yet
+        self._retiring: asyncio.Task[None] | None = None  # see _retire_soon
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None  # see _refresh_soon
@@ -130,7 +140,10 @@ class ClusterRouter:
     def connection_of(self, key: str) -> object:
         """Which connection requests about ``key`` go to now (its master's link, as of now)."""
         owner = self._owners[slot_of(key)]
-        return None if owner is None else (owner, self._link(owner).generation)
+        if owner is None:
+            return None
+        link = self._link(owner)  # the link itself: a retired one's successor counts anew
+        return link, link.generation
 
     def nudge(self) -> None:
         self._backoff.nudge()
@@ -350,7 +363,9 @@ class ClusterRouter:
 
     async def _still_owner(self, link: CommandLink) -> bool:
         """Asks the other nodes whether ``link``'s node still owns what it was sent."""
-        address = next(a for a, candidate in self._links.items() if candidate is link)
+        address = next((a for a, candidate in self._links.items() if candidate is link), None)
+        if address is None:  # retired: it owns no slot
+            return False
         await self._refresh_map(exclude=address)
         return all(self._owners[slot] == address for slot in link.inflight_slots())
 
@@ -409,8 +424,9 @@ class ClusterRouter:
         return answers
 
     def _candidates(self) -> list[Endpoint]:
-        known = [self._endpoint(address) for address in self._links]
-        return known + [e for e in self._startup if _address(e.host, e.port) not in self._links]
+        known = [*self._links, *(a for a in self._former if a not in self._links)]
+        startup = [e for e in self._startup if _address(e.host, e.port) not in known]
+        return [self._endpoint(address) for address in known] + startup
 
     async def _ask_slots(self, endpoint: Endpoint) -> list[list[object]]:
         client = await open_client(endpoint, self._settings.connect_timeout_s)
@@ -442,6 +458,7 @@ class ClusterRouter:
             if owner is not None:
                 self._first_slots.setdefault(owner, slot)
         self._stats.master = f"{len(masters)} masters: {', '.join(sorted(masters))}"
+        self._retire_soon()
         if changed:
             self._on_topology()
 
@@ -464,7 +481,59 @@ class ClusterRouter:
                 routed_because=lambda: self._last_error,
             )
             self._links[address] = link
+            self._former.pop(address, None)
         return link
+
+    def _retire_soon(self) -> None:
+        """Closes, in the background, the links to nodes the slot map no longer names: after
+        a failover the old master comes back as a replica, a reshard may empty a master, and
+        the process must keep a few connections, not one to every node it ever used."""
+        if self._retiring is None and not self._closed and self._stale_links():
+            self._retiring = asyncio.get_running_loop().create_task(self._retire_links())
+
+    def _stale_links(self) -> list[tuple[str, CommandLink]]:
+        # _masters, not _owners: a slot whose owner went missing leaves it None, and its
+        # master may come back; a master named by MOVED is in _masters until the next map.
+        return [(a, link) for a, link in self._links.items() if a not in self._masters]
+
+    async def _retire_links(self) -> None:
+        """Retires each stale link once it has nothing unsettled. Its requests must be
+        answered or handed back first: a slot held for them waits on this link."""
+        try:
+            for _ in range(_MAX_RETIRE_ROUNDS):
+                idle: list[CommandLink] = []
+                busy: list[asyncio.Future[object]] = []
+                for address, link in self._stale_links():
+                    unsettled = link.unsettled()
+                    if unsettled:
+                        busy += unsettled
+                    else:
+                        idle.append(link)
+                        self._retire(address, link)
+                if not idle and not busy:
+                    return
+                for link in idle:
+                    await link.close(self._settings.reply_timeout_s)
+                    self._retired.discard(link)
+                if busy:
+                    await asyncio.wait(busy, timeout=_RETIRE_CHECK_S)
+        finally:
+            self._retiring = None
+
+    def _retire(self, address: str, link: CommandLink) -> None:
+        """Takes the link out of routing (a request for its node gets a fresh link), and
+        keeps asking its node for the slot map."""
+        del self._links[address]
+        self._retired.add(link)
+        self._former.pop(address, None)
+        self._former[address] = None
+        while len(self._former) > _MAX_FORMER_NODES:
+            del self._former[next(iter(self._former))]
+        logger.info(
+            "Closing the connection to %s, which serves no slot now",
+            address,
+            extra={"event": "link_retired", "node": address},
+        )
 
     def _endpoint(self, address: str) -> Endpoint:
         host, _, port = address.rpartition(":")
@@ -483,7 +552,7 @@ class ClusterRouter:
                 break
             await asyncio.wait(unsettled, timeout=deadline - time.monotonic())
         self._closed = True
-        for task in (self._dispatching, self._refreshing):
+        for task in (self._dispatching, self._refreshing, self._retiring):
             if task is not None:
                 task.cancel()
                 await asyncio.wait({task})
@@ -497,7 +566,8 @@ class ClusterRouter:
     async def _close_links(self, deadline: float) -> None:
         closed: set[CommandLink] = set()
         for _ in range(_MAX_CLOSE_ROUNDS):  # a reader's unblock may still open a link
-            left = [link for link in self._links.values() if link not in closed]
+            links = (*self._links.values(), *self._retired)
+            left = [link for link in links if link not in closed]
             if not left:
                 break
             for link in left:
@@ -506,7 +576,8 @@ class ClusterRouter:
 
     def _unsettled(self) -> list[asyncio.Future[object]]:
         held = [r.future for h in self._held.values() for r in (*h.returned, *h.newer)]
-        linked = [future for link in self._links.values() for future in link.unsettled()]
+        links = (*self._links.values(), *self._retired)
+        linked = [future for link in links for future in link.unsettled()]
         return [future for future in (*held, *linked) if not future.done()]
 
 

@@ -469,17 +469,17 @@ class CommandLink:
         return [r.future for r in self.pending_requests() if not r.future.done()]
 
     async def close(self, drain_timeout_s: float) -> None:
-        """Waits briefly for replies still due, then closes; safe to call twice."""
-        if self._closed:
-            return
-        deadline = time.monotonic() + drain_timeout_s
-        while time.monotonic() < deadline:
-            pending = self.unsettled()
-            if not pending:
-                break
-            await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
-        self._closed = True
-        self._fail_all(RedisUnavailable("the channel layer was closed"))
+        """Waits briefly for replies still due, then closes; safe to call twice, and a call
+        after one that was cancelled (the Cluster router retiring links) finishes the job."""
+        if not self._closed:
+            deadline = time.monotonic() + drain_timeout_s
+            while time.monotonic() < deadline:
+                pending = self.unsettled()
+                if not pending:
+                    break
+                await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
+            self._closed = True
+            self._fail_all(RedisUnavailable("the channel layer was closed"))
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.wait({self._connecting})

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
-from channels_ha._cluster import ClusterRouter, _parse_slots, slot_of
+from channels_ha._cluster import ClusterRouter, _parse_slots, slot_of, tag_for_slot
 from channels_ha._keys import KeyLayout
 from channels_ha._recovery import watch_epochs
 from channels_ha._resp import Endpoint
@@ -28,6 +28,8 @@ from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
 from .conftest import LayerFactory, finish_traffic, start_traffic
 
 CLUSTER_DOWN_S = 2.0
+RETIRE_WAIT_S = 10.0  # how long a demoted master may keep the layer's link
+SYNC_POLLS = 200  # a replica's link to its master is up within 10 s
 
 
 async def inbox_owner(cluster: ClusterTopology, layer: RedisChannelLayer) -> RedisNode:
@@ -373,3 +375,78 @@ async def test_a_frozen_node_does_not_hold_up_the_slot_map(
         replica.resume()
     assert took < 1.5, f"the slot-map read took {took:.1f} s"
     assert (await layer.receive("mapped"))["type"] == "warm-up"
+
+
+async def layer_connections(node: RedisNode, layer: RedisChannelLayer) -> int:
+    """How many connections ``layer`` (this process, by client name) holds to ``node``."""
+    name = layer._session()._shards[0].spec.settings.client_name
+    client = node.async_client()
+    try:
+        return sum(entry["name"] == name for entry in await client.client_list())
+    finally:
+        await client.aclose()
+
+
+async def manual_failover(cluster: ClusterTopology, master: RedisNode, *options: str) -> RedisNode:
+    """``CLUSTER FAILOVER`` on ``master``'s replica: both stay up, roles swapped."""
+    slot = ClusterTopology._first_slot_of(master, await cluster.aslot_map())
+    replica = await replica_in_sync(cluster, master)
+    client = replica.async_client()
+    try:
+        await client.execute_command("CLUSTER", "FAILOVER", *options)
+    finally:
+        await client.aclose()
+    for _ in range(SYNC_POLLS):
+        if await cluster.anode_for_slot(slot) is replica:
+            break
+        await asyncio.sleep(0.05)  # polling: the promotion announces nothing
+    await cluster.await_healthy()
+    assert await cluster.anode_for_slot(slot) is replica, "the failover did not happen"
+    return replica
+
+
+async def replica_in_sync(cluster: ClusterTopology, master: RedisNode) -> RedisNode:
+    """``master``'s replica, once its link is up (a replica just demoted still syncs, and a
+    failover it asked for would time out)."""
+    for node in cluster.nodes:
+        client = node.async_client()
+        try:
+            for _ in range(SYNC_POLLS):
+                replication = await client.info("replication")
+                if replication["role"] != "slave" or replication["master_port"] != master.port:
+                    break
+                if replication["master_link_status"] == "up":
+                    return node
+                await asyncio.sleep(0.05)  # polling: the sync announces nothing
+        finally:
+            await client.aclose()
+    raise AssertionError(f"{master.name} has no replica in sync")
+
+
+async def test_a_demoted_master_keeps_no_link(
+    cluster: ClusterTopology, make_layer: LayerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A master demoted to replica loses the layer's link once its requests are settled
+    (seen: links kept for the process's life, one to every node after a few failovers); a
+    request for it after it is promoted again opens a new link."""
+    layer = make_layer(cluster)
+    inbox_master = await inbox_owner(cluster, layer)
+    victim = next(node for node in await cluster.amasters() if node is not inbox_master)
+    group = tag_for_slot(ClusterTopology._first_slot_of(victim, await cluster.aslot_map()))
+    await layer.group_add(group, "member")  # through the link to the victim
+    assert await layer_connections(victim, layer) == 1
+    with caplog.at_level(logging.INFO, logger="channels_ha.cluster"):
+        await manual_failover(cluster, victim)
+        await layer.group_add(group, "second")  # MOVED: the map is read again
+        deadline = time.monotonic() + RETIRE_WAIT_S
+        for _ in range(int(RETIRE_WAIT_S / 0.05)):
+            if not await layer_connections(victim, layer) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)  # polling the server: no event tells the link closed
+    assert await layer_connections(victim, layer) == 0, "the demoted master kept the link"
+    retired = [r for r in caplog.records if getattr(r, "event", None) == "link_retired"]
+    assert [getattr(r, "node", None) for r in retired] == [f"{victim.host}:{victim.port}"]
+    # TAKEOVER: the masters just voted for this shard, and do not vote again that soon.
+    await manual_failover(cluster, await cluster.anode_for_slot(slot_of(group)), "TAKEOVER")
+    await layer.group_add(group, "third")  # MOVED to the retired node: a new link
+    assert await layer_connections(victim, layer) == 1
