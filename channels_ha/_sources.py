@@ -63,6 +63,11 @@ def _json_object(text: str, source: Source) -> Any:
         raise source.error(
             f"not valid JSON ({where}); expected a JSON object such as {_EXAMPLE}"
         ) from err
+    except (ValueError, RecursionError) as err:  # an integer of thousands of digits; nesting
+        raise source.error(
+            f"JSON that Python cannot read ({type(err).__name__}: a number too long or "
+            f"nesting too deep); expected a JSON object such as {_EXAMPLE}"
+        ) from None
     if not isinstance(value, dict):
         kind = _JSON_KINDS.get(type(value), "null")
         raise source.error(f"expected a JSON object {{...}}, got a JSON {kind}")

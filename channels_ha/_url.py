@@ -37,14 +37,20 @@ QUERY_KEYS = (
     *TLS_KEYS,
 )
 SENTINEL_QUERY_KEYS = (*QUERY_KEYS, "sentinel_username", "sentinel_password")
-_SECRET_PARAMETER = re.compile(r"([?&][^=&]*password[^=&]*=)[^&]*", re.IGNORECASE)
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
+_MISPLACED_AT = (
+    "an '@' after the host part; if a password holds '/', '?', '#' or '&', percent-encode "
+    "them (%2F, %3F, %23, %26)"
+)
 
 
 def redact_url(url: str) -> str:
-    """The URL with its userinfo password and any ``*password*`` parameter shown as ``***``.
+    """The URL with its userinfo password, any ``*password*`` parameter and any query item
+    that is not ``name=value`` shown as ``***``.
 
     The userinfo ends at the last ``@``, which over-redacts odd URLs rather than leak a
-    password holding an unescaped ``/`` or ``?``.
+    password holding an unescaped ``/`` or ``?``. Parameter names are judged decoded, as the
+    parser reads them; an item without ``=`` may be the rest of a password holding ``&``.
     """
     scheme, separator, rest = url.partition("://")
     if not separator:
@@ -52,7 +58,23 @@ def redact_url(url: str) -> str:
     userinfo, at, location = rest.rpartition("@")
     if at and ":" in userinfo:
         rest = f"{userinfo.partition(':')[0]}:***@{location}"
-    return scheme + separator + _SECRET_PARAMETER.sub(r"\1***", rest)
+    before, question, query = rest.partition("?")
+    if question:
+        items, after_password = [], False
+        for item in query.split("&"):
+            items.append(_redact_item(item, after_password))
+            after_password = "password" in unquote(item.partition("=")[0]).lower()
+        rest = before + "?" + "&".join(items)
+    return scheme + separator + rest
+
+
+def _redact_item(item: str, after_password: bool) -> str:
+    """An item after a password that is not a known parameter may be the password's tail."""
+    name, equals, _ = item.partition("=")
+    name = unquote(name)
+    if not equals or (after_password and name not in SENTINEL_QUERY_KEYS):
+        return "***" if item else item
+    return f"{name}=***" if "password" in name.lower() else item
 
 
 def parse_url(url: str, *, source: str = "argument url") -> RedisConfig:
@@ -69,6 +91,8 @@ def url_options(url: str, source: Source) -> dict[str, Any]:
         raise source.error(f"unknown URL scheme '{scheme}'; expected one of {known}")
     mode, location, tls = SCHEMES[scheme.lower()]
     netloc, path, query = _split(rest)
+    if "@" in path:
+        raise source.error(f"{_MISPLACED_AT}; expected [user:password@]host[:port][/path]")
     credentials, hosts = _userinfo(netloc)
     options = {"mode": mode, **credentials, **_LOCATIONS[location](hosts, path, source)}
     options |= _query(query, mode, source)
@@ -135,9 +159,31 @@ _LOCATIONS = {"tcp": _tcp, "unix": _unix, "sentinel": _sentinel, "cluster": _clu
 
 
 def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
-    """Query parameters, checked against the options a URL of this mode may carry."""
-    parameters: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    """Query parameters, checked against the options a URL of this mode may carry. A name
+    that is not plain is not echoed: it may be the tail of a password holding '?' or '&'."""
+    for item in filter(None, query.split("&")):
+        name, equals, _ = item.partition("=")
+        if not equals or "@" in name:
+            problem = _MISPLACED_AT if "@" in name else "a query item without '=' (not shown)"
+            raise source.error(f"{problem}; expected name=value parameters")
+    pairs = parse_qsl(query, keep_blank_values=True)
     known = SENTINEL_QUERY_KEYS if mode == "sentinel" else QUERY_KEYS
+    previous = ""
+    for name, _ in pairs:
+        after, previous = previous, name
+        if name in known:
+            continue
+        if not _PLAIN_NAME.fullmatch(name):
+            problem = "a query parameter with an unexpected name (not shown)"
+        elif "password" in after:
+            problem = (
+                f"an unknown query parameter after '{after}' (not shown: if the password "
+                f"holds '&', percent-encode it as %26)"
+            )
+        else:
+            continue  # named by check_keys, with a suggestion
+        raise source.error(f"{problem}; expected one of {', '.join(known)}")
+    parameters: dict[str, Any] = dict(pairs)
     check_keys(parameters, known, source, noun="query parameter")
     if "sentinel_password" in parameters:
         parameters["sentinel_password"] = SecretStr(parameters["sentinel_password"])

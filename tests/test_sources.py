@@ -266,6 +266,12 @@ def test_malformed_json_gives_line_and_column() -> None:
     assert "at line 3, column 11" in message
 
 
+@pytest.mark.parametrize("text", ['{"db": ' + "9" * 5000 + "}", "[" * 100_000])
+def test_json_python_cannot_read_is_a_configuration_error(text: str) -> None:
+    """Seen: a 5,000-digit number escaped as a raw ValueError from `manage.py check`."""
+    assert "JSON that Python cannot read" in _error(text)
+
+
 @pytest.mark.parametrize(
     ("text", "kind"),
     [("[1, 2]", "array"), ('"hunter2"', "string"), ("3", "number"), ("null", "null")],

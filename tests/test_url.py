@@ -178,6 +178,34 @@ def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:hunter2?TAIL@redis.example.com:6379/0",  # '?' in the password
+        "redis://:hunter2/TAIL@redis.example.com:6379/0",  # '/' in the password
+        "redis+sentinel://:pw@s1:26379/m?sentinel_password=hunter2&TAIL",  # '&' in it
+        "redis+sentinel://s1:26379/m?sentinel_password=hunter2&TAIL=x",  # '&' and '='
+        "redis+sentinel://s1:26379/m?sentinel_passw%6Frd=TAIL&socket_timeout=-1",
+        "redis://h?TAIL",
+    ],
+)
+def test_a_password_that_breaks_the_url_is_not_echoed(url: str) -> None:
+    """Seen: an unescaped '?' or '&' cut a password in two, and the error named its tail as
+    an "unknown query parameter" (also in /healthz, which shows configuration errors)."""
+    with pytest.raises(ConfigurationError) as caught:
+        parse_url(url, source="REDIS_URL")
+    assert "TAIL" not in str(caught.value)
+    assert "TAIL" not in redact_url(url)
+
+
+def test_an_at_sign_inside_a_query_value_is_kept() -> None:
+    """An '@' in a parameter's value is legal and reaches the option."""
+    config = parse_url("redis+sentinel://s1:26379/m?sentinel_password=p@ss&db=1")
+    assert isinstance(config, SentinelConfig)
+    assert config.sentinel_password is not None
+    assert config.sentinel_password.get_secret_value() == "p@ss"
+
+
 def test_unknown_scheme_lists_the_known_ones() -> None:
     """An unknown scheme names itself and lists every supported scheme."""
     message = _error("http://:hunter2@h")
