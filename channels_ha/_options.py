@@ -105,6 +105,8 @@ _EXPECTATIONS = {
     "int_parsing": "an integer",
     "int_type": "an integer",
     "int_from_float": "an integer",
+    "int_parsing_size": "an integer of sensible size",
+    "finite_number": "a finite number",
     "float_parsing": "a number",
     "float_type": "a number",
     "bool_parsing": "true or false",

@@ -273,6 +273,18 @@ def test_json_python_cannot_read_is_a_configuration_error(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"host": "h", "port": 1e400}', "'port': expected a finite number"),
+        ('{"host": "h", "db": "' + "9" * 5000 + '"}', "'db': expected an integer of sensible"),
+    ],
+)
+def test_numbers_out_of_reach_are_explained(text: str, expected: str) -> None:
+    """Seen: "expected Input should be a finite number", pydantic's words pasted in ours."""
+    assert expected in _error(text)
+
+
+@pytest.mark.parametrize(
     ("text", "kind"),
     [("[1, 2]", "array"), ('"hunter2"', "string"), ("3", "number"), ("null", "null")],
 )
