@@ -17,6 +17,7 @@ from ._constants import (
     DEFAULT_GROUP_EXPIRY_S,
     DEFAULT_PREFIX,
     DEFAULT_SERIALIZER_FORMAT,
+    MAX_OPTION_S,
 )
 from ._core import LayerCore
 from ._keys import KeyLayout
@@ -63,8 +64,11 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         replica_acks: int = 0,
         replica_ack_timeout: float = 1.0,
     ) -> None:
+        _check_options(
+            expiry, group_expiry, capacity, replica_acks, failover_timeout, replica_ack_timeout
+        )
+        _check_channel_capacity(channel_capacity)
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        _check_options(expiry, group_expiry, capacity, replica_acks, failover_timeout)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.group_expiry = group_expiry
         self.prefix = prefix
@@ -247,26 +251,68 @@ def _check_options(
     capacity: int,
     replica_acks: int,
     failover_timeout: float | None,
+    replica_ack_timeout: float,
 ) -> None:
-    checks = [
-        ("expiry", expiry, "a positive number of seconds"),
-        ("group_expiry", group_expiry, "a positive number of seconds"),
-        ("capacity", capacity, "a positive integer"),
-        (
-            "failover_timeout",
-            1 if failover_timeout is None else failover_timeout,
-            "a positive number of seconds",
-        ),
-    ]
-    for name, value, expectation in checks:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigurationError(
-                f"Channel layer option {name!r} must be {expectation} (got {value!r})."
-            )
-    if isinstance(replica_acks, bool) or not isinstance(replica_acks, int) or replica_acks < 0:
+    """Rejects what would otherwise fail at the first send, or never: NaN compares false with
+    every limit, infinity overflows the millisecond timeouts, True passes for 1."""
+    seconds = f"a positive number of seconds, finite and at most {MAX_OPTION_S:,.0f}"
+    _require_number("expiry", expiry, seconds)
+    _require_number("group_expiry", group_expiry, seconds)
+    _require_number("replica_ack_timeout", replica_ack_timeout, seconds)
+    if failover_timeout is not None:
+        _require_number("failover_timeout", failover_timeout, seconds)
+    _require_count("capacity", capacity, minimum=1)
+    _require_count("replica_acks", replica_acks, minimum=0)
+
+
+def _require_number(name: str, value: object, expectation: str) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_OPTION_S  # False for NaN too
+    ):
         raise ConfigurationError(
-            f"Channel layer option 'replica_acks' must be an integer >= 0 (got {replica_acks!r})."
+            f"Channel layer option {name!r} must be {expectation} (got {value!r})."
         )
+
+
+def _require_count(name: str, value: object, *, minimum: int) -> None:
+    """An integer (a float only if whole, as channels_redis settings sometimes carry)."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and value % 1 == 0 and value >= minimum:  # type: ignore[operator]  # NaN, inf: no
+        return
+    expectation = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    raise ConfigurationError(
+        f"Channel layer option {name!r} must be {expectation} (got {value!r})."
+    )
+
+
+def _check_channel_capacity(channel_capacity: Mapping[Any, int] | None) -> None:
+    if channel_capacity is None:
+        return
+    if not isinstance(channel_capacity, Mapping):
+        raise ConfigurationError(
+            "Channel layer option 'channel_capacity' must be a dict of channel name patterns "
+            f"to capacities (got {type(channel_capacity).__name__})."
+        )
+    for pattern, capacity in channel_capacity.items():
+        _require_count(f"channel_capacity[{pattern!r}]", capacity, minimum=1)
+
+
+def host_entries(hosts: object, where: str) -> Sequence[Any]:
+    """``hosts`` as a list of entries. The order picks each channel's shard, so every process
+    must see the same order: a set or other unordered collection is refused."""
+    if hosts is None:
+        return ()
+    if isinstance(hosts, list | tuple):
+        return hosts
+    if isinstance(hosts, Mapping):
+        raise ConfigurationError(
+            f"{where} must be a list of hosts, got a single dict: wrap it in a list, "
+            "hosts=[{...}], even for one host."
+        )
+    expected = "a list of hosts (Redis URLs, (host, port) pairs or dicts), even for one host"
+    raise ConfigurationError(f"{where} must be {expected} (got {type(hosts).__name__}).")
 
 
 def _configs(
@@ -277,16 +323,12 @@ def _configs(
     configs: Iterable[RedisConfig]
     if config is not None:
         configs = [config]
-    elif hosts:
-        if isinstance(hosts, (str, bytes)):
-            raise ConfigurationError(
-                "Channel layer option 'hosts' must be a list of hosts, even for one host."
-            )
+    elif entries := host_entries(hosts, "Channel layer option 'hosts'"):
         from ._sources import parse_hosts_entry
 
         configs = [
             parse_hosts_entry(entry, source=f"channel layer option hosts[{index}]")
-            for index, entry in enumerate(hosts)
+            for index, entry in enumerate(entries)
         ]
     else:
         from ._sources import load_config

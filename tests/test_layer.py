@@ -348,6 +348,17 @@ async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topolog
         ({"prefix": "a{b}"}, "must not contain braces"),
         ({"failover_timeout": 0}, "'failover_timeout' must be a positive number"),
         ({"hosts": "redis://localhost"}, "must be a list of hosts"),
+        ({"hosts": 5}, "'hosts' must be a list of hosts (Redis URLs, (host, port) pairs"),
+        ({"hosts": {"address": "redis://localhost"}}, "got a single dict: wrap it in a list"),
+        ({"failover_timeout": float("inf")}, "'failover_timeout' must be a positive number"),
+        ({"failover_timeout": float("nan")}, "'failover_timeout' must be a positive number"),
+        ({"replica_ack_timeout": -1}, "'replica_ack_timeout' must be a positive number"),
+        ({"group_expiry": 10**30}, "'group_expiry' must be a positive number"),
+        ({"expiry": True}, "'expiry' must be a positive number"),
+        ({"capacity": float("nan")}, "'capacity' must be a positive integer (got nan)"),
+        ({"capacity": 2.5}, "'capacity' must be a positive integer"),
+        ({"replica_acks": float("inf")}, "'replica_acks' must be an integer >= 0"),
+        ({"channel_capacity": {"chat.*": "ten"}}, "\"channel_capacity['chat.*']\" must be a"),
     ],
 )
 def test_bad_options_are_clear_errors(options: dict[str, object], fragment: str) -> None:
@@ -355,6 +366,20 @@ def test_bad_options_are_clear_errors(options: dict[str, object], fragment: str)
     options.setdefault("hosts", ["redis://127.0.0.1:1"])
     with pytest.raises(ConfigurationError, match=re.escape(fragment)):
         RedisChannelLayer(**options)  # type: ignore[arg-type]
+
+
+def test_channels_redis_option_forms_are_accepted() -> None:
+    """A tuple of hosts and whole-number floats, as settings files sometimes carry them."""
+    layer = RedisChannelLayer(
+        hosts=(("127.0.0.1", 1), {"address": "redis://127.0.0.1:2"}),
+        capacity=100.0,  # type: ignore[arg-type]
+        channel_capacity={"chat.*": 10.0, re.compile(r"^x\."): 5},  # type: ignore[dict-item]
+        expiry=0.5,
+        failover_timeout=1,
+        replica_ack_timeout=0.1,
+    )
+    assert len(layer.configs) == 2
+    assert layer.get_capacity("chat.a") == 10
 
 
 async def test_connections_stay_bounded_in_a_burst(
