@@ -6,7 +6,7 @@ answers live here, once. Pure: reading settings and parsing, never a connection.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from django.conf import settings
@@ -20,6 +20,8 @@ __all__ = [
     "alias_configs",
     "backend_family",
     "layer_configs",
+    "layer_hosts",
+    "layer_options",
     "require_config",
     "setting",
 ]
@@ -71,17 +73,36 @@ def require_config(value: object, where: str) -> RedisConfig:
     )
 
 
+def layer_options(alias: str, entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``CONFIG`` of a ``CHANNEL_LAYERS`` entry; a ConfigurationError if it is no dict."""
+    options = entry.get("CONFIG")
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"Invalid CHANNEL_LAYERS[{alias!r}]['CONFIG']: expected a dict of layer options "
+            f"such as {{'hosts': [...]}}, got {type(options).__name__}."
+        )
+    return options
+
+
+def layer_hosts(alias: str, options: Mapping[str, Any]) -> Sequence[Any]:
+    """The ``hosts`` entries of a layer's options (empty when unset); a ConfigurationError
+    when ``hosts`` is not a list, which both channels-ha and channels_redis need."""
+    from ._layer import host_entries
+
+    return host_entries(options.get("hosts"), f"CHANNEL_LAYERS[{alias!r}]['CONFIG']['hosts']")
+
+
 def layer_configs(alias: str, entry: Mapping[str, Any]) -> list[RedisConfig]:
     """What a channels-ha or channels_redis ``CHANNEL_LAYERS`` entry reaches, one per shard."""
     from ._sources import load_config, parse_hosts_entry
 
     where = f"CHANNEL_LAYERS[{alias!r}]"
-    options = entry.get("CONFIG") or {}
+    options = layer_options(alias, entry)
     if options.get("config") is not None:
         return [require_config(options["config"], f"{where}['CONFIG']['config']")]
-    hosts = options.get("hosts")
-    if isinstance(hosts, str | bytes):
-        raise ConfigurationError(f"Invalid {where}: 'hosts' must be a list, even for one host.")
+    hosts = layer_hosts(alias, options)
     if hosts:
         return [parse_hosts_entry(host, source=f"{where} hosts") for host in hosts]
     if backend_family(entry.get("BACKEND")) == "channels_redis":

@@ -8,7 +8,7 @@ to fix it. Checks read settings and the environment and never connect to Redis:
 
 ======================  ========================================================================
 ``channels_ha.E001``    ``REDIS_CONNECTION_CONFIG`` / ``REDIS_URL`` is invalid
-``channels_ha.E002``    a channels-ha ``CHANNEL_LAYERS`` entry cannot be built (bad options)
+``channels_ha.E002``    a ``CHANNEL_LAYERS`` entry cannot be built (bad options, or shape)
 ``channels_ha.E003``    a channels-ha ``CACHES`` entry cannot be built (bad options)
 ``channels_ha.E004``    ``CHANNELS_HA_METRICS`` is on but ``prometheus_client`` is not installed
 ``channels_ha.W001``    the sentinels have no password while the data nodes have one
@@ -31,7 +31,14 @@ from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 from ._config import RedisConfig, SentinelConfig, TLSConfig
-from ._settings import backend_family, layer_configs, require_config, setting
+from ._settings import (
+    backend_family,
+    layer_configs,
+    layer_hosts,
+    layer_options,
+    require_config,
+    setting,
+)
 from ._sources import select_source
 from .exceptions import ConfigurationError
 
@@ -80,11 +87,8 @@ def _environment_error() -> CheckMessage | None:
 
 def _layer_errors(skip_env: bool) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    for alias, entry in _entries("CHANNEL_LAYERS", "channels_ha"):
-        options = entry.get("CONFIG") or {}
-        if skip_env and not (options.get("config") or options.get("hosts")):
-            continue  # it reads the environment, and E001 says what is wrong there
-        problem = _build_problem(_build_layer, alias, entry, options)
+    for alias, entry in _entries("CHANNEL_LAYERS", "channels_ha", "channels_redis"):
+        problem = _layer_problem(alias, entry, skip_env)
         if problem is not None:
             hint = _BUILD_HINT.format(function="channel_layers")
             obj = f"CHANNEL_LAYERS[{alias!r}]"
@@ -92,8 +96,23 @@ def _layer_errors(skip_env: bool) -> list[CheckMessage]:
     return errors
 
 
-def _build_layer(alias: str, entry: Mapping[str, Any], options: Any) -> None:
-    if isinstance(options, Mapping) and options.get("config") is not None:
+def _layer_problem(alias: str, entry: Mapping[str, Any], skip_env: bool) -> str | None:
+    """Why a layer entry cannot work. A channels_redis entry is checked for its shape only
+    (a dict CONFIG, a list of hosts): its hosts may take forms only channels_redis knows."""
+    try:
+        options = layer_options(alias, entry)
+        hosts = layer_hosts(alias, options)
+    except ConfigurationError as err:
+        return str(err)
+    if backend_family(entry.get("BACKEND")) != "channels_ha":
+        return None
+    if skip_env and not (options.get("config") or hosts):
+        return None  # it reads the environment, and E001 says what is wrong there
+    return _build_problem(_build_layer, alias, entry, options)
+
+
+def _build_layer(alias: str, entry: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    if options.get("config") is not None:
         require_config(options["config"], f"CHANNEL_LAYERS[{alias!r}]['CONFIG']['config']")
     import_string(entry["BACKEND"])(**options)
 
@@ -262,7 +281,7 @@ def _tls_warnings(user: str, config: RedisConfig) -> list[CheckMessage]:
 
 def _hand_written() -> list[CheckMessage]:
     problems = [
-        (f"CHANNEL_LAYERS[{alias!r}]", _layer_by_hand(entry))
+        (f"CHANNEL_LAYERS[{alias!r}]", _layer_by_hand(alias, entry))
         for alias, entry in _entries("CHANNEL_LAYERS", "channels_ha", "channels_redis")
     ]
     problems += [
@@ -279,10 +298,13 @@ def _hand_written() -> list[CheckMessage]:
     ]
 
 
-def _layer_by_hand(entry: Mapping[str, Any]) -> str | None:
-    """What makes a layer entry hand-written, or None if it comes from channel_layers()."""
-    options = entry.get("CONFIG") or {}
-    hosts = options.get("hosts") or []
+def _layer_by_hand(alias: str, entry: Mapping[str, Any]) -> str | None:
+    """What makes a layer entry hand-written, or None if it comes from channel_layers()
+    (or is malformed: E002 says so)."""
+    try:
+        hosts = layer_hosts(alias, layer_options(alias, entry))
+    except ConfigurationError:
+        return None
     if backend_family(entry.get("BACKEND")) == "channels_ha":
         return "The layer gets raw 'hosts' instead of a validated 'config'." if hosts else None
     if not hosts or not all(_built_by_channel_layers(host) for host in hosts):

@@ -103,6 +103,35 @@ def test_e002_channel_layer_cannot_be_built(options: dict[str, Any], fragment: s
     assert "channels_ha.channel_layers()" in errors[0].hint
 
 
+@pytest.mark.parametrize("backend", ["channels_ha.RedisChannelLayer", CHANNELS_REDIS])
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        (["redis://h"], "['CONFIG']: expected a dict of layer options"),
+        ({"hosts": 5}, "['CONFIG']['hosts'] must be a list of hosts"),
+        (
+            {"hosts": {"address": "redis://h"}},
+            "['CONFIG']['hosts'] must be a list of hosts, got a single",
+        ),
+    ],
+    ids=["config-list", "hosts-int", "hosts-dict"],
+)
+@pytest.mark.parametrize("bad_environment", [False, True])
+def test_e002_malformed_entry_is_named_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, backend: str, config: Any, fragment: str, bad_environment: bool
+) -> None:
+    """A CONFIG or hosts of the wrong shape is E002 naming the alias and setting, for
+    channels_redis too, and --deploy runs past it instead of raising."""
+    if bad_environment:
+        monkeypatch.setenv("REDIS_URL", "redis://:hunter2@cache:notaport")
+    layers = {"default": {"BACKEND": backend, "CONFIG": config}}
+    messages = _messages(CHANNEL_LAYERS=layers, CACHES=SOUND["CACHES"])
+    errors = [m for m in messages if m.id == "channels_ha.E002"]
+    assert [e.obj for e in errors] == ["CHANNEL_LAYERS['default']"]
+    assert f"CHANNEL_LAYERS['default']{fragment}" in errors[0].msg
+    assert "hunter2" not in " ".join(f"{m.msg} {m.hint}" for m in messages)
+
+
 def test_e002_defers_to_e001_for_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A layer that reads an invalid environment is reported once, as E001."""
     monkeypatch.setenv("REDIS_URL", "redis://cache:notaport")
