@@ -10,6 +10,7 @@ from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._resp import Endpoint
 from ._server import Credentials, FixedLocator, SentinelLocator, ServerSettings
 from ._shard import SentinelWatchSpec, ShardSpec
+from ._tls import ssl_context
 
 if TYPE_CHECKING:
     from ._config import (
@@ -65,8 +66,8 @@ def _settings(config: RedisConfig, client_name: str) -> ServerSettings:
     )
 
 
-def _context(tls: TLSConfig | None) -> ssl.SSLContext | None:
-    return None if tls is None else tls.ssl_context()
+def _context(tls: TLSConfig | None, prefix: str = "") -> ssl.SSLContext | None:
+    return None if tls is None else ssl_context(tls, prefix)
 
 
 def _single_endpoint(config: SingleNodeConfig) -> Endpoint:
@@ -80,7 +81,13 @@ def _single_endpoint(config: SingleNodeConfig) -> Endpoint:
 
 
 def _sentinel_shard(config: SentinelConfig, index: int, settings: ServerSettings) -> ShardSpec:
-    sentinel_context = _context(config.sentinel_tls)
+    """The data nodes' files are read first: the sentinels inherit those they do not set in
+    sentinel_kwargs, so a file failing there is one of sentinel_kwargs."""
+    master_context = _context(config.tls)
+    if config.sentinel_tls == config.tls:
+        sentinel_context = master_context
+    else:
+        sentinel_context = _context(config.sentinel_tls, "sentinel_kwargs.")
     sentinels = tuple(
         Endpoint(node.host, node.port, ssl_context=sentinel_context, server_hostname=node.host)
         for node in config.sentinels
@@ -93,7 +100,7 @@ def _sentinel_shard(config: SentinelConfig, index: int, settings: ServerSettings
         sentinels=sentinels,
         master_name=config.master_name,
         sentinel_credentials=credentials,
-        master_template=Endpoint("", 0, ssl_context=_context(config.tls)),
+        master_template=Endpoint("", 0, ssl_context=master_context),
         connect_timeout_s=config.sentinel_socket_connect_timeout_s or settings.connect_timeout_s,
     )
     watch = SentinelWatchSpec(sentinels, config.master_name, credentials)
