@@ -138,7 +138,9 @@ class SentinelLocator:
             auth = self.sentinel_credentials.auth_command()
             commands = [auth] if auth else []
             commands.append(("SENTINEL", "MASTER", self.master_name))
-            replies = await all_replies(client, commands, self.connect_timeout_s, endpoint=sentinel)
+            replies = await all_replies(
+                client, commands, self.connect_timeout_s, endpoint=sentinel, sentinel=True
+            )
         finally:
             assert client.protocol is not None
             await client.protocol.aclose()
@@ -274,9 +276,15 @@ async def _handshake(
 
 
 async def all_replies(
-    client: FutureSink, commands: Sequence[Sequence[Arg]], timeout_s: float, *, endpoint: Endpoint
+    client: FutureSink,
+    commands: Sequence[Sequence[Arg]],
+    timeout_s: float,
+    *,
+    endpoint: Endpoint,
+    sentinel: bool = False,
 ) -> list[object]:
-    """Pipelines the commands; raises the first error once every reply is in."""
+    """Pipelines the commands; raises the first error once every reply is in. ``sentinel``:
+    the endpoint is a sentinel, whose credentials are settings of their own."""
     futures = [client.submit(*command) for command in commands]
     try:
         replies = await within(asyncio.gather(*futures, return_exceptions=True), timeout_s)
@@ -284,13 +292,21 @@ async def all_replies(
         raise ConnectionLost(f"{endpoint.describe()} gave no reply within {timeout_s} s") from err
     for reply in replies:
         if isinstance(reply, RedisCommandError):
-            raise _explain_handshake_error(reply, endpoint) from reply
+            raise _explain_handshake_error(reply, endpoint, sentinel) from reply
         if isinstance(reply, BaseException):
             raise reply
     return replies
 
 
-def _explain_handshake_error(err: RedisCommandError, endpoint: Endpoint) -> Exception:
+_DATA_CREDENTIALS = "check 'username'/'password'"
+_SENTINEL_CREDENTIALS = (
+    "check 'sentinel_username'/'sentinel_password' (or sentinel_kwargs 'username'/'password')"
+)
+
+
+def _explain_handshake_error(
+    err: RedisCommandError, endpoint: Endpoint, sentinel: bool = False
+) -> Exception:
     text = str(err)
     if text.startswith("NOPERM"):  # names the user and the command, never a password
         return RedisCommandError(
@@ -300,9 +316,12 @@ def _explain_handshake_error(err: RedisCommandError, endpoint: Endpoint) -> Exce
             "SLOTS)."
         )
     if text.startswith(("WRONGPASS", "NOAUTH")) or "AUTH" in text:
+        who, check = (
+            ("Sentinel", _SENTINEL_CREDENTIALS) if sentinel else ("Redis", _DATA_CREDENTIALS)
+        )
         return RedisCommandError(
-            f"Redis at {endpoint.describe()} refused the credentials from the configuration "
-            f"({text.split(' ', 1)[0]}); check 'username'/'password'."
+            f"{who} at {endpoint.describe()} refused the credentials from the configuration "
+            f"({text.split(' ', 1)[0]}); {check}."
         )
     if text.startswith(("LOADING", "MASTERDOWN", "BUSY")):
         return ConnectionLost(f"{endpoint.describe()} is not ready: {text}")

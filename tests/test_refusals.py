@@ -8,10 +8,15 @@ import uuid
 
 import pytest
 
-from channels_ha import RedisChannelLayer, RedisCommandError
+from channels_ha import (
+    RedisChannelLayer,
+    RedisCommandError,
+    RedisUnavailable,
+    parse_connection_config,
+)
 from channels_ha._buffers import now_ms
 from channels_ha._codec import encode_element
-from channels_ha.sandbox import StandaloneTopology, Topology
+from channels_ha.sandbox import StandaloneTopology, Topology, TopologyFactory
 
 from .conftest import LayerFactory
 
@@ -85,3 +90,32 @@ async def test_messages_a_full_memory_refused_to_take_back_are_given_back_later(
         await asyncio.wait(set(session._tasks))
     received = [(await asyncio.wait_for(receiver.receive("given-back"), 5))["n"] for _ in range(4)]
     assert received == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("wrong", "named", "not_named"),
+    [
+        ("sentinel_password", "'sentinel_password'", "check 'username'/'password'"),
+        ("password", "check 'username'/'password'", "sentinel_password"),
+    ],
+    ids=["sentinels", "data-nodes"],
+)
+async def test_wrong_credentials_name_the_hop_whose_settings_they_are(
+    redis_sandbox_factory: TopologyFactory, wrong: str, named: str, not_named: str
+) -> None:
+    """A password the sentinels refuse points at the sentinels' settings, not at 'password'
+    (the data nodes'), and the other way round; no password is shown."""
+    secrets = {"password": "data-secret", "sentinel_password": "sentinel-secret"}
+    topology = redis_sandbox_factory("sentinel", tls=False, **secrets)
+    options = {**topology.connection_config, wrong: "wrong-secret", "failover_timeout": 1}
+    layer = RedisChannelLayer(config=parse_connection_config(options))
+    try:
+        with pytest.raises((RedisUnavailable, RedisCommandError)) as raised:
+            await layer.send("refused", {"type": "x"})
+    finally:
+        await layer.close()
+    message = str(raised.value)
+    assert "WRONGPASS" in message
+    assert named in message
+    assert not_named not in message
+    assert not any(secret in message for secret in [*secrets.values(), "wrong-secret"])
