@@ -8,7 +8,9 @@ and every ``repr``, ``str`` and summary is redacted. Building the models does no
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 import ssl
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
@@ -56,22 +58,79 @@ def conflict(expectation: str) -> PydanticCustomError:
     return PydanticCustomError("conflict", expectation)
 
 
-def _require(check: Callable[[_T], bool], expectation: str) -> AfterValidator:
+def unechoed(expectation: str) -> PydanticCustomError:
+    """Like :func:`expected`, for a value that must stay out of the message (a credential)."""
+    return PydanticCustomError("unechoed", expectation)
+
+
+def _require(check: Callable[[_T], bool], expectation: str, *, echo: bool = True) -> AfterValidator:
     """A validator rejecting values that fail ``check``, phrased as an expectation."""
 
     def validate(value: _T) -> _T:
         if not check(value):
-            raise expected(expectation)
+            raise expected(expectation) if echo else unechoed(expectation)
         return value
 
     return AfterValidator(validate)
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)  # IPv6 scope ids ("fe80::1%eth0") included
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_name(value: str) -> bool:
+    """What the resolver takes: IDNA-encodable, labels of 1 to 63 bytes, 253 in all.
+
+    The resolver rejects anything else with UnicodeError or ValueError, not OSError, so a
+    name let through here would fail every connection attempt in an unexpected way."""
+    name = value.removesuffix(".")  # a fully qualified "redis.example.com."
+    if not name or any(not c.isprintable() or c.isspace() or c in "/@,[]?#%:\\" for c in name):
+        return False
+    try:
+        encoded = name.encode("idna")
+    except UnicodeError:
+        return False
+    return len(encoded) <= 253 and all(0 < len(label) <= 63 for label in encoded.split(b"."))
+
+
 def _is_host(value: str) -> bool:
-    return bool(value) and not any(c.isspace() or c in "/@,[]?#" for c in value)
+    return _is_ip(value) or _is_host_name(value)
 
 
-Host = Annotated[str, _require(_is_host, "a host name or IP address")]
+def _is_utf8(value: str | SecretStr) -> bool:
+    """Redis gets credentials as UTF-8; a surrogate (a non-UTF-8 byte read from the
+    environment, or a lone JSON ``\\ud800`` escape) cannot be sent."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_socket_path(value: str) -> bool:
+    if not value or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_UTF8 = "text that can be encoded as UTF-8 (not a non-UTF-8 byte, e.g. from the environment)"
+Host = Annotated[
+    str, _require(_is_host, "a host name (labels of 1 to 63 characters) or an IP address")
+]
+Username = Annotated[str, _require(_is_utf8, _UTF8, echo=False)]
+Password = Annotated[SecretStr, _require(_is_utf8, _UTF8, echo=False)]
+SocketPath = Annotated[
+    str, _require(_is_socket_path, "a file path the system can use (no NUL characters)")
+]
 Port = Annotated[int, _require(lambda p: 1 <= p <= 65535, "a port number from 1 to 65535")]
 Seconds = Annotated[
     float, _require(lambda s: math.isfinite(s) and s >= 0, "a duration in seconds >= 0")
@@ -233,8 +292,8 @@ class _BaseConfig(_Frozen):
     """Fields every topology shares; durations are seconds, as in redis-py."""
 
     mode: Literal["single", "sentinel", "cluster"]
-    username: str | None = None
-    password: SecretStr | None = None
+    username: Username | None = None
+    password: Password | None = None
     db: Database = 0
     tls: TLSConfig | None = None
     socket_timeout_s: Seconds | None = None
@@ -323,7 +382,7 @@ class SingleNodeConfig(_BaseConfig):
 
     mode: Literal["single"] = "single"
     address: RedisNode | None = None
-    unix_socket_path: Name | None = None
+    unix_socket_path: SocketPath | None = None
 
     @field_validator("unix_socket_path")
     @classmethod
@@ -349,8 +408,8 @@ class SentinelConfig(_BaseConfig):
     mode: Literal["sentinel"] = "sentinel"
     sentinels: Annotated[tuple[SentinelNode, ...], _require(bool, "at least one sentinel")]
     master_name: Name
-    sentinel_username: str | None = None
-    sentinel_password: SecretStr | None = None
+    sentinel_username: Username | None = None
+    sentinel_password: Password | None = None
     sentinel_tls: TLSConfig | None = None
     sentinel_socket_timeout_s: Seconds | None = None  # None: same as socket_timeout_s
     sentinel_socket_connect_timeout_s: Seconds | None = None  # None: same as the data nodes'

@@ -204,7 +204,7 @@ def _problem(error: ErrorDetails, source: Source, origin: Origin) -> str:
     kind = error["type"]
     if kind == "missing":
         return source.problem(path, _MISSING.get(path, "a value (it is required)"))
-    if kind == "conflict":
+    if kind in ("conflict", "unechoed"):
         return source.problem(path, error["msg"])
     if kind == "expected":
         return source.problem(path, error["msg"], error["input"])

@@ -221,6 +221,13 @@ async def open_connection(endpoint: Endpoint, sink: ReplySink, timeout_s: float)
         _, protocol = attempt.result()
     except (OSError, ssl.SSLError) as err:
         raise ConnectionLost(f"cannot connect to {endpoint.describe()}: {err}") from err
+    except Exception as err:  # e.g. UnicodeError from a name the resolver cannot encode
+        # A ConnectionLost, so callers retry and give up in time instead of dying; only the
+        # type is named: the text of an arbitrary error is not known to be free of secrets.
+        raise ConnectionLost(
+            f"cannot connect to {endpoint.describe()}: {type(err).__name__} while resolving "
+            "or connecting (an address the system cannot use?)"
+        ) from None
     return protocol
 
 

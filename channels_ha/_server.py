@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._resp import Arg, Endpoint, FutureSink, ReplySink, RespProtocol, open_client, open_connection
+from ._resp import (
+    Arg,
+    Endpoint,
+    FutureSink,
+    ReplySink,
+    RespProtocol,
+    open_client,
+    open_connection,
+    pack,
+)
 from ._scripts import ALL as ALL_SCRIPTS
 from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
@@ -51,11 +60,17 @@ class Credentials:
     password: str | None = field(default=None, repr=False)
 
     def auth_command(self) -> tuple[Arg, ...] | None:
+        """AUTH, encoded here: an encoding error would carry the password in its repr."""
         if self.password is None:
             return None
-        if self.username:
-            return ("AUTH", self.username, self.password)
-        return ("AUTH", self.password)
+        try:
+            password = self.password.encode()
+            username = self.username.encode() if self.username else None
+        except UnicodeEncodeError:
+            raise ConnectionLost("the username or password is not valid UTF-8") from None
+        if username:
+            return ("AUTH", username, password)
+        return ("AUTH", password)
 
 
 @dataclass(frozen=True)
@@ -237,6 +252,23 @@ async def connect_to_master(
     connection that took long, or during which a new master was announced, is checked
     against the deployment again before it is used.
     """
+    try:
+        return await _connect_to_master(locator, settings, sink, load_scripts, announcements)
+    except (ConnectionLost, RedisCommandError):
+        raise
+    except Exception as err:  # an odd reply or a bug: retried, never killing the caller's task
+        raise ConnectionLost(
+            f"connecting to {locator.describe()} failed unexpectedly ({type(err).__name__})"
+        ) from None
+
+
+async def _connect_to_master(
+    locator: Locator,
+    settings: ServerSettings,
+    sink: ReplySink,
+    load_scripts: bool,
+    announcements: Announcements | None,
+) -> tuple[RespProtocol, ServerInfo]:
     switches = announcements.switches if announcements else 0
     started = time.monotonic()
     endpoint = await locator.locate()
@@ -285,7 +317,13 @@ async def all_replies(
 ) -> list[object]:
     """Pipelines the commands; raises the first error once every reply is in. ``sentinel``:
     the endpoint is a sentinel, whose credentials are settings of their own."""
-    futures = [client.submit(*command) for command in commands]
+    try:  # all encoded before any is sent: no reply left without a reader
+        packed = [pack(*command) for command in commands]
+    except (TypeError, ValueError) as err:  # UnicodeEncodeError included; its repr is secret
+        raise ConnectionLost(
+            f"a command for {endpoint.describe()} could not be encoded ({type(err).__name__})"
+        ) from None
+    futures = [client.submit_packed(command) for command in packed]
     try:
         replies = await within(asyncio.gather(*futures, return_exceptions=True), timeout_s)
     except asyncio.TimeoutError as err:

@@ -180,3 +180,24 @@ def test_parsing_reads_no_files() -> None:
     config = parse_connection_config({"ssl": True, "ssl_ca_certs": "/does/not/exist.pem"})
     assert config.tls is not None
     assert config.tls.ca_certs == "/does/not/exist.pem"
+
+
+def test_direct_construction_rejects_credentials_that_are_not_utf8() -> None:
+    """The models refuse what AUTH could not send, and keep it out of the message."""
+    for fields in (
+        {"password": "s3cret-\udce4"},
+        {"username": "s3cret-\udce4", "password": PASSWORD},
+    ):
+        with pytest.raises(pydantic.ValidationError, match="encoded as UTF-8") as caught:
+            SingleNodeConfig(address="h:1", **fields)
+        assert "s3cret-" not in str(caught.value)
+    with pytest.raises(pydantic.ValidationError, match="encoded as UTF-8") as caught:
+        SentinelConfig(sentinels=["s"], master_name="m", sentinel_password="s3cret-\ud800")
+    assert "s3cret-" not in str(caught.value)
+
+
+def test_node_address_rejects_what_is_no_host_name() -> None:
+    """Empty and over-long labels, control characters: the resolver would fail on them."""
+    for host in ("a..b", "x" * 64, "h\x00ost", "a:b"):
+        with pytest.raises(pydantic.ValidationError, match="a host name"):
+            NodeAddress(host=host, port=1)

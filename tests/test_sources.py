@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 import traceback
 from typing import Any
@@ -684,3 +685,82 @@ def test_full_traceback_hides_secrets(value: str | dict[str, Any]) -> None:
     text = "".join(traceback.format_exception(caught.value))
     assert SECRET not in text
     assert "987654321" not in text
+
+
+NOT_UTF8 = "Geheimnis-\udce4-PW"  # a Latin-1 byte in an environment variable
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"password": NOT_UTF8}, "password"),
+        ({"username": NOT_UTF8, "password": SECRET}, "username"),
+        ({"password": "s3cr3t\ud800"}, "password"),  # a lone JSON "\ud800" escape
+        ({**SENTINELS, "sentinel_password": NOT_UTF8}, "sentinel_password"),
+        ({**SENTINELS, "sentinel_username": NOT_UTF8}, "sentinel_username"),
+        ({**SENTINELS, "sentinel_kwargs": {"password": NOT_UTF8}}, "sentinel_kwargs.password"),
+    ],
+)
+def test_credentials_that_are_not_utf8(options: dict[str, Any], key: str) -> None:
+    """Redis gets credentials as UTF-8: one that cannot be encoded is named, not echoed."""
+    with pytest.raises(ConfigurationError) as caught:
+        parse_connection_config(options, source="REDIS_CONNECTION_CONFIG")
+    assert f"'{key}': expected text that can be encoded as UTF-8" in str(caught.value)
+    text = "".join(traceback.format_exception(caught.value))
+    assert "Geheimnis" not in text
+    assert "s3cr3t" not in text
+
+
+def test_url_password_that_is_not_utf8() -> None:
+    """REDIS_URL read from a Latin-1 environment: the password holds a surrogate."""
+    with pytest.raises(ConfigurationError, match="'password': expected text") as caught:
+        parse_url(f"redis://:{NOT_UTF8}@h:6379/0", source="REDIS_URL")
+    assert "Geheimnis" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("redis://a..b:6379/0", "address.host"),
+        ("redis://.", "address.host"),
+        ("redis://" + "x" * 64 + ".invalid", "address.host"),
+        ("redis://" + "a." * 127 + "bc", "address.host"),  # 256 characters
+        ("redis://h%00ost", "address.host"),
+        ("redis://h%0Aost", "address.host"),
+        ("redis://h%25ost", "address.host"),
+        ("redis+sentinel://s1,a..b/m", "sentinels[1].host"),
+        ("redis+cluster://a:7000,b%01:7001", "startup_nodes[1].host"),
+    ],
+)
+def test_hosts_the_resolver_would_reject(url: str, key: str) -> None:
+    """Empty or over-long labels and control characters are no host name (getaddrinfo fails
+    on them with UnicodeError or ValueError)."""
+    with pytest.raises(ConfigurationError, match=f"'{re.escape(key)}': expected a host name"):
+        parse_url(url)
+
+
+def test_unix_socket_path_with_nul() -> None:
+    """A NUL cannot be in a file path."""
+    with pytest.raises(
+        ConfigurationError, match="'unix_socket_path': expected a file path the system"
+    ):
+        parse_url("unix:///tmp/re%00dis.sock")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "redis.example.com.",  # fully qualified
+        "redis_master",  # docker compose service names
+        "bücher.example",  # internationalized
+        "x" * 63 + ".example",
+        "fe80::1%eth0",  # IPv6 with a scope
+        "10.0.0.1",
+    ],
+)
+def test_unusual_but_valid_hosts(host: str) -> None:
+    """What the resolver takes stays accepted."""
+    config = parse_connection_config({"host": host})
+    assert isinstance(config, SingleNodeConfig)
+    assert config.address is not None
+    assert config.address.host == host
