@@ -74,6 +74,18 @@ def _require(check: Callable[[_T], bool], expectation: str, *, echo: bool = True
     return AfterValidator(validate)
 
 
+def _number(expectation: str) -> BeforeValidator:
+    """Refuses booleans where a number is due: JSON ``true`` would pass for 1 (port 1,
+    database 1, one second) without a word."""
+
+    def validate(value: object) -> object:
+        if isinstance(value, bool):
+            raise expected(expectation)
+        return value
+
+    return BeforeValidator(validate)
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)  # IPv6 scope ids ("fe80::1%eth0") included
@@ -128,17 +140,31 @@ Host = Annotated[
 ]
 Username = Annotated[str, _require(_is_utf8, _UTF8, echo=False)]
 Password = Annotated[SecretStr, _require(_is_utf8, _UTF8, echo=False)]
+
+
+def _empty_is_none(value: object) -> object:
+    """An empty password means none, as in a URL and in redis-py (which then sends no AUTH):
+    settings templated as ``os.environ.get("REDIS_PASSWORD", "")`` must keep working."""
+    empty = value == "" or (isinstance(value, SecretStr) and not value.get_secret_value())
+    return None if empty else value
+
+
+OptionalPassword = Annotated[Password | None, BeforeValidator(_empty_is_none)]
 SocketPath = Annotated[
     str, _require(_is_socket_path, "a file path the system can use (no NUL characters)")
 ]
-Port = Annotated[int, _require(lambda p: 1 <= p <= 65535, "a port number from 1 to 65535")]
+_PORT, _DB = "a port number from 1 to 65535", "a database number >= 0"
+_SECONDS, _POSITIVE_SECONDS = "a duration in seconds >= 0", "a duration in seconds > 0"
+Port = Annotated[int, _number(_PORT), _require(lambda p: 1 <= p <= 65535, _PORT)]
 Seconds = Annotated[
-    float, _require(lambda s: math.isfinite(s) and s >= 0, "a duration in seconds >= 0")
+    float, _number(_SECONDS), _require(lambda s: math.isfinite(s) and s >= 0, _SECONDS)
 ]
 PositiveSeconds = Annotated[
-    float, _require(lambda s: math.isfinite(s) and s > 0, "a duration in seconds > 0")
+    float,
+    _number(_POSITIVE_SECONDS),
+    _require(lambda s: math.isfinite(s) and s > 0, _POSITIVE_SECONDS),
 ]
-Database = Annotated[int, _require(lambda d: d >= 0, "a database number >= 0")]
+Database = Annotated[int, _number(_DB), _require(lambda d: d >= 0, _DB)]
 Name = Annotated[str, _require(bool, "a non-empty string")]
 
 
@@ -239,13 +265,11 @@ class TLSConfig(_Frozen):
         return self.check_hostname
 
     def ssl_context(self) -> ssl.SSLContext:
-        """A client context for this policy; reads the CA and certificate files (I/O)."""
-        context = ssl.create_default_context(cafile=self.ca_certs)
-        context.check_hostname = self.verifies_hostname
-        context.verify_mode = _VERIFY_MODES[self.cert_reqs]
-        if self.certfile is not None:
-            context.load_cert_chain(self.certfile, self.keyfile)
-        return context
+        """A client context for this policy; reads the CA and certificate files (I/O), and
+        names the setting of a file that is missing, unreadable, not PEM or encrypted."""
+        from ._tls import ssl_context  # _tls needs this module: imported on use
+
+        return ssl_context(self)
 
     def redis_kwargs(self) -> dict[str, Any]:
         """The ``ssl_*`` keyword arguments redis-py's SSL connections take."""
@@ -293,7 +317,7 @@ class _BaseConfig(_Frozen):
 
     mode: Literal["single", "sentinel", "cluster"]
     username: Username | None = None
-    password: Password | None = None
+    password: OptionalPassword = None
     db: Database = 0
     tls: TLSConfig | None = None
     socket_timeout_s: Seconds | None = None
@@ -409,7 +433,7 @@ class SentinelConfig(_BaseConfig):
     sentinels: Annotated[tuple[SentinelNode, ...], _require(bool, "at least one sentinel")]
     master_name: Name
     sentinel_username: Username | None = None
-    sentinel_password: Password | None = None
+    sentinel_password: OptionalPassword = None
     sentinel_tls: TLSConfig | None = None
     sentinel_socket_timeout_s: Seconds | None = None  # None: same as socket_timeout_s
     sentinel_socket_connect_timeout_s: Seconds | None = None  # None: same as the data nodes'

@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from channels_ha import ConfigurationError, RedisChannelLayer, RedisUnavailable
+from channels_ha import (
+    ConfigurationError,
+    RedisChannelLayer,
+    RedisUnavailable,
+    parse_connection_config,
+)
 from channels_ha._config import (
     ClusterConfig,
     NodeAddress,
@@ -100,3 +105,32 @@ async def test_a_password_that_is_not_utf8_gives_up_in_time_and_stays_secret(
     too: the failure comes before any reply would tell them apart)."""
     node = _node(redis_standalone.node.host, redis_standalone.node.port)
     await _assert_gives_up(_config(mode, node, SECRET), caplog)
+
+
+@pytest.mark.parametrize("as_hosts_entry", [True, False])
+async def test_an_empty_password_means_none(
+    as_hosts_entry: bool, redis_standalone: StandaloneTopology
+) -> None:
+    """As in a URL and in redis-py, which then sends no AUTH. Seen in REDIS_CONNECTION_CONFIG
+    templated as os.environ.get("REDIS_PASSWORD", ""): summarised as "password set", and
+    AUTH "" refused by a server without a password."""
+    node = redis_standalone.node
+    options = {"host": node.host, "port": node.port, "password": ""}
+    if as_hosts_entry:
+        layer = RedisChannelLayer(hosts=[options], failover_timeout=FAILOVER_S)
+    else:
+        config = parse_connection_config({**options, "failover_timeout": FAILOVER_S})
+        assert "password set" not in config.summary()
+        layer = RedisChannelLayer(config=config)
+    try:
+        await layer.send("empty-password", {"type": "through"})
+        assert (await layer.receive("empty-password"))["type"] == "through"
+    finally:
+        await layer.close()
+
+
+@pytest.mark.parametrize("key", ["port", "db", "socket_timeout", "failover_timeout"])
+def test_a_boolean_is_not_a_number(key: str) -> None:
+    """JSON true passed for 1 (port 1, database 1, one second) without a word."""
+    with pytest.raises(ConfigurationError, match=f"'{key}': expected a"):
+        RedisChannelLayer(hosts=[{"host": "h", key: True}])
