@@ -63,11 +63,20 @@ _TRANSIENT = (
 )
 
 
+def _require_options_dict(options: object) -> None:
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(
+            f"Invalid cache OPTIONS: expected a dict such as {{'failover_timeout': 30}}, "
+            f"got {type(options).__name__}."
+        )
+
+
 def cache_config(location: Any, options: Mapping[str, Any]) -> RedisConfig:
     """The configuration a cache entry names: ``OPTIONS["config"]``, a URL, or the environment.
 
     Pure (no I/O); raises :class:`~channels_ha.ConfigurationError` naming the bad key.
     """
+    _require_options_dict(options)
     for key in options:
         if key not in OPTIONS:
             raise ConfigurationError(
@@ -255,6 +264,7 @@ class RedisCache(DjangoRedisCache):
     _options: dict[str, Any]  # set by Django's __init__
 
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
+        _require_options_dict(params.get("OPTIONS", {}))  # before Django's .get() on it
         super().__init__(server, params)
         self._config = cache_config(server, self._options)
 

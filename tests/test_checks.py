@@ -147,8 +147,15 @@ def test_e002_defers_to_e001_for_the_environment(monkeypatch: pytest.MonkeyPatch
         ({"LOCATION": ["redis://a", "redis://b"]}, "expected one Redis URL"),
         ({"LOCATION": "redis://a", "OPTIONS": {"config": parse_url("redis://b")}}, "not both"),
         ({"LOCATION": "redis://a", "OPTIONS": {"failover_timeout": -1}}, "positive number"),
+        ({"LOCATION": "redis://a", "OPTIONS": ["failover_timeout"]}, "expected a dict"),
     ],
-    ids=["unknown-option", "several-locations", "location-and-config", "bad-failover-timeout"],
+    ids=[
+        "unknown-option",
+        "several-locations",
+        "location-and-config",
+        "bad-failover-timeout",
+        "options-not-a-dict",
+    ],
 )
 def test_e003_cache_cannot_be_built(entry: dict[str, Any], fragment: str) -> None:
     """Options our cache rejects are E003, with the cache's own message."""
