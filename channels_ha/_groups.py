@@ -76,11 +76,15 @@ class Memberships:
     def forget_dead(self, horizon_s: float) -> None:
         """Drops channels idle (not received on, not added) for longer than ``horizon_s``.
 
-        Redis expired their memberships by then (``horizon_s`` is the group expiry).
+        Redis expired their memberships by then (``horizon_s`` is the group expiry). A
+        channel in no group is forgotten once it is no longer live: only members are ever
+        asked about, and joining stamps the channel anew (seen otherwise: every WebSocket
+        channel of the last day kept, ~220 bytes each, and scanned every sweep).
         """
         now = time.monotonic()
         with self._lock:
             channels = list(self._groups_of)
+        members = set(channels)
         for channel in channels:
             if self.waiting(channel):
                 continue
@@ -91,8 +95,14 @@ class Memberships:
                     self._last_added.pop(channel, None)
         # A copy made in C, in one step: receive() in other threads stores meanwhile.
         for channel, last in dict(self._last_active).items():
-            if now - last > horizon_s and not self.waiting(channel):
+            kept_s = horizon_s if channel in members else self._liveness_s
+            if now - last > kept_s and not self.waiting(channel):
                 self._last_active.pop(channel, None)
+
+    def remembered(self) -> int:
+        """Channels this process keeps any record of (for tests and leak hunts)."""
+        with self._lock:
+            return len(self._groups_of.keys() | self._last_active.keys() | self._last_added.keys())
 
     def clear(self) -> None:
         with self._lock:
