@@ -58,6 +58,22 @@ local function purge_expired(list, now)
   return redis.call('LLEN', list)
 end
 
+-- Keeps the newest MAX_GAPS gaps once there are twice as many: numbers refused for
+-- capacity, or never written (a send cancelled while reconnecting), would otherwise stay
+-- for as long as the sender keeps writing to the list. A retry comes within moments.
+local function trim_gaps(applied)
+  if redis.call('HLEN', applied) <= 2 * MAX_GAPS then return end
+  local gaps = {}
+  for _, field in ipairs(redis.call('HKEYS', applied)) do
+    local number = tonumber(field)
+    if number then gaps[#gaps + 1] = number end
+  end
+  table.sort(gaps)
+  for i = 1, #gaps - MAX_GAPS, 1000 do
+    redis.call('HDEL', applied, unpack(gaps, i, math.min(i + 999, #gaps - MAX_GAPS)))
+  end
+end
+
 local function is_copy(applied, seq, ttl)
   local highest = tonumber(redis.call('HGET', applied, 'highest') or '0')
   local copy = false
@@ -65,6 +81,7 @@ local function is_copy(applied, seq, ttl)
     for gap = math.max(highest + 1, seq - MAX_GAPS), seq - 1 do
       redis.call('HSET', applied, gap, 1)
     end
+    if seq > highest + 1 then trim_gaps(applied) end
     redis.call('HSET', applied, 'highest', seq)
   else
     copy = redis.call('HDEL', applied, seq) == 0
@@ -90,6 +107,7 @@ local function push_targets(k0, a0)
       status = 0
       if kind == 'c' then
         redis.call('HSET', aux, seq, 1)  -- refused: a retry is judged again, not as a copy
+        trim_gaps(aux)
       elseif redis.call('LPOS', list, element, 'RANK', -1, 'MAXLEN', RECENT_INBOX) then
         status = 2  -- the write again of one stored before the inbox filled up
       end

@@ -127,3 +127,26 @@ async def test_a_write_again_leaves_out_what_capacity_refused(
         await sender.send(target, {"type": "after"})
         assert (await layer.receive(target))["type"] == "after"
     assert other.statistics().duplicates_dropped == 1  # the accepted copy was written again
+
+
+async def test_numbers_refused_for_capacity_do_not_pile_up(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Each refused number stays a gap (so that its retry is judged again); seen: one hash
+    field per refusal for as long as the sender kept writing to the channel (40,000 fields
+    after 50,000 sends to a channel with a slow consumer). Only the newest are kept."""
+    layer = make_layer(redis_topology, capacity=1)
+    await layer.send("refusing", {"type": "fill"})
+    refused = 2 * 4096 + 100
+    results = await asyncio.gather(
+        *(layer.send("refusing", {"type": "x"}) for _ in range(refused)), return_exceptions=True
+    )
+    assert all(isinstance(result, ChannelFull) for result in results)
+    session = layer._session()
+    key = layer._core.keys.dedupe("refusing", session.sender)
+    link = session._shards[layer._core.shard_index("refusing")].link
+    fields = cast(int, await link.submit("HLEN", key, key=key))
+    assert 4096 < fields <= 2 * 4096 + 1
+    push = session.prepare_send("refusing", {"type": "latest"})  # the newest number
+    assert (await layer.receive("refusing"))["type"] == "fill"
+    assert await push.link.submit_packed(push.packed, push.key) == [1]
