@@ -160,9 +160,13 @@ class ClusterRouter:
 
     # -- per node --------------------------------------------------------------------------------
 
-    def masters(self) -> list[CommandLink]:
-        """A link to every master in the slot map (for SCAN, which runs per node)."""
-        return [self._link(address) for address in self.master_addresses()]
+    async def reread_map(self) -> None:
+        """Reads the slot map now (a caller saw a node stop answering as a master)."""
+        await self._try_refresh()
+
+    def link_to(self, address: str) -> CommandLink:
+        """The open link to the node at ``address`` (``host:port``), made if need be."""
+        return self._link(address)
 
     def link_at(self, endpoint: Endpoint) -> CommandLink:
         return self._link(_address(endpoint.host, endpoint.port))

@@ -59,6 +59,8 @@ logger = logging.getLogger("channels_ha.layer")
 
 _FULL = 0  # a PUSH status: the list is at capacity
 _MAX_SCAN_ROUNDS = 1_000_000
+_MAX_FLUSH_ROUNDS = 1_000  # bounded by failover_timeout first: a failover or two
+_FLUSH_RETRY_S = 0.1
 _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
 _GROUPS_SEEN_REMEMBERED = 10_000  # see LayerCore.groups_with_members
 _LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
@@ -689,8 +691,7 @@ class Session:
         self.core.memberships.clear()  # flushed groups must not be re-asserted
         self._forget_recent()
         for shard in self._shards:
-            for node in shard.scan_links():
-                await self._flush_node(node, shard.link)
+            await self._flush_shard(shard)
         self._forget_recent()  # sends acknowledged during the scan were deleted too
         self.deliveries.clear()
 
@@ -703,13 +704,36 @@ class Session:
     def _epoch_keys(self) -> list[tuple[str, str]]:
         return [pair for shard in self._shards for pair in shard.epoch_keys(self.core.keys)]
 
-    async def _flush_node(self, node: CommandLink, link: Link) -> None:
+    async def _flush_shard(self, shard: ShardConnections) -> None:
+        """SCANs every master of the shard. On Cluster a master may fail over mid-way: its
+        keys are then on its replica, a master now, which a later round scans instead."""
+        router = shard.router
+        scanned: set[str] = set()
+        deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
+        for _ in range(_MAX_FLUSH_ROUNDS):
+            pending = [(a, node) for a, node in shard.scan_nodes() if a not in scanned]
+            if not pending:
+                return
+            for address, node in pending:
+                try:
+                    await self._flush_node(node, shard.link)
+                except RedisUnavailable:
+                    if router is None or time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(_FLUSH_RETRY_S)  # the map may name its successor
+                    await router.reread_map()
+                    break
+                scanned.add(address)
+        raise RedisUnavailable("flush() found no stable set of masters to scan")
+
+    async def _flush_node(self, node: Callable[[], CommandLink], link: Link) -> None:
         """SCANs one master; deletes through ``link``, which routes each key to its slot."""
         cursor = b"0"
         pattern = self.core.keys.scan_pattern()
         epochs = {key for _, key in self._epoch_keys()}
         for _ in range(_MAX_SCAN_ROUNDS):
-            reply = await node.submit("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
+            scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
+            reply = await node().submit(*scan)
             cursor, keys = cast("tuple[bytes, list[bytes]]", reply)
             # One key per UNLINK: on Cluster, keys of one SCAN page live in different slots.
             names = [key.decode() for key in keys]

@@ -10,6 +10,7 @@ subscription to failover announcements.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,12 +147,17 @@ class ShardConnections:
         slot = self.router.first_slot_at(address)
         return None if slot is None else keys.epoch(tag_for_slot(slot))
 
-    def scan_links(self) -> list[CommandLink]:
-        """A link to every master, for commands that run per node (SCAN)."""
-        if self.router is not None:
-            return self.router.masters()
-        assert isinstance(self.link, CommandLink)
-        return [self.link]
+    def scan_nodes(self) -> list[tuple[str, Callable[[], CommandLink]]]:
+        """Every master (its address, and how to reach it), for commands that run per node
+        (SCAN). The link is asked for anew for each command: on Cluster the link to a node
+        that stops being a master closes."""
+        router = self.router
+        if router is not None:
+            addresses = router.master_addresses()
+            return [(a, functools.partial(router.link_to, a)) for a in addresses]
+        link = self.link
+        assert isinstance(link, CommandLink)
+        return [("", lambda: link)]
 
     # -- readers ---------------------------------------------------------------------------------
 

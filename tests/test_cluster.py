@@ -450,3 +450,26 @@ async def test_a_demoted_master_keeps_no_link(
     await manual_failover(cluster, await cluster.anode_for_slot(slot_of(group)), "TAKEOVER")
     await layer.group_add(group, "third")  # MOVED to the retired node: a new link
     assert await layer_connections(victim, layer) == 1
+
+
+async def test_a_flush_rides_through_a_master_failover(
+    cluster: ClusterTopology, make_layer: LayerFactory
+) -> None:
+    """flush() SCANs each master; seen: a master killed (or failed over, which closes the
+    link flush held) made it raise on an open layer. It now scans the replica that takes
+    over instead, within failover_timeout."""
+    layer = make_layer(cluster)
+    for number in range(60):
+        await layer.group_add(f"group-{number}", f"member-{number}")
+    victim = next(iter(await cluster.amasters()))
+    victim.kill()
+    await layer.flush()  # the map still names the victim: its SCAN fails, then its replica's
+    await cluster.await_healthy()
+    left: list[bytes] = []
+    for node in await cluster.amasters():
+        client = node.client()
+        try:
+            left += client.scan_iter(match=f"{layer.prefix}:*", count=100)
+        finally:
+            client.close()
+    assert all(key.startswith(f"{layer.prefix}:epoch".encode()) for key in left), left
