@@ -61,9 +61,9 @@ class LayerCore:
         self.shard_stats = [ShardStats() for _ in self.shards]
         self.recent = [RecentPushes() for _ in self.shards]
         self.expiry_ms = int(self.expiry_s * 1000)
-        failover_timeout_s = max(spec.settings.failover_timeout_s for spec in self.shards)
+        self.failover_timeout_s = max(spec.settings.failover_timeout_s for spec in self.shards)
         # A retry lands within the failover timeout of the first attempt.
-        self.dedupe_memory_s = max(DEDUPE_MEMORY_MIN_S, 2 * failover_timeout_s + self.expiry_s)
+        self.dedupe_memory_s = max(DEDUPE_MEMORY_MIN_S, 2 * self.failover_timeout_s + self.expiry_s)
         self.dedupe_ttl_ms = int(self.dedupe_memory_s * 1000)
         self.refresh_interval_s = min(GROUP_REFRESH_INTERVAL_S, self.group_expiry_s / 3)
 

@@ -25,7 +25,7 @@ from ._session import Session
 from ._shard import ShardSpec
 from ._specs import shard_spec
 from ._stats import LayerStatistics, statistics_of
-from .exceptions import ConfigurationError, ForeignChannel
+from .exceptions import ConfigurationError, ForeignChannel, RedisUnavailable
 
 if TYPE_CHECKING:
     from ._config import RedisConfig
@@ -117,6 +117,11 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
+            if session is not None and session.ended_with_loop:
+                raise RedisUnavailable(
+                    "the event loop is shutting down, and the channel layer's connections "
+                    "in it were closed"
+                )
             for other in [other for other in list(self._sessions) if other.is_closed()]:
                 self._sessions.pop(other, None)  # async_to_sync threads may prune too
             session = self._sessions[loop] = Session(self._core, self.client_prefix)

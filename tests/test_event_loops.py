@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from asgiref.sync import async_to_sync
 
-from channels_ha import RedisChannelLayer
+from channels_ha import RedisChannelLayer, RedisUnavailable
 from channels_ha.sandbox import Topology
 
 pytestmark = pytest.mark.redis_topologies("standalone")
@@ -95,3 +95,38 @@ def test_memberships_can_be_refreshed_while_another_loop_joins_groups(
     finally:
         stop.set()
         joiner.join(5)
+
+
+def test_clean_up_after_the_loop_began_shutting_down_opens_no_session(
+    redis_topology: Topology,
+) -> None:
+    """A consumer's clean-up (group_discard on cancellation) that runs after its loop's
+    shutdown closed the layer's session gets RedisUnavailable. Seen: it opened a new
+    session whose upkeep task nothing cancelled ("Task was destroyed but it is pending",
+    a socket left open) and, with Redis down, held the shutdown for failover_timeout."""
+    layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="loop-end")
+    outcome: dict[str, object] = {}
+
+    async def consumer(channel: str) -> None:
+        try:
+            await layer.receive(channel)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # other clean-up first: the session closes meanwhile
+            try:
+                await layer.group_discard("room", channel)
+                outcome["discard"] = "returned"
+            except RedisUnavailable as err:
+                outcome["discard"] = err
+            raise
+
+    async def main() -> None:
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        consuming = asyncio.get_running_loop().create_task(consumer(channel))
+        outcome["task"] = consuming  # asyncio.run cancels it as it ends
+        await asyncio.sleep(0.1)  # the consumer waits in receive()
+
+    asyncio.run(main())
+    assert isinstance(outcome["discard"], RedisUnavailable), outcome
+    assert "shutting down" in str(outcome["discard"])
+    assert all(session.closed for session in layer._sessions.values())

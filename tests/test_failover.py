@@ -419,3 +419,35 @@ async def test_writes_made_through_async_to_sync_are_written_again(
     await topology.nodes[0].arestart_empty()
     received = [(await asyncio.wait_for(receiver.receive(channel), 5))["n"] for _ in range(5)]
     assert received == list(range(5))
+
+
+OUTAGE_S = 3.0  # longer than the 2 s close() used to give the returns
+
+
+async def test_close_during_an_outage_gives_back_what_the_reader_popped(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Seen: close() gave the returns a fixed 2 s, so a close during a failover lost every
+    message the reader had popped and not delivered, whose sends had returned, with a
+    warning naming nothing. They now wait for a master like any request."""
+    topology = redis_sandbox_factory("standalone")
+    layer = RedisChannelLayer(hosts=[topology.url], prefix="close-outage", failover_timeout=10)
+    node = topology.nodes[0]
+    try:
+        channel = await layer.new_channel()
+        for number in range(10):
+            await layer.send(channel, {"type": "n", "n": number})
+        assert (await layer.receive(channel))["n"] == 0  # the reader popped all ten
+        assert layer.statistics().buffered == 9
+        node.kill()
+        closing = asyncio.create_task(layer.close())
+        done, _ = await asyncio.wait({closing}, timeout=OUTAGE_S)
+        assert not done, "close() gave up on the returns during the outage"
+        node.restart_empty()
+        await asyncio.wait_for(closing, 10)
+        received = [(await layer.receive(channel))["n"] for _ in range(9)]
+        assert received == list(range(1, 10))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive(channel), 0.3)
+    finally:
+        await layer.close()
