@@ -32,6 +32,7 @@ from ._server import (
     give_up,
 )
 from ._stats import ShardStats
+from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.link")
@@ -59,6 +60,7 @@ HandBack = Callable[["CommandLink", list[Request], str], None]
 Verify = Callable[["CommandLink"], Awaitable[bool]]
 
 _NOT_TRIED = "no connection attempt yet"
+_LAST_ATTEMPT_S = 0.05  # the least an attempt gets, when the deadline is all but reached
 SUSPECT_AFTER_S = 0.5  # a reply this late: check that the server is still the master
 SUSPECT_INTERVAL_S = 0.25  # and check again this often until reply_timeout
 
@@ -275,12 +277,17 @@ class CommandLink:
         self._watchdog = None
         if not self._inflight:
             return
-        oldest = self._inflight[0].due
-        age = time.monotonic() - oldest
+        first = self._inflight[0]
+        oldest, now = first.due, time.monotonic()
+        age = now - oldest
         timeout_s = self._settings.reply_timeout_s
         stalled_s = self._stalled_s()  # at every check: the backlog record stays fresh
         if age >= timeout_s and stalled_s >= timeout_s:
             self.drop_connection(f"no reply, and no byte moving, for {timeout_s} s")
+            return
+        if now >= first.deadline + first.patience_s and stalled_s >= SUSPECT_AFTER_S:
+            # Its caller gets RedisUnavailable at failover_timeout, not reply_timeout later.
+            self.drop_connection("no reply, and no byte moving, until failover_timeout ran out")
             return
         if age >= SUSPECT_AFTER_S:
             self._start_verifying()
@@ -381,10 +388,20 @@ class CommandLink:
             self._fail_overdue()
             if not self._queue:
                 return
+            # An attempt ends with the earliest request's deadline: a server that accepts the
+            # connection and never answers (frozen) would otherwise hold the handshake for
+            # reply_timeout past failover_timeout.
+            patience_s = min(r.deadline for r in self._queue) - time.monotonic()
             try:
-                protocol, info = await connect_to_master(
-                    self._locator, self._settings, self, True, self._announcements
+                protocol, info = await within(
+                    connect_to_master(
+                        self._locator, self._settings, self, True, self._announcements
+                    ),
+                    max(patience_s, _LAST_ATTEMPT_S),
                 )
+            except asyncio.TimeoutError:
+                self._last_error = f"connecting to {self._describe_server()} took too long"
+                continue  # the overdue requests fail at the top of the loop
             except ConnectionLost as err:
                 self._last_error = str(err)
                 if self._hand_back is not None:

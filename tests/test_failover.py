@@ -451,3 +451,31 @@ async def test_close_during_an_outage_gives_back_what_the_reader_popped(
             await asyncio.wait_for(layer.receive(channel), 0.3)
     finally:
         await layer.close()
+
+
+async def test_a_frozen_master_fails_sends_within_failover_timeout(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """A frozen server still accepts connections (the kernel does), then never answers the
+    handshake. Seen: RedisUnavailable 4 s after a 6 s failover_timeout, since each attempt
+    waited its whole reply timeout whatever the requests' deadline."""
+    topology = redis_sandbox_factory("standalone")
+    url = f"{topology.url}?socket_timeout=5"
+    connected = RedisChannelLayer(hosts=[url], prefix="frozen-deadline", failover_timeout=2)
+    connecting = RedisChannelLayer(hosts=[url], prefix="frozen-deadline", failover_timeout=2)
+    node = topology.nodes[0]
+    try:
+        await connected.send("frozen-deadline", {"type": "warm-up"})
+        node.pause()
+        try:
+            for layer in (connected, connecting):  # a reply due; a handshake due
+                started = time.monotonic()
+                with pytest.raises(RedisUnavailable, match="failover_timeout"):
+                    await layer.send("frozen-deadline", {"type": "refused"})
+                waited = time.monotonic() - started
+                assert waited < 2 + 1.0, f"RedisUnavailable came {waited:.1f} s after the send"
+        finally:
+            node.resume()
+    finally:
+        await connected.close()
+        await connecting.close()
