@@ -8,9 +8,9 @@ DEFAULT_EXPIRY_S = 60
 DEFAULT_GROUP_EXPIRY_S = 86_400
 DEFAULT_CAPACITY = 100
 DEFAULT_SERIALIZER_FORMAT = "msgpack"
-# The largest duration option (expiry, timeouts) accepted, about 31 years: far larger ones
-# overflow the millisecond expiry times Redis takes.
-MAX_OPTION_S = 1e9
+# The largest duration option (expiry, timeouts) accepted, about 31,700 years ("never"
+# still fits): in milliseconds it stays within the 2**53 that Lua's numbers hold exactly.
+MAX_OPTION_S = 1e12
 
 # How long an operation waits for a usable master before RedisUnavailable.
 DEFAULT_FAILOVER_TIMEOUT_S = 30.0

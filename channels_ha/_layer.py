@@ -222,8 +222,11 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def close(self) -> None:
         """Closes this event loop's connections, returning undelivered messages to Redis;
         receive() calls still waiting raise RedisUnavailable."""
-        session = self._sessions.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
         if session is not None:
+            if not session.ended_with_loop:  # kept then: later calls in this loop must fail
+                self._sessions.pop(loop, None)
             await session.aclose()
 
     close_pools = close  # the name channels_redis uses
@@ -306,8 +309,9 @@ def _check_channel_capacity(channel_capacity: Mapping[Any, int] | None) -> None:
 
 def host_entries(hosts: object, where: str) -> Sequence[Any]:
     """``hosts`` as a list of entries. The order picks each channel's shard, so every process
-    must see the same order: a set or other unordered collection is refused."""
-    if hosts is None:
+    must see the same order: a set or other unordered collection is refused. Empty
+    (``None``, ``[]``, ``""``) means not given, as in channels_redis."""
+    if not hosts and not isinstance(hosts, Mapping):
         return ()
     if isinstance(hosts, list | tuple):
         return hosts

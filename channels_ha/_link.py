@@ -32,7 +32,6 @@ from ._server import (
     give_up,
 )
 from ._stats import ShardStats
-from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.link")
@@ -60,7 +59,7 @@ HandBack = Callable[["CommandLink", list[Request], str], None]
 Verify = Callable[["CommandLink"], Awaitable[bool]]
 
 _NOT_TRIED = "no connection attempt yet"
-_LAST_ATTEMPT_S = 0.05  # the least an attempt gets, when the deadline is all but reached
+_MAX_DEADLINE_CHECKS = 100_000  # bounds the deadline checks during one connection attempt
 SUSPECT_AFTER_S = 0.5  # a reply this late: check that the server is still the master
 SUSPECT_INTERVAL_S = 0.25  # and check again this often until reply_timeout
 
@@ -285,7 +284,8 @@ class CommandLink:
         if age >= timeout_s and stalled_s >= timeout_s:
             self.drop_connection(f"no reply, and no byte moving, for {timeout_s} s")
             return
-        if now >= first.deadline + first.patience_s and stalled_s >= SUSPECT_AFTER_S:
+        overdue = now >= first.deadline + first.patience_s and age >= SUSPECT_AFTER_S
+        if overdue and stalled_s >= SUSPECT_AFTER_S:
             # Its caller gets RedisUnavailable at failover_timeout, not reply_timeout later.
             self.drop_connection("no reply, and no byte moving, until failover_timeout ran out")
             return
@@ -388,20 +388,8 @@ class CommandLink:
             self._fail_overdue()
             if not self._queue:
                 return
-            # An attempt ends with the earliest request's deadline: a server that accepts the
-            # connection and never answers (frozen) would otherwise hold the handshake for
-            # reply_timeout past failover_timeout.
-            patience_s = min(r.deadline for r in self._queue) - time.monotonic()
             try:
-                protocol, info = await within(
-                    connect_to_master(
-                        self._locator, self._settings, self, True, self._announcements
-                    ),
-                    max(patience_s, _LAST_ATTEMPT_S),
-                )
-            except asyncio.TimeoutError:
-                self._last_error = f"connecting to {self._describe_server()} took too long"
-                continue  # the overdue requests fail at the top of the loop
+                protocol, info = await self._attempt()
             except ConnectionLost as err:
                 self._last_error = str(err)
                 if self._hand_back is not None:
@@ -440,6 +428,29 @@ class CommandLink:
         for request in queued:
             if not request.future.done():
                 self._write(request)
+
+    async def _attempt(self) -> tuple[RespProtocol, ServerInfo]:
+        """One connection attempt, paced by its own timeouts as ever; requests whose deadline
+        passes meanwhile fail then, not when it ends (a frozen server accepts the connection
+        and holds the handshake for reply_timeout: seen, RedisUnavailable 4 s late)."""
+        attempt = asyncio.ensure_future(
+            connect_to_master(self._locator, self._settings, self, True, self._announcements)
+        )
+        try:
+            for _ in range(_MAX_DEADLINE_CHECKS):  # each check fails a request, or it is done
+                earliest = min((r.deadline for r in self._queue), default=None)
+                wait_s = None if earliest is None else max(earliest - time.monotonic(), 0.0)
+                await asyncio.wait({attempt}, timeout=wait_s)
+                if attempt.done():
+                    break
+                self._fail_overdue()
+        except asyncio.CancelledError:
+            attempt.cancel()
+            await asyncio.wait({attempt})
+            if not attempt.cancelled() and attempt.exception() is None:
+                attempt.result()[0].abort()  # it connected as we were cancelled: nobody owns it
+            raise
+        return await attempt
 
     def _hand_over_queue(self, reason: str) -> None:
         assert self._hand_back is not None

@@ -60,11 +60,13 @@ class Credentials:
     password: str | None = field(default=None, repr=False)
 
     def auth_command(self) -> tuple[Arg, ...] | None:
-        """AUTH, encoded here: an encoding error would carry the password in its repr."""
-        if self.password is None:
+        """AUTH, encoded here: an encoding error would carry the password in its repr. A
+        user without a password still authenticates, with an empty one (an ACL ``nopass``
+        user), as redis-py does for ``password=""``."""
+        if self.password is None and not self.username:
             return None
         try:
-            password = self.password.encode()
+            password = (self.password or "").encode()
             username = self.username.encode() if self.username else None
         except UnicodeEncodeError:
             raise ConnectionLost("the username or password is not valid UTF-8") from None

@@ -509,9 +509,13 @@ class Session:
         """RETURNs; one that fails (OOM, NOPERM, no master past failover_timeout) is kept
         and tried again at the next sweep, under the same id: if it did land after all, its
         marker makes the retry a no-op. Delivering it here instead could duplicate it."""
-        results = await asyncio.gather(
-            *(self._push_front(*each) for each in returns), return_exceptions=True
-        )
+        try:
+            results = await asyncio.gather(
+                *(self._push_front(*each) for each in returns), return_exceptions=True
+            )
+        except asyncio.CancelledError:  # close() cancelled: kept, so that it is logged
+            self._unreturned.extend(returns)
+            raise
         for each, result in zip(returns, results, strict=True):
             if isinstance(result, (RedisCommandError, RedisUnavailable)):
                 self._unreturned.append(each)
@@ -713,9 +717,12 @@ class Session:
         router = shard.router
         scanned: set[str] = set()
         deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
+        if router is not None and not router.master_addresses():
+            await router.reread_map()  # the first call in this event loop: no map read yet
         for _ in range(_MAX_FLUSH_ROUNDS):
-            pending = [(a, node) for a, node in shard.scan_nodes() if a not in scanned]
-            if not pending:
+            nodes = shard.scan_nodes()
+            pending = [(a, node) for a, node in nodes if a not in scanned]
+            if nodes and not pending:
                 return
             for address, node in pending:
                 try:
@@ -723,10 +730,16 @@ class Session:
                 except RedisUnavailable:
                     if router is None or time.monotonic() >= deadline:
                         raise
-                    await asyncio.sleep(_FLUSH_RETRY_S)  # the map may name its successor
-                    await router.reread_map()
                     break
                 scanned.add(address)
+                deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
+            else:
+                if nodes:
+                    continue
+            if router is None or time.monotonic() >= deadline:
+                raise RedisUnavailable("flush() found no master to scan on the cluster")
+            await asyncio.sleep(_FLUSH_RETRY_S)  # the map may name a failed node's successor
+            await router.reread_map()
         raise RedisUnavailable("flush() found no stable set of masters to scan")
 
     async def _flush_node(self, node: Callable[[], CommandLink], link: Link) -> None:
@@ -770,11 +783,18 @@ class Session:
         # Each RETURN waits for a master as any request does, up to failover_timeout: a
         # close() during a failover still gives back what the readers popped (seen with a
         # fixed 2 s: every popped message lost, unlogged). What fails is logged below.
-        self._retry_returns()
-        await self._return_to_redis(self.deliveries.channels())
-        if self._tasks:  # returns started by receivers that just left: let them finish
-            returns_end_s = self.core.failover_timeout_s + CLOSE_RETURN_TIMEOUT_S
-            await asyncio.wait(set(self._tasks), timeout=returns_end_s)
+        # If close() itself is cancelled meanwhile (a shutdown hook's own timeout), the rest
+        # still runs: tasks cancelled, connections closed, what was not given back logged.
+        try:
+            self._retry_returns()
+            await self._return_to_redis(self.deliveries.channels())
+            if self._tasks:  # returns started by receivers that just left: let them finish
+                returns_end_s = self.core.failover_timeout_s + CLOSE_RETURN_TIMEOUT_S
+                await asyncio.wait(set(self._tasks), timeout=returns_end_s)
+        finally:
+            await self._finish_shutdown()
+
+    async def _finish_shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

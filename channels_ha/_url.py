@@ -63,13 +63,13 @@ def redact_url(url: str) -> str:
         items, after_password = [], False
         for item in query.split("&"):
             items.append(_redact_item(item, after_password))
-            after_password = "password" in unquote(item.partition("=")[0]).lower()
+            after_password = after_password or "password" in unquote(item).lower()
         rest = before + "?" + "&".join(items)
     return scheme + separator + rest
 
 
 def _redact_item(item: str, after_password: bool) -> str:
-    """An item after a password that is not a known parameter may be the password's tail."""
+    """An item after a password that is not a known parameter may be part of it."""
     name, equals, _ = item.partition("=")
     name = unquote(name)
     if not equals or (after_password and name not in SENTINEL_QUERY_KEYS):
@@ -91,7 +91,7 @@ def url_options(url: str, source: Source) -> dict[str, Any]:
         raise source.error(f"unknown URL scheme '{scheme}'; expected one of {known}")
     mode, location, tls = SCHEMES[scheme.lower()]
     netloc, path, query = _split(rest)
-    if "@" in path:
+    if "@" in path and location != "unix":  # a socket file may be named redis@6379.sock
         raise source.error(f"{_MISPLACED_AT}; expected [user:password@]host[:port][/path]")
     credentials, hosts = _userinfo(netloc)
     options = {"mode": mode, **credentials, **_LOCATIONS[location](hosts, path, source)}
@@ -168,16 +168,16 @@ def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
             raise source.error(f"{problem}; expected name=value parameters")
     pairs = parse_qsl(query, keep_blank_values=True)
     known = SENTINEL_QUERY_KEYS if mode == "sentinel" else QUERY_KEYS
-    previous = ""
+    password = ""  # the first password parameter so far: what follows may be part of it
     for name, _ in pairs:
-        after, previous = previous, name
         if name in known:
+            password = password or (name if "password" in name.lower() else "")
             continue
         if not _PLAIN_NAME.fullmatch(name):
             problem = "a query parameter with an unexpected name (not shown)"
-        elif "password" in after:
+        elif password:
             problem = (
-                f"an unknown query parameter after '{after}' (not shown: if the password "
+                f"an unknown query parameter after '{password}' (not shown: if the password "
                 f"holds '&', percent-encode it as %26)"
             )
         else:

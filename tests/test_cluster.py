@@ -473,3 +473,22 @@ async def test_a_flush_rides_through_a_master_failover(
         finally:
             client.close()
     assert all(key.startswith(f"{layer.prefix}:epoch".encode()) for key in left), left
+
+
+async def test_a_flush_first_thing_in_an_event_loop_reads_the_slot_map(
+    cluster: ClusterTopology, make_layer: LayerFactory
+) -> None:
+    """Seen: flush() as the first call of a layer (async_to_sync(layer.flush)() in a
+    management command) deleted nothing: no request had made it read the slot map."""
+    writer = make_layer(cluster)
+    for number in range(30):
+        await writer.group_add(f"group-{number}", f"member-{number}")
+    await make_layer(cluster, prefix=writer.prefix).flush()
+    left: list[bytes] = []
+    for node in await cluster.amasters():
+        client = node.client()
+        try:
+            left += client.scan_iter(match=f"{writer.prefix}:*", count=100)
+        finally:
+            client.close()
+    assert all(key.startswith(f"{writer.prefix}:epoch".encode()) for key in left), left

@@ -31,7 +31,7 @@ from channels_ha._config import (
     SentinelConfig,
     SingleNodeConfig,
 )
-from channels_ha.sandbox import StandaloneTopology
+from channels_ha.sandbox import StandaloneTopology, TopologyFactory
 
 FAILOVER_S = 1.0
 MARGIN_S = 2.0
@@ -134,3 +134,28 @@ def test_a_boolean_is_not_a_number(key: str) -> None:
     """JSON true passed for 1 (port 1, database 1, one second) without a word."""
     with pytest.raises(ConfigurationError, match=f"'{key}': expected a"):
         RedisChannelLayer(hosts=[{"host": "h", key: True}])
+
+
+async def test_a_user_without_a_password_authenticates_as_that_user(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """An ACL nopass user named in the configuration is who the layer connects as (seen:
+    with no password, no AUTH was sent at all, and the layer ran as the default user)."""
+    topology = redis_sandbox_factory("standalone")
+    admin = topology.nodes[0].client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "app", "on", "nopass", "~*", "&*", "+@all")
+        node = topology.nodes[0]
+        layer = RedisChannelLayer(
+            hosts=[{"host": node.host, "port": node.port, "username": "app", "password": ""}],
+            failover_timeout=FAILOVER_S,
+        )
+        try:
+            await layer.send("as-app", {"type": "through"})
+            clients = admin.client_list()
+            name = layer._session()._shards[0].spec.settings.client_name
+            assert {c["user"] for c in clients if c["name"].startswith(name)} == {"app"}
+        finally:
+            await layer.close()
+    finally:
+        admin.close()

@@ -97,8 +97,9 @@ def test_memberships_can_be_refreshed_while_another_loop_joins_groups(
         joiner.join(5)
 
 
+@pytest.mark.parametrize("closes_first", [False, True])
 def test_clean_up_after_the_loop_began_shutting_down_opens_no_session(
-    redis_topology: Topology,
+    redis_topology: Topology, closes_first: bool
 ) -> None:
     """A consumer's clean-up (group_discard on cancellation) that runs after its loop's
     shutdown closed the layer's session gets RedisUnavailable. Seen: it opened a new
@@ -112,6 +113,8 @@ def test_clean_up_after_the_loop_began_shutting_down_opens_no_session(
             await layer.receive(channel)
         except asyncio.CancelledError:
             await asyncio.sleep(0.05)  # other clean-up first: the session closes meanwhile
+            if closes_first:  # a shutdown hook's close_pools(), then the consumer's discard
+                await layer.close_pools()
             try:
                 await layer.group_discard("room", channel)
                 outcome["discard"] = "returned"

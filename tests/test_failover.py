@@ -479,3 +479,25 @@ async def test_a_frozen_master_fails_sends_within_failover_timeout(
     finally:
         await connected.close()
         await connecting.close()
+
+
+async def test_a_cancelled_close_still_closes_and_reports_the_loss(
+    redis_sandbox_factory: TopologyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() now waits for a master to give messages back; a shutdown hook that gives it
+    less time cancels it. Seen: tasks and connections left for good, and every later
+    close() returning at once. What could not be given back is logged as lost."""
+    topology = redis_sandbox_factory("standalone")
+    layer = RedisChannelLayer(hosts=[topology.url], prefix="close-cancel", failover_timeout=10)
+    channel = await layer.new_channel()
+    for number in range(10):
+        await layer.send(channel, {"type": "n", "n": number})
+    assert (await layer.receive(channel))["n"] == 0  # nine more popped, not delivered
+    session = layer._session()
+    topology.nodes[0].kill()
+    with caplog.at_level("ERROR", logger="channels_ha"), pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.close(), 0.5)
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    assert all(shard.link.unsettled() == [] for shard in session._shards)
+    lost = [r for r in caplog.records if getattr(r, "event", None) == "return_lost"]
+    assert [getattr(r, "messages", None) for r in lost] == [9]

@@ -375,11 +375,14 @@ def test_channels_redis_option_forms_are_accepted() -> None:
         capacity=100.0,  # type: ignore[arg-type]
         channel_capacity={"chat.*": 10.0, re.compile(r"^x\."): 5},  # type: ignore[dict-item]
         expiry=0.5,
+        group_expiry=10**10,  # "never"
         failover_timeout=1,
         replica_ack_timeout=0.1,
     )
     assert len(layer.configs) == 2
     assert layer.get_capacity("chat.a") == 10
+    for empty in ("", [], None):  # not given: the environment's Redis, as channels_redis's default
+        assert len(RedisChannelLayer(hosts=empty).configs) == 1  # type: ignore[arg-type]
 
 
 async def test_connections_stay_bounded_in_a_burst(

@@ -187,6 +187,8 @@ def test_redact_url(url: str, expected: str) -> None:
         "redis+sentinel://s1:26379/m?sentinel_password=hunter2&TAIL=x",  # '&' and '='
         "redis+sentinel://s1:26379/m?sentinel_passw%6Frd=TAIL&socket_timeout=-1",
         "redis://h?TAIL",
+        "redis+sentinel://s1:26379/m?sentinel_password=se&cr&et=TAIL",  # '&' twice
+        "redis+sentinel://s1:26379/m?sentinel_password=se&cr=et&ta=TAIL",
     ],
 )
 def test_a_password_that_breaks_the_url_is_not_echoed(url: str) -> None:
@@ -196,6 +198,13 @@ def test_a_password_that_breaks_the_url_is_not_echoed(url: str) -> None:
         parse_url(url, source="REDIS_URL")
     assert "TAIL" not in str(caught.value)
     assert "TAIL" not in redact_url(url)
+
+
+def test_a_unix_socket_path_may_hold_an_at_sign() -> None:
+    """As redis-py reads it: only a host part may not be followed by an '@'."""
+    config = parse_url("unix:///run/redis@6379.sock?db=1")
+    assert isinstance(config, SingleNodeConfig)
+    assert config.unix_socket_path == "/run/redis@6379.sock"
 
 
 def test_an_at_sign_inside_a_query_value_is_kept() -> None:
