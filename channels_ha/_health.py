@@ -1,10 +1,10 @@
 """The health check: does a writable master answer, and what has the channel layer seen?
 
 :mod:`channels_ha.health` (the Django views and the ASGI middleware) is a thin shell over
-:func:`check_health`. The probe is blocking redis-py code bounded by one deadline, so it runs in
-a small thread pool of its own, and requests that arrive while a probe of the same alias is in
-flight share it: a burst of requests costs Redis one probe, not one per request. The layer's
-statistics are read on the calling event loop, where its sessions live.
+:func:`check_health`. The probe blocks (it runs an event loop of its own) within one
+deadline, so it runs in a small thread pool of its own, and requests that arrive while a probe
+of the same alias is in flight share it: a burst of requests costs Redis one probe, not one per
+request. The layer's statistics are read on the calling event loop, where its sessions live.
 
 Nothing in the body is a traceback or a password: probe errors are redis-py's messages, which
 name addresses only, and configuration errors are redacted when they are made.

@@ -5,20 +5,24 @@
 bounded by ``timeout_s`` and never retried, so a probe of a dead deployment ends within a few
 timeouts; the configuration's own timeouts apply when they are shorter. Nodes are asked one
 after the other: a probe is a diagnosis, not a hot path. :func:`probe_master` asks only what a
-health check needs and keeps every step within one overall deadline.
+health check needs, keeps every step within one overall deadline, and asks the sentinels (or
+the startup nodes) at once: a health check must not fail because one of them hangs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -39,6 +43,7 @@ from ._probe_report import (
     SentinelReport,
 )
 from ._redis_kwargs import client_kwargs, sentinel_kwargs
+from ._server import _View
 
 __all__ = ["MASTER_PROBE_TIMEOUT_S", "PROBE_TIMEOUT_S", "probe", "probe_master"]
 
@@ -48,6 +53,7 @@ PROBE_TIMEOUT_S = 2.0
 MASTER_PROBE_TIMEOUT_S = 1.5
 _SLOTS = 16384
 _FAILED = (redis.RedisError, OSError)
+T = TypeVar("T")
 
 
 def probe(config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeReport:
@@ -361,79 +367,212 @@ def _replica_labels(nodes: list[_ClusterNode]) -> tuple[str, ...]:
 
 
 def probe_master(config: RedisConfig, timeout_s: float = MASTER_PROBE_TIMEOUT_S) -> MasterReport:
-    """Whether a writable master answers ROLE and PING, all within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
+    """Whether a writable master answers ROLE and PING, all within ``timeout_s``.
+
+    Blocking: it runs an event loop of its own, so call it from a thread without one. The
+    sentinels (or the cluster's startup nodes) are asked at once, so one that hangs costs
+    the probe part of its time, not all of it; every connection is closed before it returns.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_master_report(config, timeout_s))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        # Shuts the default executor down without waiting for a DNS lookup still running.
+        loop.close()
+
+
+async def _master_report(config: RedisConfig, timeout_s: float) -> MasterReport:
+    deadline = _now() + timeout_s
     if isinstance(config, SentinelConfig):
-        return _master_via_sentinels(config, deadline)
+        return await _master_via_sentinels(config, deadline)
     if isinstance(config, ClusterConfig):
-        return _cluster_state(config, deadline)
-    label = config.node_labels()[0]
-    return _check_master("single", label, lambda left: _single_kwargs(config, left), deadline)
+        return await _cluster_state(config, deadline)
+    kwargs_for = functools.partial(_single_kwargs, config)
+    return await _check_master("single", config.node_labels()[0], kwargs_for, deadline)
+
+
+#: Share of the probe's time the sentinels all get to answer; then the answers in hand decide
+#: (or the first to come, if none has), and the master gets the rest.
+_SENTINEL_SHARE = 0.5
+_OUT_OF_TIME = "the health probe ran out of time"
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def _remaining(deadline: float) -> float:
     """Time left for the next step; the builtin TimeoutError counts as a failed step."""
-    left = deadline - time.monotonic()
+    left = deadline - _now()
     if left <= 0:
-        raise TimeoutError("the health probe ran out of time")
+        raise TimeoutError(_OUT_OF_TIME)
     return left
 
 
-def _role_and_rtt(client: Any) -> tuple[str, float]:
-    role = str(client.execute_command("ROLE")[0])  # opens the connection: not timed
+@asynccontextmanager
+async def _aclient(
+    kwargs_for: Callable[[float], dict[str, Any]], deadline: float
+) -> AsyncIterator[Any]:
+    """An asyncio client returning raw replies, its socket timeouts within the time left;
+    closed on exit, cancellation included."""
+    kwargs = {**kwargs_for(_remaining(deadline)), "retry": AsyncRetry(NoBackoff(), 0)}
+    client = redis.asyncio.Redis(**kwargs)
+    client.response_callbacks.clear()
+    try:
+        yield client
+    finally:
+        # To the end even if the ask is cancelled meanwhile: a pool cancelled while closing
+        # cancels its connections' closing before it starts, and they stay open.
+        await _finish(asyncio.ensure_future(client.aclose()))
+
+
+async def _by(deadline: float, awaitable: Awaitable[T]) -> T:
+    """The result of ``awaitable`` if it comes by ``deadline``, else TimeoutError, raised
+    once ``awaitable`` has been cancelled and has ended (its connection dropped)."""
+    inner = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({inner}, timeout=max(0.0, deadline - _now()))
+    finally:
+        inner.cancel()  # nothing when it is done
+        await _finish(inner)
+    if inner.cancelled():
+        raise TimeoutError(_OUT_OF_TIME)
+    return inner.result()
+
+
+async def _finish(task: asyncio.Future[Any]) -> None:
+    """Waits until ``task`` has ended, through a cancellation of the caller (raised after).
+
+    An error ``task`` ends with is marked as read: its result is for the caller to use or not.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError as err:
+            cancelled = err
+    if not task.cancelled():
+        task.exception()
+    if cancelled is not None:
+        raise cancelled
+
+
+async def _settle(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancels the tasks still running and waits until they have closed their clients."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _role_and_rtt(client: Any, deadline: float) -> tuple[str, float]:
+    reply = await _by(deadline, client.execute_command("ROLE"))  # connects: not timed
     started = time.perf_counter()
-    client.execute_command("PING")
-    return role, round((time.perf_counter() - started) * 1000, 3)
+    await _by(deadline, client.execute_command("PING"))
+    return str(reply[0]), round((time.perf_counter() - started) * 1000, 3)
 
 
-def _check_master(
+async def _check_master(
     mode: str, label: str, kwargs_for: Callable[[float], dict[str, Any]], deadline: float
 ) -> MasterReport:
     """ROLE and PING of the node ``kwargs_for(time left)`` connects to."""
     try:
-        with _client(kwargs_for(_remaining(deadline))) as client:
-            role, rtt_ms = _role_and_rtt(client)
+        async with _aclient(kwargs_for, deadline) as client:
+            role, rtt_ms = await _role_and_rtt(client, deadline)
     except _FAILED as err:
         return MasterReport(mode, ok=False, master=label, error=_error(err))
     error = None if role == "master" else f"{label} is a {role}, not a master"
     return MasterReport(mode, ok=error is None, master=label, role=role, rtt_ms=rtt_ms, error=error)
 
 
-def _master_via_sentinels(config: SentinelConfig, deadline: float) -> MasterReport:
-    """Asks the sentinels in turn for the master's address, then the master itself."""
+async def _master_via_sentinels(config: SentinelConfig, deadline: float) -> MasterReport:
+    """Asks every sentinel at once where the master is, believes the newest configuration
+    among the answers (the layer's rule), then asks that master."""
+    asks = [
+        asyncio.create_task(_sentinel_view(config, node, deadline)) for node in config.sentinels
+    ]
+    try:
+        answered = await _sentinel_answers(asks, _now() + (deadline - _now()) * _SENTINEL_SHARE)
+    finally:
+        await _settle(asks)
+    views: list[_View] = []
     errors: list[str] = []
-    for node in config.sentinels:
-        try:
-            kwargs = _bounded(sentinel_kwargs(config), _remaining(deadline))
-            with _client({**kwargs, "host": node.host, "port": node.port}) as client:
-                reply = client.execute_command(
-                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", config.master_name
-                )
-        except _FAILED as err:
-            errors.append(f"sentinel {node}: {_error(err)}")
-            continue
-        if reply:
-            address = _address(*reply)
-            kwargs_for = functools.partial(_data_kwargs, config, address)
-            return _check_master("sentinel", str(address), kwargs_for, deadline)
-        errors.append(f"sentinel {node} knows no master {config.master_name!r}")
-    return MasterReport("sentinel", ok=False, error="; ".join(errors))
+    for node, ask in zip(config.sentinels, asks, strict=True):
+        answer = ask.result() if ask in answered else f"sentinel {node}: no answer in time"
+        if isinstance(answer, _View):
+            views.append(answer)
+        else:
+            errors.append(answer)
+    if not views:
+        return MasterReport("sentinel", ok=False, error="; ".join(errors))
+    best = max(views, key=lambda view: view.rank(views))
+    address = _address(best.host, best.port)
+    kwargs_for = functools.partial(_data_kwargs, config, address)
+    return await _check_master("sentinel", str(address), kwargs_for, deadline)
 
 
-def _cluster_state(config: ClusterConfig, deadline: float) -> MasterReport:
-    """The first answering startup node's ``cluster_state``, ROLE and PING."""
-    errors: list[str] = []
-    for node in config.startup_nodes:
-        try:
-            with _client(_data_kwargs(config, node, _remaining(deadline))) as client:
-                info = client.execute_command("CLUSTER", "INFO")
-                role, rtt_ms = _role_and_rtt(client)
-        except _FAILED as err:
-            errors.append(f"{node}: {_error(err)}")
-            continue
-        state = _info_field(info, "cluster_state") or "unknown"
-        error = None if state == "ok" else f"cluster_state is {state} on {node}"
-        return MasterReport(
-            "cluster", error is None, str(node), role, rtt_ms, cluster_state=state, error=error
-        )
-    return MasterReport("cluster", ok=False, error="; ".join(errors))
+async def _sentinel_answers(
+    asks: list[asyncio.Task[_View | str]], cutoff: float
+) -> set[asyncio.Task[_View | str]]:
+    """The asks that ended by ``cutoff``, or later until one names a master: each ask ends by
+    the probe's deadline on its own."""
+    answered, waiting = await asyncio.wait(asks, timeout=max(0.0, cutoff - _now()))
+    while waiting and not any(isinstance(ask.result(), _View) for ask in answered):
+        more, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        answered |= more
+    return answered
+
+
+async def _sentinel_view(config: SentinelConfig, node: NodeAddress, deadline: float) -> _View | str:
+    """The master as sentinel ``node`` sees it, with its configuration epoch; or what failed."""
+
+    def kwargs_for(left: float) -> dict[str, Any]:
+        return {**_bounded(sentinel_kwargs(config), left), "host": node.host, "port": node.port}
+
+    name = config.master_name
+    try:
+        async with _aclient(kwargs_for, deadline) as client:
+            view = _pairs(await _by(deadline, client.execute_command("SENTINEL", "MASTER", name)))
+    except _FAILED as err:
+        return f"sentinel {node}: {_error(err)}"
+    if "ip" not in view:
+        return f"sentinel {node} knows no master {name!r}"
+    flags = frozenset(view.get("flags", "").split(","))
+    return _View(int(view.get("config-epoch", "0")), view["ip"], int(view["port"]), flags)
+
+
+async def _cluster_state(config: ClusterConfig, deadline: float) -> MasterReport:
+    """Asks every startup node at once for ``cluster_state``, ROLE and PING: the first to see
+    every slot served answers; failing that, the first listed node that answered."""
+    asks = [
+        asyncio.create_task(_node_state(config, node, deadline)) for node in config.startup_nodes
+    ]
+    try:
+        for ask in asyncio.as_completed(asks):  # each ask ends by the deadline on its own
+            report = await ask
+            if isinstance(report, MasterReport) and report.ok:
+                return report
+    finally:
+        await _settle(asks)
+    answers = [ask.result() for ask in asks]
+    reports = [answer for answer in answers if isinstance(answer, MasterReport)]
+    if reports:
+        return reports[0]
+    return MasterReport("cluster", ok=False, error="; ".join(map(str, answers)))
+
+
+async def _node_state(
+    config: ClusterConfig, node: NodeAddress, deadline: float
+) -> MasterReport | str:
+    """One startup node's ``cluster_state``, ROLE and PING; or what failed."""
+    try:
+        async with _aclient(functools.partial(_data_kwargs, config, node), deadline) as client:
+            info = await _by(deadline, client.execute_command("CLUSTER", "INFO"))
+            role, rtt_ms = await _role_and_rtt(client, deadline)
+    except _FAILED as err:
+        return f"{node}: {_error(err)}"
+    state = _info_field(info, "cluster_state") or "unknown"
+    error = None if state == "ok" else f"cluster_state is {state} on {node}"
+    return MasterReport(
+        "cluster", error is None, str(node), role, rtt_ms, cluster_state=state, error=error
+    )

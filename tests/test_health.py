@@ -139,6 +139,27 @@ async def test_fast_url_option(redis_sandbox_factory: TopologyFactory, layers_fo
     topology.node.resume()
 
 
+@pytest.mark.parametrize("probe", [_view, _asgi], ids=["view", "asgi"])
+async def test_200_while_one_sentinel_is_frozen(
+    probe: Probe, redis_sandbox_factory: TopologyFactory, layers_for: Any
+) -> None:
+    """Seen: 503 on every pod while the first sentinel was frozen, though the layer worked:
+    the probe waited its whole time for that one. Now the sentinels that answer decide."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    layers_for(topology)
+    topology.sentinels[0].pause()
+    try:
+        started = time.monotonic()
+        status, body = await probe()
+        took = time.monotonic() - started
+    finally:
+        topology.sentinels[0].resume()
+    assert (status, body["status"]) == (200, "ok"), body
+    assert body["shards"][0]["master"] == _master(topology)
+    assert took < 1.5, f"the check took {took:.2f} s"
+
+
 @pytest.mark.slow
 async def test_sentinel_failover(redis_sandbox_factory: TopologyFactory, layers_for: Any) -> None:
     """503 while the killed master is still named, 200 on the new master, failover counted."""

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from channels_ha import parse_url
-from channels_ha._probe import probe_master
-from channels_ha.sandbox import SentinelTopology, StandaloneTopology, Topology, TopologyFactory
+from channels_ha._probe import MASTER_PROBE_TIMEOUT_S, probe_master
+from channels_ha._sources import parse_connection_config
+from channels_ha.sandbox import (
+    ClusterTopology,
+    SentinelTopology,
+    StandaloneTopology,
+    Topology,
+    TopologyFactory,
+)
 
 
 def test_ok_on_every_topology(redis_topology: Topology) -> None:
@@ -51,3 +63,100 @@ def test_a_hung_master_is_bounded(redis_sandbox_factory: TopologyFactory) -> Non
     assert report.error is not None
     assert "Timeout" in report.error
     topology.node.resume()
+
+
+def test_a_frozen_sentinel_is_not_an_outage(redis_sandbox_factory: TopologyFactory) -> None:
+    """Seen: 503 on every pod while the first sentinel was frozen (or its address blackholed),
+    the layer working all along: it waited the whole timeout for that sentinel's answer. The
+    others name the master; the frozen one is cut off, its connection closed."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    master = topology.current_master()
+    topology.sentinels[0].pause()
+    try:
+        with _nothing_left_open():
+            started = time.monotonic()
+            report = probe_master(parse_url(topology.url))
+            took = time.monotonic() - started
+    finally:
+        topology.sentinels[0].resume()
+    assert (report.ok, report.error) == (True, None), report
+    assert (report.master, report.role) == (f"{master.host}:{master.port}", "master")
+    assert took < MASTER_PROBE_TIMEOUT_S, f"the probe took {took:.2f} s"
+
+
+def test_no_sentinel_answers_within_the_bound(redis_sandbox_factory: TopologyFactory) -> None:
+    """With every sentinel frozen the probe fails in time, saying what each one did."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    for sentinel in topology.sentinels:
+        sentinel.pause()
+    try:
+        with _nothing_left_open():
+            started = time.monotonic()
+            report = probe_master(parse_url(topology.url), timeout_s=0.5)
+            took = time.monotonic() - started
+    finally:
+        for sentinel in topology.sentinels:
+            sentinel.resume()
+    assert took < 0.5 + 0.3, f"the probe took {took:.2f} s"
+    assert (report.ok, report.master) == (False, None)
+    assert report.error is not None
+    said = report.error.split("; ")
+    assert [part.split(": ")[0] for part in said] == [
+        f"sentinel {sentinel.host}:{sentinel.port}" for sentinel in topology.sentinels
+    ]
+    assert all(": TimeoutError: " in part for part in said), report.error
+
+
+def test_a_frozen_startup_node_is_not_an_outage(redis_sandbox_factory: TopologyFactory) -> None:
+    """A frozen replica listed first among the startup nodes: every slot is still served, and
+    the other nodes say so at once."""
+    topology = redis_sandbox_factory("cluster")
+    assert isinstance(topology, ClusterTopology)
+    masters = topology.masters()
+    replica = next(node for node in topology.nodes if node not in masters)
+    others = [node for node in topology.nodes if node is not replica]
+    config = parse_connection_config(
+        {
+            **topology.connection_config,
+            "startup_nodes": [[node.host, node.port] for node in (replica, *others)],
+        }
+    )
+    replica.pause()
+    try:
+        with _nothing_left_open():
+            started = time.monotonic()
+            report = probe_master(config)
+            took = time.monotonic() - started
+    finally:
+        replica.resume()
+    assert (report.ok, report.error, report.cluster_state) == (True, None, "ok"), report
+    assert report.master != f"{replica.host}:{replica.port}"
+    assert took < MASTER_PROBE_TIMEOUT_S / 2, f"the probe took {took:.2f} s"
+
+
+@contextmanager
+def _nothing_left_open() -> Iterator[None]:
+    """No socket more after the block than before it, and no unclosed resource collected."""
+    before = _sockets()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        left = _sockets() - before
+        gc.collect()
+    assert not left, f"{len(left)} sockets left open"
+    assert [str(w.message) for w in caught] == []
+
+
+def _sockets() -> set[str]:
+    """This process's open sockets, as their inodes."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the descriptor listdir itself used
+            continue
+        if link.startswith("socket:"):
+            found.add(link)
+    return found
