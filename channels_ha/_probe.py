@@ -183,7 +183,8 @@ def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
         label = named.most_common(1)[0][0]
         address = NodeAddress(**split_host_port(label, 0))
         master = _probe_node(_data_kwargs(config, address, timeout_s), label)
-    problems, warnings = _sentinel_verdict(config, sentinels, len(named) == 1, master)
+    agree = len(named) == 1 if named else None  # None: no sentinel named a master
+    problems, warnings = _sentinel_verdict(config, sentinels, agree is True, master)
     return ProbeReport(
         "sentinel",
         problems=tuple(problems),
@@ -191,7 +192,7 @@ def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
         master=master,
         master_name=config.master_name,
         sentinels=sentinels,
-        sentinels_agree=len(named) == 1,
+        sentinels_agree=agree,
     )
 
 

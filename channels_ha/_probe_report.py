@@ -85,7 +85,8 @@ class ProbeReport:
     """The outcome of a probe: ``ok`` unless a problem keeps the layer from working now.
 
     ``warnings`` are degradations that do not (a sentinel down, a replica unlinked): the
-    layer works, but a failover may not.
+    layer works, but a failover may not. ``sentinels_agree`` is None when no sentinel named a
+    master (and outside Sentinel).
     """
 
     mode: str
@@ -144,8 +145,11 @@ def _sentinel_lines(report: ProbeReport) -> list[str]:
     if not report.sentinels:
         return []
     reachable = sum(sentinel.reachable for sentinel in report.sentinels)
-    agree = "agree" if report.sentinels_agree else "DISAGREE"
-    lines = [f"sentinels: {reachable} of {len(report.sentinels)} reachable, {agree} on the master"]
+    if report.sentinels_agree is None:
+        agree = "none names a master"
+    else:
+        agree = "agree on the master" if report.sentinels_agree else "DISAGREE on the master"
+    lines = [f"sentinels: {reachable} of {len(report.sentinels)} reachable, {agree}"]
     lines += [f"  {sentinel.text()}" for sentinel in report.sentinels]
     seen = next((s for s in report.sentinels if s.replicas), None)
     if seen is not None:

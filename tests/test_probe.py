@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
@@ -119,6 +120,28 @@ def test_check_connect_exit_status(
     """``channels-ha check --connect`` prints the report and exits 0 when ok."""
     assert main(["check", "--connect", "--url", redis_standalone.url]) == 0
     assert capsys.readouterr().out.rstrip().endswith("status: OK")
+
+
+def test_no_sentinel_reachable_is_not_a_disagreement(capsys: pytest.CaptureFixture[str]) -> None:
+    """Seen with every sentinel frozen: "0 of 3 reachable, DISAGREE on the master". Nobody
+    answered, so nobody disagreed."""
+    ports = [_closed_port(), _closed_port()]
+    url = "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in ports) + "/mymaster"
+    report = probe(parse_url(url), timeout_s=0.5)
+    assert (report.ok, report.sentinels_agree) == (False, None)
+    assert json.loads(json.dumps(report.to_dict()))["sentinels_agree"] is None
+    assert main(["check", "--connect", "--url", url]) == 1
+    out = capsys.readouterr().out
+    assert "sentinels: 0 of 2 reachable, none names a master\n" in out
+    assert "DISAGREE" not in out
+    assert "problem: no sentinel answered for master 'mymaster'" in out
+
+
+def _closed_port() -> int:
+    """A local port nothing listens on (connections are refused at once)."""
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        return int(probe_socket.getsockname()[1])
 
 
 def test_failover_slower_than_the_timeout_is_a_warning(redis_sentinel: SentinelTopology) -> None:
