@@ -728,8 +728,8 @@ class Session:
                 try:
                     await self._flush_node(node, shard.link)
                 except RedisUnavailable:
-                    if router is None or time.monotonic() >= deadline:
-                        raise
+                    if router is None or self.closed or time.monotonic() >= deadline:
+                        raise  # (closed: a new link to a node would never be closed)
                     break
                 scanned.add(address)
                 deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
