@@ -169,7 +169,7 @@ class ClusterRouter:
         return self._link(address)
 
     def link_at(self, endpoint: Endpoint) -> CommandLink:
-        return self._link(_address(endpoint.host, endpoint.port))
+        return self.link_to(_address(endpoint.host, endpoint.port))
 
     def owner_endpoint(self, slot: int) -> Endpoint | None:
         owner = self._owners[slot]

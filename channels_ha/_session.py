@@ -720,22 +720,20 @@ class Session:
         if router is not None and not router.master_addresses():
             await router.reread_map()  # the first call in this event loop: no map read yet
         for _ in range(_MAX_FLUSH_ROUNDS):
-            nodes = shard.scan_nodes()
-            pending = [(a, node) for a, node in nodes if a not in scanned]
-            if nodes and not pending:
-                return
-            for address, node in pending:
-                try:
+            pending = [(a, node) for a, node in shard.scan_nodes() if a not in scanned]
+            if scanned and not pending:
+                return  # every master the map names was scanned
+            try:
+                for address, node in pending:
                     await self._flush_node(node, shard.link)
-                except RedisUnavailable:
-                    if router is None or self.closed or time.monotonic() >= deadline:
-                        raise  # (closed: a new link to a node would never be closed)
-                    break
-                scanned.add(address)
-                deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
+                    scanned.add(address)
+                    deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
+            except RedisUnavailable:
+                if router is None or self.closed or time.monotonic() >= deadline:
+                    raise  # (closed: a new link to a node would never be closed)
             else:
-                if nodes:
-                    continue
+                if pending:
+                    continue  # look again: the map may name a new master by now
             if router is None or time.monotonic() >= deadline:
                 raise RedisUnavailable("flush() found no master to scan on the cluster")
             await asyncio.sleep(_FLUSH_RETRY_S)  # the map may name a failed node's successor
