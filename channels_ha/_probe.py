@@ -1,22 +1,25 @@
 """The live probe: connect to the Redis behind a configuration and report what answers.
 
 ``channels-ha check --connect`` and the Django ``status`` command are thin shells over
-:func:`probe`, the health view over :func:`probe_master`. Every connection and command is
-bounded by ``timeout_s`` and never retried, so a probe of a dead deployment ends within a few
-timeouts; the configuration's own timeouts apply when they are shorter. Nodes are asked one
-after the other: a probe is a diagnosis, not a hot path. :func:`probe_master` asks only what a
-health check needs, keeps every step within one overall deadline, and asks the sentinels (or
-the startup nodes) at once: a health check must not fail because one of them hangs.
+:func:`probe`, the health view over :func:`probe_master`. Both block, running asyncio clients
+on an event loop of their own, and ask the sentinels (or the startup nodes) at once, so nodes
+that hang cost a probe one wait, not one each. :func:`probe` bounds every connection and
+command by ``timeout_s`` and never retries, so a probe of a dead deployment ends within a few
+timeouts; the configuration's own timeouts apply when they are shorter. Its report reads as if
+the nodes had been asked in turn. :func:`probe_master` asks only what a health check needs and
+keeps every step within one overall deadline: a health check must not fail because one
+sentinel hangs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +27,6 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ._config import (
     ClusterConfig,
@@ -57,12 +59,58 @@ T = TypeVar("T")
 
 
 def probe(config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeReport:
-    """Connect to every node the configuration names and report what answers."""
+    """Connect to every node the configuration names and report what answers.
+
+    Blocking, like :func:`probe_master`. The sentinels (or the startup nodes, then the
+    cluster's masters) are asked at once, so a probe with every sentinel frozen ends after one
+    ``timeout_s``, not one per sentinel.
+    """
+    return _run(_probe(config, timeout_s))
+
+
+async def _probe(config: RedisConfig, timeout_s: float) -> ProbeReport:
     if isinstance(config, SentinelConfig):
-        return _probe_sentinel(config, timeout_s)
+        return await _probe_sentinel(config, timeout_s)
     if isinstance(config, ClusterConfig):
-        return _probe_cluster(config, timeout_s)
-    return _probe_single(config, timeout_s)
+        return await _probe_cluster(config, timeout_s)
+    return await _probe_single(config, timeout_s)
+
+
+# -- an event loop of its own ----------------------------------------------------------------
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """The result of ``main``, run on an event loop of its own; in a worker thread when this
+    thread already runs a loop (a notebook, an async view), which then waits, as it always has
+    for a blocking probe."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_here(main)
+    with concurrent.futures.ThreadPoolExecutor(1) as worker:
+        return worker.submit(_run_here, main).result()
+
+
+def _run_here(main: Coroutine[Any, Any, T]) -> T:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        # Shuts the default executor down without waiting for a DNS lookup still running.
+        loop.close()
+
+
+async def _each(asks: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """The results of ``asks``, run at once, in their order. Unlike ``gather``, none is left
+    running when one fails or the caller is cancelled: each has closed its client first."""
+    tasks = [asyncio.create_task(ask) for ask in asks]
+    try:
+        if tasks:
+            await asyncio.wait(tasks)
+    finally:
+        await _settle(tasks)
+    return [task.result() for task in tasks]
 
 
 # -- clients ---------------------------------------------------------------------------------
@@ -74,7 +122,7 @@ def _bounded(kwargs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         kwargs[key] = min(kwargs.get(key) or timeout_s, timeout_s)
     kwargs.pop("health_check_interval", None)
     # RESP2 works with every server version, and its replies have one shape to read.
-    return {**kwargs, "retry": Retry(NoBackoff(), 0), "decode_responses": True, "protocol": 2}
+    return {**kwargs, "retry": AsyncRetry(NoBackoff(), 0), "decode_responses": True, "protocol": 2}
 
 
 def _data_kwargs(config: RedisConfig, address: NodeAddress, timeout_s: float) -> dict[str, Any]:
@@ -91,15 +139,18 @@ def _single_kwargs(config: SingleNodeConfig, timeout_s: float) -> dict[str, Any]
     return kwargs
 
 
-@contextmanager
-def _client(kwargs: dict[str, Any]) -> Iterator[Any]:
-    """A client returning raw replies (no redis-py parsing), closed on exit."""
-    client = redis.Redis(**kwargs)
+@asynccontextmanager
+async def _aclient(kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+    """An asyncio client returning raw replies (no redis-py parsing); closed on exit,
+    cancellation included."""
+    client = redis.asyncio.Redis(**kwargs)
     client.response_callbacks.clear()
     try:
         yield client
     finally:
-        client.close()
+        # To the end even if the ask is cancelled meanwhile: a pool cancelled while closing
+        # cancels its connections' closing before it starts, and they stay open.
+        await _finish(asyncio.ensure_future(client.aclose()))
 
 
 def _error(err: BaseException) -> str:
@@ -122,17 +173,17 @@ def _info_field(info: Any, name: str) -> str | None:
 # -- one data node ---------------------------------------------------------------------------
 
 
-def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
+async def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
     """PING (timed on an open connection), ROLE and version of one node."""
     try:
-        with _client(kwargs) as client:
-            client.execute_command("PING")  # opens the connection: not part of the timing
+        async with _aclient(kwargs) as client:
+            await client.execute_command("PING")  # opens the connection: not part of the timing
             started = time.perf_counter()
-            client.execute_command("PING")
+            await client.execute_command("PING")
             rtt_ms = round((time.perf_counter() - started) * 1000, 3)
-            role = str(client.execute_command("ROLE")[0])
-            version = _info_field(client.execute_command("INFO", "server"), "redis_version")
-            memory = client.execute_command("INFO", "memory")
+            role = str((await client.execute_command("ROLE"))[0])
+            version = _info_field(await client.execute_command("INFO", "server"), "redis_version")
+            memory = await client.execute_command("INFO", "memory")
             policy = _info_field(memory, "maxmemory_policy")
             if _info_field(memory, "maxmemory") == "0":
                 policy = None  # no limit: nothing is ever evicted, whatever the policy
@@ -161,8 +212,8 @@ def _master_warnings(node: NodeReport | None) -> list[str]:
     ]
 
 
-def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
-    master = _probe_node(_single_kwargs(config, timeout_s), config.node_labels()[0])
+async def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
+    master = await _probe_node(_single_kwargs(config, timeout_s), config.node_labels()[0])
     return ProbeReport(
         "single",
         problems=tuple(_master_problems(master)),
@@ -174,15 +225,16 @@ def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
 # -- sentinel --------------------------------------------------------------------------------
 
 
-def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
+async def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
+    """Every sentinel at once, then the master most of them name."""
     kwargs = _bounded(sentinel_kwargs(config), timeout_s)
-    sentinels = tuple(_ask_sentinel(config, node, kwargs) for node in config.sentinels)
+    sentinels = tuple(await _each(_ask_sentinel(config, node, kwargs) for node in config.sentinels))
     named = Counter(sentinel.master for sentinel in sentinels if sentinel.master is not None)
     master = None
     if named:
         label = named.most_common(1)[0][0]
         address = NodeAddress(**split_host_port(label, 0))
-        master = _probe_node(_data_kwargs(config, address, timeout_s), label)
+        master = await _probe_node(_data_kwargs(config, address, timeout_s), label)
     agree = len(named) == 1 if named else None  # None: no sentinel named a master
     problems, warnings = _sentinel_verdict(config, sentinels, agree is True, master)
     return ProbeReport(
@@ -199,15 +251,15 @@ def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
 FAILOVER_ELECTION_S = 5.0  # a generous bound on a Sentinel election after down-after
 
 
-def _ask_sentinel(
+async def _ask_sentinel(
     config: SentinelConfig, node: NodeAddress, kwargs: dict[str, Any]
 ) -> SentinelReport:
     """One sentinel's view of the master: its address, state, quorum and replicas."""
     name = config.master_name
     try:
-        with _client({**kwargs, "host": node.host, "port": node.port}) as client:
-            view = _pairs(client.execute_command("SENTINEL", "MASTER", name))
-            replicas = client.execute_command("SENTINEL", "REPLICAS", name)
+        async with _aclient({**kwargs, "host": node.host, "port": node.port}) as client:
+            view = _pairs(await client.execute_command("SENTINEL", "MASTER", name))
+            replicas = await client.execute_command("SENTINEL", "REPLICAS", name)
     except _FAILED as err:
         return SentinelReport(str(node), reachable=False, error=_error(err))
     return SentinelReport(
@@ -291,26 +343,45 @@ class _ClusterNode:
     slots: int
 
 
-def _probe_cluster(config: ClusterConfig, timeout_s: float) -> ProbeReport:
+async def _probe_cluster(config: ClusterConfig, timeout_s: float) -> ProbeReport:
+    view, unreachable = await _first_view(config, timeout_s)
+    if view is None:
+        return ProbeReport(
+            "cluster", problems=(f"no startup node answered: {'; '.join(unreachable)}",)
+        )
+    problems, warnings, cluster = await _cluster_report(config, *view, timeout_s)
+    warnings = (*(f"startup node {entry} is unreachable" for entry in unreachable), *warnings)
+    return ProbeReport("cluster", problems, warnings, cluster=cluster)
+
+
+async def _first_view(
+    config: ClusterConfig, timeout_s: float
+) -> tuple[tuple[str, list[_ClusterNode]] | None, list[str]]:
+    """The view of the first listed startup node that answers, and the failures of those
+    before it: all are asked at once, and the ones after it are dropped unread, as if they had
+    been asked in turn."""
+    asks = [
+        asyncio.create_task(_cluster_view(_data_kwargs(config, node, timeout_s)))
+        for node in config.startup_nodes
+    ]
     unreachable: list[str] = []
-    for node in config.startup_nodes:
-        try:
-            state, nodes = _cluster_view(_data_kwargs(config, node, timeout_s))
-        except _FAILED as err:
-            unreachable.append(f"{node} ({_error(err)})")
-            continue
-        problems, warnings, cluster = _cluster_report(config, state, nodes, timeout_s)
-        warnings = (*(f"startup node {entry} is unreachable" for entry in unreachable), *warnings)
-        return ProbeReport("cluster", problems, warnings, cluster=cluster)
-    return ProbeReport("cluster", problems=(f"no startup node answered: {'; '.join(unreachable)}",))
+    try:
+        for node, ask in zip(config.startup_nodes, asks, strict=True):
+            try:
+                return await ask, unreachable
+            except _FAILED as err:
+                unreachable.append(f"{node} ({_error(err)})")
+    finally:
+        await _settle(asks)
+    return None, unreachable
 
 
-def _cluster_view(kwargs: dict[str, Any]) -> tuple[str, list[_ClusterNode]]:
-    with _client(kwargs) as client:
-        state = _info_field(client.execute_command("CLUSTER", "INFO"), "cluster_state")
+async def _cluster_view(kwargs: dict[str, Any]) -> tuple[str, list[_ClusterNode]]:
+    async with _aclient(kwargs) as client:
+        state = _info_field(await client.execute_command("CLUSTER", "INFO"), "cluster_state")
         nodes = [
             _cluster_node(line)
-            for line in str(client.execute_command("CLUSTER", "NODES")).splitlines()
+            for line in str(await client.execute_command("CLUSTER", "NODES")).splitlines()
             if line.strip()
         ]
     return state or "unknown", nodes
@@ -334,14 +405,17 @@ def _slot_count(ranges: list[str]) -> int:
     return count
 
 
-def _cluster_report(
+async def _cluster_report(
     config: ClusterConfig, state: str, nodes: list[_ClusterNode], timeout_s: float
 ) -> tuple[tuple[str, ...], tuple[str, ...], ClusterReport]:
-    """Problems, warnings and the cluster section, from one node's ``CLUSTER NODES``."""
+    """Problems, warnings and the cluster section, from one node's ``CLUSTER NODES``; the
+    masters it names are asked at once."""
     owners = [node for node in nodes if node.slots]
     covered = sum(node.slots for node in owners)
     masters = tuple(
-        _probe_node(_data_kwargs(config, n.address, timeout_s), str(n.address)) for n in owners
+        await _each(
+            _probe_node(_data_kwargs(config, n.address, timeout_s), str(n.address)) for n in owners
+        )
     )
     cluster = ClusterReport(state, covered, masters, _replica_labels(nodes))
     problems = [] if state == "ok" else [f"cluster_state is {state}"]
@@ -370,17 +444,11 @@ def _replica_labels(nodes: list[_ClusterNode]) -> tuple[str, ...]:
 def probe_master(config: RedisConfig, timeout_s: float = MASTER_PROBE_TIMEOUT_S) -> MasterReport:
     """Whether a writable master answers ROLE and PING, all within ``timeout_s``.
 
-    Blocking: it runs an event loop of its own, so call it from a thread without one. The
+    Blocking: it runs an event loop of its own (best called from a thread without one). The
     sentinels (or the cluster's startup nodes) are asked at once, so one that hangs costs
     the probe part of its time, not all of it; every connection is closed before it returns.
     """
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(_master_report(config, timeout_s))
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        # Shuts the default executor down without waiting for a DNS lookup still running.
-        loop.close()
+    return _run(_master_report(config, timeout_s))
 
 
 async def _master_report(config: RedisConfig, timeout_s: float) -> MasterReport:
@@ -409,23 +477,6 @@ def _remaining(deadline: float) -> float:
     if left <= 0:
         raise TimeoutError(_OUT_OF_TIME)
     return left
-
-
-@asynccontextmanager
-async def _aclient(
-    kwargs_for: Callable[[float], dict[str, Any]], deadline: float
-) -> AsyncIterator[Any]:
-    """An asyncio client returning raw replies, its socket timeouts within the time left;
-    closed on exit, cancellation included."""
-    kwargs = {**kwargs_for(_remaining(deadline)), "retry": AsyncRetry(NoBackoff(), 0)}
-    client = redis.asyncio.Redis(**kwargs)
-    client.response_callbacks.clear()
-    try:
-        yield client
-    finally:
-        # To the end even if the ask is cancelled meanwhile: a pool cancelled while closing
-        # cancels its connections' closing before it starts, and they stay open.
-        await _finish(asyncio.ensure_future(client.aclose()))
 
 
 async def _by(deadline: float, awaitable: Awaitable[T]) -> T:
@@ -478,7 +529,7 @@ async def _check_master(
 ) -> MasterReport:
     """ROLE and PING of the node ``kwargs_for(time left)`` connects to."""
     try:
-        async with _aclient(kwargs_for, deadline) as client:
+        async with _aclient(kwargs_for(_remaining(deadline))) as client:
             role, rtt_ms = await _role_and_rtt(client, deadline)
     except _FAILED as err:
         return MasterReport(mode, ok=False, master=label, error=_error(err))
@@ -532,7 +583,7 @@ async def _sentinel_view(config: SentinelConfig, node: NodeAddress, deadline: fl
 
     name = config.master_name
     try:
-        async with _aclient(kwargs_for, deadline) as client:
+        async with _aclient(kwargs_for(_remaining(deadline))) as client:
             view = _pairs(await _by(deadline, client.execute_command("SENTINEL", "MASTER", name)))
     except _FAILED as err:
         return f"sentinel {node}: {_error(err)}"
@@ -567,7 +618,7 @@ async def _node_state(
 ) -> MasterReport | str:
     """One startup node's ``cluster_state``, ROLE and PING; or what failed."""
     try:
-        async with _aclient(functools.partial(_data_kwargs, config, node), deadline) as client:
+        async with _aclient(_data_kwargs(config, node, _remaining(deadline))) as client:
             info = await _by(deadline, client.execute_command("CLUSTER", "INFO"))
             role, rtt_ms = await _role_and_rtt(client, deadline)
     except _FAILED as err:

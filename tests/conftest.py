@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -100,3 +104,29 @@ async def receivers_waiting(
             return buffer
         assert asyncio.get_running_loop().time() < deadline, "the receivers never waited"
         await asyncio.sleep(0.01)  # receive() has no hook to await its start
+
+
+@contextmanager
+def nothing_left_open() -> Iterator[None]:
+    """No socket more after the block than before it, and no unclosed resource collected."""
+    before = _sockets()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        left = _sockets() - before
+        gc.collect()
+    assert not left, f"{len(left)} sockets left open"
+    assert [str(w.message) for w in caught] == []
+
+
+def _sockets() -> set[str]:
+    """This process's open sockets, as their inodes."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the descriptor listdir itself used
+            continue
+        if link.startswith("socket:"):
+            found.add(link)
+    return found

@@ -9,7 +9,9 @@ import time
 import pytest
 
 from channels_ha._cli import main
+from channels_ha._config import ClusterConfig, RedisConfig, SentinelConfig
 from channels_ha._probe import probe
+from channels_ha._probe_report import ProbeReport
 from channels_ha._sources import parse_connection_config
 from channels_ha._url import parse_url
 from channels_ha.sandbox import (
@@ -19,6 +21,13 @@ from channels_ha.sandbox import (
     Topology,
     TopologyFactory,
 )
+
+from .conftest import nothing_left_open
+
+#: The probe's bound on each step in the tests that freeze nodes.
+FROZEN_TIMEOUT_S = 0.5
+#: One wait for every frozen node, with room for a loaded machine; asked in turn, two cost 2x.
+ONE_WAIT_S = 1.6 * FROZEN_TIMEOUT_S
 
 
 def test_every_topology_probes_ok(redis_topology: Topology) -> None:
@@ -142,6 +151,126 @@ def _closed_port() -> int:
     with socket.socket() as probe_socket:
         probe_socket.bind(("127.0.0.1", 0))
         return int(probe_socket.getsockname()[1])
+
+
+def test_every_sentinel_frozen_costs_one_timeout(redis_sandbox_factory: TopologyFactory) -> None:
+    """Seen: check --connect took 6 s with three frozen sentinels, 2 s for each in turn. They
+    are asked at once: one timeout, each reported as not answering, in the configured order."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    config = parse_url(topology.url)
+    assert isinstance(config, SentinelConfig)
+    for sentinel in topology.sentinels:
+        sentinel.pause()
+    try:
+        with nothing_left_open():
+            report, took = _timed_probe(config)
+    finally:
+        for sentinel in topology.sentinels:
+            sentinel.resume()
+    assert took < ONE_WAIT_S, f"the probe took {took:.2f} s"
+    assert (report.ok, report.master, report.sentinels_agree) == (False, None, None)
+    assert report.problems == (f"no sentinel answered for master {report.master_name!r}",)
+    assert [s.address for s in report.sentinels] == [str(node) for node in config.sentinels]
+    for said in report.sentinels:
+        assert not said.reachable
+        assert (said.error or "").startswith("TimeoutError: "), said.error
+
+
+@pytest.mark.parametrize("frozen", [1, 2], ids=["one-frozen", "two-frozen"])
+def test_frozen_sentinels_cost_one_timeout(
+    frozen: int, redis_sandbox_factory: TopologyFactory
+) -> None:
+    """The sentinels that answer name the master within about one timeout, however many of
+    those listed before them are frozen; the report lists them all in the configured order."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    config = parse_url(topology.url)
+    assert isinstance(config, SentinelConfig)
+    assert [str(node) for node in config.sentinels] == [
+        f"{s.host}:{s.port}" for s in topology.sentinels
+    ]
+    master_node = topology.current_master()
+    master = f"{master_node.host}:{master_node.port}"
+    for sentinel in topology.sentinels[:frozen]:
+        sentinel.pause()
+    try:
+        with nothing_left_open():
+            report, took = _timed_probe(config)
+    finally:
+        for sentinel in topology.sentinels[:frozen]:
+            sentinel.resume()
+    assert took < ONE_WAIT_S, f"the probe took {took:.2f} s"
+    assert report.ok, report.to_text()
+    assert report.master is not None
+    assert (report.master.address, report.master.role) == (master, "master")
+    assert [s.address for s in report.sentinels] == [str(node) for node in config.sentinels]
+    assert [s.reachable for s in report.sentinels] == [False] * frozen + [True] * (3 - frozen)
+    assert {s.master for s in report.sentinels[frozen:]} == {master}
+
+
+def test_every_startup_node_frozen_costs_one_timeout(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Asked in turn, six frozen cluster nodes cost six timeouts; at once, one, each named."""
+    topology = redis_sandbox_factory("cluster")
+    config = parse_url(topology.url)
+    assert isinstance(config, ClusterConfig)
+    for node in topology.nodes:
+        node.pause()
+    try:
+        with nothing_left_open():
+            report, took = _timed_probe(config)
+    finally:
+        for node in topology.nodes:
+            node.resume()
+    assert took < ONE_WAIT_S, f"the probe took {took:.2f} s"
+    assert report.cluster is None
+    (problem,) = report.problems
+    said = problem.removeprefix("no startup node answered: ").split("; ")
+    assert [part.split(" (")[0] for part in said] == [str(n) for n in config.startup_nodes]
+    assert all(" (TimeoutError: " in part for part in said), problem
+
+
+def test_startup_nodes_are_read_in_their_order(redis_sandbox_factory: TopologyFactory) -> None:
+    """The first listed startup node that answers describes the cluster, as if they were asked
+    in turn: one refused before it is a warning, one frozen after it is not waited for."""
+    topology = redis_sandbox_factory("cluster")
+    assert isinstance(topology, ClusterTopology)
+    refused = _closed_port()
+    masters = topology.masters()
+    replica = next(node for node in topology.nodes if node not in masters)
+    config = parse_connection_config(
+        {
+            **topology.connection_config,
+            "startup_nodes": [
+                ["127.0.0.1", refused],
+                *([n.host, n.port] for n in (masters[0], replica)),
+            ],
+        }
+    )
+    replica.pause()
+    try:
+        with nothing_left_open():
+            report, took = _timed_probe(config)
+    finally:
+        replica.resume()
+    assert report.ok, report.to_text()
+    assert took < FROZEN_TIMEOUT_S, f"the probe took {took:.2f} s"
+    (warning,) = report.warnings
+    assert warning.startswith(f"startup node 127.0.0.1:{refused} (ConnectionError: "), warning
+    assert warning.endswith(") is unreachable")
+
+
+async def test_probe_inside_a_running_event_loop(redis_standalone: Topology) -> None:
+    """probe() blocks its caller as it always has, a coroutine (a notebook cell) included."""
+    assert probe(parse_url(redis_standalone.url)).ok
+
+
+def _timed_probe(config: RedisConfig) -> tuple[ProbeReport, float]:
+    started = time.monotonic()
+    report = probe(config, timeout_s=FROZEN_TIMEOUT_S)
+    return report, time.monotonic() - started
 
 
 def test_failover_slower_than_the_timeout_is_a_warning(redis_sentinel: SentinelTopology) -> None:

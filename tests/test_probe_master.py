@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import gc
-import os
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from channels_ha import parse_url
 from channels_ha._probe import MASTER_PROBE_TIMEOUT_S, probe_master
@@ -19,6 +14,8 @@ from channels_ha.sandbox import (
     Topology,
     TopologyFactory,
 )
+
+from .conftest import nothing_left_open
 
 
 def test_ok_on_every_topology(redis_topology: Topology) -> None:
@@ -74,7 +71,7 @@ def test_a_frozen_sentinel_is_not_an_outage(redis_sandbox_factory: TopologyFacto
     master = topology.current_master()
     topology.sentinels[0].pause()
     try:
-        with _nothing_left_open():
+        with nothing_left_open():
             started = time.monotonic()
             report = probe_master(parse_url(topology.url))
             took = time.monotonic() - started
@@ -92,7 +89,7 @@ def test_no_sentinel_answers_within_the_bound(redis_sandbox_factory: TopologyFac
     for sentinel in topology.sentinels:
         sentinel.pause()
     try:
-        with _nothing_left_open():
+        with nothing_left_open():
             started = time.monotonic()
             report = probe_master(parse_url(topology.url), timeout_s=0.5)
             took = time.monotonic() - started
@@ -125,7 +122,7 @@ def test_a_frozen_startup_node_is_not_an_outage(redis_sandbox_factory: TopologyF
     )
     replica.pause()
     try:
-        with _nothing_left_open():
+        with nothing_left_open():
             started = time.monotonic()
             report = probe_master(config)
             took = time.monotonic() - started
@@ -134,29 +131,3 @@ def test_a_frozen_startup_node_is_not_an_outage(redis_sandbox_factory: TopologyF
     assert (report.ok, report.error, report.cluster_state) == (True, None, "ok"), report
     assert report.master != f"{replica.host}:{replica.port}"
     assert took < MASTER_PROBE_TIMEOUT_S / 2, f"the probe took {took:.2f} s"
-
-
-@contextmanager
-def _nothing_left_open() -> Iterator[None]:
-    """No socket more after the block than before it, and no unclosed resource collected."""
-    before = _sockets()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        left = _sockets() - before
-        gc.collect()
-    assert not left, f"{len(left)} sockets left open"
-    assert [str(w.message) for w in caught] == []
-
-
-def _sockets() -> set[str]:
-    """This process's open sockets, as their inodes."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except FileNotFoundError:  # the descriptor listdir itself used
-            continue
-        if link.startswith("socket:"):
-            found.add(link)
-    return found
