@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
@@ -154,8 +155,15 @@ async def _aclient(kwargs: dict[str, Any]) -> AsyncIterator[Any]:
 
 
 def _error(err: BaseException) -> str:
-    # redis-py's messages name the address and the failure, never the password.
-    return f"{type(err).__name__}: {err}"
+    # redis-py's messages name the address and the failure, never the password; its asyncio
+    # client gives only the number of a refused connect ("Error 111 ..."), so add the words.
+    message = f"{type(err).__name__}: {err}"
+    cause = err.__cause__ or err.__context__
+    if isinstance(cause, OSError) and cause.errno and cause.strerror:
+        reason = os.strerror(cause.errno)
+        if reason not in message:
+            message = f"{message.rstrip('.')} ({reason})"
+    return message
 
 
 def _address(host: Any, port: Any) -> NodeAddress:

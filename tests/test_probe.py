@@ -259,7 +259,7 @@ def test_startup_nodes_are_read_in_their_order(redis_sandbox_factory: TopologyFa
     assert took < FROZEN_TIMEOUT_S, f"the probe took {took:.2f} s"
     (warning,) = report.warnings
     assert warning.startswith(f"startup node 127.0.0.1:{refused} (ConnectionError: "), warning
-    assert warning.endswith(") is unreachable")
+    assert warning.endswith("(Connection refused)) is unreachable"), warning
 
 
 async def test_probe_inside_a_running_event_loop(redis_standalone: Topology) -> None:
