@@ -8,10 +8,13 @@ configuration's failover timeout. Every attempt takes a fresh connection, which 
 sentinels where the master is; redis-py's own per-command retry would reconnect to the address
 it already had (redis-py issue 3874), so it is turned off.
 
-Semantics and options are Django's, with two differences: ``clear()`` deletes this cache's keys
-only (those starting with ``KEY_PREFIX:``), never the channel layer's, where Django's flushes
-the whole database; and an operation that cannot reach a master within the failover timeout
-raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error.
+Semantics and options are Django's, with three differences: ``clear()`` deletes this cache's
+keys only (those starting with ``KEY_PREFIX:``), never the channel layer's, where Django's
+flushes the whole database; an operation that cannot reach a master within the failover
+timeout raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error; and one that
+Redis refuses for its credentials or its ACL raises :class:`channels_ha.RedisCommandError` at
+once, naming the settings to fix, as the channel layer does, instead of redis-py's
+``AuthenticationError`` or ``NoPermissionError``.
 """
 
 from __future__ import annotations
@@ -31,15 +34,18 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     ClusterError,
+    NoPermissionError,
     RedisClusterException,
     TryAgainError,
 )
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError
 
 from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._interop import SyncClient, close_sync_client, sync_client
-from .exceptions import ConfigurationError, RedisUnavailable
+from ._server import _DATA_CREDENTIALS, _SENTINEL_CREDENTIALS
+from .exceptions import ConfigurationError, RedisCommandError, RedisUnavailable
 
 __all__ = ["RedisCache", "RedisCacheClient", "cache_config"]
 
@@ -52,7 +58,7 @@ RETRY_BACKOFF_MAX_S = 0.5
 # Keys per SCAN reply and per UNLINK command in clear().
 CLEAR_BATCH_KEYS = 1_000
 _GLOB_SPECIALS = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
-_PERMANENT = (AuthenticationError, AuthorizationError)  # ConnectionErrors no failover cures
+_REFUSED = (AuthenticationError, AuthorizationError, NoPermissionError)  # no failover cures these
 _TRANSIENT = (
     redis.ConnectionError,
     redis.TimeoutError,
@@ -61,6 +67,9 @@ _TRANSIENT = (
     TryAgainError,
     RedisClusterException,  # e.g. no startup node reachable, a slot not covered yet
 )
+_REFUSED_OR_TRANSIENT = (*_REFUSED, *_TRANSIENT)
+# What Django's client and clear() run: what an ACL user of the cache needs.
+_CACHE_COMMANDS = "GET, SET, MGET, DEL, EXISTS, INCRBY, EXPIRE, PERSIST, SCAN and UNLINK"
 
 
 def _require_options_dict(options: object) -> None:
@@ -216,9 +225,8 @@ class _Retrying:
         while True:  # bounded: _wait raises once the deadline has passed
             try:
                 result = operation(*args, **kwargs)
-            except _PERMANENT:
-                raise
-            except _TRANSIENT as err:
+            except _REFUSED_OR_TRANSIENT as err:
+                _raise_if_refused(name, err)
                 attempts += 1
                 backoff_s = self._wait(name, err, attempts, deadline, backoff_s)
                 continue
@@ -251,6 +259,42 @@ class _Retrying:
             )
         time.sleep(backoff_s)  # the backoff itself: the cache API is synchronous
         return min(backoff_s * 2, RETRY_BACKOFF_MAX_S)
+
+
+def _raise_if_refused(name: str, err: Exception) -> None:
+    """Raises :class:`RedisCommandError` for what retrying cannot cure (every ``_REFUSED``)."""
+    refusal = _refusal(err)
+    if refusal is not None:
+        raise RedisCommandError(f"Cache {name} failed: {refusal}.") from err
+
+
+def _refusal(err: Exception) -> str | None:
+    """What Redis refused and which settings to check, or None for an error worth retrying.
+
+    A refusal met while finding the master comes wrapped: Cluster chains the last startup
+    node's error as the cause; Sentinel keeps each sentinel's error only in the text of
+    ``MasterNotFoundError``. No message here holds a password: Redis never echoes one, and
+    redis-py redacts it in the reprs that text is made of.
+    """
+    cause = err if isinstance(err, _REFUSED) else err.__cause__
+    if isinstance(cause, AuthenticationError):
+        return (
+            f"Redis refused the credentials from the configuration ({_reason(cause)}); "
+            f"{_DATA_CREDENTIALS}"
+        )
+    if isinstance(cause, AuthorizationError | NoPermissionError):
+        return (
+            f"Redis accepted the credentials but refused the user a command ({_reason(cause)}); "
+            f"the user ('username', else Redis's default user) needs {_CACHE_COMMANDS} "
+            "on the cache's keys"
+        )
+    if isinstance(err, MasterNotFoundError) and AuthenticationError.__name__ in str(err):
+        return f"a sentinel refused the credentials from the configuration; {_SENTINEL_CREDENTIALS}"
+    return None
+
+
+def _reason(err: Exception) -> str:
+    return f"{type(err).__name__}: {str(err).rstrip('.')}"
 
 
 class RedisCache(DjangoRedisCache):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +20,7 @@ import redis
 from django.core.cache import CacheKeyWarning, caches
 from django.test import override_settings
 
-from channels_ha import RedisUnavailable, parse_url
+from channels_ha import RedisCommandError, RedisUnavailable, parse_connection_config, parse_url
 from channels_ha._interop import caches as caches_setting
 from channels_ha.cache import RedisCache, cache_config
 from channels_ha.exceptions import ConfigurationError
@@ -429,3 +430,86 @@ def test_gives_up_after_the_failover_timeout(redis_sandbox_factory: TopologyFact
         cache.get("key")
     assert 0.3 < time.monotonic() - started < 2
     cache.disconnect()
+
+
+# -- refusals --------------------------------------------------------------------------------
+
+SECRETS = {"password": "data-secret-1", "sentinel_password": "sentinel-secret-2"}
+WRONG = "wrong-secret-3"
+REFUSALS = {  # topology kind -> (the configuration's change, the settings the error names)
+    "standalone": [
+        ({"password": WRONG}, "check 'username'/'password'"),
+        ({"password": ""}, "check 'username'/'password'"),
+    ],
+    "sentinel": [
+        ({"password": WRONG}, "check 'username'/'password'"),
+        ({"sentinel_password": WRONG}, "check 'sentinel_username'/'sentinel_password'"),
+    ],
+    "cluster": [({"password": WRONG}, "check 'username'/'password'")],
+}
+
+
+def _refused(config: dict[str, Any]) -> tuple[RedisCommandError, float]:
+    """The error of a get() with this configuration, and how long it took to come."""
+    options = {"config": parse_connection_config(config), "failover_timeout": 10}
+    cache = RedisCache("", {"KEY_PREFIX": "refused", "OPTIONS": options})
+    started = time.monotonic()
+    try:
+        with pytest.raises(RedisCommandError) as raised:
+            cache.get("key")
+    finally:
+        cache.disconnect()
+    return raised.value, time.monotonic() - started
+
+
+def _shown(error: BaseException) -> str:
+    """All a traceback of the error shows: its message and every error chained to it."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))
+
+
+@pytest.mark.parametrize("kind", list(REFUSALS))
+def test_refused_credentials_raise_at_once_naming_the_setting(
+    redis_sandbox_factory: TopologyFactory, kind: str
+) -> None:
+    """A password Redis (or a sentinel) refuses raises RedisCommandError at once, not
+    redis-py's AuthenticationError nor RedisUnavailable after the failover timeout; it names
+    the settings of the hop that refused and shows no password, not even in its traceback."""
+    secrets = SECRETS if kind == "sentinel" else {"password": SECRETS["password"]}
+    topology = redis_sandbox_factory(kind, tls=False, **secrets)
+    right = _make(topology.url)
+    right.set("key", "value")  # the right credentials work
+    right.clear()
+    right.disconnect()
+    for change, named in REFUSALS[kind]:
+        error, took_s = _refused({**topology.connection_config, **change})
+        shown = _shown(error)
+        assert named in str(error), str(error)
+        assert "refused the credentials" in str(error)
+        assert not any(secret in shown for secret in [*SECRETS.values(), WRONG])
+        assert took_s < 5, f"{took_s:.1f} s: retried as if Redis were away"
+
+
+@pytest.mark.redis_topologies("standalone")
+def test_a_command_the_acl_refuses_names_the_user_setting(redis_topology: Topology) -> None:
+    """An ACL user who may log in but not run GET gets a RedisCommandError naming the
+    command and the 'username' setting, not redis-py's NoPermissionError or the password."""
+    assert isinstance(redis_topology, StandaloneTopology)
+    node = redis_topology.node
+    admin = node.client()
+    user, password = f"cache-{uuid.uuid4().hex[:8]}", "limited-secret-4"
+    admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all", "-get")
+    cache = _make(f"redis://{user}:{password}@{node.host}:{node.port}/0")
+    try:
+        cache.set("key", "value")  # allowed: the user logged in
+        with pytest.raises(RedisCommandError) as raised:
+            cache.get("key")
+        cache.clear()
+    finally:
+        cache.disconnect()
+        admin.execute_command("ACL", "DELUSER", user)
+        admin.close()
+    message = str(raised.value)
+    assert "refused the user a command" in message, message
+    assert "'get'" in message
+    assert "'username'" in message
+    assert password not in _shown(raised.value)
