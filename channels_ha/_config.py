@@ -150,6 +150,16 @@ def _empty_is_none(value: object) -> object:
 
 
 OptionalPassword = Annotated[Password | None, BeforeValidator(_empty_is_none)]
+_PASS_PHRASE_MAX_BYTES = 1024  # OpenSSL's PEM_BUFSIZE: Python's ssl refuses longer ones
+KeyPassPhrase = Annotated[
+    Password,
+    _require(
+        lambda value: len(value.get_secret_value().encode()) <= _PASS_PHRASE_MAX_BYTES,
+        f"at most {_PASS_PHRASE_MAX_BYTES} bytes (OpenSSL's limit for a key pass phrase)",
+        echo=False,
+    ),
+]
+OptionalKeyPassPhrase = Annotated[KeyPassPhrase | None, BeforeValidator(_empty_is_none)]
 SocketPath = Annotated[
     str, _require(_is_socket_path, "a file path the system can use (no NUL characters)")
 ]
@@ -238,6 +248,7 @@ class TLSConfig(_Frozen):
     ca_certs: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    password: OptionalKeyPassPhrase = None  # of an encrypted key (redis-py's ssl_password)
     cert_reqs: CertReqs = "required"
     check_hostname: bool | None = None  # None: on unless cert_reqs is "none", as in redis-py
 
@@ -246,6 +257,18 @@ class TLSConfig(_Frozen):
     def _keyfile_needs_certfile(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None and info.data.get("certfile") is None:
             raise conflict("no key file without a certificate file (set the certfile too)")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password_needs_certfile(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        if value is not None and info.data.get("certfile") is None:
+            raise conflict(
+                "no key pass phrase without a client certificate (set the certfile and the "
+                "keyfile it unlocks)"
+            )
         return value
 
     @field_validator("check_hostname")
@@ -272,9 +295,11 @@ class TLSConfig(_Frozen):
         return ssl_context(self)
 
     def redis_kwargs(self) -> dict[str, Any]:
-        """The ``ssl_*`` keyword arguments redis-py's SSL connections take."""
+        """The ``ssl_*`` keyword arguments redis-py's SSL connections take; the key's pass
+        phrase in clear text, as redis-py needs it."""
         kwargs = {"ssl_ca_certs": self.ca_certs, "ssl_certfile": self.certfile}
         kwargs["ssl_keyfile"] = self.keyfile
+        kwargs["ssl_password"] = None if self.password is None else self.password.get_secret_value()
         options = {k: v for k, v in kwargs.items() if v is not None}
         return {
             **options,
@@ -283,12 +308,13 @@ class TLSConfig(_Frozen):
         }
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able facts for summaries."""
+        """JSON-able facts for summaries; the key's pass phrase only as set or not."""
         return {
             "verify": self.cert_reqs,
             "check_hostname": self.verifies_hostname,
             "ca_certs": self.ca_certs,
             "client_cert": self.certfile is not None,
+            "key_password_set": self.password is not None,
         }
 
 

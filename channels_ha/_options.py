@@ -44,6 +44,7 @@ TLS_KEYS = {  # option key -> TLSConfig field
     "ssl_ca_certs": "ca_certs",
     "ssl_certfile": "certfile",
     "ssl_keyfile": "keyfile",
+    "ssl_password": "password",
     "ssl_cert_reqs": "cert_reqs",
     "ssl_check_hostname": "check_hostname",
 }

@@ -47,6 +47,8 @@ from ._probe_report import (
 )
 from ._redis_kwargs import client_kwargs, sentinel_kwargs
 from ._server import _View
+from ._tls import read_tls_files
+from .exceptions import ConfigurationError
 
 __all__ = ["MASTER_PROBE_TIMEOUT_S", "PROBE_TIMEOUT_S", "probe", "probe_master"]
 
@@ -64,8 +66,13 @@ def probe(config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeRepor
 
     Blocking, like :func:`probe_master`. The sentinels (or the startup nodes, then the
     cluster's masters) are asked at once, so a probe with every sentinel frozen ends after one
-    ``timeout_s``, not one per sentinel.
+    ``timeout_s``, not one per sentinel. A TLS file redis-py could not use (or a wrong
+    ``ssl_password``) is the one problem, by name.
     """
+    try:
+        read_tls_files(config)
+    except ConfigurationError as err:
+        return ProbeReport(config.mode, problems=(str(err),))
     return _run(_probe(config, timeout_s))
 
 

@@ -103,7 +103,7 @@ def _same_value(key: str, from_url: object, given: object) -> bool:
     plain = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in (from_url, given)]
     if plain[0] == plain[1]:
         return True
-    if key in ("username", "password"):
+    if key == "username" or "password" in key:
         return False
     if str(plain[0]).lower() == str(plain[1]).lower():
         return True

@@ -37,6 +37,7 @@ QUERY_KEYS = (
     *TLS_KEYS,
 )
 SENTINEL_QUERY_KEYS = (*QUERY_KEYS, "sentinel_username", "sentinel_password")
+_PASSWORD_QUERY_KEYS = {name for name in SENTINEL_QUERY_KEYS if "password" in name}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 _MISPLACED_AT = (
     "an '@' after the host part; if a password holds '/', '?', '#' or '&', percent-encode "
@@ -185,6 +186,6 @@ def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
         raise source.error(f"{problem}; expected one of {', '.join(known)}")
     parameters: dict[str, Any] = dict(pairs)
     check_keys(parameters, known, source, noun="query parameter")
-    if "sentinel_password" in parameters:
-        parameters["sentinel_password"] = SecretStr(parameters["sentinel_password"])
+    for name in _PASSWORD_QUERY_KEYS & parameters.keys():  # hidden from here on
+        parameters[name] = SecretStr(parameters[name])
     return parameters

@@ -45,6 +45,7 @@ from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._interop import SyncClient, close_sync_client, sync_client
 from ._server import _DATA_CREDENTIALS, _SENTINEL_CREDENTIALS
+from ._tls import read_tls_files
 from .exceptions import ConfigurationError, RedisCommandError, RedisUnavailable
 
 __all__ = ["RedisCache", "RedisCacheClient", "cache_config"]
@@ -311,6 +312,7 @@ class RedisCache(DjangoRedisCache):
         _require_options_dict(params.get("OPTIONS", {}))  # before Django's .get() on it
         super().__init__(server, params)
         self._config = cache_config(server, self._options)
+        read_tls_files(self._config)  # else a bad file is retried as if Redis were away
 
     @cached_property
     def _cache(self) -> Any:

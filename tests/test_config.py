@@ -16,7 +16,9 @@ from channels_ha._config import (
     SingleNodeConfig,
     TLSConfig,
 )
+from channels_ha._redis_kwargs import sentinel_kwargs
 from channels_ha._sources import parse_connection_config
+from channels_ha.exceptions import ConfigurationError
 
 PASSWORD = "s3cret-Pa55"
 
@@ -90,6 +92,7 @@ def test_summary_dict_is_json_facts_without_secrets() -> None:
             "check_hostname": True,
             "ca_certs": "/etc/ca.pem",
             "client_cert": False,
+            "key_password_set": False,
         },
         "auth": True,
         "username": "app",
@@ -154,6 +157,44 @@ def test_tls_redis_kwargs() -> None:
         "ssl_cert_reqs": "optional",
         "ssl_check_hostname": True,
     }
+
+
+KEY_PASS_PHRASE = "k3y-Pass-phrase"
+
+
+def test_ssl_password_is_a_secret_that_reaches_redis_py() -> None:
+    """The key's pass phrase is hidden in reprs, dumps and summaries (only whether it is
+    set shows) and given in clear text to redis-py, the sentinels and channels_redis alone."""
+    tls = TLSConfig(certfile="/c.pem", keyfile="/k.pem", password=KEY_PASS_PHRASE)
+    config = SentinelConfig(sentinels=["s"], master_name="m", tls=tls, sentinel_tls=tls)
+    facts = config.summary_dict()
+    assert facts["data_nodes"]["tls_options"]["key_password_set"] is True
+    shown = [repr(config), str(config), config.model_dump_json(), config.summary(), str(facts)]
+    assert all(KEY_PASS_PHRASE not in text for text in shown)
+    assert tls.redis_kwargs()["ssl_password"] == KEY_PASS_PHRASE
+    assert sentinel_kwargs(config)["ssl_password"] == KEY_PASS_PHRASE
+    assert config.to_channels_redis_host()["ssl_password"] == KEY_PASS_PHRASE
+    assert "ssl_password" not in TLSConfig(certfile="/c.pem").redis_kwargs()
+    assert TLSConfig(certfile="/c.pem", password="").password is None  # as for password
+
+
+@pytest.mark.parametrize(
+    ("options", "expectation"),
+    [
+        ({"ssl_password": KEY_PASS_PHRASE}, "no key pass phrase without a client certificate"),
+        ({"ssl_certfile": "/c.pem", "ssl_password": "x" * 1025 + KEY_PASS_PHRASE}, "at most 1024"),
+        ({"ssl_certfile": "/c.pem", "ssl_password": KEY_PASS_PHRASE + "\udce4"}, "UTF-8"),
+    ],
+    ids=["without-certificate", "too-long", "not-utf8"],
+)
+def test_a_bad_ssl_password_is_named_not_echoed(options: dict[str, str], expectation: str) -> None:
+    """An ssl_password that cannot work is refused when parsed, naming it, never showing it."""
+    with pytest.raises(ConfigurationError) as caught:
+        parse_connection_config({"host": "h", "ssl": True, **options})
+    message = str(caught.value)
+    assert "'ssl_password': expected" in message
+    assert expectation in message
+    assert KEY_PASS_PHRASE not in message
 
 
 def test_tls_ssl_context_loads_files(tmp_path: Path) -> None:

@@ -462,6 +462,23 @@ def test_address_url_key_repeated_with_the_same_value() -> None:
     assert parse_hosts_entry(entry) == SingleNodeConfig(address="h:6380", db=0, password=SECRET)
 
 
+def test_a_channels_redis_hosts_entry_may_carry_ssl_password() -> None:
+    """redis-py's ssl_password in a hosts dict, beside or in its address URL, is the TLS
+    key's pass phrase; given twice it must match exactly, and the built entry gives it back."""
+    tls = {"ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem"}
+    entry = {"address": f"rediss://h:6380/0?ssl_password={SECRET}", **tls, "ssl_password": SECRET}
+    config = parse_hosts_entry(entry)
+    assert config.tls == TLSConfig(certfile="/c.pem", keyfile="/k.pem", password=SECRET)
+    assert config.to_channels_redis_host()["ssl_password"] == SECRET
+    rebuilt = parse_hosts_entry(config.to_channels_redis_host()).tls
+    assert rebuilt is not None
+    assert rebuilt.password == config.tls.password
+    message = _error({**entry, "ssl_password": SECRET.upper()})
+    assert "'ssl_password' is given in the 'address' URL and as a key, with different" in message
+    assert SECRET not in message
+    assert SECRET.upper() not in message
+
+
 def test_address_url_must_be_single_node() -> None:
     """address takes a redis://, rediss:// or unix:// URL only."""
     message = _error({"address": f"redis+sentinel://:{SECRET}@s/m"})

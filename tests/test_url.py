@@ -79,6 +79,15 @@ def test_rediss_with_tls_query_parameters() -> None:
     )
 
 
+def test_ssl_password_parameter_is_a_secret() -> None:
+    """ssl_password, percent-decoded like a password, unlocks the key and stays hidden."""
+    config = parse_url(f"rediss://h?ssl_certfile=/c.pem&ssl_keyfile=/k.pem&ssl_password={QUOTED}")
+    assert config.tls is not None
+    assert config.tls.password is not None
+    assert config.tls.password.get_secret_value() == PASSWORD
+    assert PASSWORD not in repr(config)
+
+
 def test_rediss_defaults_to_full_verification() -> None:
     """A bare rediss:// verifies certificates and hostnames."""
     config = parse_url("rediss://h")
@@ -170,6 +179,10 @@ def test_scheme_is_case_insensitive() -> None:
         ("redis://:hun/ter@2@h", "redis://:***@h"),
         ("s/m?sentinel_password=hunter2&db=1", "s/m?sentinel_password=***&db=1"),
         ("redis://h?password=hunter2", "redis://h?password=***"),
+        (
+            "rediss://h?ssl_keyfile=/k&ssl_password=hunter2&db=1",
+            "rediss://h?ssl_keyfile=/k&ssl_password=***&db=1",
+        ),
         ("u:hunter2@h", "u:***@h"),
     ],
 )
@@ -189,6 +202,8 @@ def test_redact_url(url: str, expected: str) -> None:
         "redis://h?TAIL",
         "redis+sentinel://s1:26379/m?sentinel_password=se&cr&et=TAIL",  # '&' twice
         "redis+sentinel://s1:26379/m?sentinel_password=se&cr=et&ta=TAIL",
+        "rediss://h?ssl_certfile=/c&ssl_password=hunter2&TAIL",  # '&' in the key's pass phrase
+        "rediss://h?ssl_certfile=/c&ssl_password=hunter2&TAIL=x",
     ],
 )
 def test_a_password_that_breaks_the_url_is_not_echoed(url: str) -> None:
