@@ -46,8 +46,8 @@ _MISPLACED_AT = (
 
 
 def redact_url(url: str) -> str:
-    """The URL with its userinfo password, any ``*password*`` parameter and any query item
-    that is not ``name=value`` shown as ``***``.
+    """The URL with its userinfo password, the value of any ``*password*`` or unknown
+    parameter and any query item that is not ``name=value`` shown as ``***``.
 
     The userinfo ends at the last ``@``, which over-redacts odd URLs rather than leak a
     password holding an unescaped ``/`` or ``?``. Parameter names are judged decoded, as the
@@ -70,12 +70,14 @@ def redact_url(url: str) -> str:
 
 
 def _redact_item(item: str, after_password: bool) -> str:
-    """An item after a password that is not a known parameter may be part of it."""
+    """An item after a password that is not a known parameter may be part of it; the value
+    of an unknown parameter may be a password under a misspelt name (``ssl_pasword=``)."""
     name, equals, _ = item.partition("=")
     name = unquote(name)
-    if not equals or (after_password and name not in SENTINEL_QUERY_KEYS):
+    known = name in SENTINEL_QUERY_KEYS
+    if not equals or (after_password and not known):
         return "***" if item else item
-    return f"{name}=***" if "password" in name.lower() else item
+    return item if known and "password" not in name.lower() else f"{name}=***"
 
 
 def parse_url(url: str, *, source: str = "argument url") -> RedisConfig:

@@ -184,10 +184,12 @@ def test_scheme_is_case_insensitive() -> None:
             "rediss://h?ssl_keyfile=/k&ssl_password=***&db=1",
         ),
         ("u:hunter2@h", "u:***@h"),
+        ("redis://h/0?db=1&socket_timeout=2&x=y", "redis://h/0?db=1&socket_timeout=2&x=***"),
     ],
 )
 def test_redact_url(url: str, expected: str) -> None:
-    """Passwords in userinfo and *password* parameters are replaced by ***."""
+    """Passwords in userinfo, *password* parameters and the values of unknown parameters are
+    replaced by ***; the known harmless ones stay, to help read the URL."""
     assert redact_url(url) == expected
 
 
@@ -204,6 +206,9 @@ def test_redact_url(url: str, expected: str) -> None:
         "redis+sentinel://s1:26379/m?sentinel_password=se&cr=et&ta=TAIL",
         "rediss://h?ssl_certfile=/c&ssl_password=hunter2&TAIL",  # '&' in the key's pass phrase
         "rediss://h?ssl_certfile=/c&ssl_password=hunter2&TAIL=x",
+        "rediss://h?ssl_certfile=/c&ssl_pasword=TAIL",  # a misspelt name: its value is secret
+        "redis+sentinel://s1:26379/m?sentinel_pasword=TAIL",
+        "redis://h/0?auth=TAIL&db=1",  # a name the parser cannot know to be harmless
     ],
 )
 def test_a_password_that_breaks_the_url_is_not_echoed(url: str) -> None:
