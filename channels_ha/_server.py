@@ -338,8 +338,9 @@ async def all_replies(
     return replies
 
 
-_DATA_CREDENTIALS = "check 'username'/'password'"
-_SENTINEL_CREDENTIALS = (
+# Which settings a refused login points at; the cache words its refusals the same way.
+DATA_LOGIN = "check 'username'/'password'"
+SENTINEL_LOGIN = (
     "check 'sentinel_username'/'sentinel_password' (or sentinel_kwargs 'username'/'password')"
 )
 
@@ -356,9 +357,7 @@ def _explain_handshake_error(
             "SLOTS)."
         )
     if text.startswith(("WRONGPASS", "NOAUTH")) or "AUTH" in text:
-        who, check = (
-            ("Sentinel", _SENTINEL_CREDENTIALS) if sentinel else ("Redis", _DATA_CREDENTIALS)
-        )
+        who, check = ("Sentinel", SENTINEL_LOGIN) if sentinel else ("Redis", DATA_LOGIN)
         return RedisCommandError(
             f"{who} at {endpoint.describe()} refused the credentials from the configuration "
             f"({text.split(' ', 1)[0]}); {check}."

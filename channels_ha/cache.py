@@ -44,7 +44,7 @@ from redis.sentinel import MasterNotFoundError
 from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._interop import SyncClient, close_sync_client, sync_client
-from ._server import _DATA_CREDENTIALS, _SENTINEL_CREDENTIALS
+from ._server import DATA_LOGIN, SENTINEL_LOGIN
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError, RedisCommandError, RedisUnavailable
 
@@ -280,8 +280,7 @@ def _refusal(err: Exception) -> str | None:
     cause = err if isinstance(err, _REFUSED) else err.__cause__
     if isinstance(cause, AuthenticationError):
         return (
-            f"Redis refused the credentials from the configuration ({_reason(cause)}); "
-            f"{_DATA_CREDENTIALS}"
+            f"Redis refused the credentials from the configuration ({_reason(cause)}); {DATA_LOGIN}"
         )
     if isinstance(cause, AuthorizationError | NoPermissionError):
         return (
@@ -290,7 +289,7 @@ def _refusal(err: Exception) -> str | None:
             "on the cache's keys"
         )
     if isinstance(err, MasterNotFoundError) and AuthenticationError.__name__ in str(err):
-        return f"a sentinel refused the credentials from the configuration; {_SENTINEL_CREDENTIALS}"
+        return f"a sentinel refused the credentials from the configuration; {SENTINEL_LOGIN}"
     return None
 
 
