@@ -87,6 +87,12 @@ def _make_crypter(keys: Sequence[str | bytes] | None) -> _Crypter | None:
             "Channel layer option 'symmetric_encryption_keys' needs the 'cryptography' "
             "package: pip install 'channels-ha[cryptography]'."
         ) from err
+    for index, key in enumerate(keys):
+        if not isinstance(key, str | bytes):
+            raise ConfigurationError(
+                f"Channel layer option 'symmetric_encryption_keys[{index}]' must be a string "
+                f"or bytes (got {type(key).__name__})."
+            )
     fernets = [Fernet(_fernet_key(key)) for key in keys]
     crypter: _Crypter = MultiFernet(fernets)
     return crypter

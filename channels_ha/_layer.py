@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -266,6 +267,11 @@ def _check_options(
     seconds = f"a positive number of seconds, finite and at most {MAX_OPTION_S:,.0f}"
     _require_number("expiry", expiry, seconds)
     _require_number("group_expiry", group_expiry, seconds)
+    if group_expiry % 1:  # Redis keeps a group for whole seconds (EXPIRE)
+        raise ConfigurationError(
+            "Channel layer option 'group_expiry' must be a whole number of seconds, at most "
+            f"{MAX_OPTION_S:,.0f} (got {group_expiry!r})."
+        )
     _require_number("replica_ack_timeout", replica_ack_timeout, seconds)
     if failover_timeout is not None:
         _require_number("failover_timeout", failover_timeout, seconds)
@@ -304,6 +310,11 @@ def _check_channel_capacity(channel_capacity: Mapping[Any, int] | None) -> None:
             f"to capacities (got {type(channel_capacity).__name__})."
         )
     for pattern, capacity in channel_capacity.items():
+        if not isinstance(pattern, str | re.Pattern):
+            raise ConfigurationError(
+                "Channel layer option 'channel_capacity' must map channel name patterns (a "
+                f"glob string or a compiled regex) to capacities (got the key {pattern!r})."
+            )
         _require_count(f"channel_capacity[{pattern!r}]", capacity, minimum=1)
 
 

@@ -359,6 +359,11 @@ async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topolog
         ({"capacity": 2.5}, "'capacity' must be a positive integer"),
         ({"replica_acks": float("inf")}, "'replica_acks' must be an integer >= 0"),
         ({"channel_capacity": {"chat.*": "ten"}}, "\"channel_capacity['chat.*']\" must be a"),
+        # Seen: these passed the build and failed at the first group_add (or the first send)
+        # with a Lua or TypeError naming no option.
+        ({"group_expiry": 3600.5}, "'group_expiry' must be a whole number of seconds"),
+        ({"channel_capacity": {5: 3}}, "(a glob string or a compiled regex) to capacities"),
+        ({"symmetric_encryption_keys": [123]}, "'symmetric_encryption_keys[0]' must be a string"),
     ],
 )
 def test_bad_options_are_clear_errors(options: dict[str, object], fragment: str) -> None:
