@@ -62,7 +62,11 @@ class Credentials:
     def auth_command(self) -> tuple[Arg, ...] | None:
         """AUTH, encoded here: an encoding error would carry the password in its repr. A
         user without a password still authenticates, with an empty one (an ACL ``nopass``
-        user), as redis-py does for ``password=""``."""
+        user), as redis-py does for ``password=""``. A password without a user is the
+        ``default`` user's, named as redis-py 8 names it (``HELLO 3 AUTH default ...``): a
+        server whose default user has no password then accepts it, where the one-argument
+        ``AUTH`` is refused, and a channels_redis URL that carries a password for such a
+        server keeps working."""
         if self.password is None and not self.username:
             return None
         try:
@@ -70,9 +74,7 @@ class Credentials:
             username = self.username.encode() if self.username else None
         except UnicodeEncodeError:
             raise ConnectionLost("the username or password is not valid UTF-8") from None
-        if username:
-            return ("AUTH", username, password)
-        return ("AUTH", password)
+        return ("AUTH", username or b"default", password)
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,19 @@ async def test_wrong_credentials_name_the_hop_whose_settings_they_are(
     assert named in message
     assert not_named not in message
     assert not any(secret in message for secret in [*secrets.values(), "wrong-secret"])
+
+
+async def test_a_password_for_a_server_without_one_is_accepted_as_redis_py_does(
+    redis_standalone: Topology,
+) -> None:
+    """Seen: a channels_redis URL carrying a password for a server whose default user has
+    none (a development Redis) worked with channels_redis (redis-py 8 authenticates as
+    ``default``) and every operation of channels-ha was refused."""
+    url = redis_standalone.url.replace("redis://", "redis://:not-needed@", 1)
+    layer = RedisChannelLayer(hosts=[url], failover_timeout=2)
+    try:
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "hello"})
+        assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "hello"}
+    finally:
+        await layer.close()
