@@ -46,7 +46,7 @@ from ._probe_report import (
     SentinelReport,
 )
 from ._redis_kwargs import client_kwargs, sentinel_kwargs
-from ._server import _View
+from ._server import _View, too_old
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError
 
@@ -214,6 +214,8 @@ def _master_problems(node: NodeReport) -> list[str]:
         return [f"the master {node.address} is unreachable: {node.error}"]
     if node.role != "master":
         return [f"{node.address} is a {node.role}, not a master: writes would fail"]
+    if too_old(node.version):
+        return [f"{node.address} runs Redis {node.version}; channels-ha needs 7.0 or newer"]
     return []
 
 

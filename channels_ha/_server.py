@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -304,11 +305,31 @@ async def _handshake(
     client: FutureSink, endpoint: Endpoint, settings: ServerSettings, load_scripts: bool
 ) -> ServerInfo:
     commands = handshake_commands(settings, load_scripts)
-    replies = await all_replies(client, commands, settings.reply_timeout_s, endpoint=endpoint)
     offset = len(commands) - (len(ALL_SCRIPTS) if load_scripts else 0)
+    replies = await all_replies(
+        client,
+        commands,
+        settings.reply_timeout_s,
+        endpoint=endpoint,
+        before_errors=lambda replies: require_supported_version(replies[offset - 2], endpoint),
+    )
     role, info, client_id = replies[offset - 3 : offset]
     _require_master(role, endpoint)
     return ServerInfo(endpoint, _parse_run_id(info), int(client_id))  # type: ignore[call-overload]
+
+
+MINIMUM_REDIS = (7, 0)  # BLMPOP, LPOS ... RANK, scripts with a #!lua shebang
+
+
+def require_supported_version(info: object, endpoint: Endpoint) -> None:
+    """Raises RedisCommandError for a server older than Redis 7, whose refusals of the
+    scripts and of BLMPOP would otherwise be the first, puzzling, error."""
+    version = _info_field(info, "redis_version")
+    if too_old(version):
+        raise RedisCommandError(
+            f"Redis at {endpoint.describe()} is version {version}; channels-ha needs Redis "
+            f"{'.'.join(map(str, MINIMUM_REDIS))} or newer (BLMPOP, server scripts)."
+        )
 
 
 async def all_replies(
@@ -318,9 +339,11 @@ async def all_replies(
     *,
     endpoint: Endpoint,
     sentinel: bool = False,
+    before_errors: Callable[[list[object]], None] | None = None,
 ) -> list[object]:
     """Pipelines the commands; raises the first error once every reply is in. ``sentinel``:
-    the endpoint is a sentinel, whose credentials are settings of their own."""
+    the endpoint is a sentinel, whose credentials are settings of their own;
+    ``before_errors`` sees the replies first, to raise a better explanation of them."""
     try:  # all encoded before any is sent: no reply left without a reader
         packed = [pack(*command) for command in commands]
     except (TypeError, ValueError) as err:  # UnicodeEncodeError included; its repr is secret
@@ -332,6 +355,8 @@ async def all_replies(
         replies = await within(asyncio.gather(*futures, return_exceptions=True), timeout_s)
     except asyncio.TimeoutError as err:
         raise ConnectionLost(f"{endpoint.describe()} gave no reply within {timeout_s} s") from err
+    if before_errors is not None:
+        before_errors(replies)
     for reply in replies:
         if isinstance(reply, RedisCommandError):
             raise _explain_handshake_error(reply, endpoint, sentinel) from reply
@@ -375,9 +400,22 @@ def _require_master(role: object, endpoint: Endpoint) -> None:
         raise ConnectionLost(f"{endpoint.describe()} is a {kind}, not the master")
 
 
+def too_old(version: str | None) -> bool:
+    """Whether a ``redis_version`` is below :data:`MINIMUM_REDIS` (None: not known)."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version or "")[:2])
+    return bool(numbers) and numbers < MINIMUM_REDIS
+
+
 def _parse_run_id(info: object) -> str:
+    return _info_field(info, "run_id") or ""
+
+
+def _info_field(info: object, name: str) -> str | None:
+    if isinstance(info, BaseException):
+        return None
     text = info.decode() if isinstance(info, bytes) else str(info)
     for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[len("run_id:") :].strip()
-    return ""
+        key, colon, value = line.partition(":")
+        if colon and key == name:
+            return value.strip()
+    return None
