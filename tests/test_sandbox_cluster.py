@@ -105,3 +105,23 @@ async def test_await_new_master_in_a_cluster(redis_sandbox_factory: TopologyFact
     client = redis.asyncio.cluster.RedisCluster(host=new.host, port=new.port)
     assert await client.set("after", "failover") is True
     await client.aclose()
+
+
+def test_add_master_joins_an_empty_master_a_reshard_fills_and_empties(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """``add_master`` joins a master that owns no slot, known to every node; a slot moves
+    onto it and back (then it owns none again, and may turn into a replica)."""
+    topology = _cluster(redis_sandbox_factory)
+    added = topology.add_master()
+    assert added not in topology.masters()
+    assert str(_on_node(added, "ROLE")[0]) == "master"  # type: ignore[index]
+    slot = key_slot(b"{grown}.a")
+    source = topology.node_for_slot(slot)
+    _on_node(source, "SET", "{grown}.a", "value")
+    topology.migrate_slot(slot, added)
+    assert topology.node_for_slot(slot) is added
+    assert _on_node(added, "GET", "{grown}.a") == "value"
+    topology.migrate_slot(slot, source)
+    assert added not in topology.masters()
+    assert _on_node(source, "GET", "{grown}.a") == "value"

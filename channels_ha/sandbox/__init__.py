@@ -3,10 +3,11 @@
 Start one with :func:`start_topology` (or a topology class and ``start()``), point a client
 at ``topology.url`` or ``topology.connection_config``, inject faults through the nodes
 (``kill()``, ``pause()``/``resume()``, ``restart_empty()``) and the topology (``failover()``,
-``migrate_slot()``), and wait for the outcome (``wait_for_new_master()``,
-``wait_until_healthy()``). Every blocking call has an asyncio twin that does not block the
-event loop: waits ``wait_X``/``wait_until_X`` become ``await_X``; other calls ``X`` become
-``aX`` (``arestart_empty``, ``afailover``, ``amigrate_slot``, ``acurrent_master``).
+``migrate_slot()``; ``add_master()`` grows a Cluster), and wait for the outcome
+(``wait_for_new_master()``, ``wait_until_healthy()``). Every blocking call has an asyncio
+twin that does not block the event loop: waits ``wait_X``/``wait_until_X`` become
+``await_X``; other calls ``X`` become ``aX`` (``arestart_empty``, ``afailover``,
+``amigrate_slot``, ``aadd_master``, ``acurrent_master``).
 
 Processes never outlive their owner: ``stop()`` (or leaving the ``with`` block), interpreter
 exit and, on Linux, even a ``kill -9`` of the interpreter stop them. Needs ``redis-server``

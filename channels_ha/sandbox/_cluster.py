@@ -17,6 +17,7 @@ from ._defaults import (
     MIGRATE_BATCH_KEYS,
     MIGRATE_MAX_ROUNDS,
     MIGRATE_TIMEOUT_MS,
+    TOPOLOGY_READY_TIMEOUT_S,
 )
 from ._ops import Call, Op, arun, await_until, run, wait_until
 from ._process import Directive, RedisNode
@@ -29,17 +30,23 @@ SlotMap = list[tuple[int, int, int]]
 
 
 class ClusterTopology(Topology):
-    """Six nodes: ``node-0``..``node-2`` start as masters, ``node-3``..``node-5`` as replicas."""
+    """Six nodes: ``node-0``..``node-2`` start as masters, ``node-3``..``node-5`` as replicas;
+    :meth:`add_master` adds more."""
 
     kind = "cluster"
 
     def __init__(self, *, tls: bool = False, password: str | None = None) -> None:
         super().__init__(tls=tls, password=password)
         self.bus_ports: dict[str, int] = {}
-        for index in range(_MASTERS * 2):
-            port, bus_port = self._port(), self._port()
-            node = self._add_node(f"node-{index}", self._cluster_directives(port, bus_port), port)
-            self.bus_ports[node.name] = bus_port
+        for _ in range(_MASTERS * 2):
+            self._add_cluster_node()
+
+    def _add_cluster_node(self) -> RedisNode:
+        port, bus_port = self._port(), self._port()
+        directives = self._cluster_directives(port, bus_port)
+        node = self._add_node(f"node-{len(self.nodes)}", directives, port)
+        self.bus_ports[node.name] = bus_port
+        return node
 
     def _cluster_directives(self, port: int, bus_port: int) -> list[Directive]:
         config = [
@@ -52,6 +59,39 @@ class ClusterTopology(Topology):
             ("cluster-replica-validity-factor", "0"),
         ]
         return config + ([("tls-cluster", "yes")] if self.tls else [])
+
+    def add_master(self, timeout_s: float = TOPOLOGY_READY_TIMEOUT_S) -> RedisNode:
+        """Start one more node and join it as a master that owns no slot, as when a cluster
+        grows: a reshard (:meth:`migrate_slot`) then moves slots onto it."""
+        node = self._add_cluster_node()
+        node.start()
+        run(self._meet_op(node))
+        wait_until(lambda: self._joined_check(node), f"{node.name} to join", timeout_s)
+        return node
+
+    async def aadd_master(self, timeout_s: float = TOPOLOGY_READY_TIMEOUT_S) -> RedisNode:
+        """Asyncio twin of :meth:`add_master`."""
+        node = self._add_cluster_node()
+        node.spawn()
+        await node.await_ready()
+        await arun(self._meet_op(node))
+        await await_until(lambda: self._joined_check(node), f"{node.name} to join", timeout_s)
+        return node
+
+    def _meet_op(self, new: RedisNode) -> Op[None]:
+        """Every node meets ``new`` directly: no gossip round needed."""
+        calls: list[Call] = [
+            (node, ("CLUSTER", "MEET", HOST, new.port, self.bus_ports[new.name]))
+            for node in self.nodes
+            if node is not new
+        ]
+        _raise_failures(f"meet {new.name}", calls, (yield calls))
+
+    def _joined_check(self, new: RedisNode) -> Op[str | None]:
+        """Every node knows ``new``, and ``new`` serves (a master just started waits a
+        moment before its state turns ok: until then it refuses even MIGRATE's keys)."""
+        problem = yield from self._mesh_check()
+        return problem if problem is not None else (yield from self._state_check([new]))
 
     # -- what a client needs ---------------------------------------------------------------
 
@@ -273,7 +313,16 @@ class ClusterTopology(Topology):
         # which no node accepts the slot.
         nodes = [target, *(m for m in masters if m is not target)]
         calls = [(node, ("CLUSTER", "SETSLOT", slot, "NODE", target_id)) for node in nodes]
-        _raise_failures(f"assign slot {slot}", calls, (yield calls))
+        replies = yield calls
+        # A master that gave away its last slot turns into a replica of the new owner
+        # (cluster-allow-replica-migration), maybe before its own SETSLOT arrives: a replica
+        # refuses SETSLOT, and has nothing left to assign.
+        kept = [
+            (call, reply)
+            for call, reply in zip(calls, replies, strict=True)
+            if "only with masters" not in str(reply)
+        ]
+        _raise_failures(f"assign slot {slot}", [c for c, _ in kept], [r for _, r in kept])
 
     # -- health ----------------------------------------------------------------------------
 
@@ -291,7 +340,8 @@ class ClusterTopology(Topology):
         replies = yield [(node, ("CLUSTER", "SLOTS")) for node in self.nodes]
         maps = [_slot_map(reply) for reply in replies]
         covered = sum(last - first + 1 for first, last, _ in maps[0])
-        if covered != CLUSTER_SLOTS or len({port for *_, port in maps[0]}) != _MASTERS:
+        # At least: masters added later (add_master) may own slots too.
+        if covered != CLUSTER_SLOTS or len({port for *_, port in maps[0]}) < _MASTERS:
             return f"{self.nodes[0].name} sees slots {maps[0]}"
         for node, slots in zip(self.nodes, maps, strict=True):
             if slots != maps[0]:
