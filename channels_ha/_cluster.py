@@ -46,6 +46,12 @@ _MAX_CLOSE_ROUNDS = 100  # bounds close()'s loops over requests and links
 # this often, for at most this many rounds (the next slot map starts over).
 _RETIRE_CHECK_S = 0.5
 _MAX_RETIRE_ROUNDS = 100
+# A node that owns no slot but takes ASK redirections (a slot migrating onto a master that
+# owns none yet) keeps its link until this long after the last one: otherwise every map read
+# closed it and the next ASK opened another (seen: a new connection at each map read, about
+# one a second through a stalled migration, each loading every script). ASKs further apart
+# open at most one connection per this span; idle that long, the link is closed.
+_ASK_TARGET_KEEP_S = 10.0
 # Nodes whose links were closed are still asked for the slot map (their vote keeps a
 # restarted master from being believed); the oldest are forgotten beyond this many.
 _MAX_FORMER_NODES = 16
@@ -103,6 +109,8 @@ class ClusterRouter:
         self._former: dict[str, None] = {}  # nodes whose links were retired, oldest first
         self._retired: set[CommandLink] = set()  # taken out of _links, not closed yet
         self._retiring: asyncio.Task[None] | None = None  # see _retire_soon
+        self._asked: dict[str, float] = {}  # ASK target -> monotonic time of the last ASK
+        self._retire_timer: asyncio.TimerHandle | None = None  # when an ASK target rests
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None  # see _refresh_soon
@@ -222,10 +230,17 @@ class ClusterRouter:
             elif request.slot < 0:  # ASKING (internal) or a node's own command (SCAN, UNBLOCK)
                 request.future.set_exception(RedisUnavailable(f"{reason} on a cluster node"))
             elif reason.startswith("ASK ") and request.slot not in self._held:
-                self._link(_redirect_target(reason)).submit_request(request, asking=True)
+                self._ask(request, _redirect_target(reason))
             else:  # ASK behind held requests of its slot waits for them (then meets ASK again)
                 self._hold(link, request, reason)
         self._schedule()
+
+    def _ask(self, request: Request, target: str) -> None:
+        """Sends a request once to the node that imports its slot; that node's link counts
+        as in use for ``_ASK_TARGET_KEEP_S`` even though it may own no slot yet."""
+        self._asked[target] = time.monotonic()
+        self._link(target).submit_request(request, asking=True)
+        self._retire_later()
 
     def _hold(self, link: CommandLink, request: Request, reason: str) -> None:
         held = self._held.get(request.slot)
@@ -492,13 +507,44 @@ class ClusterRouter:
         """Closes, in the background, the links to nodes the slot map no longer names: after
         a failover the old master comes back as a replica, a reshard may empty a master, and
         the process must keep a few connections, not one to every node it ever used."""
-        if self._retiring is None and not self._closed and self._stale_links():
+        if self._closed:
+            return
+        if self._retiring is None and self._stale_links():
             self._retiring = asyncio.get_running_loop().create_task(self._retire_links())
+        self._retire_later()
 
-    def _stale_links(self) -> list[tuple[str, CommandLink]]:
+    def _retire_later(self) -> None:
+        """Looks again when the first ASK target kept now may be idle, even if no map read
+        comes. A timer already set is early enough: every ASK extends a target's keep."""
+        if self._retire_timer is not None or self._closed:
+            return
+        now, unmapped = time.monotonic(), self._unmapped()
+        self._asked = {a: at for a, at in self._asked.items() if self._resting(a, now)}
+        kept = [at for address, at in self._asked.items() if address in unmapped]
+        if kept:
+            delay_s = min(kept) + _ASK_TARGET_KEEP_S - now
+            loop = asyncio.get_running_loop()
+            self._retire_timer = loop.call_later(delay_s, self._retire_now)
+
+    def _retire_now(self) -> None:
+        self._retire_timer = None
+        self._retire_soon()
+
+    def _resting(self, address: str, now: float) -> bool:
+        """Whether the node took an ASK redirection less than ``_ASK_TARGET_KEEP_S`` ago."""
+        asked = self._asked.get(address)
+        return asked is not None and now - asked < _ASK_TARGET_KEEP_S
+
+    def _unmapped(self) -> list[str]:
         # _masters, not _owners: a slot whose owner went missing leaves it None, and its
         # master may come back; a master named by MOVED is in _masters until the next map.
-        return [(a, link) for a, link in self._links.items() if a not in self._masters]
+        return [address for address in self._links if address not in self._masters]
+
+    def _stale_links(self) -> list[tuple[str, CommandLink]]:
+        """The links to retire: to nodes that own no slot and took no ASK lately."""
+        now = time.monotonic()
+        unmapped = [a for a in self._unmapped() if not self._resting(a, now)]
+        return [(address, self._links[address]) for address in unmapped]
 
     async def _retire_links(self) -> None:
         """Retires each stale link once it has nothing unsettled. Its requests must be
@@ -528,6 +574,7 @@ class ClusterRouter:
         """Takes the link out of routing (a request for its node gets a fresh link), and
         keeps asking its node for the slot map."""
         del self._links[address]
+        self._asked.pop(address, None)
         self._retired.add(link)
         self._former.pop(address, None)
         self._former[address] = None
@@ -556,6 +603,8 @@ class ClusterRouter:
                 break
             await asyncio.wait(unsettled, timeout=deadline - time.monotonic())
         self._closed = True
+        if self._retire_timer is not None:
+            self._retire_timer.cancel()
         for task in (self._dispatching, self._refreshing, self._retiring):
             if task is not None:
                 task.cancel()

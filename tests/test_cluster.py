@@ -483,3 +483,61 @@ async def test_a_flush_first_thing_in_an_event_loop_reads_the_slot_map(
         await writer.group_add(f"group-{number}", f"member-{number}")
     await make_layer(cluster, prefix=writer.prefix).flush()
     assert await keys_left_but_epochs(cluster, writer.prefix) == []
+
+
+ASK_ROUNDS = 6  # slot-map reads while a slot migrates onto a master that owns no slot
+ASK_LINK_RETIRE_WAIT_S = 20.0  # the idle ASK target's link is closed within this
+
+
+async def layer_connection_ids(node: RedisNode, layer: RedisChannelLayer) -> set[int]:
+    """The ids of the connections ``layer`` holds to ``node`` (a new connection, a new id)."""
+    name = layer._session()._shards[0].spec.settings.client_name
+    client = node.async_client()
+    try:
+        return {int(e["id"]) for e in await client.client_list() if e["name"] == name}
+    finally:
+        await client.aclose()
+
+
+def retired_nodes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The nodes whose links the router closed (``link_retired`` events), in order."""
+    events = [r for r in caplog.records if getattr(r, "event", None) == "link_retired"]
+    return [str(getattr(r, "node", "")) for r in events]
+
+
+async def await_no_connection(node: RedisNode, layer: RedisChannelLayer, wait_s: float) -> None:
+    """Polls ``node`` until ``layer`` holds no connection to it, for at most ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    for _ in range(int(wait_s / 0.05) + 1):
+        if not await layer_connections(node, layer) or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.05)  # polling the server: no event tells the link closed
+
+
+async def test_an_ask_target_that_owns_no_slot_keeps_one_link_through_map_reads(
+    cluster: ClusterTopology, make_layer: LayerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While a slot migrates onto a master that owns no slot yet, its requests meet ASK and
+    go to that master: a slot-map read (which names it nowhere) must not close that link.
+    Seen: each read closed it and the next ASK opened another, a new connection a second
+    through a stalled migration. Once the sends stop, the idle link is closed."""
+    layer = make_layer(cluster)
+    channel = "ask.churn"
+    await layer.send(channel, {"type": "before"})  # the map read, the channel's keys written
+    router = layer._session()._shards[0].router
+    assert router is not None
+    slot = slot_of(KeyLayout(layer.prefix).channel(channel))
+    target = await cluster.aadd_master()
+    address = f"{target.host}:{target.port}"
+    await cluster.amigrate_slot(slot, target, finish=False)  # keys moved; the slot stays
+    seen: set[int] = set()
+    with caplog.at_level(logging.INFO, logger="channels_ha.cluster"):
+        for number in range(ASK_ROUNDS):
+            await layer.send(channel, {"type": f"during-{number}"})  # ASK to the target
+            seen |= await layer_connection_ids(target, layer)
+            await router.reread_map()  # as a reader reconnecting does, about once a second
+        assert len(seen) == 1, f"{len(seen)} connections to the ASK target"
+        assert retired_nodes(caplog) == [], "a map read closed the ASK target's link"
+        await await_no_connection(target, layer, ASK_LINK_RETIRE_WAIT_S)  # no more sends
+    assert await layer_connections(target, layer) == 0, "the idle ASK target kept its link"
+    assert retired_nodes(caplog) == [address]
