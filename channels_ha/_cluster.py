@@ -52,6 +52,10 @@ _MAX_RETIRE_ROUNDS = 100
 # one a second through a stalled migration, each loading every script). ASKs further apart
 # open at most one connection per this span; idle that long, the link is closed.
 _ASK_TARGET_KEEP_S = 10.0
+# A MOVED to a known master (a reshard) corrects that slot only; the whole map is read this
+# long after, once for every MOVED meanwhile: a master the reshard emptied then loses its
+# link, and each master's first slot (where its epoch key lives) is known again.
+_MAP_READ_AFTER_MIGRATION_S = 10.0
 # Nodes whose links were closed are still asked for the slot map (their vote keeps a
 # restarted master from being believed); the oldest are forgotten beyond this many.
 _MAX_FORMER_NODES = 16
@@ -111,6 +115,7 @@ class ClusterRouter:
         self._retiring: asyncio.Task[None] | None = None  # see _retire_soon
         self._asked: dict[str, float] = {}  # ASK target -> monotonic time of the last ASK
         self._retire_timer: asyncio.TimerHandle | None = None  # when an ASK target rests
+        self._read_timer: asyncio.TimerHandle | None = None  # see _read_map_later
         self._held: dict[int, _Held] = {}
         self._dispatching: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None  # see _refresh_soon
@@ -266,11 +271,27 @@ class ClusterRouter:
                 self._masters.add(target)
                 self._refresh_soon()
                 self._on_topology()
+            else:
+                self._read_map_later()
+
+    def _read_map_later(self) -> None:
+        """Reads the whole map ``_MAP_READ_AFTER_MIGRATION_S`` from now, or sooner if a read
+        is due already: a reshard's MOVEDs name masters the router knows, and without a read
+        the link to a master it emptied stayed open until something else read the map (a
+        failover; maybe never)."""
+        if self._read_timer is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._read_timer = loop.call_later(_MAP_READ_AFTER_MIGRATION_S, self._read_map_now)
+
+    def _read_map_now(self) -> None:
+        self._read_timer = None
+        self._refresh_soon()
 
     def _refresh_soon(self) -> None:
-        """Reads the whole map after a MOVED named a new master: the one it replaced must
-        leave the known masters, or its coming back later would not count as new. A read
-        already under way may predate the MOVED: then one more follows it."""
+        """Reads the whole map after a MOVED named a new master (the one it replaced must
+        leave the known masters, or its coming back later would not count as new), or a
+        while after a reshard's (see _read_map_later). A read already under way may predate
+        the MOVED: then one more follows it."""
         if self._closed:
             return
         if self._refreshing is not None:
@@ -603,8 +624,9 @@ class ClusterRouter:
                 break
             await asyncio.wait(unsettled, timeout=deadline - time.monotonic())
         self._closed = True
-        if self._retire_timer is not None:
-            self._retire_timer.cancel()
+        for timer in (self._retire_timer, self._read_timer):
+            if timer is not None:
+                timer.cancel()
         for task in (self._dispatching, self._refreshing, self._retiring):
             if task is not None:
                 task.cancel()

@@ -541,3 +541,39 @@ async def test_an_ask_target_that_owns_no_slot_keeps_one_link_through_map_reads(
         await await_no_connection(target, layer, ASK_LINK_RETIRE_WAIT_S)  # no more sends
     assert await layer_connections(target, layer) == 0, "the idle ASK target kept its link"
     assert retired_nodes(caplog) == [address]
+
+
+RESHARD_RETIRE_WAIT_S = 20.0  # a master a reshard emptied loses the link within this
+
+
+async def test_a_reshard_onto_an_empty_master_and_back_keeps_then_closes_its_link(
+    cluster: ClusterTopology, make_layer: LayerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slot migrating onto a master that owns no slot: the link its ASKs opened serves it
+    once it owns the slot. Migrated back, the master is empty: a reshard alone redirects
+    with MOVED to masters the layer knows, and no slot map was read, so the link stayed
+    open until something else read the map (a failover; maybe never). A MOVED now brings a
+    map read soon after, which closes it."""
+    layer = make_layer(cluster)
+    channel = "resharded"
+    await layer.send(channel, {"type": "before"})
+    router = layer._session()._shards[0].router
+    assert router is not None
+    slot = slot_of(KeyLayout(layer.prefix).channel(channel))
+    source = await cluster.anode_for_slot(slot)
+    added = await cluster.aadd_master()
+    await cluster.amigrate_slot(slot, added, finish=False)  # the cluster grows onto it
+    await layer.send(channel, {"type": "asked"})  # ASK: a link to a node owning no slot
+    asking = await layer_connection_ids(added, layer)
+    await router.reread_map()
+    await cluster.afinish_slot_migration(slot, added)
+    await layer.send(channel, {"type": "moved-on"})  # MOVED to a new master: the map is read
+    assert await layer_connection_ids(added, layer) == asking, "not the ASK target's link"
+    await cluster.amigrate_slot(slot, source)  # and shrinks again: the new master is empty
+    with caplog.at_level(logging.INFO, logger="channels_ha.cluster"):
+        await layer.send(channel, {"type": "moved-back"})  # MOVED to a master it knows
+        await await_no_connection(added, layer, RESHARD_RETIRE_WAIT_S)
+    assert await layer_connections(added, layer) == 0, "the emptied master kept its link"
+    assert retired_nodes(caplog) == [f"{added.host}:{added.port}"]
+    received = [(await layer.receive(channel))["type"] for _ in range(4)]
+    assert received == ["before", "asked", "moved-on", "moved-back"]
