@@ -577,3 +577,46 @@ async def test_a_reshard_onto_an_empty_master_and_back_keeps_then_closes_its_lin
     assert retired_nodes(caplog) == [f"{added.host}:{added.port}"]
     received = [(await layer.receive(channel))["type"] for _ in range(4)]
     assert received == ["before", "asked", "moved-on", "moved-back"]
+
+
+async def test_a_send_a_woken_old_master_acknowledged_is_written_again(
+    cluster: ClusterTopology, make_layer: LayerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frozen master is replaced and woken while an idle process (no group, nothing sent
+    lately: no epoch check, so its slot map still names that master) sends to one of its
+    slots. The woken master acknowledges the send at once, still believing it is master,
+    and loses it as it learns of its replacement: the send must be written again to the new
+    master when the layer notices it (guard: the 2 s replay covers this)."""
+    layer = make_layer(cluster)
+    channel = "woken"
+    await layer.send(channel, {"type": "warm-up"})
+    assert (await layer.receive(channel))["type"] == "warm-up"
+    session = layer._session()
+    session.core.recent[0].clear()  # as after RETAIN_IDLE_S without a send
+    shard = session._shards[0]
+    router = shard.router
+    assert router is not None
+    slot = slot_of(KeyLayout(layer.prefix).channel(channel))
+    victim = await cluster.anode_for_slot(slot)
+    address = f"{victim.host}:{victim.port}"
+    victim.pause()
+    try:
+        await cluster.await_new_master(victim)
+        assert router.owner_of(slot) == address, "the layer noticed the failover already"
+        retries = shard.stats.retries
+        sending = asyncio.create_task(layer.send(channel, {"type": "acknowledged"}))
+        link = router.link_to(address)
+        for _ in range(100):  # written within a few loop turns; no event says so
+            if link.unsettled():
+                break
+            await asyncio.sleep(0.005)
+        assert link.unsettled(), "the send never reached the old master's link"
+        with caplog.at_level(logging.INFO, logger="channels_ha.layer"):
+            victim.resume()  # well within SUSPECT_AFTER_S: its reply is not late
+            await asyncio.wait_for(sending, 10)
+            assert shard.stats.retries == retries, "not acknowledged by the woken master"
+            received = await asyncio.wait_for(layer.receive(channel), 10)
+    finally:
+        victim.resume()
+    assert received["type"] == "acknowledged"
+    assert [r for r in caplog.records if getattr(r, "event", None) == "replayed"]
