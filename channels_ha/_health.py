@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ._config import RedisConfig
-from ._probe import MASTER_PROBE_TIMEOUT_S, probe_master
+from ._probe_master import MASTER_PROBE_TIMEOUT_S, probe_master
 from ._probe_report import MasterReport
 from ._stats import LayerStatistics, ShardStatistics
 from .exceptions import ConfigurationError

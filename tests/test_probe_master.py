@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from channels_ha import parse_url
-from channels_ha._probe import MASTER_PROBE_TIMEOUT_S, probe_master
+from channels_ha._probe_master import MASTER_PROBE_TIMEOUT_S, probe_master
 from channels_ha._sources import parse_connection_config
 from channels_ha.sandbox import (
     ClusterTopology,
