@@ -42,6 +42,8 @@ class Deliveries:
         self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
         self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
+        # Normal channel -> its give-backs in flight (see take_returnable): not popped meanwhile.
+        self._returning: dict[str, int] = {}
         self._malformed_log = LogThrottle(MALFORMED_LOG_INTERVAL_S)
 
     def buffer(self, channel: str) -> ChannelBuffer:
@@ -105,17 +107,19 @@ class Deliveries:
         """What the normal-channel reader pops: channels with a receiver still unserved.
 
         Popping ahead of receivers would take messages that a competing receiver in another
-        process should get.
+        process should get. A channel whose messages are on their way back to the head of its
+        list waits until they are there: a pop before that would take a later message first.
         """
         core = self._core
 
         def keys() -> list[str]:
-            buffers = self._buffers
+            buffers, returning = self._buffers, self._returning
             return [
                 core.keys.channel(channel)
                 for channel in self._normal_waiting
                 if (buffer := buffers.get(channel)) is not None
                 and buffer.waiters
+                and channel not in returning
                 and core.shard_index(channel) == index
             ]
 
@@ -184,25 +188,45 @@ class Deliveries:
 
     def take_returnable(
         self, channels: Iterable[str], returner: str
-    ) -> dict[tuple[int, str], list[bytes]]:
+    ) -> tuple[dict[tuple[int, str], list[bytes]], list[str]]:
         """Removes the buffered messages of ``channels`` (unless somebody waits there) and
-        encodes them again for their list, by (shard, key), in their original order.
+        encodes them again for their list, by (shard, key), in their original order; with
+        the normal channels they came from, which are not popped until ``returned`` says
+        the give-back is over.
 
         They go back under ``returner``, a fresh sender id: receivers hold no mark for it, so
         they will not mistake the returned messages for duplicates.
         """
         core, numbers = self._core, SendSequences()
         returned: dict[tuple[int, str], list[bytes]] = {}
+        gated: list[str] = []
         for channel in channels:
             buffer = self._buffers.get(channel)
             if buffer is None or buffer.waiters:
                 continue
             target = target_of(channel)
             key = core.keys.inbox(target) if "!" in channel else core.keys.channel(channel)
-            for expires, body in _fresh(buffer.take_all()):
+            items = _fresh(buffer.take_all())
+            for expires, body in items:
                 element = encode_element(expires, returner, numbers.next(key), channel, body)
                 returned.setdefault((core.shard_index(target), key), []).append(element)
-        return returned
+            if items and "!" not in channel:
+                self._returning[channel] = self._returning.get(channel, 0) + 1
+                gated.append(channel)
+        return returned, gated
+
+    def returned(self, channels: Iterable[str]) -> None:
+        """A give-back of ``channels`` is over (written, or failed and kept for a retry): their
+        receivers here may pop again."""
+        for channel in channels:
+            count = self._returning.get(channel, 0) - 1
+            if count > 0:
+                self._returning[channel] = count
+                continue
+            self._returning.pop(channel, None)
+            buffer = self._buffers.get(channel)
+            if buffer is not None and buffer.waiters and buffer.wake_reader is not None:
+                buffer.wake_reader()
 
     def channels(self) -> list[str]:
         return list(self._buffers)

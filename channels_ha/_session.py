@@ -500,10 +500,18 @@ class Session:
             self._spawn(self._return_to_redis(stranded))
 
     async def _return_to_redis(self, channels: Iterable[str]) -> None:
-        """Pushes buffered messages back to the head of their list, order kept."""
+        """Pushes buffered messages back to the head of their list, order kept.
+
+        Until the RETURN is done, this process does not pop those channels again
+        (``Deliveries.take_returnable``): a new receive() would take the next message ahead
+        of the ones on their way back.
+        """
         return_id = secrets.token_hex(8)  # the elements' sender, and their markers' name
-        returned = self.deliveries.take_returnable(channels, return_id)
-        await self._give_back([(i, k, e, return_id) for (i, k), e in returned.items()])
+        returned, gated = self.deliveries.take_returnable(channels, return_id)
+        try:
+            await self._give_back([(i, k, e, return_id) for (i, k), e in returned.items()])
+        finally:
+            self.deliveries.returned(gated)
 
     async def _give_back(self, returns: list[Return]) -> None:
         """RETURNs; one that fails (OOM, NOPERM, no master past failover_timeout) is kept

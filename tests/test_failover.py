@@ -20,7 +20,7 @@ from channels_ha._interop import close_sync_client, sync_client
 from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import RedisNode, SentinelTopology, Topology, TopologyFactory
 
-from .conftest import LayerFactory, finish_traffic, start_traffic
+from .conftest import LayerFactory, finish_traffic, receivers_waiting, start_traffic
 
 Fault = Callable[[], Awaitable[None]]
 
@@ -449,6 +449,47 @@ async def test_close_during_an_outage_gives_back_what_the_reader_popped(
         assert received == list(range(1, 10))
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(layer.receive(channel), 0.3)
+    finally:
+        await layer.close()
+
+
+async def test_a_give_back_during_an_outage_keeps_its_place(
+    redis_sandbox_factory: TopologyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message 0 is popped for a receiver that is cancelled as the master dies: its give-back
+    waits for the master, and so does the next receive() here, which then gets 0 first.
+    The restarted master lost the list; the sender writes 0-2 again, and the copy of 0 is
+    recognised: each arrives once."""
+    topology = redis_sandbox_factory("standalone")
+    layer = RedisChannelLayer(hosts=[topology.url], prefix="return-outage", failover_timeout=10)
+    node = topology.nodes[0]
+    try:
+        for number in range(3):
+            await layer.send("outage-queue", {"type": "n", "n": number})
+        deliveries = layer._session().deliveries
+        real = deliveries.deliver
+        first = asyncio.create_task(layer.receive("outage-queue"))
+
+        def deliver(key: str, elements: list[bytes]) -> set[str]:
+            touched = real(key, elements)  # 0, handed to the first receiver
+            first.cancel()
+            node.kill()
+            monkeypatch.setattr(deliveries, "deliver", real)
+            return touched
+
+        monkeypatch.setattr(deliveries, "deliver", deliver)
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = asyncio.create_task(layer.receive("outage-queue"))
+        await receivers_waiting(layer, "outage-queue", 1)
+        await node.arestart_empty()
+        received = [(await asyncio.wait_for(second, 10))["n"]]
+        for _ in range(2):
+            received.append((await asyncio.wait_for(layer.receive("outage-queue"), 5))["n"])
+        assert received == [0, 1, 2]
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(layer.receive("outage-queue"), 0.1)
+        assert layer.statistics().duplicates_dropped == 1  # 0 written again
     finally:
         await layer.close()
 

@@ -9,14 +9,18 @@ resuming, which no outside timing can hit reliably.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import pytest
+import redis
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
+from channels_ha.sandbox import Topology
 
-from .conftest import receivers_waiting
+from .conftest import LayerFactory, receivers_waiting
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -124,3 +128,139 @@ async def test_buffers_of_failed_receivers_are_swept(layer: RedisChannelLayer) -
     deliveries.sweep()
     assert not set(channels) & set(deliveries.channels())
     assert deliveries.inbox_limits() == {}
+
+
+# -- order across cancelled receives on a normal channel ---------------------------------------
+
+
+def record_pops(layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Records each time the normal-channel reader works out what to pop (before its first
+    receive()): the event is set then, and the keys it found are in ``event.found``."""
+    deliveries = layer._session().deliveries
+    real = deliveries.normal_keys
+    asked = asyncio.Event()
+
+    def normal_keys(index: int) -> Callable[[], list[str]]:
+        keys = real(index)
+
+        def recorded() -> list[str]:
+            found = keys()
+            asked.found = found  # type: ignore[attr-defined]
+            asked.set()
+            return found
+
+        return recorded
+
+    monkeypatch.setattr(deliveries, "normal_keys", normal_keys)
+    return asked
+
+
+def hold_give_backs(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Holds every RETURN until the second event is set; the first is set once one waits."""
+    session = layer._session()
+    real = session._push_front
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def push_front(index: int, key: str, elements: list[bytes], return_id: str) -> None:
+        held.set()
+        await release.wait()
+        await real(index, key, elements, return_id)
+
+    monkeypatch.setattr(session, "_push_front", push_front)
+    return held, release
+
+
+async def received_numbers(layer: RedisChannelLayer, channel: str, count: int) -> list[int]:
+    return [(await asyncio.wait_for(layer.receive(channel), TIMEOUT_S))["n"] for _ in range(count)]
+
+
+async def test_a_receive_during_a_give_back_gets_the_returned_message_first(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver is handed message 0 and cancelled before it resumes: 0 goes back to the head
+    of the list. A receive() made while that give-back is still on its way must get 0, not
+    pop 1 ahead of it."""
+    channel = "order-return"
+    for number in range(3):
+        await layer.send(channel, {"type": "m", "n": number})
+    asked = record_pops(layer, monkeypatch)
+    held, release = hold_give_backs(layer, monkeypatch)
+    first = asyncio.create_task(layer.receive(channel))
+    deliver_then(layer, monkeypatch, first.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(held.wait(), TIMEOUT_S)  # 0 is on its way back
+    asked.clear()
+    second = asyncio.create_task(layer.receive(channel))
+    await asyncio.wait_for(asked.wait(), TIMEOUT_S)  # the reader worked out what to pop
+    if asked.found:  # type: ignore[attr-defined]
+        await asyncio.wait({second}, timeout=TIMEOUT_S)  # it popped ahead of the give-back
+    release.set()
+    got = [(await asyncio.wait_for(second, TIMEOUT_S))["n"]]
+    assert got + await received_numbers(layer, channel, 2) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("receivers", [1])
+async def test_cancelled_receives_keep_a_normal_channels_order(
+    make_layer: LayerFactory, redis_topology: Topology, receivers: int
+) -> None:
+    """receive() calls on a normal channel cancelled at random moments (a consumer's
+    wait_for timeouts): every message arrives once, in the order sent. The moments are
+    counted in event-loop steps, so that they fall around the pops and the give-backs."""
+    layer = make_layer(redis_topology, capacity=1000)
+    channel, count = f"order-random-{receivers}", 300
+    for number in range(count):
+        await layer.send(channel, {"type": "m", "n": number})
+    got: list[int] = []
+    chance = random.Random(receivers)
+    for _ in range(20 * count):  # bounded: each round ends all its receive() calls
+        if len(got) == count:
+            break
+        calls = [asyncio.create_task(layer.receive(channel)) for _ in range(receivers)]
+        for call in calls:
+            for _ in range(chance.randrange(12)):
+                await asyncio.sleep(0)  # one loop step: not a wait for anything
+            call.cancel()
+        for call in calls:
+            with suppress(asyncio.CancelledError):
+                got.append((await asyncio.wait_for(call, TIMEOUT_S))["n"])
+        for _ in range(chance.randrange(4)):
+            await asyncio.sleep(0)  # the next receive() before or after a give-back started
+    assert got == list(range(count))
+
+
+async def test_a_give_back_goes_to_the_receiver_waiting_in_another_process(
+    make_layer: LayerFactory,
+    redis_topology: Topology,
+    master_client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Message 0, popped for a receiver here that was cancelled, goes back to Redis for the
+    receiver another process has waiting; a receive() made here meanwhile does not keep 0 in
+    this process but waits its turn, and gets the next message."""
+    here = make_layer(redis_topology)
+    there = make_layer(redis_topology, prefix=here.prefix)
+    channel = "order-compete"
+    await there.send(channel, {"type": "warm-up"})  # its link connected, scripts loaded
+    assert (await asyncio.wait_for(there.receive(channel), TIMEOUT_S))["type"] == "warm-up"
+    await here.send(channel, {"type": "m", "n": 0})
+    held, release = hold_give_backs(here, monkeypatch)
+    first = asyncio.create_task(here.receive(channel))
+    deliver_then(here, monkeypatch, first.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(held.wait(), TIMEOUT_S)  # 0 is on its way back
+    blocked = int(master_client.info("clients")["blocked_clients"])
+    waiting_there = asyncio.create_task(there.receive(channel))
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while int(master_client.info("clients")["blocked_clients"]) <= blocked:
+        assert asyncio.get_running_loop().time() < deadline, "the other pop never blocked"
+        await asyncio.sleep(0.01)  # receive() has no hook: its pop blocks inside Redis
+    waiting_here = asyncio.create_task(here.receive(channel))
+    await receivers_waiting(here, channel, 1)
+    release.set()
+    assert (await asyncio.wait_for(waiting_there, TIMEOUT_S))["n"] == 0
+    await here.send(channel, {"type": "m", "n": 1})
+    assert (await asyncio.wait_for(waiting_here, TIMEOUT_S))["n"] == 1

@@ -92,6 +92,36 @@ async def test_messages_a_full_memory_refused_to_take_back_are_given_back_later(
     assert received == [1, 2, 3, 4]
 
 
+async def test_a_refused_give_back_does_not_hold_up_the_channel_here(
+    redis_topology: Topology, make_layer: LayerFactory
+) -> None:
+    """A receive() here does not pop a channel while its messages go back to Redis (they
+    would come after the next one); when Redis refuses the give-back (OOM), receiving goes
+    on at once and the refused message comes once Redis takes it back, late but once."""
+    assert isinstance(redis_topology, StandaloneTopology)
+    layer = make_layer(redis_topology)
+    session, core = layer._session(), layer._core
+    for n in (1, 2):
+        await layer.send("held-back", {"n": n})
+    refused = encode_element(
+        now_ms() + 60_000, "a-sender", 1, "held-back", core.codec.dumps({"n": 0})
+    )
+    admin = redis_topology.node.async_client()
+    try:
+        await admin.config_set("maxmemory", 1)  # every write that may grow memory: OOM
+        session._deliver(core.keys.channel("held-back"), [refused])  # nobody waits here
+        await asyncio.wait(set(session._tasks))  # the return, refused
+        assert (await asyncio.wait_for(layer.receive("held-back"), 5))["n"] == 1  # not held
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.aclose()
+    session._sweep()  # what the upkeep does every few seconds
+    if session._tasks:
+        await asyncio.wait(set(session._tasks))
+    received = [(await asyncio.wait_for(layer.receive("held-back"), 5))["n"] for _ in range(2)]
+    assert received == [0, 2]
+
+
 @pytest.mark.parametrize(
     ("wrong", "named", "not_named"),
     [
