@@ -108,6 +108,20 @@ class BlockingReader:
     def connected_to(self) -> ServerInfo | None:
         return self._server
 
+    async def settled(self, key: str) -> bool:
+        """Waits for the pop in flight, if it covers ``key``; True if there was one and its
+        reply is handed over now (what it brought of ``key`` is in the buffers).
+
+        The reader resumes on a reply before any other waiter of the same pop (its callback
+        was added first) and hands the reply over in that step. Bounded: a pop the server
+        does not answer is dropped by the watchdog within the pop limit.
+        """
+        pending = self._pending
+        if pending is None or key not in self._pending_keys:
+            return False
+        done, _ = await asyncio.wait({pending}, timeout=self._pop_limit_s)
+        return bool(done) and self._pending is not pending  # (else stuck, or stopped)
+
     # -- the loop ------------------------------------------------------------------------
 
     async def _run(self) -> None:

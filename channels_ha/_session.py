@@ -60,6 +60,7 @@ _FULL = 0  # a PUSH status: the list is at capacity
 _MAX_SCAN_ROUNDS = 1_000_000
 _MAX_FLUSH_ROUNDS = 1_000  # bounded by failover_timeout first: a failover or two
 _FLUSH_RETRY_S = 0.1
+_MAX_SETTLE_ROUNDS = 3  # pops waited for before a give-back (see _pops_settled)
 _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
 _GROUPS_SEEN_REMEMBERED = 10_000  # see LayerCore.groups_with_members
 _LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
@@ -502,16 +503,36 @@ class Session:
     async def _return_to_redis(self, channels: Iterable[str]) -> None:
         """Pushes buffered messages back to the head of their list, order kept.
 
-        Until the RETURN is done, this process does not pop those channels again
-        (``Deliveries.take_returnable``): a new receive() would take the next message ahead
-        of the ones on their way back.
+        The channel's pops in flight are waited for first: what they bring is newer than the
+        buffered messages and goes back with them, behind them. A RETURN of its own would put
+        it at the head, in front of them. And until the RETURN is done, this process does not
+        pop those channels again (``Deliveries.take_returnable``): a new receive() would take
+        the next message ahead of the ones on their way back.
         """
+        channels = list(channels)
+        await self._pops_settled(channels)
         return_id = secrets.token_hex(8)  # the elements' sender, and their markers' name
         returned, gated = self.deliveries.take_returnable(channels, return_id)
         try:
             await self._give_back([(i, k, e, return_id) for (i, k), e in returned.items()])
         finally:
             self.deliveries.returned(gated)
+
+    async def _pops_settled(self, channels: list[str]) -> None:
+        """Waits, for each normal channel with messages to give back, until no pop in flight
+        can bring more of it. Another pop covers it again only if a receiver waited there
+        meanwhile, which took the buffered messages: a few rounds at most."""
+        core = self.core
+        for channel in channels:
+            reader = (
+                None if "!" in channel else self._readers.get((core.shard_index(channel), False))
+            )
+            if reader is None:
+                continue
+            key = core.keys.channel(channel)
+            for _ in range(_MAX_SETTLE_ROUNDS):
+                if not self.deliveries.stranded([channel]) or not await reader.settled(key):
+                    break
 
     async def _give_back(self, returns: list[Return]) -> None:
         """RETURNs; one that fails (OOM, NOPERM, no master past failover_timeout) is kept

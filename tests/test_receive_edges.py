@@ -202,7 +202,43 @@ async def test_a_receive_during_a_give_back_gets_the_returned_message_first(
     assert got + await received_numbers(layer, channel, 2) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("receivers", [1])
+async def test_a_message_popped_as_a_give_back_starts_goes_back_behind_it(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two receivers wait; the first is handed message 0 and both are cancelled before they
+    resume, while the reader already pops again for the second: 0 goes back, and 1, which
+    that pop brings, must go back behind it, not in front of it."""
+    channel = "order-late-pop"
+    for number in range(4):
+        await layer.send(channel, {"type": "m", "n": number})
+    _, release = hold_give_backs(layer, monkeypatch)  # until the second pop is delivered
+    first = asyncio.create_task(layer.receive(channel))
+    second = asyncio.create_task(layer.receive(channel))  # both wait before the first pop
+    deliveries = layer._session().deliveries
+    real = deliveries.deliver
+    delivered = 0
+
+    def deliver(key: str, elements: list[bytes]) -> set[str]:
+        nonlocal delivered
+        touched = real(key, elements)
+        delivered += 1
+        if delivered == 1:  # 0, handed to the first: neither resumes
+            first.cancel()
+            second.cancel()
+        else:  # 1, from the pop made for the second
+            release.set()
+            monkeypatch.setattr(deliveries, "deliver", real)
+        return touched
+
+    monkeypatch.setattr(deliveries, "deliver", deliver)
+    for receiver in (first, second):
+        with pytest.raises(asyncio.CancelledError):
+            await receiver
+    await asyncio.wait_for(release.wait(), TIMEOUT_S)
+    assert await received_numbers(layer, channel, 4) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("receivers", [1, 2])
 async def test_cancelled_receives_keep_a_normal_channels_order(
     make_layer: LayerFactory, redis_topology: Topology, receivers: int
 ) -> None:
