@@ -52,6 +52,10 @@ REPLAY_LIMIT = 100_000
 
 # Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
 GROUP_REFRESH_INTERVAL_S = 3_600.0
+# A membership joined up to this long after another process's flush() began (by the two
+# hosts' clocks, and the mark's milliseconds) is re-asserted only if Redis still has it, as
+# one joined before: it does if it was joined after the flush, so the margin costs nothing.
+FLUSH_CLOCK_MARGIN_S = 5.0
 # A process-specific channel counts as live while it was received on within this window.
 CHANNEL_LIVENESS_S = 300.0
 # Local buffers of channels nobody receives on are swept this often.

@@ -4,15 +4,18 @@ Redis holds the truth, but Redis can lose it: a master restarted empty, or a fai
 replica that missed the last writes. Each process therefore remembers which groups it added
 which channels to, and re-asserts those of its live channels when it meets a new server run,
 and periodically, so that a connection that stays open longer than ``group_expiry`` does not
-silently fall out of its groups.
+silently fall out of its groups. What another process ended (a ``group_discard`` of one of
+these channels, a ``flush()``) must not come back that way: the re-assertion learns of it
+from Redis and the process forgets the membership (see ``_recovery.reassert``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def _nobody(channel: str) -> bool:
@@ -32,26 +35,61 @@ class Memberships:
         # leaves groups here, from its own thread: changes to the groups, and reading them
         # all, take the lock. touch() does not: it is one dict store per receive().
         self._lock = threading.Lock()
-        self._groups_of: defaultdict[str, set[str]] = defaultdict(set)
+        # channel -> group -> when (monotonic) this process last joined it there.
+        self._groups_of: dict[str, dict[str, float]] = {}
+        # (group, channel) -> group_add calls under way (see joining()).
+        self._joins: Counter[tuple[str, str]] = Counter()
         # Whether a receive() on a channel is waiting now: asked of the layer's sessions
         # when needed, so that receive() itself counts nothing.
         self.waiting: Callable[[str], bool] = _nobody
         self._last_active: dict[str, float] = {}  # last receive() that ended
-        self._last_added: dict[str, float] = {}
 
     def added(self, group: str, channel: str) -> None:
         with self._lock:
-            self._groups_of[channel].add(group)
-            self._last_added[channel] = time.monotonic()
+            self._groups_of.setdefault(channel, {})[group] = time.monotonic()
+
+    @contextmanager
+    def joining(self, group: str, channel: str) -> Iterator[None]:
+        """Around a ``group_add``: recorded before it is sent (a failover meanwhile re-asserts
+        it), and stamped again once it ended. A re-assertion that reports the channel
+        discarded applies only to a join older than itself: this one may have reached Redis
+        after the re-assertion, on another event loop's connection."""
+        key = (group, channel)
+        with self._lock:
+            self._groups_of.setdefault(channel, {})[group] = time.monotonic()
+            self._joins[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._joins[key] -= 1
+                if self._joins[key] <= 0:
+                    del self._joins[key]
+                groups = self._groups_of.get(channel)
+                if groups is not None and group in groups:
+                    groups[group] = time.monotonic()
 
     def discarded(self, group: str, channel: str) -> None:
         with self._lock:
-            groups = self._groups_of.get(channel)
-            if groups is not None:
-                groups.discard(group)
-                if not groups:
-                    del self._groups_of[channel]
-                    self._last_added.pop(channel, None)
+            self._drop(group, channel)
+
+    def forget(self, group: str, channel: str, before: float) -> bool:
+        """Drops a membership that Redis says ended (another process discarded the channel,
+        or flushed), unless this process joined it again at ``before`` (monotonic) or later,
+        or is joining it now; True if dropped."""
+        with self._lock:
+            joined = self._groups_of.get(channel, {}).get(group)
+            if joined is None or joined >= before or (group, channel) in self._joins:
+                return False
+            self._drop(group, channel)
+            return True
+
+    def _drop(self, group: str, channel: str) -> None:
+        groups = self._groups_of.get(channel)
+        if groups is not None:
+            groups.pop(group, None)
+            if not groups:
+                del self._groups_of[channel]
 
     def touch(self, channel: str) -> None:
         """A receive() ended (however): the channel is alive."""
@@ -61,17 +99,22 @@ class Memberships:
         last = self._last_active.get(channel)
         return (last is not None and now - last < self._liveness_s) or self.waiting(channel)
 
-    def live_groups(self) -> dict[str, list[str]]:
-        """Group name -> live member channels, for re-assertion."""
+    def live(self) -> dict[str, dict[str, float]]:
+        """Group name -> live member channel -> when it joined (monotonic), for
+        re-assertion."""
         now = time.monotonic()
         with self._lock:
-            joined = [(channel, tuple(groups)) for channel, groups in self._groups_of.items()]
-        result: defaultdict[str, list[str]] = defaultdict(list)
+            joined = [(channel, dict(groups)) for channel, groups in self._groups_of.items()]
+        result: dict[str, dict[str, float]] = {}
         for channel, groups in joined:
             if self.is_live(channel, now):
-                for group in groups:
-                    result[group].append(channel)
-        return dict(result)
+                for group, since in groups.items():
+                    result.setdefault(group, {})[channel] = since
+        return result
+
+    def live_groups(self) -> dict[str, list[str]]:
+        """Group name -> live member channels."""
+        return {group: list(channels) for group, channels in self.live().items()}
 
     def forget_dead(self, horizon_s: float) -> None:
         """Drops channels idle (not received on, not added) for longer than ``horizon_s``.
@@ -89,10 +132,10 @@ class Memberships:
             if self.waiting(channel):
                 continue
             with self._lock:
-                last = max(self._last_active.get(channel, 0.0), self._last_added.get(channel, 0.0))
+                added = max(self._groups_of.get(channel, {}).values(), default=0.0)
+                last = max(self._last_active.get(channel, 0.0), added)
                 if now - last > horizon_s:
                     self._groups_of.pop(channel, None)
-                    self._last_added.pop(channel, None)
         # A copy made in C, in one step: receive() in other threads stores meanwhile.
         for channel, last in dict(self._last_active).items():
             kept_s = horizon_s if channel in members else self._liveness_s
@@ -102,12 +145,11 @@ class Memberships:
     def remembered(self) -> int:
         """Channels this process keeps any record of (for tests and leak hunts)."""
         with self._lock:
-            return len(self._groups_of.keys() | self._last_active.keys() | self._last_added.keys())
+            return len(self._groups_of.keys() | self._last_active.keys())
 
     def clear(self) -> None:
         with self._lock:
             self._groups_of.clear()
-            self._last_added.clear()
 
     def __len__(self) -> int:
         with self._lock:

@@ -72,8 +72,17 @@ class KeyLayout:
         return f"{self.prefix}:t:{{{group}}}"
 
     def group_keys(self, group: str) -> tuple[str, str]:
-        """(members, token): the KEYS of every group script."""
+        """(members, token): the KEYS of the scripts that read a group."""
         return self.group(group), self.group_token(group)
+
+    def group_discards(self, group: str) -> str:
+        """The channels other processes discarded from the group (a sorted set, scored by
+        time of discard), which a re-assertion must not put back (see GROUP_DISCARD)."""
+        return f"{self.prefix}:x:{{{group}}}"
+
+    def membership_keys(self, group: str) -> tuple[str, str, str]:
+        """(members, token, discards): the KEYS of the scripts that join and leave."""
+        return self.group(group), self.group_token(group), self.group_discards(group)
 
     def epoch(self, tag: str | None = None) -> str:
         """When the data of a server began (ms): missing or young after a restart empty.
@@ -81,6 +90,11 @@ class KeyLayout:
         On Cluster there is one per master, ``tag`` placing it in a slot the master owns.
         """
         return f"{self.prefix}:epoch" if tag is None else f"{self.prefix}:epoch:{{{tag}}}"
+
+    def flushed(self) -> str:
+        """When the last ``flush()`` began (ms), on each host (on Cluster, in one slot):
+        memberships joined before it are re-asserted only if still there."""
+        return f"{self.prefix}:flushed"
 
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for every key of this layer."""

@@ -217,7 +217,9 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Deletes every message and group of this layer's prefix (SCAN, never KEYS).
 
         The process forgets its writes kept for replay (every event loop's); other processes
-        cannot be told, and may write their last 2 s again after a failover."""
+        cannot be told, and may write their last 2 s again after a failover. Their group
+        memberships it deleted stay deleted: it notes when it began, which their
+        re-assertions read."""
         await self._session().flush()
 
     async def close(self) -> None:

@@ -174,32 +174,58 @@ return {token, members}
 """,
 )
 
+# A group's discards: the channels another process discarded from it, scored by the time of
+# the discard, kept for group_expiry (the longest the discarded memberships could have
+# lived). Every process re-asserts the memberships it made (GROUP_ADD in 'reassert' mode); one
+# that did not see a discard must not undo it, so a re-assertion skips a channel discarded
+# since it last joined, and tells its process, which forgets the membership. A join by the
+# application clears the discard: it is a real join again.
+
 # GROUP_ADD: add channels to a group, refresh its expiry and drop members whose time ran out;
 # a new token when that changed the members.
-# KEYS: [1] the group's sorted set, [2] its membership token.
-# ARGV: [1] now (s), [2] group expiry (s), [3] a new token, [4...] channel names.
-# Returns: the number of channels added or refreshed.
+# KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
+# ARGV: [1] now (s), [2] group expiry (s), [3] a new token, [4] the mode: 'join' (the
+#       application's group_add: clears the channels' discards), 'reassert' (skips discarded
+#       channels) or 'present' (skips discarded channels and those not in the group: a
+#       flush() deleted them), [5...] channel names.
+# Returns: the channels skipped (none when joining).
 GROUP_ADD = Script(
     "group_add",
     """#!lua
-local now, expiry = tonumber(ARGV[1]), tonumber(ARGV[2])
-local changed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - expiry) > 0
-for i = 4, #ARGV do
-  changed = redis.call('ZADD', KEYS[1], now, ARGV[i]) == 1 or changed
+local now, expiry, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
+local cutoff = now - expiry
+local changed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff) > 0
+local discards = redis.call('EXISTS', KEYS[3]) == 1
+local skipped = {}
+for i = 5, #ARGV do
+  local channel = ARGV[i]
+  local discarded = discards and tonumber(redis.call('ZSCORE', KEYS[3], channel) or '0') > cutoff
+  if mode ~= 'join' and discarded then
+    skipped[#skipped + 1] = channel
+  elseif mode == 'present' and not redis.call('ZSCORE', KEYS[1], channel) then
+    skipped[#skipped + 1] = channel
+  else
+    if discards then redis.call('ZREM', KEYS[3], channel) end
+    changed = redis.call('ZADD', KEYS[1], now, channel) == 1 or changed
+  end
 end
-redis.call('EXPIRE', KEYS[1], expiry)
-if changed or redis.call('EXISTS', KEYS[2]) == 0 then
+if redis.call('EXPIRE', KEYS[1], expiry) == 0 then
+  redis.call('DEL', KEYS[2])  -- every channel skipped, and no member left
+elseif changed or redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('SET', KEYS[2], ARGV[3], 'EX', expiry)
 else
   redis.call('EXPIRE', KEYS[2], expiry)
 end
-return #ARGV - 3
+return skipped
 """,
 )
 
 # GROUP_DISCARD: remove a channel from a group; a new token if it was a member.
-# KEYS: [1] the group's sorted set, [2] its membership token.
-# ARGV: [1] the channel, [2] a new token.
+# KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
+# ARGV: [1] the channel, [2] a new token, [3] now (s), [4] how long to keep the discard (s:
+#       the group expiry), or 0 to keep none: the channel is the discarding process's own,
+#       which forgot the membership itself (a discard at every disconnect, kept a day, would
+#       cost ~100 bytes each for nothing).
 # Returns: 1 if the channel was a member, else 0.
 GROUP_DISCARD = Script(
     "group_discard",
@@ -212,6 +238,12 @@ if removed == 1 then
   else
     redis.call('DEL', KEYS[2])
   end
+end
+local now, kept = tonumber(ARGV[3]), tonumber(ARGV[4])
+if kept > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - kept)
+  redis.call('ZADD', KEYS[3], now, ARGV[1])
+  redis.call('EXPIRE', KEYS[3], math.ceil(kept))
 end
 return removed
 """,

@@ -124,6 +124,8 @@ class Session:
         self.deliveries = Deliveries(core)
         self._fanout = FanoutPlans(self._group_targets)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Re-assertions under way: cancelled first at close, which need not wait for them.
+        self._reassertions: set[asyncio.Task[None]] = set()
         self._unreturned: list[Return] = []  # RETURNs that failed, tried again at each sweep
         self._closing: asyncio.Future[None] | None = None
         # Closed because its event loop is shutting down: a consumer's clean-up running
@@ -342,7 +344,7 @@ class Session:
         if shard.stats.recovering_until < began_s + RESTART_GRACE_S:  # news to this process
             self._epochs[(shard.spec.index, node)] = (key, value)
             note_data_loss(shard, began_s)
-            reassert(self.core, shard)
+            self._reassert(shard)
             self._replay(shard)
         return shard.stats.recovering_until > time.time()
 
@@ -405,21 +407,26 @@ class Session:
 
     async def group_add(self, group: str, channel: str) -> None:
         core = self.core
-        core.memberships.added(group, channel)
         link = self._shards[core.shard_index(group)].link
-        token = secrets.token_hex(8)
-        await link.submit_script(
-            GROUP_ADD,
-            core.keys.group_keys(group),
-            (time.time(), core.group_expiry_s, token, channel),
-        )
+        args = (time.time(), core.group_expiry_s, secrets.token_hex(8), "join", channel)
+        with core.memberships.joining(group, channel):
+            await link.submit_script(GROUP_ADD, core.keys.membership_keys(group), args)
 
     async def group_discard(self, group: str, channel: str) -> None:
         core = self.core
         core.memberships.discarded(group, channel)
         link = self._shards[core.shard_index(group)].link
-        keys = core.keys.group_keys(group)
-        await link.submit_script(GROUP_DISCARD, keys, (channel, secrets.token_hex(8)))
+        # Another process's channel (or a normal one, which any process may receive on and
+        # have joined) keeps a record of the discard, so that its process's re-assertion does
+        # not undo it. This process's own forgot the membership above.
+        kept_s = 0 if self._owns(channel) else core.group_expiry_s
+        args = (channel, secrets.token_hex(8), time.time(), kept_s)
+        await link.submit_script(GROUP_DISCARD, core.keys.membership_keys(group), args)
+
+    def _owns(self, channel: str) -> bool:
+        """Whether ``channel`` is a process-specific channel of this layer."""
+        local = channel.find("!")
+        return local >= 0 and channel[:local].endswith(self.client_prefix)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -601,7 +608,7 @@ class Session:
             extra={"event": "new_master", "master": info.endpoint.describe()},
         )
         shard.drop_stale(info, "another connection found a new server run")
-        reassert(self.core, shard)
+        self._reassert(shard)
         self._replay(shard)
 
     def _topology_changed(self, shard: ShardConnections) -> None:
@@ -612,8 +619,22 @@ class Session:
             shard.spec.locator.describe(),
             extra={"event": "new_master"},
         )
-        reassert(self.core, shard)
+        self._reassert(shard)
         self._replay(shard)
+
+    def _reassert(self, shard: ShardConnections) -> None:
+        """Re-asserts the memberships kept on ``shard`` in the background (see reassert);
+        not once closing: its connections are going."""
+        if self._closing is not None:
+            return
+        task = self._loop.create_task(self._reassert_reporting(shard))
+        self._reassertions.add(task)
+        task.add_done_callback(self._reassertions.discard)
+
+    async def _reassert_reporting(self, shard: ShardConnections) -> None:
+        # A bug in it would otherwise go unreported, and memberships lapse at group_expiry.
+        with self._step(f"membership refresh of shard {shard.spec.index}"):
+            await reassert(self.core, shard)
 
     def _replay(self, shard: ShardConnections) -> None:
         """Writes again what this process wrote just before the failure (see ``_replay``)."""
@@ -658,8 +679,7 @@ class Session:
             self._publish_inbox_limits()
         if self.core.refresh_due():
             for shard in self._shards:
-                with self._step(f"membership refresh of shard {shard.spec.index}"):
-                    reassert(self.core, shard)
+                self._reassert(shard)
         if time.monotonic() - self._swept_at >= BUFFER_SWEEP_INTERVAL_S:
             self._swept_at = time.monotonic()
             with self._step("sweep"):
@@ -693,7 +713,7 @@ class Session:
             logger.debug("Epoch check failed: %s", err)
             return
         if lost:
-            reassert(self.core, shard)
+            self._reassert(shard)
             self._replay(shard)
 
     def _sweep(self) -> None:
@@ -723,10 +743,19 @@ class Session:
 
     async def flush(self) -> None:
         """Deletes this prefix's messages and groups; the epoch marks stay (deleting them
-        would look like data loss to every process watching them)."""
+        would look like data loss to every process watching them).
+
+        The other processes cannot be told, and their re-assertions must not bring back what
+        it deletes: it first notes on each shard when it began (see reassert). First, so
+        that a re-assertion running meanwhile reads the note too; only one that read just
+        before it was written, and whose writes came after the deletes (two round trips
+        later at least), can put a membership back."""
+        began_ms = now_ms()
         self.core.memberships.clear()  # flushed groups must not be re-asserted
         self._forget_recent()
         for shard in self._shards:
+            key = self.core.keys.flushed()
+            await shard.link.submit("SET", key, began_ms, key=key)
             await self._flush_shard(shard)
         self._forget_recent()  # sends acknowledged during the scan were deleted too
         self.deliveries.clear()
@@ -773,14 +802,14 @@ class Session:
         """SCANs one master; deletes through ``link``, which routes each key to its slot."""
         cursor = b"0"
         pattern = self.core.keys.scan_pattern()
-        epochs = {key for _, key in self._epoch_keys()}
+        kept = {key for _, key in self._epoch_keys()} | {self.core.keys.flushed()}
         for _ in range(_MAX_SCAN_ROUNDS):
             scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
             reply = await node().submit(*scan)
             cursor, keys = cast("tuple[bytes, list[bytes]]", reply)
             # One key per UNLINK: on Cluster, keys of one SCAN page live in different slots.
             names = [key.decode() for key in keys]
-            unlinks = [link.submit("UNLINK", k, key=k) for k in names if k not in epochs]
+            unlinks = [link.submit("UNLINK", k, key=k) for k in names if k not in kept]
             await asyncio.gather(*unlinks)
             if cursor == b"0":
                 return
@@ -800,6 +829,11 @@ class Session:
         if asyncio.current_task() is not self._keeper:
             self._keeper.cancel()
             await asyncio.wait({self._keeper})
+        reassertions = set(self._reassertions)
+        for task in reassertions:
+            task.cancel()  # what they submitted is settled (or failed) by the links' close
+        if reassertions:
+            await asyncio.wait(reassertions)
         for shard in self._shards:
             await shard.close_readers()
         # What the readers popped has been handed over; nothing more will come to those

@@ -52,3 +52,26 @@ def test_a_member_idle_for_less_than_the_group_expiry_is_kept() -> None:
     assert memberships.remembered() == 1
     memberships.forget_dead(0.0)  # past the group expiry: Redis forgot it too
     assert memberships.remembered() == 0
+
+
+def test_a_membership_joined_again_since_a_reassertion_began_is_kept() -> None:
+    """A re-assertion reports the channel discarded elsewhere; a group_add made since it
+    began may have reached Redis after it (another event loop's connection): kept."""
+    memberships = Memberships(LIVENESS_S)
+    memberships.added("room", "specific.kicked!1")
+    began = time.monotonic()
+    memberships.added("room", "specific.kicked!1")
+    assert not memberships.forget("room", "specific.kicked!1", began)
+    assert memberships.forget("room", "specific.kicked!1", time.monotonic())
+    assert len(memberships) == 0
+
+
+def test_a_membership_being_joined_is_not_forgotten() -> None:
+    """While a group_add is under way, no re-assertion report can be about it; once it
+    ended, it counts from then."""
+    memberships = Memberships(LIVENESS_S)
+    with memberships.joining("room", "specific.joining!1"):
+        assert not memberships.forget("room", "specific.joining!1", time.monotonic() + 1)
+        ended = time.monotonic()
+    assert not memberships.forget("room", "specific.joining!1", ended)
+    assert memberships.forget("room", "specific.joining!1", time.monotonic())
