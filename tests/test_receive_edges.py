@@ -172,6 +172,20 @@ def hold_give_backs(
     return held, release
 
 
+async def give_back_held(
+    layer: RedisChannelLayer, channel: str, monkeypatch: pytest.MonkeyPatch
+) -> asyncio.Event:
+    """A receive() on ``channel`` handed its message and cancelled before it resumes: the
+    message is on its way back to Redis, held there until the event returned is set."""
+    held, release = hold_give_backs(layer, monkeypatch)
+    first = asyncio.create_task(layer.receive(channel))
+    deliver_then(layer, monkeypatch, first.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(held.wait(), TIMEOUT_S)
+    return release
+
+
 async def received_numbers(layer: RedisChannelLayer, channel: str, count: int) -> list[int]:
     return [(await asyncio.wait_for(layer.receive(channel), TIMEOUT_S))["n"] for _ in range(count)]
 
@@ -186,12 +200,7 @@ async def test_a_receive_during_a_give_back_gets_the_returned_message_first(
     for number in range(3):
         await layer.send(channel, {"type": "m", "n": number})
     asked = record_pops(layer, monkeypatch)
-    held, release = hold_give_backs(layer, monkeypatch)
-    first = asyncio.create_task(layer.receive(channel))
-    deliver_then(layer, monkeypatch, first.cancel)
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    await asyncio.wait_for(held.wait(), TIMEOUT_S)  # 0 is on its way back
+    release = await give_back_held(layer, channel, monkeypatch)  # 0 is on its way back
     asked.clear()
     second = asyncio.create_task(layer.receive(channel))
     await asyncio.wait_for(asked.wait(), TIMEOUT_S)  # the reader worked out what to pop
@@ -282,12 +291,7 @@ async def test_a_give_back_goes_to_the_receiver_waiting_in_another_process(
     await there.send(channel, {"type": "warm-up"})  # its link connected, scripts loaded
     assert (await asyncio.wait_for(there.receive(channel), TIMEOUT_S))["type"] == "warm-up"
     await here.send(channel, {"type": "m", "n": 0})
-    held, release = hold_give_backs(here, monkeypatch)
-    first = asyncio.create_task(here.receive(channel))
-    deliver_then(here, monkeypatch, first.cancel)
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    await asyncio.wait_for(held.wait(), TIMEOUT_S)  # 0 is on its way back
+    release = await give_back_held(here, channel, monkeypatch)  # 0 is on its way back
     blocked = int(master_client.info("clients")["blocked_clients"])
     waiting_there = asyncio.create_task(there.receive(channel))
     deadline = asyncio.get_running_loop().time() + TIMEOUT_S

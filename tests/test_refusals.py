@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -16,6 +18,7 @@ from channels_ha import (
 )
 from channels_ha._buffers import now_ms
 from channels_ha._codec import encode_element
+from channels_ha._session import Session
 from channels_ha.sandbox import StandaloneTopology, Topology, TopologyFactory
 
 from .conftest import LayerFactory
@@ -77,17 +80,10 @@ async def test_messages_a_full_memory_refused_to_take_back_are_given_back_later(
         encode_element(expires, "a-sender", n, "given-back", core.codec.dumps({"n": n}))
         for n in range(1, 5)
     ]
-    admin = redis_topology.node.async_client()
-    try:
-        await admin.config_set("maxmemory", 1)  # every write that may grow memory: OOM
+    async with out_of_memory(redis_topology):
         session._deliver(core.keys.channel("given-back"), popped)  # nobody waits here
         await asyncio.wait(set(session._tasks))  # the return, refused
-    finally:
-        await admin.config_set("maxmemory", 0)
-        await admin.aclose()
-    session._sweep()  # what the upkeep does every few seconds
-    if session._tasks:
-        await asyncio.wait(set(session._tasks))
+    await swept(session)
     received = [(await asyncio.wait_for(receiver.receive("given-back"), 5))["n"] for _ in range(4)]
     assert received == [1, 2, 3, 4]
 
@@ -106,18 +102,11 @@ async def test_a_refused_give_back_does_not_hold_up_the_channel_here(
     refused = encode_element(
         now_ms() + 60_000, "a-sender", 1, "held-back", core.codec.dumps({"n": 0})
     )
-    admin = redis_topology.node.async_client()
-    try:
-        await admin.config_set("maxmemory", 1)  # every write that may grow memory: OOM
+    async with out_of_memory(redis_topology):
         session._deliver(core.keys.channel("held-back"), [refused])  # nobody waits here
         await asyncio.wait(set(session._tasks))  # the return, refused
         assert (await asyncio.wait_for(layer.receive("held-back"), 5))["n"] == 1  # not held
-    finally:
-        await admin.config_set("maxmemory", 0)
-        await admin.aclose()
-    session._sweep()  # what the upkeep does every few seconds
-    if session._tasks:
-        await asyncio.wait(set(session._tasks))
+    await swept(session)
     received = [(await asyncio.wait_for(layer.receive("held-back"), 5))["n"] for _ in range(2)]
     assert received == [0, 2]
 
@@ -165,3 +154,22 @@ async def test_a_password_for_a_server_without_one_is_accepted_as_redis_py_does(
         assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "hello"}
     finally:
         await layer.close()
+
+
+@asynccontextmanager
+async def out_of_memory(topology: StandaloneTopology) -> AsyncIterator[None]:
+    """Redis refuses every write that may grow its memory (OOM) meanwhile."""
+    admin = topology.node.async_client()
+    try:
+        await admin.config_set("maxmemory", 1)
+        yield
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.aclose()
+
+
+async def swept(session: Session) -> None:
+    """What the upkeep does every few seconds (gives back again what Redis refused)."""
+    session._sweep()
+    if session._tasks:
+        await asyncio.wait(set(session._tasks))
