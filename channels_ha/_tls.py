@@ -9,6 +9,7 @@ does; only whether the pass phrase was asked for tells the two apart.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from typing import TYPE_CHECKING, NoReturn
 
@@ -63,9 +64,17 @@ def read_tls_files(config: RedisConfig) -> None:
     ``ssl_password`` would make OpenSSL prompt on the terminal.
     """
     if config.tls is not None:
-        ssl_context(config.tls)
+        _readable(config.tls, "")
     if isinstance(config, SentinelConfig) and config.sentinel_tls not in (None, config.tls):
-        ssl_context(config.sentinel_tls, "sentinel_kwargs.")
+        _readable(config.sentinel_tls, "sentinel_kwargs.")
+
+
+@functools.lru_cache(maxsize=64)
+def _readable(tls: TLSConfig, prefix: str) -> None:
+    """Once per configuration and process (a failure is not remembered): under ASGI, Django
+    builds a cache object per request, and a context costs ~25 ms (the system's CA store, a
+    key to decrypt)."""
+    ssl_context(tls, prefix)
 
 
 def _files(tls: TLSConfig, prefix: str) -> list[tuple[str, str]]:

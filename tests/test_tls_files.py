@@ -27,6 +27,7 @@ from channels_ha import (
     parse_url,
 )
 from channels_ha._probe import probe
+from channels_ha._tls import _readable
 from channels_ha.cache import RedisCache
 from channels_ha.sandbox import TLSTopology, TopologyFactory
 from tests import django_settings
@@ -124,6 +125,19 @@ def test_readable_files_build_the_layer(files: dict[str, str]) -> None:
     """The checks refuse nothing that works: CA, certificate and unencrypted key."""
     query = f"ssl_ca_certs={files['ca']}&ssl_certfile={files['cert']}&ssl_keyfile={files['key']}"
     assert RedisChannelLayer(hosts=[f"rediss://127.0.0.1:1?{query}"]).configs
+
+
+def test_the_cache_reads_the_files_of_a_configuration_once(files: dict[str, str]) -> None:
+    """Seen: building the cache took 24 ms with TLS (the system's CA store) instead of
+    0.2, and under ASGI Django builds one per request. A file that breaks later is the
+    connection's error then, as for any file redis-py reads."""
+    query = f"ssl_ca_certs={files['ca']}&ssl_certfile={files['cert']}&ssl_keyfile={files['key']}"
+    url = f"rediss://127.0.0.1:1/0?{query}"
+    RedisCache(url, {})
+    read = _readable.cache_info().misses
+    for _ in range(3):
+        RedisCache(url, {})
+    assert _readable.cache_info().misses == read
 
 
 # -- an encrypted key and its ssl_password ---------------------------------------------------
