@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import uuid
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,6 +33,19 @@ if TYPE_CHECKING:
     from ._config import RedisConfig
 
 _VALID_NAMES_REMEMBERED = 10_000  # bounded: channel names come and go with connections
+
+
+# Every layer of the process, started over in a forked child (see _start_as_this_process).
+_LAYERS: weakref.WeakSet[RedisChannelLayer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for layer in list(_LAYERS):
+        layer._start_as_this_process()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
@@ -73,21 +87,37 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
         self.group_expiry = group_expiry
         self.prefix = prefix
-        self.client_prefix = uuid.uuid4().hex
         self.configs = _configs(hosts, config, failover_timeout)
-        self._core = LayerCore(
-            shards=self._shard_specs(),
-            keys=KeyLayout(prefix),
-            codec=MessageCodec(serializer_format, symmetric_encryption_keys, expiry),
-            expiry_s=expiry,
-            group_expiry_s=group_expiry,
-            capacity_of=self._capacity_lookup(),
-            replica_acks=replica_acks,
-            replica_ack_timeout_s=replica_ack_timeout,
-        )
+        codec = MessageCodec(serializer_format, symmetric_encryption_keys, expiry)
+
+        def new_core() -> LayerCore:
+            return LayerCore(
+                shards=self._shard_specs(),
+                keys=KeyLayout(prefix),
+                codec=codec,
+                expiry_s=expiry,
+                group_expiry_s=group_expiry,
+                capacity_of=self._capacity_lookup(),
+                replica_acks=replica_acks,
+                replica_ack_timeout_s=replica_ack_timeout,
+            )
+
+        self._new_core = new_core
+        self._valid_channels: set[str] = set()
+        self._start_as_this_process()
+        _LAYERS.add(self)
+
+    def _start_as_this_process(self) -> None:
+        """What belongs to one process: its inbox (``client_prefix``), connections, writes
+        kept for replay, memberships. A child forked after the layer was built (gunicorn
+        --preload, a module-level ``get_channel_layer()``) starts over: with the parent's
+        prefix the workers would share one inbox and pop each other's messages, and with
+        its sessions they would share sockets and sender ids (the replies read by the wrong
+        process, one's messages taken for the other's retries)."""
+        self.client_prefix = uuid.uuid4().hex
+        self._core = self._new_core()
         self._sessions: dict[asyncio.AbstractEventLoop, Session] = {}
         self._core.memberships.waiting = self._waiting_on
-        self._valid_channels: set[str] = set()
 
     def _waiting_on(self, channel: str) -> bool:
         return any(
