@@ -132,7 +132,8 @@ class CommandLink:
             # slot -2: an internal request that a router drops instead of re-routing.
             self.submit_request(Request(pack("ASKING"), self._settings.failover_timeout_s, -2))
         if self._usable and self._holding is None:
-            self._write(request)
+            if not self._write(request):
+                self._lost_unwritten(deque([request]))
         else:
             self._queue.append(request)
             self._ensure_connecting()
@@ -157,14 +158,27 @@ class CommandLink:
         index = later.index(after) + 1 if after in later else 0
         return [request for request in later[index:] if request.slot == slot]
 
-    def _write(self, request: Request) -> None:
+    def _write(self, request: Request) -> bool:
+        """Writes ``request``; False, writing nothing, if the connection is closed already."""
         assert self._protocol is not None
-        self._protocol.write(request.packed)
+        try:
+            self._protocol.write(request.packed)
+        except ConnectionLost:
+            return False
         request.due = time.monotonic() + request.patience_s
         self._inflight.append(request)
         if self._watchdog is None:  # the first request after a quiet spell
             self._stalled_s(baseline=True)
             self._arm_watchdog(request.due)
+        return True
+
+    def _lost_unwritten(self, unwritten: deque[Request]) -> None:
+        """A write found the connection closed before its loss reached this link (it closed
+        while being adopted, say): that is the loss, handled as ever, with the requests not
+        written queued after those whose replies it took, before those that came later."""
+        unwritten.extend(self._queue)
+        self._queue = unwritten
+        self.on_lost(ConnectionLost("connection already closed"))
 
     # -- replies (called by the protocol, in order) ------------------------------------
 
@@ -404,7 +418,11 @@ class CommandLink:
                 self._fail_all(err)
                 return
             self._adopt(protocol, info)
-            return
+            if self._protocol is not None:
+                return
+            # Lost as it was adopted (a write found it closed); on_lost could not start another
+            # attempt while this one runs: what it queued again waits for the next round here.
+            await self._backoff.wait()
 
     def _adopt(self, protocol: RespProtocol, info: ServerInfo) -> None:
         if self._closed:
@@ -424,10 +442,15 @@ class CommandLink:
     def _write_queued(self) -> None:
         if self._holding is not None:
             return  # a failover runs: this may still be the old master; release() writes
+        if self._protocol is None:
+            return  # lost meanwhile (by a write of on_server's): reconnecting writes them
         queued, self._queue = self._queue, deque()
-        for request in queued:
-            if not request.future.done():
-                self._write(request)
+        while queued:
+            request = queued.popleft()
+            if not request.future.done() and not self._write(request):
+                queued.appendleft(request)
+                self._lost_unwritten(queued)
+                return
 
     async def _attempt(self) -> tuple[RespProtocol, ServerInfo]:
         """One connection attempt, paced by its own timeouts as ever; requests whose deadline
@@ -450,7 +473,10 @@ class CommandLink:
             if not attempt.cancelled() and attempt.exception() is None:
                 attempt.result()[0].abort()  # it connected as we were cancelled: nobody owns it
             raise
-        return await attempt
+        protocol, info = await attempt
+        if protocol.closed:  # lost while this task resumed: a failed attempt, not a connection
+            raise ConnectionLost(f"{info.endpoint.describe()} closed the connection on connecting")
+        return protocol, info
 
     def _hand_over_queue(self, reason: str) -> None:
         assert self._hand_back is not None

@@ -86,6 +86,21 @@ class BlockingReader:
     def start(self) -> None:
         if self._task is None:
             self._task = self._loop.create_task(self._run())
+            self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The loop catches what its steps raise; should it end anyway while not closed (a
+        bug in its cleanup), it is logged and started again, so receivers are not left
+        waiting for a reader that is gone."""
+        if task is not self._task or task.cancelled():
+            return  # closed, or cancelled with the event loop
+        logger.error(
+            "The blocking reader ended unexpectedly; starting it again",
+            exc_info=task.exception(),
+            extra={"event": "reader_restarted"},
+        )
+        self._task, self._stopping, self._pending = None, False, None
+        self.start()
 
     def wake(self) -> None:
         """Somebody started waiting: pop, and re-issue a pop blocked on other keys."""
@@ -127,12 +142,24 @@ class BlockingReader:
     async def _run(self) -> None:
         try:
             while True:
-                keys = self._keys()
-                if not keys:
-                    self._wanted.clear()
-                    await self._wanted.wait()
-                    continue
-                await self._pop_once(keys)
+                try:
+                    keys = self._keys()
+                    if not keys:
+                        self._wanted.clear()
+                        await self._wanted.wait()
+                        continue
+                    await self._pop_once(keys)
+                except Exception:  # a bug: ending here would leave every receiver waiting
+                    count = self._failure_log.due("run")
+                    if count:
+                        logger.error(
+                            "The blocking reader failed (%d time(s) since the last report); "
+                            "it goes on with a new connection",
+                            count,
+                            exc_info=True,
+                            extra={"event": "reader_failed"},
+                        )
+                    await self._start_over()
         finally:
             self._stopping = True  # from here on, close() must not interrupt us
             if self._watchdog is not None:
@@ -149,7 +176,12 @@ class BlockingReader:
         except (RedisUnavailable, RedisCommandError) as err:
             self._fail(err)
             return
-        pending, replied = self._submit_pop(client, keys)
+        try:
+            pending, replied = self._submit_pop(client, keys)
+        except ConnectionLost:  # closed before its loss reached us: lost, as any other
+            self._client = None
+            await self._backoff.wait()
+            return
         self._pop_deadline = self._loop.time() + self._pop_limit_s
         self._pop_heard_at = time.monotonic()  # the protocol's clock (uvloop's differs)
         if self._watchdog is None:
@@ -280,6 +312,17 @@ class BlockingReader:
             self._client, self._server = client, info
             self._on_server(info)
             return client
+
+    async def _start_over(self) -> None:
+        """After an unexpected error: collects the pop in flight (its reply may hold messages
+        Redis removed already), then leaves the connection, whose state is unknown."""
+        try:
+            await self._finish_pending()
+        except Exception:  # not one more: the connection goes anyway
+            logger.debug("Could not collect the pop in flight", exc_info=True)
+        self._pending = None
+        await self._disconnect()
+        await self._backoff.wait()  # no tight loop if it keeps failing
 
     # -- stopping ------------------------------------------------------------------------
 

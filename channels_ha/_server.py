@@ -250,7 +250,8 @@ async def connect_to_master(
     load_scripts: bool,
     announcements: Announcements | None = None,
 ) -> tuple[RespProtocol, ServerInfo]:
-    """A connection to the current master, handshaken; ``sink`` gets what follows.
+    """A connection to the current master, handshaken and still open; ``sink`` gets what
+    follows (a caller that awaits anything before using it checks ``closed`` again).
 
     A master that was frozen accepts connections but answers only when it wakes up, by then
     perhaps replaced (yet still saying ``master`` until the sentinels demote it): a
@@ -292,6 +293,8 @@ async def _connect_to_master(
         protocol.abort()
         raise
     protocol.sink = sink
+    if protocol.closed:  # lost after its last handshake reply: a failed attempt, retried
+        raise ConnectionLost(f"{endpoint.describe()} closed the connection after the handshake")
     return protocol, info
 
 

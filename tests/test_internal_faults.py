@@ -17,6 +17,7 @@ import pytest
 
 from channels_ha import RedisChannelLayer
 from channels_ha._buffers import now_ms
+from channels_ha._reader import BlockingReader
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -129,3 +130,36 @@ async def test_a_sweep_keeps_a_receiver_that_was_just_handed_a_message(
     assert "handed-over" in deliveries.channels()
     assert deliveries.normal_keys(0)() == []  # nobody waits for more; and no KeyError
     deliveries.leave(buffer)
+
+
+async def test_a_failing_pop_does_not_stop_the_reader(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error in a step of the reader's loop is logged; the reader goes on with a new
+    connection and the message waiting in Redis arrives."""
+    patched, calls = raising_once(BlockingReader._submit_pop)
+    monkeypatch.setattr(BlockingReader, "_submit_pop", patched)
+    await layer.send("failing-pop", {"type": "waiting"})
+    with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
+        received = await asyncio.wait_for(layer.receive("failing-pop"), RECEIVE_TIMEOUT_S)
+    assert received == {"type": "waiting"}
+    assert len(calls) >= 2
+    (failure,) = events(caplog, "reader_failed")
+    assert failure.exc_info is not None
+
+
+async def test_a_reader_that_ends_anyway_is_started_again(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Should the reader's loop end by an error after all (here: its recovery from one fails
+    too), it is logged and started again rather than leaving its receivers waiting."""
+    pop, _ = raising_once(BlockingReader._submit_pop)
+    start_over, _ = raising_once(BlockingReader._start_over)
+    monkeypatch.setattr(BlockingReader, "_submit_pop", pop)
+    monkeypatch.setattr(BlockingReader, "_start_over", start_over)
+    await layer.send("ended-reader", {"type": "waiting"})
+    with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
+        received = await asyncio.wait_for(layer.receive("ended-reader"), RECEIVE_TIMEOUT_S)
+    assert received == {"type": "waiting"}
+    (restart,) = events(caplog, "reader_restarted")
+    assert restart.exc_info is not None
