@@ -99,22 +99,17 @@ class Memberships:
         last = self._last_active.get(channel)
         return (last is not None and now - last < self._liveness_s) or self.waiting(channel)
 
-    def live(self) -> dict[str, dict[str, float]]:
-        """Group name -> live member channel -> when it joined (monotonic), for
-        re-assertion."""
+    def live_groups(self) -> dict[str, list[str]]:
+        """Group name -> live member channels, for re-assertion."""
         now = time.monotonic()
         with self._lock:
-            joined = [(channel, dict(groups)) for channel, groups in self._groups_of.items()]
-        result: dict[str, dict[str, float]] = {}
+            joined = [(channel, tuple(groups)) for channel, groups in self._groups_of.items()]
+        result: dict[str, list[str]] = {}
         for channel, groups in joined:
             if self.is_live(channel, now):
-                for group, since in groups.items():
-                    result.setdefault(group, {})[channel] = since
+                for group in groups:
+                    result.setdefault(group, []).append(channel)
         return result
-
-    def live_groups(self) -> dict[str, list[str]]:
-        """Group name -> live member channels."""
-        return {group: list(channels) for group, channels in self.live().items()}
 
     def forget_dead(self, horizon_s: float) -> None:
         """Drops channels idle (not received on, not added) for longer than ``horizon_s``.

@@ -75,10 +75,21 @@ class KeyLayout:
         """(members, token): the KEYS of the scripts that read a group."""
         return self.group(group), self.group_token(group)
 
+    def group_of(self, key: str) -> str | None:
+        """The group whose sorted set ``key`` is, or None for any other key."""
+        head = f"{self.prefix}:g:{{"
+        if key.startswith(head) and key.endswith("}"):
+            return key[len(head) : -1]
+        return None
+
     def group_discards(self, group: str) -> str:
-        """The channels other processes discarded from the group (a sorted set, scored by
-        time of discard), which a re-assertion must not put back (see GROUP_DISCARD)."""
+        """The channels discarded from the group (a sorted set, scored by when each record
+        stops holding), which a re-assertion must not put back (see GROUP_DISCARD)."""
         return f"{self.prefix}:x:{{{group}}}"
+
+    def is_group_discards(self, key: str) -> bool:
+        """Whether ``key`` holds a group's discards (which ``flush()`` keeps)."""
+        return key.startswith(f"{self.prefix}:x:{{")
 
     def membership_keys(self, group: str) -> tuple[str, str, str]:
         """(members, token, discards): the KEYS of the scripts that join and leave."""
@@ -90,11 +101,6 @@ class KeyLayout:
         On Cluster there is one per master, ``tag`` placing it in a slot the master owns.
         """
         return f"{self.prefix}:epoch" if tag is None else f"{self.prefix}:epoch:{{{tag}}}"
-
-    def flushed(self) -> str:
-        """When the last ``flush()`` began (ms), on each host (on Cluster, in one slot):
-        memberships joined before it are re-asserted only if still there."""
-        return f"{self.prefix}:flushed"
 
     def scan_pattern(self) -> str:
         """A SCAN MATCH pattern for every key of this layer."""

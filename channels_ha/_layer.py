@@ -248,8 +248,9 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
         The process forgets its writes kept for replay (every event loop's); other processes
         cannot be told, and may write their last 2 s again after a failover. Their group
-        memberships it deleted stay deleted: it notes when it began, which their
-        re-assertions read."""
+        memberships it deleted stay deleted: it records each as discarded (kept for
+        group_expiry, like the records of group_discard, which it keeps too), and their
+        re-assertions skip those."""
         await self._session().flush()
 
     async def close(self) -> None:

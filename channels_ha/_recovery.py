@@ -12,100 +12,85 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from ._buffers import now_ms
-from ._constants import FLUSH_CLOCK_MARGIN_S, RESTART_GRACE_S, RESTART_NOTICE_WINDOW_S
+from ._constants import RESTART_GRACE_S, RESTART_NOTICE_WINDOW_S
 from ._core import LayerCore
 from ._resp import Arg
 from ._scripts import GROUP_ADD
 from ._server import ServerInfo
 from ._shard import ShardConnections
-from .exceptions import RedisCommandError, RedisUnavailable
+from .exceptions import RedisUnavailable
 
 logger = logging.getLogger("channels_ha.layer")
 
 _REASSERT_BATCH = 500  # channels per GROUP_ADD call
 
 
-async def reassert(core: LayerCore, shard: ShardConnections) -> None:
-    """Re-adds the live memberships kept on ``shard``, except those another process ended.
-
-    Redis tells which: a channel discarded since it joined (its group's discards), and a
-    membership joined before the last ``flush()`` that is no longer there. The process
-    forgets those, so that they do not come back later either. A membership joined before a
-    flush that is still there was joined after it after all (the hosts' clocks differ), or
-    again since by another process: it is refreshed.
-    """
-    flushed = await _flushed_at(core, shard)
-    began = time.monotonic()
-    batches: list[Batch] = []
-    try:
-        for group, members in core.memberships.live().items():
-            if core.shard_index(group) == shard.spec.index:
-                batches += _readd(core, shard, group, members, flushed)
-    except RedisUnavailable as err:  # closed meanwhile
-        logger.debug("Re-assertion stopped: %s", err)
-    if batches:
-        await asyncio.wait([future for _, _, future in batches])  # (never cancels them)
-        _forget_ended(core, shard, batches, began)
-
-
-async def _flushed_at(core: LayerCore, shard: ShardConnections) -> float | None:
-    """When (monotonic, by this process's clock) the last flush() on ``shard`` began, plus
-    FLUSH_CLOCK_MARGIN_S: memberships joined before are re-asserted only if still there."""
-    key = core.keys.flushed()
-    try:
-        value = await shard.link.submit("GET", key, key=key)
-    except (RedisUnavailable, RedisCommandError) as err:
-        logger.debug("Could not read when the last flush() was: %s", err)
-        return None  # re-assert all the same: what Redis lost matters more
-    if value is None:
-        return None
-    began_s = int(cast(bytes, value)) / 1000
-    return time.monotonic() - (time.time() - began_s) + FLUSH_CLOCK_MARGIN_S
-
-
 Batch = tuple[str, int, asyncio.Future[Any]]  # group, channels, the GROUP_ADD's reply
 
 
+class Reassertion(NamedTuple):
+    """GROUP_ADD calls submitted to re-assert memberships, and when (monotonic) the
+    memberships were read for them."""
+
+    began: float
+    batches: list[Batch]
+
+
+def reassert(core: LayerCore, shard: ShardConnections) -> Reassertion:
+    """Re-adds the live memberships kept on ``shard`` (submitted now, in this call: a
+    group_send submitted after it reads the members after them), except those another
+    process or event loop ended: Redis skips a channel whose discard record holds (see
+    GROUP_DISCARD), and ``forget_ended`` then makes the process forget it, so that it does
+    not come back when the record expires either."""
+    began = time.monotonic()
+    return reassert_from(core, shard, began, core.memberships.live_groups())
+
+
+def reassert_from(
+    core: LayerCore, shard: ShardConnections, began: float, live: dict[str, list[str]]
+) -> Reassertion:
+    """Re-adds the memberships ``live`` (read at ``began``) kept on ``shard``."""
+    batches: list[Batch] = []
+    try:
+        for group, members in live.items():
+            if core.shard_index(group) == shard.spec.index:
+                batches += _readd(core, shard, group, members)
+    except RedisUnavailable as err:  # closed meanwhile
+        logger.debug("Re-assertion stopped: %s", err)
+    return Reassertion(began, batches)
+
+
 def _readd(
-    core: LayerCore,
-    shard: ShardConnections,
-    group: str,
-    members: dict[str, float],
-    flushed: float | None,
+    core: LayerCore, shard: ShardConnections, group: str, channels: list[str]
 ) -> list[Batch]:
-    """The GROUP_ADD calls that re-assert ``members``: those joined before the last flush
-    only if still there."""
-    modes: dict[str, list[str]] = {}
-    for channel, joined in members.items():
-        mode = "present" if flushed is not None and joined < flushed else "reassert"
-        modes.setdefault(mode, []).append(channel)
     batches = []
     keys = core.keys.membership_keys(group)
-    for mode, channels in modes.items():
-        for start in range(0, len(channels), _REASSERT_BATCH):
-            batch = channels[start : start + _REASSERT_BATCH]
-            token = secrets.token_hex(8)  # taken only if a member was missing
-            args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, token, mode, *batch)
-            batches.append((group, len(batch), shard.link.submit_script(GROUP_ADD, keys, args)))
+    for start in range(0, len(channels), _REASSERT_BATCH):
+        batch = channels[start : start + _REASSERT_BATCH]
+        token = secrets.token_hex(8)  # taken only if a member was missing
+        args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, token, "reassert", *batch)
+        batches.append((group, len(batch), shard.link.submit_script(GROUP_ADD, keys, args)))
     return batches
 
 
-def _forget_ended(
-    core: LayerCore, shard: ShardConnections, batches: list[Batch], began: float
-) -> None:
-    """Forgets the memberships Redis said were ended, and logs the re-assertion."""
+async def forget_ended(core: LayerCore, shard: ShardConnections, done: Reassertion) -> None:
+    """Waits for the re-assertion's replies; forgets the memberships Redis said were ended,
+    and logs the re-assertion."""
+    if not done.batches:
+        return
+    await asyncio.wait([future for _, _, future in done.batches])  # (never cancels them)
     readded = forgotten = 0
     groups = set()
-    for group, size, future in batches:
+    for group, size, future in done.batches:
         if future.cancelled() or future.exception() is not None:
             log_failure(future)
             continue
         skipped = cast(list[bytes], future.result())
         for channel in skipped:
-            forgotten += core.memberships.forget(group, channel.decode(), began)
+            forgotten += core.memberships.forget(group, channel.decode(), done.began)
         readded += size - len(skipped)
         groups.add(group)
     if groups:

@@ -174,38 +174,51 @@ return {token, members}
 """,
 )
 
-# A group's discards: the channels another process discarded from it, scored by the time of
-# the discard, kept for group_expiry (the longest the discarded memberships could have
-# lived). Every process re-asserts the memberships it made (GROUP_ADD in 'reassert' mode); one
-# that did not see a discard must not undo it, so a re-assertion skips a channel discarded
-# since it last joined, and tells its process, which forgets the membership. A join by the
-# application clears the discard: it is a real join again.
+# A group's discards: channels discarded from it that re-assertions must not put back. Every
+# process re-asserts the memberships it made (GROUP_ADD in 'reassert' mode), and one that
+# did not see a discard (another process's group_discard, a flush(), or one on another event
+# loop of its own) must not undo it: a re-assertion skips a channel whose record holds, and
+# tells its process, which forgets the membership. A join by the application clears the
+# record: it is a real join again. Each record is scored by when it stops holding (the
+# discard's time plus how long it is kept), so that records kept for different times share
+# one set: a shorter record never shortens a longer one (ZADD GT), nor the key's expiry.
+_RECORD_DISCARDS = """
+-- At most a few thousand channels per call (unpack's stack).
+local function record_discards(key, now, kept, channels)
+  if #channels == 0 then return end
+  local args = {}
+  for i, channel in ipairs(channels) do
+    args[2 * i - 1] = now + kept
+    args[2 * i] = channel
+  end
+  redis.call('ZADD', key, 'GT', unpack(args))
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local kept_ms = math.ceil(kept * 1000)
+  if redis.call('PTTL', key) < kept_ms then redis.call('PEXPIRE', key, kept_ms) end
+end
+"""
 
 # GROUP_ADD: add channels to a group, refresh its expiry and drop members whose time ran out;
 # a new token when that changed the members.
 # KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
 # ARGV: [1] now (s), [2] group expiry (s), [3] a new token, [4] the mode: 'join' (the
-#       application's group_add: clears the channels' discards), 'reassert' (skips discarded
-#       channels) or 'present' (skips discarded channels and those not in the group: a
-#       flush() deleted them), [5...] channel names.
+#       application's group_add: clears the channels' records) or 'reassert' (skips the
+#       channels whose record holds), [5...] channel names.
 # Returns: the channels skipped (none when joining).
 GROUP_ADD = Script(
     "group_add",
     """#!lua
 local now, expiry, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
-local cutoff = now - expiry
-local changed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff) > 0
+local changed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - expiry) > 0
 local discards = redis.call('EXISTS', KEYS[3]) == 1
 local skipped = {}
 for i = 5, #ARGV do
   local channel = ARGV[i]
-  local discarded = discards and tonumber(redis.call('ZSCORE', KEYS[3], channel) or '0') > cutoff
-  if mode ~= 'join' and discarded then
-    skipped[#skipped + 1] = channel
-  elseif mode == 'present' and not redis.call('ZSCORE', KEYS[1], channel) then
+  local ends = discards and redis.call('ZSCORE', KEYS[3], channel)
+  if mode ~= 'join' and ends and tonumber(ends) > now then
     skipped[#skipped + 1] = channel
   else
-    if discards then redis.call('ZREM', KEYS[3], channel) end
+    if ends then redis.call('ZREM', KEYS[3], channel) end
     changed = redis.call('ZADD', KEYS[1], now, channel) == 1 or changed
   end
 end
@@ -220,16 +233,16 @@ return skipped
 """,
 )
 
-# GROUP_DISCARD: remove a channel from a group; a new token if it was a member.
+# GROUP_DISCARD: remove a channel from a group, and record it in the group's discards; a new
+# token if it was a member.
 # KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
-# ARGV: [1] the channel, [2] a new token, [3] now (s), [4] how long to keep the discard (s:
-#       the group expiry), or 0 to keep none: the channel is the discarding process's own,
-#       which forgot the membership itself (a discard at every disconnect, kept a day, would
-#       cost ~100 bytes each for nothing).
+# ARGV: [1] the channel, [2] a new token, [3] now (s), [4] how long the record holds (s).
 # Returns: 1 if the channel was a member, else 0.
 GROUP_DISCARD = Script(
     "group_discard",
-    """#!lua
+    "#!lua"
+    + _RECORD_DISCARDS
+    + """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
 if removed == 1 then
   local ttl = redis.call('PTTL', KEYS[1])
@@ -239,13 +252,33 @@ if removed == 1 then
     redis.call('DEL', KEYS[2])
   end
 end
-local now, kept = tonumber(ARGV[3]), tonumber(ARGV[4])
-if kept > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - kept)
-  redis.call('ZADD', KEYS[3], now, ARGV[1])
-  redis.call('EXPIRE', KEYS[3], math.ceil(kept))
-end
+record_discards(KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]), {ARGV[1]})
 return removed
+""",
+)
+
+# GROUP_FLUSH: flush() of a group: discards its members (the oldest ones first, a bounded
+# number per call, so that a large group does not hold Redis up), recording each in the
+# group's discards, and deletes its token. A key that is not a sorted set (something else
+# wrote it) is deleted, with nothing to record.
+# KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
+# ARGV: [1] now (s), [2] how long the records hold (s: the group expiry), [3] the most
+#       members to discard.
+# Returns: the members left (0 when the group is gone).
+GROUP_FLUSH = Script(
+    "group_flush",
+    "#!lua"
+    + _RECORD_DISCARDS
+    + """
+redis.call('DEL', KEYS[2])
+if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+record_discards(KEYS[3], tonumber(ARGV[1]), tonumber(ARGV[2]), members)
+if #members > 0 then redis.call('ZREM', KEYS[1], unpack(members)) end
+return redis.call('ZCARD', KEYS[1])
 """,
 )
 
@@ -268,4 +301,4 @@ return 1
 """,
 )
 
-ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD, RETURN)
+ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD, GROUP_FLUSH, RETURN)

@@ -14,7 +14,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, NamedTuple, cast
 
@@ -28,6 +28,7 @@ from ._constants import (
     CLOSE_RETURN_TIMEOUT_S,
     EPOCH_CHECK_INTERVAL_S,
     FAILURE_LOG_INTERVAL_S,
+    FLUSH_GROUP_BATCH,
     FLUSH_SCAN_COUNT,
     RESTART_GRACE_S,
 )
@@ -38,7 +39,9 @@ from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import (
     Epochs,
+    Reassertion,
     check_epoch,
+    forget_ended,
     log_failure,
     note_data_loss,
     reassert,
@@ -47,7 +50,15 @@ from ._recovery import (
 )
 from ._replay import Replayable
 from ._resp import Arg, pack
-from ._scripts import GROUP_ADD, GROUP_DISCARD, GROUP_MEMBERS, GROUP_PUSH, PUSH, RETURN
+from ._scripts import (
+    GROUP_ADD,
+    GROUP_DISCARD,
+    GROUP_FLUSH,
+    GROUP_MEMBERS,
+    GROUP_PUSH,
+    PUSH,
+    RETURN,
+)
 from ._sequence import SendSequences
 from ._server import ServerInfo
 from ._shard import ShardConnections
@@ -58,6 +69,7 @@ logger = logging.getLogger("channels_ha.layer")
 
 _FULL = 0  # a PUSH status: the list is at capacity
 _MAX_SCAN_ROUNDS = 1_000_000
+_MAX_GROUP_FLUSH_CALLS = 100_000  # of FLUSH_GROUP_BATCH members each
 _MAX_FLUSH_ROUNDS = 1_000  # bounded by failover_timeout first: a failover or two
 _FLUSH_RETRY_S = 0.1
 _MAX_SETTLE_ROUNDS = 3  # pops waited for before a give-back (see _pops_settled)
@@ -416,10 +428,14 @@ class Session:
         core = self.core
         core.memberships.discarded(group, channel)
         link = self._shards[core.shard_index(group)].link
-        # Another process's channel (or a normal one, which any process may receive on and
-        # have joined) keeps a record of the discard, so that its process's re-assertion does
-        # not undo it. This process's own forgot the membership above.
-        kept_s = 0 if self._owns(channel) else core.group_expiry_s
+        # The discard is recorded, so that a re-assertion does not undo it. Another
+        # process's channel (or a normal one, which any process may receive on and have
+        # joined) for group_expiry: its process re-asserts the membership until it hears of
+        # the discard. This process's own forgot the membership above, but a re-assertion on
+        # another event loop may have read it before and write after: for failover_timeout,
+        # the longest its GROUP_ADD can take to reach Redis (what every disconnect records
+        # thus costs nothing lasting).
+        kept_s = core.failover_timeout_s if self._owns(channel) else core.group_expiry_s
         args = (channel, secrets.token_hex(8), time.time(), kept_s)
         await link.submit_script(GROUP_DISCARD, core.keys.membership_keys(group), args)
 
@@ -623,18 +639,22 @@ class Session:
         self._replay(shard)
 
     def _reassert(self, shard: ShardConnections) -> None:
-        """Re-asserts the memberships kept on ``shard`` in the background (see reassert);
-        not once closing: its connections are going."""
+        """Re-asserts the memberships kept on ``shard``: submitted now, their replies awaited
+        in the background (see reassert); not once closing: its connections are going."""
         if self._closing is not None:
             return
-        task = self._loop.create_task(self._reassert_reporting(shard))
-        self._reassertions.add(task)
-        task.add_done_callback(self._reassertions.discard)
-
-    async def _reassert_reporting(self, shard: ShardConnections) -> None:
         # A bug in it would otherwise go unreported, and memberships lapse at group_expiry.
-        with self._step(f"membership refresh of shard {shard.spec.index}"):
-            await reassert(self.core, shard)
+        step = f"membership refresh of shard {shard.spec.index}"
+        with self._step(step):
+            submitted = reassert(self.core, shard)
+            if submitted.batches:
+                task = self._loop.create_task(self._forget_ended(step, shard, submitted))
+                self._reassertions.add(task)
+                task.add_done_callback(self._reassertions.discard)
+
+    async def _forget_ended(self, step: str, shard: ShardConnections, done: Reassertion) -> None:
+        with self._step(step):
+            await forget_ended(self.core, shard, done)
 
     def _replay(self, shard: ShardConnections) -> None:
         """Writes again what this process wrote just before the failure (see ``_replay``)."""
@@ -745,17 +765,12 @@ class Session:
         """Deletes this prefix's messages and groups; the epoch marks stay (deleting them
         would look like data loss to every process watching them).
 
-        The other processes cannot be told, and their re-assertions must not bring back what
-        it deletes: it first notes on each shard when it began (see reassert). First, so
-        that a re-assertion running meanwhile reads the note too; only one that read just
-        before it was written, and whose writes came after the deletes (two round trips
-        later at least), can put a membership back."""
-        began_ms = now_ms()
+        The other processes cannot be told, and their re-assertions must not bring back the
+        memberships it deletes: a group is deleted as if each member were discarded, its
+        records kept (see GROUP_FLUSH), and the discard records stay."""
         self.core.memberships.clear()  # flushed groups must not be re-asserted
         self._forget_recent()
         for shard in self._shards:
-            key = self.core.keys.flushed()
-            await shard.link.submit("SET", key, began_ms, key=key)
             await self._flush_shard(shard)
         self._forget_recent()  # sends acknowledged during the scan were deleted too
         self.deliveries.clear()
@@ -801,18 +816,37 @@ class Session:
     async def _flush_node(self, node: Callable[[], CommandLink], link: Link) -> None:
         """SCANs one master; deletes through ``link``, which routes each key to its slot."""
         cursor = b"0"
-        pattern = self.core.keys.scan_pattern()
-        kept = {key for _, key in self._epoch_keys()} | {self.core.keys.flushed()}
+        layout = self.core.keys
+        pattern = layout.scan_pattern()
+        kept = {key for _, key in self._epoch_keys()}
         for _ in range(_MAX_SCAN_ROUNDS):
             scan = ("SCAN", cursor, "MATCH", pattern, "COUNT", FLUSH_SCAN_COUNT)
             reply = await node().submit(*scan)
             cursor, keys = cast("tuple[bytes, list[bytes]]", reply)
-            # One key per UNLINK: on Cluster, keys of one SCAN page live in different slots.
-            names = [key.decode() for key in keys]
-            unlinks = [link.submit("UNLINK", k, key=k) for k in names if k not in kept]
-            await asyncio.gather(*unlinks)
+            # One key per request: on Cluster, keys of one SCAN page live in different slots.
+            deletes: list[Awaitable[Any]] = []
+            for key in (raw.decode() for raw in keys):
+                group = layout.group_of(key)
+                if group is not None:
+                    deletes.append(self._flush_group(group, link))
+                elif key not in kept and not layout.is_group_discards(key):
+                    deletes.append(link.submit("UNLINK", key, key=key))
+            await asyncio.gather(*deletes)
             if cursor == b"0":
                 return
+
+    async def _flush_group(self, group: str, link: Link) -> None:
+        """Deletes a group and its token, recording each member as discarded (see
+        GROUP_FLUSH), a bounded number of members per call."""
+        keys = self.core.keys.membership_keys(group)
+        for _ in range(_MAX_GROUP_FLUSH_CALLS):
+            args = (time.time(), self.core.group_expiry_s, FLUSH_GROUP_BATCH)
+            if not await link.submit_script(GROUP_FLUSH, keys, args):
+                return
+        raise RedisCommandError(
+            f"flush() could not empty group {group!r}: members joined it faster than "
+            f"{FLUSH_GROUP_BATCH} per call were discarded"
+        )
 
     async def aclose(self) -> None:
         """Stops readers, returns undelivered messages, closes connections. Idempotent."""

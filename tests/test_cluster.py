@@ -45,9 +45,9 @@ async def group_owner(cluster: ClusterTopology, layer: RedisChannelLayer) -> Red
     return await cluster.anode_for_slot(slot_of(KeyLayout(layer.prefix).group("traffic")))
 
 
-async def keys_left_but_marks(cluster: ClusterTopology, prefix: str) -> list[bytes]:
-    """The layer's keys on every master, but for the epoch marks and the flush mark that
-    flush() keeps."""
+async def keys_left_but_kept(cluster: ClusterTopology, prefix: str) -> list[bytes]:
+    """The layer's keys on every master, but for the epoch marks and the groups' discard
+    records that flush() keeps."""
     left: list[bytes] = []
     for node in await cluster.amasters():
         client = node.client()
@@ -55,8 +55,8 @@ async def keys_left_but_marks(cluster: ClusterTopology, prefix: str) -> list[byt
             left += client.scan_iter(match=f"{prefix}:*", count=100)
         finally:
             client.close()
-    marks = (f"{prefix}:epoch".encode(), f"{prefix}:flushed".encode())
-    return [key for key in left if not key.startswith(marks)]
+    kept = (f"{prefix}:epoch".encode(), f"{prefix}:x:{{".encode())
+    return [key for key in left if not key.startswith(kept)]
 
 
 Target = Callable[[ClusterTopology, RedisChannelLayer], Awaitable[RedisNode]]
@@ -127,12 +127,12 @@ async def test_master_restarted_empty(cluster: ClusterTopology, make_layer: Laye
 
 async def test_flush_scans_every_master(cluster: ClusterTopology, make_layer: LayerFactory) -> None:
     """flush() removes keys on every master (SCAN per node, never KEYS); the epochs and the
-    flush mark stay."""
+    discard records stay."""
     layer = make_layer(cluster)
     for number in range(30):
         await layer.group_add(f"group-{number}", f"member-{number}")
     await layer.flush()
-    assert await keys_left_but_marks(cluster, layer.prefix) == []
+    assert await keys_left_but_kept(cluster, layer.prefix) == []
     await layer.group_send("group-1", {"type": "nobody"})
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(layer.receive("member-1"), 0.1)
@@ -473,7 +473,7 @@ async def test_a_flush_rides_through_a_master_failover(
     victim.kill()
     await layer.flush()  # the map still names the victim: its SCAN fails, then its replica's
     await cluster.await_healthy()
-    assert await keys_left_but_marks(cluster, layer.prefix) == []
+    assert await keys_left_but_kept(cluster, layer.prefix) == []
 
 
 async def test_a_flush_first_thing_in_an_event_loop_reads_the_slot_map(
@@ -485,7 +485,7 @@ async def test_a_flush_first_thing_in_an_event_loop_reads_the_slot_map(
     for number in range(30):
         await writer.group_add(f"group-{number}", f"member-{number}")
     await make_layer(cluster, prefix=writer.prefix).flush()
-    assert await keys_left_but_marks(cluster, writer.prefix) == []
+    assert await keys_left_but_kept(cluster, writer.prefix) == []
 
 
 ASK_ROUNDS = 6  # slot-map reads while a slot migrates onto a master that owns no slot

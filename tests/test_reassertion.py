@@ -14,8 +14,10 @@ import pytest
 import redis
 
 from channels_ha import RedisChannelLayer
+from channels_ha._constants import FLUSH_GROUP_BATCH
 from channels_ha._keys import KeyLayout
-from channels_ha._scripts import GROUP_DISCARD
+from channels_ha._recovery import forget_ended, reassert_from
+from channels_ha._scripts import GROUP_ADD, GROUP_DISCARD
 from channels_ha.sandbox import RedisNode, SentinelTopology, Topology, TopologyFactory
 
 from .conftest import LayerFactory
@@ -112,39 +114,150 @@ async def test_a_membership_lost_without_a_discard_comes_back(
     assert await arrives(receiving) == "still.here"
 
 
+async def test_a_membership_joined_after_a_flush_and_lost_comes_back(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Memberships joined right after another process's flush() (a channel the flush removed
+    and that joined again, and a new one) that Redis then loses (a failover to a replica that
+    missed the joins; here, the group deleted by hand) come back at the next re-assertion,
+    as any loss does: the flush ended only what it found."""
+    consumer = make_layer(redis_topology)
+    admin = make_layer(redis_topology, prefix=consumer.prefix)
+    again, new = await consumer.new_channel(), await consumer.new_channel()
+    await consumer.group_add("room", again)
+    await admin.flush()
+    await consumer.group_add("room", again)
+    await consumer.group_add("room", new)
+    waiting = [asyncio.create_task(consumer.receive(channel)) for channel in (again, new)]
+    key = KeyLayout(consumer.prefix).group("room")
+    await consumer._session()._shards[0].link.submit("DEL", key, key=key)
+    await refresh(consumer)
+    await admin.group_send("room", {"type": "after.loss"})
+    assert [await arrives(receiving) for receiving in waiting] == ["after.loss"] * 2
+    assert len(consumer._core.memberships) == 2
+
+
+async def test_a_discard_before_a_flush_still_holds(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """flush() keeps the discard records: a channel another process discarded before it (no
+    longer in the group, so the flush found nothing to record) stays out."""
+    consumer = make_layer(redis_topology)
+    kicker = make_layer(redis_topology, prefix=consumer.prefix)
+    channel = await consumer.new_channel()
+    await consumer.group_add("room", channel)
+    receiving = asyncio.create_task(consumer.receive(channel))
+    await kicker.group_discard("room", channel)
+    await kicker.flush()
+    await refresh(consumer)
+    await kicker.group_send("room", {"type": "after.flush"})
+    await nothing_arrives(receiving)
+    assert len(consumer._core.memberships) == 0
+    receiving.cancel()
+
+
+async def test_an_own_discard_is_not_undone_by_a_reassertion_read_before_it(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A process discards its own channel while a re-assertion on another of its event loops
+    has read the memberships before and writes after (async_to_sync): the channel stays
+    out. Built with the real re-assertion, handed memberships read before the discard; the
+    GROUP_ADD it submits reaches Redis after the discard, as the other loop's would."""
+    consumer = make_layer(redis_topology)
+    sender = make_layer(redis_topology, prefix=consumer.prefix)
+    channel = await consumer.new_channel()
+    await consumer.group_add("room", channel)
+    await sender.group_send("room", {"type": "before.discard"})
+    assert (await consumer.receive(channel))["type"] == "before.discard"  # (live now)
+    receiving = asyncio.create_task(consumer.receive(channel))
+    core, session = consumer._core, consumer._session()
+    began, read = time.monotonic(), core.memberships.live_groups()
+    assert read == {"room": [channel]}
+    await consumer.group_discard("room", channel)
+    shard = session._shards[core.shard_index("room")]
+    await forget_ended(core, shard, reassert_from(core, shard, began, read))
+    await sender.group_send("room", {"type": "after.discard"})
+    await nothing_arrives(receiving)
+    assert len(core.memberships) == 0
+    receiving.cancel()
+
+
 @pytest.mark.parametrize("redis_topology", ["standalone"], indirect=True)
-async def test_only_a_discard_of_another_process_channel_is_recorded(
+async def test_discards_are_recorded_for_as_long_as_they_matter(
     make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
 ) -> None:
-    """A process discarding its own channel (every disconnect) records nothing: it forgot the
-    membership itself. Another process's channel, or a normal one, is recorded for
-    group_expiry."""
-    consumer = make_layer(redis_topology, group_expiry=600)
+    """Another process's channel, or a normal one, is recorded for group_expiry: its process
+    re-asserts the membership until it hears of the discard. The process's own channel
+    (every disconnect) for failover_timeout only: the process forgot the membership itself,
+    and only a re-assertion already on its way on another event loop can undo it."""
+    consumer = make_layer(redis_topology, group_expiry=600, failover_timeout=7)
     other = make_layer(redis_topology, prefix=consumer.prefix, group_expiry=600)
     discards = KeyLayout(consumer.prefix).group_discards("room")
     own, foreign = await consumer.new_channel(), await other.new_channel()
     for channel in (own, foreign, "worker"):
         await consumer.group_add("room", channel)
+    now = time.time()
     await consumer.group_discard("room", own)
-    assert master_client.exists(discards) == 0
+    assert 5 < master_client.pttl(discards) / 1000 <= 7
     await consumer.group_discard("room", foreign)
     await consumer.group_discard("room", "worker")
-    assert sorted(master_client.zrange(discards, 0, -1)) == sorted([foreign.encode(), b"worker"])
+    held = {
+        channel.decode(): until - now
+        for channel, until in master_client.zrange(discards, 0, -1, withscores=True)
+    }
+    assert held.keys() == {own, foreign, "worker"}
+    assert held[own] == pytest.approx(7, abs=1)
+    assert held[foreign] == pytest.approx(600, abs=1)
+    assert held["worker"] == pytest.approx(600, abs=1)
     assert 590 < master_client.ttl(discards) <= 600
+    await consumer.group_add("room", foreign)  # a join clears the record
+    assert master_client.zscore(discards, foreign) is None
+
+
+@pytest.mark.parametrize("redis_topology", ["standalone"], indirect=True)
+async def test_a_short_record_does_not_shorten_a_longer_one(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """Records of different lengths share a group's set: one kept 5 s, written after one
+    kept 600 s (of the same channel, or another), shortens neither that record nor the
+    key's expiry."""
+    keys = KeyLayout(layer.prefix).membership_keys("room")
+    link = layer._session()._shards[0].link
+    now = time.time()
+    for channel, kept in (("kicked", 600), ("own", 5), ("kicked", 5)):
+        await link.submit_script(GROUP_DISCARD, keys, (channel, "token", now, kept))
+    assert master_client.zscore(keys[2], "kicked") == pytest.approx(now + 600)
+    assert master_client.zscore(keys[2], "own") == pytest.approx(now + 5)
+    assert 590 < master_client.ttl(keys[2]) <= 600
 
 
 @pytest.mark.parametrize("redis_topology", ["standalone"], indirect=True)
 async def test_discards_older_than_the_group_expiry_are_dropped(
     layer: RedisChannelLayer, master_client: redis.Redis
 ) -> None:
-    """A group kicked from all day keeps only the discards of the last group_expiry: the key's
-    own expiry, renewed at each discard, would never come."""
+    """A group kicked from all day keeps only the records that still hold: the key's own
+    expiry, renewed at each discard, would never come."""
     keys = KeyLayout(layer.prefix).membership_keys("room")
     link = layer._session()._shards[0].link
     now = time.time()
     for channel, at in (("kicked-long-ago", now - 100), ("kicked-now", now)):
         await link.submit_script(GROUP_DISCARD, keys, (channel, "token", at, 10))
     assert master_client.zrange(keys[2], 0, -1) == [b"kicked-now"]
+
+
+@pytest.mark.parametrize("redis_topology", ["standalone"], indirect=True)
+async def test_a_flush_records_every_member_of_a_large_group(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """flush() deletes a group larger than one GROUP_FLUSH call discards, and its token, and
+    records every member (each call's work bounded, however large the group)."""
+    keys = KeyLayout(layer.prefix).membership_keys("room")
+    members = [f"worker-{number}" for number in range(FLUSH_GROUP_BATCH * 2 + 500)]
+    args = (time.time(), 600, "token", "join", *members)
+    await layer._session()._shards[0].link.submit_script(GROUP_ADD, keys, args)
+    await layer.flush()
+    assert master_client.exists(keys[0], keys[1]) == 0
+    assert master_client.zcard(keys[2]) == len(members)
 
 
 async def test_a_discard_survives_a_failover(
@@ -162,18 +275,24 @@ async def test_a_discard_survives_a_failover(
     await kicker.group_discard("room", channel)
     old = await sentinel.acurrent_master()
     await asyncio.to_thread(_replicated, old, consumer.prefix)
-    stats = consumer._core.shard_stats[0]
-    changes = stats.server_changes
+    changes = consumer._core.shard_stats[0].server_changes
     await sentinel.afailover()
     await sentinel.await_new_master(old)
-    deadline = time.monotonic() + 20
-    while stats.server_changes == changes:
-        assert time.monotonic() < deadline, "the consumer never met the new master"
-        await asyncio.sleep(0.05)  # the layer has no event for it; its re-assertion follows
-    await reassertions_done(consumer)
+    await met_new_master(consumer, changes)
     await kicker.group_send("room", {"type": "after.failover"})
     await nothing_arrives(receiving)
     assert len(consumer._core.memberships) == 0
+
+
+async def met_new_master(layer: RedisChannelLayer, changes: int) -> None:
+    """Waits until the layer met a server run other than the one it had met ``changes``
+    times, and for the re-assertion that follows."""
+    stats = layer._core.shard_stats[0]
+    deadline = time.monotonic() + 20
+    while stats.server_changes == changes:
+        assert time.monotonic() < deadline, "the layer never met the new master"
+        await asyncio.sleep(0.05)  # the layer has no event for it; its re-assertion follows
+    await reassertions_done(layer)
 
 
 def _replicated(master: RedisNode, prefix: str) -> None:
