@@ -39,6 +39,9 @@ class Memberships:
         self._groups_of: dict[str, dict[str, float]] = {}
         # (group, channel) -> group_add calls under way (see joining()).
         self._joins: Counter[tuple[str, str]] = Counter()
+        # channel -> group -> the discard record (its score, as Redis replied it) that this
+        # process's last group_add there cleared (see cleared_record()).
+        self._cleared: dict[str, dict[str, str]] = {}
         # Whether a receive() on a channel is waiting now: asked of the layer's sessions
         # when needed, so that receive() itself counts nothing.
         self.waiting: Callable[[str], bool] = _nobody
@@ -69,6 +72,15 @@ class Memberships:
                 if groups is not None and group in groups:
                     groups[group] = time.monotonic()
 
+    def cleared_record(self, group: str, channel: str, record: str) -> None:
+        """A ``group_add`` of this process cleared a discard record of the channel: should
+        Redis lose that join (a failover to a replica that missed it), the record is back,
+        and the re-assertion tells Redis that this one was superseded (no clock can: the
+        record and the join come from different hosts' clocks)."""
+        with self._lock:
+            if group in self._groups_of.get(channel, {}):  # (not discarded meanwhile)
+                self._cleared.setdefault(channel, {})[group] = record
+
     def discarded(self, group: str, channel: str) -> None:
         with self._lock:
             self._drop(group, channel)
@@ -90,6 +102,11 @@ class Memberships:
             groups.pop(group, None)
             if not groups:
                 del self._groups_of[channel]
+        cleared = self._cleared.get(channel)
+        if cleared is not None:
+            cleared.pop(group, None)
+            if not cleared:
+                del self._cleared[channel]
 
     def touch(self, channel: str) -> None:
         """A receive() ended (however): the channel is alive."""
@@ -99,17 +116,25 @@ class Memberships:
         last = self._last_active.get(channel)
         return (last is not None and now - last < self._liveness_s) or self.waiting(channel)
 
-    def live_groups(self) -> dict[str, list[str]]:
-        """Group name -> live member channels, for re-assertion."""
+    def live(self) -> dict[str, dict[str, str]]:
+        """Group name -> live member channel -> the discard record its last join cleared
+        (``""`` if none), for re-assertion."""
         now = time.monotonic()
         with self._lock:
-            joined = [(channel, tuple(groups)) for channel, groups in self._groups_of.items()]
-        result: dict[str, list[str]] = {}
-        for channel, groups in joined:
+            joined = [
+                (channel, tuple(groups), dict(self._cleared.get(channel, {})))
+                for channel, groups in self._groups_of.items()
+            ]
+        result: dict[str, dict[str, str]] = {}
+        for channel, groups, cleared in joined:
             if self.is_live(channel, now):
                 for group in groups:
-                    result.setdefault(group, []).append(channel)
+                    result.setdefault(group, {})[channel] = cleared.get(group, "")
         return result
+
+    def live_groups(self) -> dict[str, list[str]]:
+        """Group name -> live member channels."""
+        return {group: list(channels) for group, channels in self.live().items()}
 
     def forget_dead(self, horizon_s: float) -> None:
         """Drops channels idle (not received on, not added) for longer than ``horizon_s``.
@@ -131,6 +156,7 @@ class Memberships:
                 last = max(self._last_active.get(channel, 0.0), added)
                 if now - last > horizon_s:
                     self._groups_of.pop(channel, None)
+                    self._cleared.pop(channel, None)
         # A copy made in C, in one step: receive() in other threads stores meanwhile.
         for channel, last in dict(self._last_active).items():
             kept_s = horizon_s if channel in members else self._liveness_s
@@ -145,6 +171,7 @@ class Memberships:
     def clear(self) -> None:
         with self._lock:
             self._groups_of.clear()
+            self._cleared.clear()
 
     def __len__(self) -> int:
         with self._lock:

@@ -46,13 +46,14 @@ def reassert(core: LayerCore, shard: ShardConnections) -> Reassertion:
     GROUP_DISCARD), and ``forget_ended`` then makes the process forget it, so that it does
     not come back when the record expires either."""
     began = time.monotonic()
-    return reassert_from(core, shard, began, core.memberships.live_groups())
+    return reassert_from(core, shard, began, core.memberships.live())
 
 
 def reassert_from(
-    core: LayerCore, shard: ShardConnections, began: float, live: dict[str, list[str]]
+    core: LayerCore, shard: ShardConnections, began: float, live: dict[str, dict[str, str]]
 ) -> Reassertion:
-    """Re-adds the memberships ``live`` (read at ``began``) kept on ``shard``."""
+    """Re-adds the memberships ``live`` (read at ``began``: group -> channel -> the record
+    its last join cleared) kept on ``shard``."""
     batches: list[Batch] = []
     try:
         for group, members in live.items():
@@ -64,14 +65,17 @@ def reassert_from(
 
 
 def _readd(
-    core: LayerCore, shard: ShardConnections, group: str, channels: list[str]
+    core: LayerCore, shard: ShardConnections, group: str, members: dict[str, str]
 ) -> list[Batch]:
     batches = []
     keys = core.keys.membership_keys(group)
+    channels = list(members.items())
     for start in range(0, len(channels), _REASSERT_BATCH):
         batch = channels[start : start + _REASSERT_BATCH]
         token = secrets.token_hex(8)  # taken only if a member was missing
-        args: tuple[Arg, ...] = (time.time(), core.group_expiry_s, token, "reassert", *batch)
+        args: list[Arg] = [time.time(), core.group_expiry_s, token, "reassert"]
+        for channel, cleared in batch:
+            args += (channel, cleared)
         batches.append((group, len(batch), shard.link.submit_script(GROUP_ADD, keys, args)))
     return batches
 

@@ -201,22 +201,26 @@ end
 # GROUP_ADD: add channels to a group, refresh its expiry and drop members whose time ran out;
 # a new token when that changed the members.
 # KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
-# ARGV: [1] now (s), [2] group expiry (s), [3] a new token, [4] the mode: 'join' (the
-#       application's group_add: clears the channels' records) or 'reassert' (skips the
-#       channels whose record holds), [5...] channel names.
-# Returns: the channels skipped (none when joining).
+# ARGV: [1] now (s), [2] group expiry (s), [3] a new token, [4] the mode, then:
+#       'join' (the application's group_add, which clears the channels' records): [5...]
+#       channel names; returns, per channel, the score of the record it cleared, or "".
+#       'reassert': [5...] pairs of a channel and the record its process's last join
+#       cleared (or ""); skips a channel whose record holds, unless it is that one (the
+#       join that cleared it was lost, and the record came back); returns those skipped.
 GROUP_ADD = Script(
     "group_add",
     """#!lua
 local now, expiry, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[4]
 local changed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - expiry) > 0
 local discards = redis.call('EXISTS', KEYS[3]) == 1
-local skipped = {}
-for i = 5, #ARGV do
+local joining = mode == 'join'
+local reply = {}
+for i = 5, #ARGV, joining and 1 or 2 do
   local channel = ARGV[i]
   local ends = discards and redis.call('ZSCORE', KEYS[3], channel)
-  if mode ~= 'join' and ends and tonumber(ends) > now then
-    skipped[#skipped + 1] = channel
+  if joining then reply[#reply + 1] = ends or '' end
+  if not joining and ends and tonumber(ends) > now and ends ~= ARGV[i + 1] then
+    reply[#reply + 1] = channel
   else
     if ends then redis.call('ZREM', KEYS[3], channel) end
     changed = redis.call('ZADD', KEYS[1], now, channel) == 1 or changed
@@ -229,7 +233,7 @@ elseif changed or redis.call('EXISTS', KEYS[2]) == 0 then
 else
   redis.call('EXPIRE', KEYS[2], expiry)
 end
-return skipped
+return reply
 """,
 )
 

@@ -422,7 +422,10 @@ class Session:
         link = self._shards[core.shard_index(group)].link
         args = (time.time(), core.group_expiry_s, secrets.token_hex(8), "join", channel)
         with core.memberships.joining(group, channel):
-            await link.submit_script(GROUP_ADD, core.keys.membership_keys(group), args)
+            reply = await link.submit_script(GROUP_ADD, core.keys.membership_keys(group), args)
+            (cleared,) = cast(list[bytes], reply)
+            if cleared:
+                core.memberships.cleared_record(group, channel, cleared.decode())
 
     async def group_discard(self, group: str, channel: str) -> None:
         core = self.core

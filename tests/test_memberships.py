@@ -75,3 +75,18 @@ def test_a_membership_being_joined_is_not_forgotten() -> None:
         ended = time.monotonic()
     assert not memberships.forget("room", "specific.joining!1", ended)
     assert memberships.forget("room", "specific.joining!1", time.monotonic())
+
+
+def test_the_record_a_join_cleared_lasts_as_long_as_the_membership() -> None:
+    """The discard record a group_add cleared is told at each re-assertion while the
+    membership lasts; not noted once the membership was discarded meanwhile, and gone with
+    it (a later join of the channel cleared nothing)."""
+    memberships = Memberships(LIVENESS_S)
+    memberships.waiting = lambda channel: True  # (every channel live)
+    memberships.added("room", "specific.back!1")
+    memberships.cleared_record("room", "specific.back!1", "1700000600.5")
+    assert memberships.live() == {"room": {"specific.back!1": "1700000600.5"}}
+    memberships.discarded("room", "specific.back!1")
+    memberships.cleared_record("room", "specific.back!1", "1700000601.5")
+    memberships.added("room", "specific.back!1")
+    assert memberships.live() == {"room": {"specific.back!1": ""}}

@@ -137,6 +137,31 @@ async def test_a_membership_joined_after_a_flush_and_lost_comes_back(
     assert len(consumer._core.memberships) == 2
 
 
+async def test_a_record_back_after_the_join_that_cleared_it_was_lost_is_ignored(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Another process kicks a channel, its process joins it again (clearing the record),
+    and Redis loses that join but not the kick (a failover to a replica that had the kick
+    only; here, the record put back and the member removed by hand). The re-assertion
+    puts the membership back: the process remembers which record its join cleared."""
+    consumer = make_layer(redis_topology)
+    kicker = make_layer(redis_topology, prefix=consumer.prefix)
+    channel = await consumer.new_channel()
+    await consumer.group_add("room", channel)
+    await kicker.group_discard("room", channel)
+    group, _, discards = KeyLayout(consumer.prefix).membership_keys("room")
+    link = consumer._session()._shards[0].link
+    record = await link.submit("ZSCORE", discards, channel, key=discards)
+    await consumer.group_add("room", channel)
+    await link.submit("ZADD", discards, record, channel, key=discards)  # as it was
+    await link.submit("ZREM", group, channel, key=group)
+    receiving = asyncio.create_task(consumer.receive(channel))
+    await refresh(consumer)
+    await kicker.group_send("room", {"type": "after.loss"})
+    assert await arrives(receiving) == "after.loss"
+    assert len(consumer._core.memberships) == 1
+
+
 async def test_a_discard_before_a_flush_still_holds(
     make_layer: LayerFactory, redis_topology: Topology
 ) -> None:
@@ -171,8 +196,8 @@ async def test_an_own_discard_is_not_undone_by_a_reassertion_read_before_it(
     assert (await consumer.receive(channel))["type"] == "before.discard"  # (live now)
     receiving = asyncio.create_task(consumer.receive(channel))
     core, session = consumer._core, consumer._session()
-    began, read = time.monotonic(), core.memberships.live_groups()
-    assert read == {"room": [channel]}
+    began, read = time.monotonic(), core.memberships.live()
+    assert read == {"room": {channel: ""}}
     await consumer.group_discard("room", channel)
     shard = session._shards[core.shard_index("room")]
     await forget_ended(core, shard, reassert_from(core, shard, began, read))
@@ -282,6 +307,45 @@ async def test_a_discard_survives_a_failover(
     await kicker.group_send("room", {"type": "after.failover"})
     await nothing_arrives(receiving)
     assert len(consumer._core.memberships) == 0
+
+
+async def test_a_membership_joined_after_a_flush_survives_a_failover_that_lost_it(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Another process flushes; the consumer joins right after (a channel the flush removed,
+    and a new one); the master dies before its replicas got the joins, and one of them,
+    which has the flush, is promoted. The consumer's re-assertion on it puts both back."""
+    sentinel = redis_sandbox_factory("sentinel")
+    assert isinstance(sentinel, SentinelTopology)
+    consumer = make_layer(sentinel)
+    admin = make_layer(sentinel, prefix=consumer.prefix)
+    again, new = await consumer.new_channel(), await consumer.new_channel()
+    await consumer.group_add("room", again)
+    await admin.flush()
+    old = await sentinel.acurrent_master()
+    await asyncio.to_thread(_replicated, old, consumer.prefix)
+    replicas = [node for node in sentinel.data_nodes if node is not old]
+    for replica in replicas:
+        replica.pause()
+    try:
+        client = old.client()
+        try:  # what follows never reaches them
+            client.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        finally:
+            client.close()
+        await consumer.group_add("room", again)
+        await consumer.group_add("room", new)
+        changes = consumer._core.shard_stats[0].server_changes
+        old.kill()
+    finally:
+        for replica in replicas:
+            replica.resume()
+    waiting = [asyncio.create_task(consumer.receive(channel)) for channel in (again, new)]
+    await sentinel.await_new_master(old)
+    await met_new_master(consumer, changes)
+    await admin.group_send("room", {"type": "after.failover"})
+    assert [await arrives(receiving) for receiving in waiting] == ["after.failover"] * 2
+    assert len(consumer._core.memberships) == 2
 
 
 async def met_new_master(layer: RedisChannelLayer, changes: int) -> None:
