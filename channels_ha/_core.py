@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ._codec import MessageCodec
 from ._constants import CHANNEL_LIVENESS_S, DEDUPE_MEMORY_MIN_S, GROUP_REFRESH_INTERVAL_S
+from ._epochs import ProcessEpochs
 from ._groups import Memberships
 from ._keys import KeyLayout
 from ._replay import RecentPushes
@@ -55,6 +56,8 @@ class LayerCore:
     # one that reads empty makes group_send look whether the data began again since
     # (Session._members). Oldest first, bounded.
     groups_with_members: dict[str, float] = field(default_factory=dict)
+    # Each master's epoch as some event loop last read it: a session's first comparison.
+    epochs: ProcessEpochs = field(default_factory=ProcessEpochs)
     _last_refresh: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:

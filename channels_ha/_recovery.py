@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, cast
 from ._buffers import now_ms
 from ._constants import RESTART_GRACE_S, RESTART_NOTICE_WINDOW_S
 from ._core import LayerCore
+from ._epochs import Epochs
 from ._resp import Arg
 from ._scripts import GROUP_ADD
 from ._server import ServerInfo
@@ -113,13 +114,6 @@ async def forget_ended(core: LayerCore, shard: ShardConnections, done: Reasserti
         )
 
 
-# (shard, master) -> the epoch key read last, and its value. On Cluster a master's epoch key
-# lives in the first slot it owns; a reshard that moves that slot changes the key (or brings
-# another master's value along), which says nothing about the data: only a different value
-# under the same key does.
-Epochs = dict[tuple[int, str], tuple[str, object]]
-
-
 def check_epoch(
     core: LayerCore, shard: ShardConnections, info: ServerInfo, changed: bool, seen: Epochs
 ) -> asyncio.Future[None] | None:
@@ -165,9 +159,11 @@ def _compare(
         log_failure(check)
         return
     mark, key = where
-    seen[mark] = (key, check.result())
     if changed and known is not None and check.result() != known:
         note_data_loss(shard, int(check.result()) / 1000)
+    # Recorded only now: a session of another thread that reads the new epoch from the
+    # process's record finds the grace period set (see Session._emptied_by_data_loss).
+    seen[mark] = (key, check.result())
 
 
 def note_data_loss(shard: ShardConnections, began_s: float) -> None:
@@ -222,13 +218,13 @@ async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -
         if value is None:
             shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
         last_key, last_value = seen.get((shard.spec.index, node), (None, None))
-        seen[(shard.spec.index, node)] = (key, value)
         if last_key == key and last_value is not None and value != last_value:
             lost = True
             # Noticed here first, the connection's own epoch check will find nothing new:
             # group_send must wait for the memberships from here.
             began_s = time.time() if value is None else int(cast(bytes, value)) / 1000
             note_data_loss(shard, began_s)
+        seen[(shard.spec.index, node)] = (key, value)  # after: as in _compare
     if lost:
         logger.warning(
             "A master of %s lost its data; re-asserting group memberships",

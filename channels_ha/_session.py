@@ -31,14 +31,15 @@ from ._constants import (
     FLUSH_GROUP_BATCH,
     FLUSH_SCAN_COUNT,
     RESTART_GRACE_S,
+    RESTART_NOTICE_WINDOW_S,
 )
 from ._core import LayerCore
 from ._delivery import Deliveries, target_of
+from ._epochs import Epochs
 from ._fanout import FanoutPlans, Plan, Target
 from ._link import CommandLink
 from ._reader import BlockingReader
 from ._recovery import (
-    Epochs,
     Reassertion,
     check_epoch,
     forget_ended,
@@ -143,7 +144,7 @@ class Session:
         # Closed because its event loop is shutting down: a consumer's clean-up running
         # after that must not open a new session that nothing would close.
         self.ended_with_loop = False
-        self._epochs: Epochs = {}  # (shard, master) -> (epoch key, value) seen last
+        self._epochs = Epochs(core.epochs)  # (shard, master) -> (epoch key, value) seen last
         self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self._loop = asyncio.get_running_loop()
@@ -326,18 +327,27 @@ class Session:
                 del seen[next(iter(seen))]
 
     async def _emptied_by_data_loss(self, shard: ShardConnections, group: str) -> bool:
-        """Whether a group this process last knew with members (in any event loop:
-        async_to_sync makes one per call) reads empty because the data began again since.
+        """Whether a group reads empty because the data began again since this process
+        (in any event loop: async_to_sync makes one per call) last knew it with members, or,
+        shortly after a new server run, since the epoch the process knew.
 
         A ``FLUSHALL`` or ``FLUSHDB`` (a cache's ``clear()`` on a shared database) loses the
         data without a reconnect that would notice, and the periodic epoch check may be a
         second away, or, in a short-lived event loop, have nothing to compare with: a
         group_send meanwhile would go to nobody. So read the epoch of the group's master:
         missing, or begun after the members were last seen, the data began again. A group
-        that emptied in the ordinary way costs one GET."""
-        known_at = self.core.groups_with_members.pop(group, None)
-        if known_at is None:
-            return False  # not seen with members: an empty group costs no extra round trip
+        that emptied in the ordinary way costs one GET, once.
+
+        The record of the group is read, not taken: concurrent calls (one event loop per
+        thread) read the empty group together, and each must wait for the re-assertion,
+        not only the first (seen: 4 of 16 group_sends from threads went to nobody)."""
+        seen, stats = self.core.groups_with_members, shard.stats
+        known_at = seen.get(group)
+        lately = stats.last_server_change is not None and (
+            time.time() - stats.last_server_change < RESTART_NOTICE_WINDOW_S
+        )
+        if known_at is None and not lately:
+            return stats.recovering_until > time.time()  # a loss noticed since the read
         where = shard.epoch_key_beside(self.core.keys, self.core.keys.group(group))
         if where is None:
             return False
@@ -351,14 +361,21 @@ class Session:
         if value is None:
             shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
         began_s = now if value is None else int(value) / 1000
-        if began_s < known_at:
-            return False  # the data began before the members were seen: the group emptied
-        if shard.stats.recovering_until < began_s + RESTART_GRACE_S:  # news to this process
-            self._epochs[(shard.spec.index, node)] = (key, value)
+        mark = (shard.spec.index, node)
+        if known_at is not None:
+            lost = began_s >= known_at  # else the data began before: the group emptied
+        else:  # a group this process never sent to: compare with the epoch it knew
+            last = self._epochs.get(mark)
+            lost = last is not None and last[0] == key and last[1] not in (None, value)
+        if lost and stats.recovering_until < began_s + RESTART_GRACE_S:  # news to the process
             note_data_loss(shard, began_s)
+            self._epochs[mark] = (key, value)  # after: see _recovery._compare
             self._reassert(shard)
             self._replay(shard)
-        return shard.stats.recovering_until > time.time()
+        recovering = stats.recovering_until > time.time()
+        if known_at is not None and not recovering and seen.get(group) == known_at:
+            seen.pop(group, None)  # empty the ordinary way, or since the loss: no more GETs
+        return recovering
 
     async def _read_members(
         self, shard: ShardConnections, group: str

@@ -1,0 +1,86 @@
+"""Sync code (async_to_sync: an event loop and a session per call) right after a master lost
+its data: what one event loop knows of the loss must reach every call of the process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from channels_ha._constants import RESTART_GRACE_S
+from channels_ha.sandbox import StandaloneTopology, TopologyFactory
+
+from .conftest import LayerFactory
+
+CALLERS = 8
+SLOW_MEMBER_S = RESTART_GRACE_S / 4  # the member's process re-asserts well within the grace
+
+
+@pytest.mark.parametrize("fault", ["restart-empty", "restart-empty-new-group", "FLUSHALL"])
+async def test_concurrent_sync_group_sends_after_a_loss_all_reach_the_member(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory, fault: str
+) -> None:
+    """Seen: of 16 threads calling group_send right after a master restarted empty, 4 sent to
+    nobody and returned at once. The first call's session took the process's record that
+    the group had members, and the other sessions, each new, knew no earlier epoch to
+    compare with: they took the empty member list for an empty group. Every call must wait
+    for the member to re-assert its membership, and it then gets each message once; also
+    to a group the process never sent to before ("new-group"), which only the epoch the
+    process knew from an earlier call tells from an empty one.
+
+    The member is another layer in this test's event loop, which is held up for a moment
+    (as a busy process would be) so that the senders read the group while it is empty."""
+    topology = redis_sandbox_factory("standalone")
+    assert isinstance(topology, StandaloneTopology)
+    member = make_layer(topology)
+    sender = make_layer(topology, prefix=member.prefix)
+    channel = await member.new_channel()
+    await member.group_add("room", channel)
+    receiving = asyncio.create_task(member.receive(channel))  # a live member
+    if fault == "restart-empty-new-group":  # an earlier call read the master's epoch
+        await asyncio.to_thread(async_to_sync(sender.send), "unrelated", {"type": "before"})
+    else:
+        await asyncio.to_thread(async_to_sync(sender.group_send), "room", {"type": "before"})
+        assert (await asyncio.wait_for(receiving, 10))["type"] == "before"
+        receiving = asyncio.create_task(member.receive(channel))
+    outcomes: dict[int, float] = {}
+    barrier = threading.Barrier(CALLERS)
+
+    def group_send(number: int) -> None:
+        barrier.wait(10)
+        started = time.monotonic()
+        async_to_sync(sender.group_send)("room", {"type": "n", "n": number})
+        outcomes[number] = time.monotonic() - started
+
+    # From here the member's event loop (this one) is held up: it notices nothing.
+    if fault.startswith("restart-empty"):
+        topology.node.restart_empty()
+        # Any call of the process meets the new server run first (a request, a task).
+        first = threading.Thread(
+            target=async_to_sync(sender.send), args=("unrelated", {"type": "first-after"})
+        )
+        first.start()
+        first.join(30)
+    else:
+        admin = topology.node.client()
+        try:
+            admin.flushall()  # a Django cache's clear() on a shared database
+        finally:
+            admin.close()
+    callers = [threading.Thread(target=group_send, args=(n,)) for n in range(CALLERS)]
+    for caller in callers:
+        caller.start()
+    # Blocking on purpose, no synchronisation: the member's process is busy a moment.
+    time.sleep(SLOW_MEMBER_S)  # noqa: ASYNC251
+    for caller in callers:
+        await asyncio.to_thread(caller.join, 30)
+    assert sorted(outcomes) == list(range(CALLERS)), "a group_send did not return"
+    received = [(await asyncio.wait_for(receiving, 5))["n"]]
+    for _ in range(CALLERS - 1):
+        received.append((await asyncio.wait_for(member.receive(channel), 5))["n"])
+    assert sorted(received) == list(range(CALLERS)), f"returned after {outcomes}"
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(member.receive(channel), 0.3)
