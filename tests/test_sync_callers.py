@@ -84,3 +84,22 @@ async def test_concurrent_sync_group_sends_after_a_loss_all_reach_the_member(
     assert sorted(received) == list(range(CALLERS)), f"returned after {outcomes}"
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(member.receive(channel), 0.3)
+
+
+async def test_a_process_with_only_sync_callers_writes_again_at_its_next_call(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Guard for what docs/failover.md says of such a process: with no event loop between
+    two calls, what a master restarted empty forgot is written again by the next call,
+    which meets the new server run (and not before: nothing runs meanwhile)."""
+    topology = redis_sandbox_factory("standalone")
+    sender = make_layer(topology)
+    receiver = make_layer(topology, prefix=sender.prefix)
+    for number in range(5):
+        await asyncio.to_thread(async_to_sync(sender.send), "jobs", {"type": "n", "n": number})
+    await topology.node.arestart_empty()
+    await asyncio.to_thread(async_to_sync(sender.send), "jobs", {"type": "n", "n": 5})
+    received = [(await asyncio.wait_for(receiver.receive("jobs"), 5))["n"] for _ in range(6)]
+    assert sorted(received) == list(range(6))
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(receiver.receive("jobs"), 0.3)
