@@ -171,11 +171,17 @@ class BlockingReader:
                 await self._disconnect()
 
     async def _pop_once(self, keys: list[str]) -> None:
+        client = self._client
+        reconnecting = client is None or client.protocol is None or client.protocol.closed
         try:
             client = await self._connection()
         except (RedisUnavailable, RedisCommandError) as err:
             self._fail(err)
             return
+        if reconnecting:  # seconds may have passed: a channel may be giving messages back now
+            keys = self._keys()
+            if not keys:
+                return
         try:
             pending, replied = self._submit_pop(client, keys)
         except ConnectionLost:  # closed before its loss reached us: lost, as any other

@@ -542,3 +542,41 @@ async def test_a_cancelled_close_still_closes_and_reports_the_loss(
     assert all(shard.link.unsettled() == [] for shard in session._shards)
     lost = [r for r in caplog.records if getattr(r, "event", None) == "return_lost"]
     assert [getattr(r, "messages", None) for r in lost] == [9]
+
+
+async def test_a_reader_that_reconnects_does_not_pop_a_channel_giving_back(
+    redis_sandbox_factory: TopologyFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message 0 is handed to a receiver as the master dies, and both receivers waiting on
+    the channel are cancelled: 0 goes back to Redis once a new master is there. The reader,
+    knowing its connection gone, had worked out what to pop before it reconnected; seen: it
+    popped with that list after the new master came, taking 1 ahead of 0 (3 runs in 4)."""
+    sentinel = redis_sandbox_factory("sentinel")
+    assert isinstance(sentinel, SentinelTopology)
+    layer = RedisChannelLayer(hosts=[sentinel.url], prefix="stale-keys", failover_timeout=20)
+    try:
+        for number in range(4):
+            await layer.send("q", {"type": "n", "n": number})
+        session = layer._session()
+        deliveries, real = session.deliveries, session.deliveries.deliver
+        old = await sentinel.acurrent_master()
+        receivers = [asyncio.create_task(layer.receive("q")) for _ in range(2)]
+
+        def deliver(key: str, elements: list[bytes]) -> set[str]:
+            touched = real(key, elements)  # 0, handed to the first receiver
+            old.kill()
+            session._readers[(0, False)]._client = None  # it knows the connection is gone
+            for receiver in receivers:
+                receiver.cancel()
+            monkeypatch.setattr(deliveries, "deliver", real)
+            return touched
+
+        monkeypatch.setattr(deliveries, "deliver", deliver)
+        for receiver in receivers:
+            with pytest.raises(asyncio.CancelledError):
+                await receiver
+        await sentinel.await_new_master(old)
+        received = [(await asyncio.wait_for(layer.receive("q"), 25))["n"] for _ in range(4)]
+        assert received == [0, 1, 2, 3]
+    finally:
+        await asyncio.wait_for(layer.close(), 40)
