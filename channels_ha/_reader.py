@@ -92,8 +92,10 @@ class BlockingReader:
         """The loop catches what its steps raise; should it end anyway while not closed (a
         bug in its cleanup), it is logged and started again, so receivers are not left
         waiting for a reader that is gone."""
-        if task is not self._task or task.cancelled():
+        if task is not self._task or task.cancelled() or self._loop.is_closed():
             return  # closed, or cancelled with the event loop
+        if getattr(task, "cancelling", lambda: 0)():  # Python 3.11+
+            return  # cancelled (its loop shutting down) and then its cleanup failed: not again
         logger.error(
             "The blocking reader ended unexpectedly; starting it again",
             exc_info=task.exception(),

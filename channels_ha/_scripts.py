@@ -219,7 +219,7 @@ for i = 5, #ARGV, joining and 1 or 2 do
   local channel = ARGV[i]
   local ends = discards and redis.call('ZSCORE', KEYS[3], channel)
   if joining then reply[#reply + 1] = ends or '' end
-  if not joining and ends and tonumber(ends) > now and ends ~= ARGV[i + 1] then
+  if not joining and ends and tonumber(ends) > now and tonumber(ends) ~= tonumber(ARGV[i + 1]) then
     reply[#reply + 1] = channel
   else
     if ends then redis.call('ZREM', KEYS[3], channel) end
