@@ -112,71 +112,51 @@ async def test_connect_to_master_refuses_a_connection_closed_after_its_handshake
     assert handshaken
 
 
-async def test_a_send_goes_through_when_its_new_connection_closes_at_once(
-    redis_topology: Topology,
-    make_layer: LayerFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    loop_errors: list[dict[str, Any]],
+def _closing_the_link_connect(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch, when: str, closed: list[ServerInfo]
 ) -> None:
-    """The command link connects again; no request waits forever or fails with ConnectionLost."""
-    closed: list[ServerInfo] = []
-    connect = closing_the_first(redis_topology, connect_to_master, closed)
-    monkeypatch.setattr(link_module, "connect_to_master", connect)
-    layer = make_layer(redis_topology, failover_timeout=FAILOVER_TIMEOUT_S)
-    await sends_and_arrives(layer)
-    assert closed, "the first command connection was not closed by the server"
-    assert not loop_errors
-
-
-async def test_a_send_goes_through_when_its_connection_closes_as_it_is_adopted(
-    redis_topology: Topology,
-    make_layer: LayerFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    loop_errors: list[dict[str, Any]],
-) -> None:
-    """Closed after every check on connecting: the first write finds it closed, which is
-    the loss of the connection, handled as such; the request is written on the next one."""
-    closed: list[ServerInfo] = []
+    """``at-once``: the server closes the command link's first connection as soon as it is
+    made; ``as-adopted``: after every check on connecting, so the first write finds it closed."""
+    if when == "at-once":
+        connect = closing_the_first(topology, connect_to_master, closed)
+        monkeypatch.setattr(link_module, "connect_to_master", connect)
+        return
     real = CommandLink._attempt
 
     async def attempt(link: CommandLink) -> tuple[RespProtocol, ServerInfo]:
-        return await closing_the_first(redis_topology, lambda: real(link), closed)()
+        return await closing_the_first(topology, lambda: real(link), closed)()
 
     monkeypatch.setattr(CommandLink, "_attempt", attempt)
+
+
+@pytest.mark.parametrize("when", ["at-once", "as-adopted"])
+async def test_a_send_goes_through_when_its_new_connection_closes(
+    redis_topology: Topology,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_errors: list[dict[str, Any]],
+    when: str,
+) -> None:
+    """The command link connects again (the loss of a connection it was adopting is handled
+    as any loss, the request written on the next one); no request waits forever or fails
+    with ConnectionLost."""
+    closed: list[ServerInfo] = []
+    _closing_the_link_connect(redis_topology, monkeypatch, when, closed)
     layer = make_layer(redis_topology, failover_timeout=FAILOVER_TIMEOUT_S)
     await sends_and_arrives(layer)
     assert closed, "the first command connection was not closed by the server"
     assert not loop_errors
 
 
-async def test_a_receiver_gets_its_message_when_the_readers_new_connection_closes_at_once(
-    redis_topology: Topology,
-    make_layer: LayerFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    loop_errors: list[dict[str, Any]],
+def _closing_the_reader_connect(
+    topology: Topology, monkeypatch: pytest.MonkeyPatch, when: str, closed: list[ServerInfo]
 ) -> None:
-    """The reader connects again instead of ending; the message waiting in Redis arrives."""
-    closed: list[ServerInfo] = []
-    connect = closing_the_first(redis_topology, connect_to_master, closed)
-    monkeypatch.setattr(reader_module, "connect_to_master", connect)
-    layer = make_layer(redis_topology, failover_timeout=FAILOVER_TIMEOUT_S)
-    await layer.send("closed-reader", {"type": "waiting"})
-    message = await asyncio.wait_for(layer.receive("closed-reader"), RECEIVE_TIMEOUT_S)
-    assert message == {"type": "waiting"}
-    assert closed, "the reader's first connection was not closed by the server"
-    await sends_and_arrives(layer)
-    assert not loop_errors
-
-
-async def test_a_reader_whose_connection_closes_as_it_is_taken_connects_again(
-    redis_topology: Topology,
-    make_layer: LayerFactory,
-    monkeypatch: pytest.MonkeyPatch,
-    loop_errors: list[dict[str, Any]],
-) -> None:
-    """Closed after every check on connecting: the pop cannot be written, which is the loss
-    of the connection; the reader reconnects and pops."""
-    closed: list[ServerInfo] = []
+    """``at-once``: the reader's first connection is closed as soon as it is made;
+    ``as-taken``: after every check on connecting, so the pop cannot be written."""
+    if when == "at-once":
+        connect = closing_the_first(topology, connect_to_master, closed)
+        monkeypatch.setattr(reader_module, "connect_to_master", connect)
+        return
     real = BlockingReader._reconnect
 
     async def reconnect(reader: BlockingReader, started: float) -> FutureSink:
@@ -186,14 +166,28 @@ async def test_a_reader_whose_connection_closes_as_it_is_taken_connects_again(
             assert reader.connected_to is not None
             return client.protocol, reader.connected_to
 
-        await closing_the_first(redis_topology, connect, closed)()
+        await closing_the_first(topology, connect, closed)()
         assert reader._client is not None
         return reader._client
 
     monkeypatch.setattr(BlockingReader, "_reconnect", reconnect)
+
+
+@pytest.mark.parametrize("when", ["at-once", "as-taken"])
+async def test_a_receiver_gets_its_message_when_the_readers_new_connection_closes(
+    redis_topology: Topology,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    loop_errors: list[dict[str, Any]],
+    when: str,
+) -> None:
+    """The reader connects again instead of ending; the message waiting in Redis arrives."""
+    closed: list[ServerInfo] = []
+    _closing_the_reader_connect(redis_topology, monkeypatch, when, closed)
     layer = make_layer(redis_topology, failover_timeout=FAILOVER_TIMEOUT_S)
     await layer.send("closed-reader", {"type": "waiting"})
     message = await asyncio.wait_for(layer.receive("closed-reader"), RECEIVE_TIMEOUT_S)
     assert message == {"type": "waiting"}
     assert closed, "the reader's first connection was not closed by the server"
+    await sends_and_arrives(layer)
     assert not loop_errors
