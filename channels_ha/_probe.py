@@ -31,7 +31,6 @@ from ._probe_io import (
     bounded_kwargs,
     data_kwargs,
     describe_error,
-    info_field,
     node_address,
     probe_client,
     reply_pairs,
@@ -47,7 +46,7 @@ from ._probe_report import (
     SentinelReport,
 )
 from ._redis_kwargs import sentinel_kwargs
-from ._server import too_old
+from ._server import info_field, too_old
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError
 

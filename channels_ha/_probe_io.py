@@ -133,14 +133,6 @@ def node_address(host: Any, port: Any) -> NodeAddress:
     return NodeAddress(host=str(host), port=int(port))
 
 
-def info_field(info: Any, name: str) -> str | None:
-    for line in str(info).splitlines():
-        key, _, value = line.partition(":")
-        if key == name:
-            return value.strip()
-    return None
-
-
 def reply_pairs(reply: Any) -> dict[str, str]:
     """A flat ``[key, value, ...]`` reply (a map in RESP2) as a dict."""
     items = [str(item) for item in reply]

@@ -22,7 +22,6 @@ from ._probe_io import (
     data_kwargs,
     describe_error,
     finish,
-    info_field,
     node_address,
     probe_client,
     reply_pairs,
@@ -32,7 +31,7 @@ from ._probe_io import (
 )
 from ._probe_report import MasterReport
 from ._redis_kwargs import sentinel_kwargs
-from ._server import _View
+from ._server import _View, info_field
 
 __all__ = ["MASTER_PROBE_TIMEOUT_S", "probe_master"]
 

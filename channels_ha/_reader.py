@@ -173,15 +173,14 @@ class BlockingReader:
                 await self._disconnect()
 
     async def _pop_once(self, keys: list[str]) -> None:
-        client = self._client
-        reconnecting = client is None or client.protocol is None or client.protocol.closed
-        try:
-            client = await self._connection()
-        except (RedisUnavailable, RedisCommandError) as err:
-            self._fail(err)
-            return
-        if reconnecting:  # seconds may have passed: a channel may be giving messages back now
-            keys = self._keys()
+        client = self._open_client()
+        if client is None:
+            try:
+                client = await self._connection()
+            except (RedisUnavailable, RedisCommandError) as err:
+                self._fail(err)
+                return
+            keys = self._keys()  # seconds may have passed: a channel may be giving back now
             if not keys:
                 return
         try:
@@ -290,10 +289,14 @@ class BlockingReader:
                         extra={"event": "delivery_failed", "messages": len(elements)},
                     )
 
-    async def _connection(self) -> FutureSink:
+    def _open_client(self) -> FutureSink | None:
         client = self._client
         if client is not None and client.protocol is not None and not client.protocol.closed:
             return client
+        return None
+
+    async def _connection(self) -> FutureSink:
+        """A new connection (the last one is gone), the wait counted as waiting for a master."""
         started = time.monotonic()
         try:
             return await self._reconnect(started)

@@ -327,7 +327,7 @@ MINIMUM_REDIS = (7, 0)  # BLMPOP, LPOS ... RANK, scripts with a #!lua shebang
 def require_supported_version(info: object, endpoint: Endpoint) -> None:
     """Raises RedisCommandError for a server older than Redis 7, whose refusals of the
     scripts and of BLMPOP would otherwise be the first, puzzling, error."""
-    version = _info_field(info, "redis_version")
+    version = info_field(info, "redis_version")
     if too_old(version):
         raise RedisCommandError(
             f"Redis at {endpoint.describe()} is version {version}; channels-ha needs Redis "
@@ -410,10 +410,11 @@ def too_old(version: str | None) -> bool:
 
 
 def _parse_run_id(info: object) -> str:
-    return _info_field(info, "run_id") or ""
+    return info_field(info, "run_id") or ""
 
 
-def _info_field(info: object, name: str) -> str | None:
+def info_field(info: object, name: str) -> str | None:
+    """A field of an ``INFO`` reply (bytes or text), or None (an error reply included)."""
     if isinstance(info, BaseException):
         return None
     text = info.decode() if isinstance(info, bytes) else str(info)
