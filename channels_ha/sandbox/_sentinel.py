@@ -137,7 +137,7 @@ class SentinelTopology(Topology):
         for node in self.data_nodes:
             node.raise_if_exited()
         master, *replicas = self.data_nodes
-        replies = yield [(node, ("ROLE",)) for node in replicas]
+        replies = yield [(node, ("ROLE",)) for node in [*replicas, master]]
         return _replication_problem(master, replicas, replies)
 
     # -- observing -------------------------------------------------------------------------
@@ -226,7 +226,7 @@ class SentinelTopology(Topology):
         if master is None:
             return "no sentinel names a master"
         replicas = [node for node in self.data_nodes if node is not master]
-        replies = yield [(node, ("ROLE",)) for node in replicas]
+        replies = yield [(node, ("ROLE",)) for node in [*replicas, master]]
         problem = _replication_problem(master, replicas, replies)
         if problem is None:
             problem = yield from self._sentinels_check(master)
@@ -276,12 +276,23 @@ def _port_of(reply: Any) -> int | None:
 def _replication_problem(
     master: RedisNode, replicas: list[RedisNode], roles: list[Any]
 ) -> str | None:
-    """What keeps ``replicas`` from being linked to ``master``, or ``None``."""
-    for replica, reply in zip(replicas, roles, strict=True):
+    """What keeps ``replicas`` from being linked to ``master``, or ``None``; ``roles`` are
+    the replicas' ``ROLE`` replies, then the master's.
+
+    A replica says "connected" once it loaded the master's data, but the master counts it
+    (for ``WAIT``, and so for what a failover keeps) only from its first acknowledgement:
+    ready means both sides agree."""
+    *replica_roles, master_role = roles
+    for replica, reply in zip(replicas, replica_roles, strict=True):
         name, rest = role(reply)
         linked = name == "slave" and int(rest[1]) == master.port and rest[2] == "connected"
         if not linked:
             return f"{replica.name} is not a linked replica of {master.name}: ROLE {reply!r}"
+    name, rest = role(master_role)
+    online = {int(entry[1]) for entry in rest[1]} if name == "master" else set()
+    missing = [replica.name for replica in replicas if replica.port not in online]
+    if missing:
+        return f"{master.name} does not count {', '.join(missing)} as online: ROLE {master_role!r}"
     return None
 
 
