@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._cluster import ClusterRouter, slot_of, tag_for_slot
-from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE
+from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE, SENTINEL_WATCH_DELAY_S
 from ._keys import KeyLayout
 from ._link import CommandLink
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
@@ -98,6 +98,8 @@ class ShardConnections:
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
         self._watch: SentinelWatch | None = None
+        self._watch_due: asyncio.TimerHandle | None = None
+        self._watch_begun = asyncio.Event()
         self._announced = ""  # the last new master the sentinels announced
         self._closing = False
 
@@ -251,6 +253,12 @@ class ShardConnections:
             reader.nudge()
 
     def _start_watch(self) -> None:
+        """Schedules the watch at the first server seen (see SENTINEL_WATCH_DELAY_S)."""
+        if self.spec.watch is not None and self._watch_due is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._watch_due = loop.call_later(SENTINEL_WATCH_DELAY_S, self._begin_watch)
+
+    def _begin_watch(self) -> None:
         spec = self.spec.watch
         if spec is None or self._watch is not None or self._closing:
             return
@@ -264,6 +272,14 @@ class ShardConnections:
             client_name=f"{self.spec.settings.client_name}:sentinel-watch",
         )
         self._watch.start()
+        self._watch_begun.set()
+
+    async def watch_subscribed(self) -> None:
+        """Waits until the sentinel watch listens on every sentinel (Sentinel only; it
+        begins SENTINEL_WATCH_DELAY_S after the first connection)."""
+        await self._watch_begun.wait()
+        assert self._watch is not None
+        await self._watch.subscribed()
 
     # -- closing ---------------------------------------------------------------------------------
 
@@ -274,6 +290,8 @@ class ShardConnections:
     async def close(self, drain_timeout_s: float) -> None:
         # A connection made while the link drains must not start a watch nobody closes.
         self._closing = True
+        if self._watch_due is not None:
+            self._watch_due.cancel()
         await self.close_readers()
         await self.link.close(drain_timeout_s)
         if self._watch is not None:

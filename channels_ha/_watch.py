@@ -100,6 +100,13 @@ class SentinelWatch:
         self._events = events
         self._client_name = client_name
         self._tasks: list[asyncio.Task[None]] = []
+        self._listening: set[Endpoint] = set()
+        self._all_listening = asyncio.Event()
+
+    async def subscribed(self) -> None:
+        """Waits until every sentinel has confirmed the subscription (what a test that
+        makes a failover happen needs before it starts one)."""
+        await self._all_listening.wait()
 
     def start(self) -> None:
         if not self._tasks:
@@ -121,10 +128,15 @@ class SentinelWatch:
         subscription.protocol = protocol
         try:
             await self._subscribe(subscription)
+            self._listening.add(sentinel)
+            if len(self._listening) == len(self._sentinels):
+                self._all_listening.set()
             await self._stay_subscribed(subscription)
         except asyncio.TimeoutError as err:
             raise ConnectionLost(f"sentinel {sentinel.describe()} did not answer") from err
         finally:
+            self._listening.discard(sentinel)
+            self._all_listening.clear()
             await protocol.aclose()
 
     async def _subscribe(self, subscription: _Subscription) -> None:

@@ -16,6 +16,7 @@ import redis
 from asgiref.sync import async_to_sync
 
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
+from channels_ha._constants import SENTINEL_WATCH_DELAY_S
 from channels_ha._interop import close_sync_client, sync_client
 from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import RedisNode, SentinelTopology, Topology, TopologyFactory
@@ -377,8 +378,10 @@ async def test_an_aborted_failover_releases_held_writes(
     assert isinstance(sentinel, SentinelTopology)
     layer = make_layer(sentinel)  # holds writes for at most min(10 s, failover_timeout / 2)
     channel = await layer.new_channel()
-    await layer.send(channel, {"type": "before"})  # connected: the watch is subscribed
-    link = layer._session()._shards[0].link
+    await layer.send(channel, {"type": "before"})
+    shard = layer._session()._shards[0]
+    await asyncio.wait_for(shard.watch_subscribed(), SENTINEL_WATCH_DELAY_S + 5)
+    link = shard.link
     master = await sentinel.acurrent_master()
     replicas = [node for node in sentinel.data_nodes if node is not master]
     await sentinel.afailover()

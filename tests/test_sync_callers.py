@@ -10,8 +10,8 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 
-from channels_ha._constants import RESTART_GRACE_S
-from channels_ha.sandbox import StandaloneTopology, TopologyFactory
+from channels_ha._constants import RESTART_GRACE_S, SENTINEL_WATCH_DELAY_S
+from channels_ha.sandbox import SentinelTopology, StandaloneTopology, TopologyFactory
 
 from .conftest import LayerFactory
 
@@ -103,3 +103,45 @@ async def test_a_process_with_only_sync_callers_writes_again_at_its_next_call(
     assert sorted(received) == list(range(6))
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(receiver.receive("jobs"), 0.3)
+
+
+SYNC_CALLS = 20
+
+
+async def test_a_sync_call_opens_no_subscription_on_the_sentinels(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Each async_to_sync call is a session of a few milliseconds: it asks every sentinel
+    where the master is (one connection each), and subscribing to their announcements as
+    well doubled the connections for nothing. A session that lives on subscribes after
+    SENTINEL_WATCH_DELAY_S, on every sentinel."""
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    layer = make_layer(topology)
+    admins = [sentinel.client() for sentinel in topology.sentinels]
+    try:
+
+        def accepted() -> list[int]:
+            return [int(a.info("stats")["total_connections_received"]) for a in admins]
+
+        before = await asyncio.to_thread(accepted)
+        for number in range(SYNC_CALLS):
+            await asyncio.to_thread(async_to_sync(layer.send), "jobs", {"type": "n", "n": number})
+        after = await asyncio.to_thread(accepted)
+        opened = [b - a for a, b in zip(before, after, strict=True)]
+        # One lookup per call and sentinel; the stats call of `accepted` adds none (kept open).
+        assert opened == [SYNC_CALLS] * len(admins), opened
+
+        watch_name = f"{layer._session()._shards[0].spec.settings.client_name}:sentinel-watch"
+
+        def watching() -> list[int]:
+            return [sum(entry["name"] == watch_name for entry in a.client_list()) for a in admins]
+
+        await layer.send("jobs", {"type": "n", "n": SYNC_CALLS})  # this loop's session lives on
+        assert await asyncio.to_thread(watching) == [0, 0, 0]
+        shard = layer._session()._shards[0]
+        await asyncio.wait_for(shard.watch_subscribed(), SENTINEL_WATCH_DELAY_S + 5)
+        assert await asyncio.to_thread(watching) == [1, 1, 1]
+    finally:
+        for admin in admins:
+            admin.close()
