@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -71,6 +73,39 @@ _TRANSIENT = (
 _REFUSED_OR_TRANSIENT = (*_REFUSED, *_TRANSIENT)
 # What Django's client and clear() run: what an ACL user of the cache needs.
 _CACHE_COMMANDS = "GET, SET, MGET, DEL, EXISTS, INCRBY, EXPIRE, PERSIST, SCAN and UNLINK"
+
+
+# One redis-py client per configuration and process, shared by the cache objects built on it.
+# Django builds a cache object per ASGI request (and per thread): with a client each, every
+# request opened a connection (measured: a get took 1.2 ms instead of 0.03 ms on a single
+# node, and 3.2 ms with two new connections under Sentinel). redis-py's clients are
+# thread-safe; configurations compare by value, passwords included.
+class _SharedClients:
+    def __init__(self) -> None:
+        self._clients: dict[RedisConfig, SyncClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, config: RedisConfig) -> SyncClient:
+        with self._lock:
+            client = self._clients.get(config)
+            if client is None:
+                client = self._clients[config] = sync_client(config, retry=Retry(NoBackoff(), 0))
+            return client
+
+    def unshare(self, config: RedisConfig, client: SyncClient) -> None:
+        with self._lock:
+            if self._clients.get(config) is client:
+                del self._clients[config]
+
+    def forget(self) -> None:
+        """In a forked child: the parent's sockets are not the child's to use, or to close,
+        and a parent's thread may have held the lock at the fork."""
+        self._clients, self._lock = {}, threading.Lock()
+
+
+_SHARED_CLIENTS = _SharedClients()
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_SHARED_CLIENTS.forget)
 
 
 def _require_options_dict(options: object) -> None:
@@ -158,9 +193,10 @@ class RedisCacheClient(DjangoRedisCacheClient):
         self._redis: SyncClient | None = None
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
-        """The one client; redis-py finds the master (Sentinel) or the slot's owner (Cluster)."""
+        """The configuration's shared client; redis-py finds the master (Sentinel) or the
+        slot's owner (Cluster)."""
         if self._redis is None:
-            self._redis = sync_client(self._config, retry=Retry(NoBackoff(), 0))
+            self._redis = _SHARED_CLIENTS.get(self._config)
         return self._redis
 
     @property
@@ -202,9 +238,11 @@ class RedisCacheClient(DjangoRedisCacheClient):
         return deleted > 0
 
     def close(self) -> None:
-        """Closes the connections (and the sentinel connections); they reopen on next use."""
+        """Closes the connections of this configuration's client (and its sentinel
+        connections), which every cache object on it shares; they reopen on next use."""
         client, self._redis = self._redis, None
         if client is not None:
+            _SHARED_CLIENTS.unshare(self._config, client)
             close_sync_client(client)
 
 

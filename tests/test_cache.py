@@ -348,6 +348,50 @@ def test_caches_setting(redis_topology: Topology) -> None:
         cache.disconnect()
 
 
+PER_REQUEST_CACHES = 20
+
+
+def test_cache_objects_on_one_configuration_share_its_connections(
+    redis_topology: Topology,
+) -> None:
+    """Django builds a cache object per ASGI request (and per thread), each from the
+    settings again. With a redis-py client each, every request opened a connection to the
+    master, and under Sentinel asked a sentinel too. Once one object has connected, others
+    on an equal configuration open none; one with other credentials gets its own client."""
+    admins = [node.client() for node in redis_topology.nodes]
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    first = _make(redis_topology.url, KEY_PREFIX=prefix)
+    try:
+
+        def accepted() -> int:
+            return sum(int(a.info("stats")["total_connections_received"]) for a in admins)
+
+        first.set("key", "value")
+        before = accepted()
+        for _ in range(PER_REQUEST_CACHES):
+            assert _make(redis_topology.url, KEY_PREFIX=prefix).get("key") == "value"
+        assert accepted() - before == 0
+        other_user = RedisCache(
+            "",
+            {
+                "OPTIONS": {
+                    "config": parse_url(redis_topology.url).model_copy(
+                        update={"username": "someone-else"}
+                    )
+                }
+            },
+        )
+        with pytest.raises(RedisCommandError):  # not the shared client, which works
+            other_user.get("key")
+        assert first.get("key") == "value"
+        other_user.disconnect()
+    finally:
+        first.clear()
+        first.disconnect()
+        for admin in admins:
+            admin.close()
+
+
 @pytest.mark.redis_topologies("standalone")
 def test_location_url_and_environment(
     redis_topology: Topology, monkeypatch: pytest.MonkeyPatch
