@@ -48,12 +48,13 @@ EPOCH_CHECK_INTERVAL_S = 1.0
 # After a new server run, writes acknowledged this long before the failure are written again
 # (receivers drop what they already had); at most this many are kept.
 REPLAY_WINDOW_S = 2.0
+REPLAY_LIMIT = 100_000
+
 # A session subscribes to the sentinels' announcements only once it has lived this long:
 # each sync call (async_to_sync) is a session of a few milliseconds, which would open and
 # close a subscription per sentinel for nothing (an announcement has no history to catch up
 # on, and its writes are covered by the replay after a new server run anyway).
 SENTINEL_WATCH_DELAY_S = 1.0
-REPLAY_LIMIT = 100_000
 
 # Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
 GROUP_REFRESH_INTERVAL_S = 3_600.0
