@@ -30,6 +30,7 @@ class Sizes:
     fanout_sends: int = 1_000
     latency_messages: int = 5_000
     latency_rate: int = 1_000  # messages per second
+    sync_calls: int = 1_000
     ceiling_requests: int = 20_000
     failover_rate: int = 400  # group_sends per second
     failover_duration_s: float = 10.0
@@ -44,6 +45,7 @@ QUICK = Sizes(
     fanout_processes=2,
     fanout_sends=20,
     latency_messages=200,
+    sync_calls=30,
     ceiling_requests=2_000,
     failover_rate=100,
     failover_duration_s=4.0,

@@ -30,7 +30,7 @@ def test_quick_benchmark_prints_the_table_and_channels_ha_has_no_errors(tmp_path
     ran = {(m["row"], m["layer"]) for m in measurements}
     assert ran >= {(row, layer) for row in rows for layer in LAYERS}
     ours = [m for m in measurements if m["layer"] == "channels_ha"]
-    assert len(ours) == 6  # W1 in 1 and 2 processes, W2, W3 in 1 and N processes, latency
+    assert len(ours) == 7  # W1 in 1 and 2 processes, W2, W3 in 1 and N processes, latency, sync
     assert [(m["row"], m["status"], m["errors"]) for m in ours] == [
         (m["row"], "ok", {}) for m in ours
     ]

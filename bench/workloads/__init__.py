@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..workload import Workload
-from . import ceiling, latency, w1_point, w2_burst, w3_fanout, w4_failover
+from . import ceiling, latency, sync_calls, w1_point, w2_burst, w3_fanout, w4_failover
 
 WORKLOADS: dict[str, Workload] = {
     workload.name: workload
@@ -13,6 +13,7 @@ WORKLOADS: dict[str, Workload] = {
         w3_fanout.WORKLOAD,
         w4_failover.WORKLOAD,
         latency.WORKLOAD,
+        sync_calls.WORKLOAD,
         ceiling.WORKLOAD,
     )
 }
