@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import binascii
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._codec import MessageCodec
-from ._constants import CHANNEL_LIVENESS_S, DEDUPE_MEMORY_MIN_S, GROUP_REFRESH_INTERVAL_S
+from ._constants import (
+    BUFFER_SWEEP_INTERVAL_S,
+    CHANNEL_LIVENESS_S,
+    DEDUPE_MEMORY_MIN_S,
+    GROUP_REFRESH_INTERVAL_S,
+)
 from ._epochs import ProcessEpochs
 from ._groups import Memberships
 from ._keys import KeyLayout
@@ -58,7 +64,11 @@ class LayerCore:
     groups_with_members: dict[str, float] = field(default_factory=dict)
     # Each master's epoch as some event loop last read it: a session's first comparison.
     epochs: ProcessEpochs = field(default_factory=ProcessEpochs)
+    # How often the process forgets what expired (see sweep()).
+    sweep_interval_s: float = BUFFER_SWEEP_INTERVAL_S
     _last_refresh: float = field(default_factory=time.monotonic)
+    _swept_at: float = field(default_factory=time.monotonic)
+    _sweep_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.shard_stats = [ShardStats() for _ in self.shards]
@@ -83,3 +93,25 @@ class LayerCore:
             return False
         self._last_refresh = now
         return True
+
+    def sweep_due(self) -> bool:
+        """True at most once per ``sweep_interval_s`` for the whole process, to the one
+        caller that is to sweep (several event loops' threads ask)."""
+        now = time.monotonic()
+        if now - self._swept_at < self.sweep_interval_s:  # the usual case, without the lock
+            return False
+        with self._sweep_lock:
+            if now - self._swept_at < self.sweep_interval_s:
+                return False
+            self._swept_at = now
+            return True
+
+    def sweep(self) -> None:
+        """Forgets what no event loop of the process can need any more: memberships Redis
+        expired, marks older than any retry, writes whose messages expired. Whichever event
+        loop is due runs it (see Session._sweep_process): in a process without a long-lived
+        one (WSGI, Celery, a management command) every call is a session of milliseconds."""
+        self.memberships.forget_dead(self.group_expiry_s)
+        self.marks.forget_idle(self.dedupe_memory_s)
+        for recent in self.recent:
+            recent.forget(self.expiry_s)

@@ -26,8 +26,10 @@ RETAIN_IDLE_S = 60.0  # the default expiry: messages older than that are gone an
 class RecentPushes:
     """PUSH requests acknowledged recently, oldest first.
 
-    Entries are dropped only when a newer one arrives more than ``REPLAY_WINDOW_S`` later,
-    so during an outage (when nothing is acknowledged) the last seconds before it stay.
+    Entries are dropped when a newer one arrives more than ``REPLAY_WINDOW_S`` later, and
+    by the process's periodic sweep once the messages they hold have expired (``forget``):
+    during an outage (when nothing is acknowledged) the last seconds before it stay for as
+    long as writing them again can bring back a message, and no longer.
     One per shard for the whole process: a write made in a short-lived event loop
     (``async_to_sync``) is written again by whichever loop meets the new server run, so the
     event loops' threads share it, behind a lock.
@@ -46,6 +48,18 @@ class RecentPushes:
             while entries and entries[0][0] < now - REPLAY_WINDOW_S:
                 entries.popleft()
             entries.append((now, key, packed))
+
+    def forget(self, expiry_s: float) -> None:
+        """Drops the writes acknowledged more than ``expiry_s`` ago: their messages expired
+        (each carries its expiry, counted from before the write), so writing them again
+        would bring back nothing. Without this, the last writes of a process that went
+        idle (up to ``REPLAY_LIMIT`` requests, a group_send one copy per member) stayed for
+        good."""
+        horizon = time.monotonic() - expiry_s
+        with self._lock:
+            entries = self._entries
+            while entries and entries[0][0] < horizon:
+                entries.popleft()
 
     def clear(self) -> None:
         """Forgets everything: after flush(), writing those messages again would bring back

@@ -150,6 +150,9 @@ class Session:
         self._loop = asyncio.get_running_loop()
         self._swept_at = time.monotonic()
         self._upkeep_failures = LogThrottle(FAILURE_LOG_INTERVAL_S)
+        # A sync call (async_to_sync) is a session of milliseconds that never reaches its
+        # first upkeep tick: the process-wide sweep, when due, runs here too.
+        self._sweep_process()
         self._keeper = self._loop.create_task(self._keep())
 
     @property
@@ -724,6 +727,7 @@ class Session:
             self._swept_at = time.monotonic()
             with self._step("sweep"):
                 self._sweep()
+        self._sweep_process()
 
     @contextmanager
     def _step(self, name: str) -> Iterator[None]:
@@ -757,11 +761,15 @@ class Session:
             self._replay(shard)
 
     def _sweep(self) -> None:
+        """This event loop's part of the sweep (the process's is ``_sweep_process``)."""
         self._retry_returns()
         self._return_stranded(self.deliveries.sweep())
-        self.core.memberships.forget_dead(self.core.group_expiry_s)
-        self.core.marks.forget_idle(self.core.dedupe_memory_s)
         self._seqs.forget_idle(2 * self.core.dedupe_memory_s)
+
+    def _sweep_process(self) -> None:
+        if self.core.sweep_due():
+            with self._step("process sweep"):
+                self.core.sweep()
 
     def _publish_inbox_limits(self) -> None:
         """Tells senders how many messages this process's inboxes may hold: ``capacity`` per

@@ -324,6 +324,35 @@ async def test_flushed_messages_are_not_written_again(
         await asyncio.wait_for(layer.receive(channel), 0.5)
 
 
+REPLAY_EXPIRY_S = 2
+REPLAY_MEMBERS = 50
+
+
+async def test_writes_kept_for_replay_are_dropped_once_their_messages_expired(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Seen: a process that went idle kept its last writes for good (20 group_sends of
+    10 KB to 200 members: 42 MB), dropped only by a newer write. Writing a message again
+    after it expired brings back nothing, so the upkeep's sweeps drop the writes then, and
+    not before: until the expiry, an outage may still end with their server run gone."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology, expiry=REPLAY_EXPIRY_S)
+    layer._core.sweep_interval_s = 0.1  # many sweeps before the expiry, none may drop them
+    for number in range(REPLAY_MEMBERS):  # consumers of other processes, one inbox each
+        await layer.group_add("big", f"specific.other{number}!consumer")
+    before = time.monotonic()
+    await layer.group_send("big", {"type": "burst", "body": "x" * 1_000})
+    recent = layer._core.recent[0]
+    assert len(recent.requests()) == 1
+    # The expiry passing, and the upkeep ticking (every second), are what is under test.
+    for _ in range(int((REPLAY_EXPIRY_S + 5) / 0.1)):
+        if not recent.requests():
+            break
+        await asyncio.sleep(0.1)
+    assert not recent.requests(), "kept after its messages expired"
+    assert time.monotonic() - before > REPLAY_EXPIRY_S
+
+
 async def replicas_caught_up(
     master: RedisNode, replicas: list[RedisNode], timeout_s: float = 5.0
 ) -> None:

@@ -10,6 +10,7 @@ import time
 import pytest
 from asgiref.sync import async_to_sync
 
+import channels_ha._core as core_module
 from channels_ha._constants import RESTART_GRACE_S, SENTINEL_WATCH_DELAY_S
 from channels_ha.sandbox import SentinelTopology, StandaloneTopology, TopologyFactory
 
@@ -145,3 +146,58 @@ async def test_a_sync_call_opens_no_subscription_on_the_sentinels(
     finally:
         for admin in admins:
             admin.close()
+
+
+SHORT_S = 0.3  # the liveness window and the shortest dedupe memory, for the test below
+ROUNDS = 20
+
+
+async def test_a_process_without_a_long_lived_event_loop_forgets_what_expired(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen: a WSGI or Celery worker (every call async_to_sync, a session of milliseconds
+    that never reaches its first upkeep tick) never swept the process's records: one
+    membership per group_add, one liveness stamp per channel received on, one delivery mark
+    per call that sent to a channel it receives (~1.3 KB per call, for good). Once their
+    horizons pass, the next call forgets them.
+
+    The horizons are shortened, not skipped: group_expiry, expiry and failover_timeout are
+    options, the liveness window and the dedupe memory's floor the module values the layer
+    reads when it is built, and the sweep interval a value of its core; the code that uses
+    them is the code under test."""
+    monkeypatch.setattr(core_module, "CHANNEL_LIVENESS_S", SHORT_S)
+    monkeypatch.setattr(core_module, "DEDUPE_MEMORY_MIN_S", SHORT_S)
+    topology = redis_sandbox_factory("standalone")
+    # dedupe memory: 2 * failover_timeout + expiry = 3 s; memberships: group_expiry = 1 s.
+    layer = make_layer(topology, expiry=1, group_expiry=1, failover_timeout=1)
+    other = make_layer(topology, prefix=layer.prefix)  # another process's consumer
+    core = layer._core
+    core.sweep_interval_s = 3_600.0  # none during the calls, however slow: they are counted
+
+    def sync_calls() -> None:  # what a sync view or task does, call by call
+        for number in range(ROUNDS):
+            reply_to = async_to_sync(layer.new_channel)()  # an RPC-style reply channel
+            async_to_sync(layer.send)(reply_to, {"type": "reply"})
+            async_to_sync(layer.receive)(reply_to)
+            async_to_sync(layer.group_add)(f"own-{number}", reply_to)
+            consumer = async_to_sync(other.new_channel)()
+            async_to_sync(layer.group_add)(f"user-{number}", consumer)
+            async_to_sync(layer.send)("worker", {"type": "job", "n": number})
+            async_to_sync(layer.receive)("worker")
+
+    await asyncio.to_thread(sync_calls)
+    assert core.memberships.remembered() >= ROUNDS + 1  # the reply channels, and "worker"
+    assert len(core.memberships) >= ROUNDS  # their groups
+    assert len(core.marks._marks) == 2 * ROUNDS  # each call is a sender of its own
+    last_call = time.monotonic()
+    assert not layer._sessions or all(s.closed for s in layer._sessions.values())
+    # The horizons passing is what is under test: no event marks it.
+    await asyncio.sleep(core.dedupe_memory_s + SHORT_S)
+    assert time.monotonic() - last_call > max(core.dedupe_memory_s, core.group_expiry_s)
+    core.sweep_interval_s = SHORT_S  # (the calls began longer ago than that)
+    await asyncio.to_thread(async_to_sync(layer.send), "unrelated", {"type": "next call"})
+    assert core.memberships.remembered() == 0
+    assert len(core.memberships) == 0
+    assert len(core.marks._marks) == 0
