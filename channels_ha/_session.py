@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
@@ -441,11 +441,22 @@ class Session:
         core = self.core
         link = self._shards[core.shard_index(group)].link
         args = (time.time(), core.group_expiry_s, secrets.token_hex(8), "join", channel)
-        with core.memberships.joining(group, channel):
+        with self._joining(group, channel):
             reply = await link.submit_script(GROUP_ADD, core.keys.membership_keys(group), args)
             (cleared,) = cast(list[bytes], reply)
             if cleared:
                 core.memberships.cleared_record(group, channel, cleared.decode())
+
+    def _joining(self, group: str, channel: str) -> AbstractContextManager[None]:
+        """Records the membership for re-assertion, unless the channel is another layer's
+        process-specific one (a view adding a consumer's channel): only the layer that made
+        it receives on it, so it is never live here and never re-asserted from here. Kept,
+        such records only grew until group_expiry (one per call, never swept in a process
+        without a long-lived event loop) and made every event loop check epochs for
+        nothing."""
+        if "!" in channel and not self._owns(channel):
+            return nullcontext()
+        return self.core.memberships.joining(group, channel)
 
     async def group_discard(self, group: str, channel: str) -> None:
         core = self.core

@@ -114,6 +114,25 @@ async def test_a_membership_lost_without_a_discard_comes_back(
     assert await arrives(receiving) == "still.here"
 
 
+async def test_another_process_s_channel_added_to_a_group_is_not_remembered(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A view adding a consumer's channel to a group keeps no record of it: only the
+    consumer's layer receives on that channel, so it is never live in the view's process,
+    which would never re-assert it (seen: one record per call, kept for group_expiry). A
+    normal channel, which any process may receive on, is still remembered."""
+    consumer = make_layer(redis_topology)
+    view = make_layer(redis_topology, prefix=consumer.prefix)
+    channel = await consumer.new_channel()
+    await view.group_add("room", channel)
+    await view.group_add("room", "normal.channel")
+    assert view._core.memberships.remembered() == 1
+    assert view._core.memberships.live_groups() == {}  # (neither received on here yet)
+    receiving = asyncio.create_task(consumer.receive(channel))
+    await view.group_send("room", {"type": "joined"})
+    assert await arrives(receiving) == "joined"
+
+
 async def test_a_membership_joined_after_a_flush_and_lost_comes_back(
     make_layer: LayerFactory, redis_topology: Topology
 ) -> None:
