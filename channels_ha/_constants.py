@@ -30,6 +30,11 @@ FAILOVER_HOLD_MAX_S = 10.0
 BLOCKING_POP_TIMEOUT_S = 2.0
 # Messages popped from a process inbox per round trip.
 INBOX_BATCH_SIZE = 512
+# A normal-channel reader remembers the elements it handed over last, to tell them in a batch
+# it recovers after a lost connection: this many, in at most this many bytes (the last batch
+# always). A recovered batch is one of the last few pops (replication lag).
+HANDED_OVER_REMEMBERED = 64
+HANDED_OVER_REMEMBERED_BYTES = 1 << 20
 # How long a receiver remembers a sender's last sequence number (duplicates come only
 # from retries, which happen within the failover timeout).
 DEDUPE_MEMORY_MIN_S = 120.0

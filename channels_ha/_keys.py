@@ -7,9 +7,10 @@ a single Cluster slot, and a prefix so that ``flush()`` can find them with SCAN:
 - a process inbox is tagged with the process's part of the channel name (the random client
   prefix before the "!"), so every inbox of one process shares a slot and one blocking pop
   serves them all;
-- normal channels (and their de-duplication keys) share one slot, so that one blocking pop can
-  wait on all of them even on Cluster; they carry little traffic in Channels applications
-  (worker channels), and process inboxes carry the rest.
+- normal channels (and their de-duplication keys, wake streams and the in-flight lists of
+  their readers) share one slot, so that one pop can take from any of them even on Cluster;
+  they carry little traffic in Channels applications (worker channels), and process inboxes
+  carry the rest.
 
 Channel and group names cannot contain braces (the Channels name rules forbid them).
 """
@@ -22,6 +23,14 @@ from .exceptions import ConfigurationError
 
 _NORMAL_TAG = "normal"
 _GLOB_SPECIALS = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
+
+
+def wake_stream(list_key: str) -> str:
+    """The stream beside a normal channel's list (``KeyLayout.channel``) that gets an entry
+    for each message pushed there: what readers wait on with XREAD (see POP_NORMAL).
+    ``<prefix>:c:{normal}:<channel>`` gives ``<prefix>:w:{normal}:<channel>`` (a prefix holds
+    no brace, so the first ":c:{" is the one before the tag)."""
+    return list_key.replace(":c:{", ":w:{", 1)
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,19 @@ class KeyLayout:
         """The list holding messages of a normal channel."""
         return f"{self.prefix}:c:{{{_NORMAL_TAG}}}:{channel}"
 
+    def in_flight(self, reader: str) -> str:
+        """The batch a normal-channel reader popped last, kept until its next pop (see
+        POP_NORMAL); ``reader`` is the reader's random id."""
+        return f"{self.prefix}:f:{{{_NORMAL_TAG}}}:{reader}"
+
     def inbox(self, non_local_name: str) -> str:
         """The list holding messages of the process-specific channels ``<name>!...``."""
         tag = non_local_name.rpartition(".")[2]
         return f"{self.prefix}:i:{{{tag}}}:{non_local_name}"
+
+    def is_inbox(self, key: str) -> bool:
+        """Whether ``key`` is a process inbox (else a normal channel's list)."""
+        return key.startswith(f"{self.prefix}:i:")
 
     def dedupe(self, channel: str, sender: str) -> str:
         """The sequence numbers of ``sender`` applied to a normal channel (a hash)."""

@@ -41,7 +41,14 @@ UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
 
 
 class BlockingReader:
-    """Runs ``BLMPOP`` over the keys that ``keys()`` names, handing replies to ``deliver``."""
+    """Runs ``BLMPOP`` over the keys that ``keys()`` names, handing replies to ``deliver``.
+
+    One request is in flight at a time; a subclass may send other requests (``_request``)
+    and read their replies (``_hand_over``), with the same connection, watchdog and
+    stopping.
+    """
+
+    _loads_scripts = False  # whether its connections load the server scripts
 
     def __init__(
         self,
@@ -72,6 +79,7 @@ class BlockingReader:
         self._pending: asyncio.Future[object] | None = None
         self._pending_keys: list[str] = []
         self._packed_pop = b""  # the BLMPOP of _pending_keys
+        self._pops = True  # whether the request in flight can bring messages
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -134,7 +142,7 @@ class BlockingReader:
         does not answer is dropped by the watchdog within the pop limit.
         """
         pending = self._pending
-        if pending is None or key not in self._pending_keys:
+        if pending is None or not self._pops or key not in self._pending_keys:
             return False
         done, _ = await asyncio.wait({pending}, timeout=self._pop_limit_s)
         return bool(done) and self._pending is not pending  # (else stuck, or stopped)
@@ -204,11 +212,7 @@ class BlockingReader:
         self, client: FutureSink, keys: list[str]
     ) -> tuple[asyncio.Future[object], asyncio.Future[None]]:
         """The pop in flight, and a future of ours that completes when it does."""
-        if keys != self._pending_keys or not self._packed_pop:  # encoded once per key set
-            self._packed_pop = pack(
-                "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
-            )
-        pending = client.submit_packed(self._packed_pop)
+        pending = client.submit_packed(self._request(keys))
         replied: asyncio.Future[None] = self._loop.create_future()
 
         def settled(future: asyncio.Future[object]) -> None:
@@ -219,6 +223,14 @@ class BlockingReader:
         pending.add_done_callback(settled)
         self._pending, self._pending_keys = pending, keys
         return pending, replied
+
+    def _request(self, keys: list[str]) -> bytes:
+        """The next request: a BLMPOP, encoded once per key set."""
+        if keys != self._pending_keys or not self._packed_pop:
+            self._packed_pop = pack(
+                "BLMPOP", BLOCKING_POP_TIMEOUT_S, len(keys), *keys, "LEFT", "COUNT", self._count
+            )
+        return self._packed_pop
 
     def _check_pop(self) -> None:
         """The watchdog of blocking pops: one timer per reader, re-armed only when it fires,
@@ -273,21 +285,24 @@ class BlockingReader:
     def _hand_over(self, reply: object) -> None:
         if isinstance(reply, list):
             key, elements = reply
-            try:
-                self._deliver(key.decode(), elements)
-            except Exception:  # a bug: losing one batch beats every receiver waiting forever
-                self._stats.delivery_failures += 1
-                count = self._failure_log.due()
-                if count:
-                    logger.error(
-                        "Could not deliver up to %d popped messages of %s (%d failed "
-                        "batch(es) since the last report); the reader goes on",
-                        len(elements),
-                        key.decode(errors="replace"),
-                        count,
-                        exc_info=True,
-                        extra={"event": "delivery_failed", "messages": len(elements)},
-                    )
+            self._hand_over_batch(key, elements)
+
+    def _hand_over_batch(self, key: bytes, elements: list[bytes]) -> None:
+        try:
+            self._deliver(key.decode(), elements)
+        except Exception:  # a bug: losing one batch beats every receiver waiting forever
+            self._stats.delivery_failures += 1
+            count = self._failure_log.due()
+            if count:
+                logger.error(
+                    "Could not deliver up to %d popped messages of %s (%d failed "
+                    "batch(es) since the last report); the reader goes on",
+                    len(elements),
+                    key.decode(errors="replace"),
+                    count,
+                    exc_info=True,
+                    extra={"event": "delivery_failed", "messages": len(elements)},
+                )
 
     def _open_client(self) -> FutureSink | None:
         client = self._client
@@ -309,7 +324,7 @@ class BlockingReader:
             client = FutureSink()
             try:
                 protocol, info = await connect_to_master(
-                    self._locator, self._settings, client, False, self._announcements
+                    self._locator, self._settings, client, self._loads_scripts, self._announcements
                 )
             except ConnectionLost as err:
                 if time.monotonic() >= deadline:
@@ -321,8 +336,12 @@ class BlockingReader:
                 continue
             client.protocol = protocol
             self._client, self._server = client, info
+            self._connected()
             self._on_server(info)
             return client
+
+    def _connected(self) -> None:
+        """A new connection is there, before its first request."""
 
     async def _start_over(self) -> None:
         """After an unexpected error: collects the pop in flight (its reply may hold messages

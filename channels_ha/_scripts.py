@@ -30,7 +30,9 @@ class Script:
 # KEYS: per target i, KEYS[k0+2i-1] the list and KEYS[k0+2i] an aux key in the same slot:
 #       for a normal channel ("c") the hash of this sender's sequence numbers applied there;
 #       for a process inbox ("i") the limit the receiving process published (capacity times
-#       its channels), which replaces ``capacity`` when larger.
+#       its channels), which replaces ``capacity`` when larger. After the targets, one key
+#       per normal-channel target, in their order: its wake stream (see POP_NORMAL), which
+#       gets an entry when a message is pushed there. Inbox targets have none.
 # ARGV: [a0+1] list ttl (ms), [a0+2] now (ms), [a0+3] dedupe ttl (ms), then per target i:
 #       ARGV[a0+4i] capacity, [a0+4i+1] sequence number, [a0+4i+2] element, [a0+4i+3] kind.
 # Returns: one status per target: 1 pushed, 0 full, 2 copy (of one pushed before).
@@ -93,12 +95,16 @@ end
 local function push_targets(k0, a0)
   local list_ttl, now, dedupe_ttl = ARGV[a0 + 1], tonumber(ARGV[a0 + 2]), ARGV[a0 + 3]
   local statuses = {}
-  for i = 1, (#KEYS - k0) / 2 do
+  local targets = (#ARGV - a0 - 3) / 4
+  local wake = k0 + 2 * targets  -- the last wake stream key used
+  for i = 1, targets do
     local list, aux = KEYS[k0 + 2 * i - 1], KEYS[k0 + 2 * i]
     local capacity, seq = tonumber(ARGV[a0 + 4 * i]), tonumber(ARGV[a0 + 4 * i + 1])
     local element, kind = ARGV[a0 + 4 * i + 2], ARGV[a0 + 4 * i + 3]
     if kind == 'i' then
       capacity = math.max(capacity, tonumber(redis.call('GET', aux) or '0'))
+    else
+      wake = wake + 1
     end
     local status = 1
     if kind == 'c' and is_copy(aux, seq, dedupe_ttl) then
@@ -114,6 +120,10 @@ local function push_targets(k0, a0)
     else
       redis.call('RPUSH', list, element)
       redis.call('PEXPIRE', list, list_ttl)
+      if kind == 'c' then  -- readers waiting on the channel pop now (see POP_NORMAL)
+        redis.call('XADD', KEYS[wake], 'MAXLEN', 1, '*', 'm', 1)
+        redis.call('PEXPIRE', KEYS[wake], list_ttl)
+      end
     end
     statuses[i] = status
   end
@@ -130,7 +140,8 @@ PUSH = Script("push", "#!lua" + _PUSH_TARGETS + "return push_targets(0, 0)\n")
 # member expiry on the server, and pushes only if the plan is still right.
 
 # GROUP_PUSH: the PUSH body, if the group's members are still those the token stands for.
-# KEYS: [1] the group's sorted set, [2] its membership token, then the PUSH targets.
+# KEYS: [1] the group's sorted set, [2] its membership token, then the PUSH targets (and
+#       their wake streams).
 # ARGV: [1] the token the sender planned from, [2] the membership cutoff (s: a member scored
 #       at or below it has expired), then the PUSH arguments.
 # Returns: the PUSH statuses, or nil (pushing nothing) when the plan is stale. A group with
@@ -290,7 +301,8 @@ return redis.call('ZCARD', KEYS[1])
 # list, once: a retry after a lost reply finds the marker of the first attempt and writes
 # nothing (a plain LPUSH would store them twice, and two competing receivers in different
 # processes would each get a copy).
-# KEYS: [1] the list, [2] the marker of this return (same slot).
+# KEYS: [1] the list, [2] the marker of this return (same slot), [3] for a normal channel,
+#       its wake stream (see POP_NORMAL).
 # ARGV: [1] list ttl (ms), [2] marker ttl (ms), [3...] the elements, oldest first.
 # Returns: 1 if written, 0 if this return was already applied.
 RETURN = Script(
@@ -301,8 +313,49 @@ for i = #ARGV, 3, -1 do
   redis.call('LPUSH', KEYS[1], ARGV[i])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if KEYS[3] then
+  redis.call('XADD', KEYS[3], 'MAXLEN', 1, '*', 'm', 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[1])
+end
 return 1
 """,
 )
 
-ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD, GROUP_FLUSH, RETURN)
+# POP_NORMAL: a normal-channel reader's pop, acknowledged by its next one. The batch it pops
+# stays in the reader's in-flight list until the reader's next call, which comes only after
+# this reply arrived (one request at a time, on one connection): a reply lost with its
+# connection is found there by the first call on the next connection ('recover'). Readers do
+# not block in here (a script cannot): with nothing to pop, they wait with XREAD on the
+# channels' wake streams (PUSH adds an entry to each), after the ids returned here.
+# KEYS: [1] the reader's in-flight list, then n channel lists, then their n wake streams.
+# ARGV: [1] count, [2] in-flight ttl (ms), [3] '1' to recover (the first call on a connection).
+# Returns: {1, list, elements} popped; {2, list, elements} the in-flight batch, recovered
+# (kept: its reply may be lost too); {0, ids} nothing, with each wake stream's last id.
+POP_NORMAL = Script(
+    "pop_normal",
+    """#!lua
+local n = (#KEYS - 1) / 2
+if ARGV[3] == '1' then
+  local held = redis.call('LRANGE', KEYS[1], 0, -1)
+  if #held > 0 then return {2, held[1], {unpack(held, 2)}} end
+end
+redis.call('DEL', KEYS[1])  -- acknowledged: this call comes after the last one's reply
+local lmpop = {'LMPOP', n}
+for i = 2, n + 1 do lmpop[i + 1] = KEYS[i] end
+lmpop[n + 3], lmpop[n + 4], lmpop[n + 5] = 'LEFT', 'COUNT', ARGV[1]
+local popped = redis.call(unpack(lmpop))
+if popped then
+  redis.call('RPUSH', KEYS[1], popped[1], unpack(popped[2]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, popped[1], popped[2]}
+end
+local ids = {}
+for i = 1, n do
+  local last = redis.call('XREVRANGE', KEYS[n + 1 + i], '+', '-', 'COUNT', 1)[1]
+  ids[i] = last and last[1] or '0-0'
+end
+return {0, ids}
+""",
+)
+
+ALL = (PUSH, GROUP_PUSH, GROUP_MEMBERS, GROUP_ADD, GROUP_DISCARD, GROUP_FLUSH, RETURN, POP_NORMAL)

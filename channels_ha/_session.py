@@ -37,7 +37,9 @@ from ._core import LayerCore
 from ._delivery import Deliveries, target_of
 from ._epochs import Epochs
 from ._fanout import FanoutPlans, Plan, Target
+from ._keys import wake_stream
 from ._link import CommandLink
+from ._normal_reader import InFlight
 from ._reader import BlockingReader
 from ._recovery import (
     Reassertion,
@@ -82,7 +84,16 @@ _LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishi
 
 def _push_request(keys: list[str], header: tuple[int, ...], args: list[Any]) -> bytes:
     """An EVALSHA of the PUSH script over ``keys`` (list and aux key per target)."""
+    keys = _with_wakes(keys, args)
     return pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args)
+
+
+def _with_wakes(keys: list[str], args: list[Any]) -> list[str]:
+    """The KEYS of a PUSH: ``keys``, then the wake stream of each normal-channel target."""
+    kinds = args[3::4]
+    if "c" not in kinds:  # process inboxes only: the hot path of group_send
+        return keys
+    return keys + [wake_stream(keys[2 * i]) for i, kind in enumerate(kinds) if kind == "c"]
 
 
 PushParts = tuple[list[str], tuple[int, ...], list[Any]]  # _push_request's arguments
@@ -180,7 +191,11 @@ class Session:
             now + core.expiry_ms, self.sender, seq, channel, core.codec.dumps(message)
         )
         target_args = (core.capacity_of(channel), seq, element, kind)
-        packed = pack("EVALSHA", PUSH.sha, 2, key, aux, *self._push_header(now), *target_args)
+        header = self._push_header(now)
+        if kind == "i":
+            packed = pack("EVALSHA", PUSH.sha, 2, key, aux, *header, *target_args)
+        else:
+            packed = pack("EVALSHA", PUSH.sha, 3, key, aux, wake_stream(key), *header, *target_args)
         index = core.shard_index(target)
         return PreparedPush(index, self._shards[index].link, packed, key)
 
@@ -295,8 +310,9 @@ class Session:
         group_key, token_key = core.keys.group_keys(group)
         token = cast(str, plan.token)  # FanoutPlans.tokened() returns plans with one
         cutoff = time.time() - core.group_expiry_s
+        push_keys = _with_wakes(keys, args)
         packed = pack(
-            "EVALSHA", GROUP_PUSH.sha, len(keys) + 2, group_key, token_key, *keys,
+            "EVALSHA", GROUP_PUSH.sha, len(push_keys) + 2, group_key, token_key, *push_keys,
             token, cutoff, *header, *args,
         )  # fmt: skip
         # A replay writes the plain PUSH: the token may be gone by then.
@@ -538,12 +554,17 @@ class Session:
         def fail(error: Exception) -> None:
             deliveries.fail_waiters(index, error, specific)
 
+        core = self.core
         if specific:
             # Every inbox of this process shares one slot: its tag is the client prefix.
-            slot = slot_of(self.core.keys.inbox(f"x.{self.client_prefix}!"))
-            return shard.reader("inbox", deliveries.inbox_keys(index), self._deliver, fail, slot)
-        slot = slot_of(self.core.keys.channel("any"))  # every normal channel shares one slot
-        return shard.reader("normal", deliveries.normal_keys(index), self._deliver, fail, slot)
+            slot = slot_of(core.keys.inbox(f"x.{self.client_prefix}!"))
+            return shard.reader(deliveries.inbox_keys(index), self._deliver, fail, slot)
+        slot = slot_of(core.keys.channel("any"))  # every normal channel shares one slot
+        # Kept as long as its messages may wait, and at least as long as a failover may take.
+        ttl_ms = int(max(core.expiry_s, core.failover_timeout_s) * 1000)
+        in_flight = InFlight(core.keys.in_flight(secrets.token_hex(8)), ttl_ms)
+        keys = deliveries.normal_keys(index)
+        return shard.reader(keys, self._deliver, fail, slot, in_flight)
 
     def _deliver(self, key: str, elements: list[bytes]) -> None:
         touched = self.deliveries.deliver(key, elements)
@@ -634,8 +655,9 @@ class Session:
         the link writes it again after a lost reply."""
         core = self.core
         marker = core.keys.return_marker(key, return_id)
+        keys = (key, marker) if core.keys.is_inbox(key) else (key, marker, wake_stream(key))
         args: list[Arg] = [core.expiry_ms, core.dedupe_ttl_ms, *elements]
-        await self._shards[index].link.submit_script(RETURN, (key, marker), args)
+        await self._shards[index].link.submit_script(RETURN, keys, args)
         logger.info("Returned %d undelivered messages to %s", len(elements), key)
 
     # -- failover bookkeeping ----------------------------------------------------------------

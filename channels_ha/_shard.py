@@ -20,6 +20,7 @@ from ._cluster import ClusterRouter, slot_of, tag_for_slot
 from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE, SENTINEL_WATCH_DELAY_S
 from ._keys import KeyLayout
 from ._link import CommandLink
+from ._normal_reader import InFlight, NormalReader
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._resp import Endpoint
 from ._server import Announcements, Credentials, Locator, ServerInfo, ServerSettings
@@ -164,29 +165,37 @@ class ShardConnections:
     # -- readers ---------------------------------------------------------------------------------
 
     def reader(
-        self, kind: str, keys: KeysFn, deliver: DeliverFn, fail: FailFn, slot: int
+        self,
+        keys: KeysFn,
+        deliver: DeliverFn,
+        fail: FailFn,
+        slot: int,
+        in_flight: InFlight | None = None,
     ) -> BlockingReader:
-        """The inbox or normal-channel reader, started on first use."""
-        current = self.inbox_reader if kind == "inbox" else self.normal_reader
+        """The inbox reader, or with ``in_flight`` the normal-channel reader, started on
+        first use."""
+        current = self.inbox_reader if in_flight is None else self.normal_reader
         if current is not None:
             return current
         locator = self.spec.locator if self.router is None else _SlotLocator(self.router, slot)
-        reader = BlockingReader(
-            locator=locator,
-            settings=self.spec.settings,
-            unblock=self._unblock,
-            on_server=self._server_seen,
-            keys=keys,
-            count=INBOX_BATCH_SIZE if kind == "inbox" else 1,
-            deliver=deliver,
-            fail=fail,
-            stats=self.stats,
-            announcements=self.announcements,
-        )
-        if kind == "inbox":
-            self.inbox_reader = reader
+        options: dict[str, Any] = {
+            "locator": locator,
+            "settings": self.spec.settings,
+            "unblock": self._unblock,
+            "on_server": self._server_seen,
+            "keys": keys,
+            "deliver": deliver,
+            "fail": fail,
+            "stats": self.stats,
+            "announcements": self.announcements,
+        }
+        reader: BlockingReader
+        if in_flight is None:
+            reader = self.inbox_reader = BlockingReader(count=INBOX_BATCH_SIZE, **options)
         else:
-            self.normal_reader = reader
+            reader = self.normal_reader = NormalReader(
+                count=1, in_flight=in_flight.key, in_flight_ttl_ms=in_flight.ttl_ms, **options
+            )
         reader.start()
         return reader
 

@@ -1,0 +1,338 @@
+"""A normal channel's pop whose reply is lost loses nothing, and is not delivered twice.
+
+The normal-channel reader's pops are acknowledged by its next pop; the first pop on a new
+connection recovers the batch of the last one. Here a proxy on loopback lets Redis execute a
+pop and drops its reply (closing both sides), as a network cut or a master killed after
+replicating the pop would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import pytest
+import redis
+
+from channels_ha import RedisChannelLayer
+from channels_ha.sandbox import (
+    SentinelTopology,
+    StandaloneTopology,
+    Topology,
+    TopologyFactory,
+)
+
+from .conftest import TRAFFIC_CAPACITY, receivers_waiting
+from .test_receive_edges import deliver_then
+
+pytestmark = pytest.mark.redis_topologies("standalone")
+
+TIMEOUT_S = 5.0
+MARKER = b"carried-by-a-pop"  # in every test message's body: only pop replies carry it
+
+
+class CuttingProxy:
+    """Forwards connections to a node; every ``every``-th reply that carries MARKER (a pop's,
+    which Redis executed) is dropped instead, and its connection closed on both sides."""
+
+    def __init__(self, topology: Topology, every: int = 1, cuts: int = 1) -> None:
+        assert isinstance(topology, StandaloneTopology)
+        self._node = topology.node
+        self._replies = itertools.count(1)
+        self._every, self._cuts_left = every, cuts
+        self.cut = 0
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        """The URL of the proxy, while it runs."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        server = await asyncio.start_server(self._handle, sock=listener)
+        try:
+            yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        finally:
+            server.close()
+            for task in list(self._pipes):
+                task.cancel()
+            with suppress(asyncio.CancelledError):
+                await asyncio.gather(*self._pipes)
+            await server.wait_closed()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(self._node.host, self._node.port)
+        for pipe in (
+            self._pipe(client_r, server_w, (client_w, server_w), cutting=False),
+            self._pipe(server_r, client_w, (client_w, server_w), cutting=True),
+        ):
+            task = asyncio.get_running_loop().create_task(pipe)
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        cutting: bool,
+    ) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                if cutting and MARKER in data and self._due():
+                    self.cut += 1
+                    for side in both:
+                        side.transport.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def _due(self) -> bool:
+        if self._cuts_left and next(self._replies) % self._every == 0:
+            self._cuts_left -= 1
+            return True
+        return False
+
+
+def message(number: int) -> dict[str, object]:
+    return {"type": "job", "n": number, "tag": MARKER}
+
+
+async def nothing_more(layer: RedisChannelLayer, channel: str) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.1)
+
+
+async def blocked_in_redis(client: redis.Redis, before: int) -> None:
+    """Once more clients than ``before`` are blocked (a reader's wait inside Redis)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while int(client.info("clients")["blocked_clients"]) <= before:
+        assert time.monotonic() < deadline, "the reader never blocked"
+        await asyncio.sleep(0.01)  # nothing to await: the wait is inside Redis
+
+
+async def test_a_pop_reply_lost_while_blocked_is_recovered(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A receiver waits; the message sent then is popped, and the pop's reply is lost with
+    its connection: the reader's next connection recovers it, delivered once (seen before:
+    lost, Redis had removed it)."""
+    proxy = CuttingProxy(redis_topology)
+    async with proxy.running() as url:
+        layer = RedisChannelLayer(hosts=[url], prefix="cut-blocked")
+        try:
+            blocked = int(master_client.info("clients")["blocked_clients"])
+            receiving = asyncio.create_task(layer.receive("jobs"))
+            await blocked_in_redis(master_client, blocked)
+            await layer.send("jobs", message(1))
+            assert (await asyncio.wait_for(receiving, TIMEOUT_S))["n"] == 1
+            await nothing_more(layer, "jobs")
+        finally:
+            await layer.close()
+    assert proxy.cut == 1
+
+
+async def test_a_pop_reply_lost_for_a_waiting_message_is_recovered(
+    redis_topology: Topology,
+) -> None:
+    """A message waits in its list; the pop that takes it for a receiver loses its reply:
+    the message is delivered once all the same."""
+    proxy = CuttingProxy(redis_topology)
+    async with proxy.running() as url:
+        layer = RedisChannelLayer(hosts=[url], prefix="cut-waiting")
+        try:
+            await layer.send("jobs", message(1))
+            assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
+            await nothing_more(layer, "jobs")
+        finally:
+            await layer.close()
+    assert proxy.cut == 1
+
+
+def reader_connection(layer: RedisChannelLayer) -> int:
+    """The client id of the layer's normal-channel reader."""
+    server = layer._session()._readers[(0, False)].connected_to
+    assert server is not None
+    return server.client_id
+
+
+async def test_a_batch_received_before_a_cut_is_not_delivered_again(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """Message 1 is received and stays in the reader's in-flight list (nothing popped
+    since); the reader's connection is then cut: its next connection recovers 1, and
+    recognises it as handed over already."""
+    await layer.send("jobs", message(1))
+    assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
+    in_flight = master_client.keys(f"{layer.prefix}:f:*")
+    assert len(in_flight) == 1
+    assert MARKER in master_client.lrange(in_flight[0], 1, -1)[0]
+    master_client.client_kill_filter(_id=reader_connection(layer))
+    await layer.send("jobs", message(2))
+    assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 2
+    await nothing_more(layer, "jobs")
+    assert layer.statistics().duplicates_dropped == 0  # not even dropped: never handed over
+
+
+async def test_a_given_back_message_is_not_delivered_from_the_in_flight_list(
+    layer: RedisChannelLayer, master_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Message 1 is popped for a receiver cancelled meanwhile, and goes back to its list; the
+    in-flight list still holds the popped copy when the reader's connection is cut: 1 is
+    delivered once, from its list."""
+    session = layer._session()
+    real, returned = session._push_front, asyncio.Event()
+
+    async def push_front(index: int, key: str, elements: list[bytes], return_id: str) -> None:
+        await real(index, key, elements, return_id)
+        returned.set()
+
+    monkeypatch.setattr(session, "_push_front", push_front)
+    await layer.send("jobs", message(1))
+    first = asyncio.create_task(layer.receive("jobs"))
+    deliver_then(layer, monkeypatch, first.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(returned.wait(), TIMEOUT_S)
+    assert master_client.keys(f"{layer.prefix}:f:*"), "the popped copy is still in flight"
+    master_client.client_kill_filter(_id=reader_connection(layer))
+    assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
+    await nothing_more(layer, "jobs")
+    assert layer.statistics().duplicates_dropped == 0
+
+
+async def test_flush_deletes_wake_streams_and_in_flight_lists(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """A normal channel's wake stream and its reader's in-flight list carry the layer's
+    prefix: flush() deletes them with the rest (the epoch mark stays)."""
+    await layer.send("jobs", message(1))
+    assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
+    kinds = {key.split(b":")[1] for key in master_client.keys(f"{layer.prefix}:*")}
+    assert {b"w", b"f"} <= kinds
+    await layer.flush()
+    assert master_client.keys(f"{layer.prefix}:*") == [f"{layer.prefix}:epoch".encode()]
+
+
+async def test_competing_readers_losing_replies_deliver_each_message_once(
+    redis_topology: Topology,
+) -> None:
+    """Two processes receive on one normal channel, each through a link that drops every
+    fifth pop reply carrying a message: each of 60 messages arrives once, and each process
+    gets its share in the order sent."""
+    count, prefix = 60, "cut-competing"
+    proxies = [CuttingProxy(redis_topology, every=5, cuts=100) for _ in range(2)]
+    sender = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+    got: list[list[int]] = [[], []]
+    async with proxies[0].running() as first_url, proxies[1].running() as second_url:
+        receivers = [RedisChannelLayer(hosts=[u], prefix=prefix) for u in (first_url, second_url)]
+        done = asyncio.Event()
+
+        async def consume(layer: RedisChannelLayer, into: list[int]) -> None:
+            while True:
+                into.append((await layer.receive("jobs"))["n"])
+                if sum(map(len, got)) >= count:
+                    done.set()
+
+        tasks = [asyncio.create_task(consume(r, g)) for r, g in zip(receivers, got, strict=True)]
+        try:
+            for layer in receivers:
+                await receivers_waiting(layer, "jobs")
+            for number in range(count):
+                await sender.send("jobs", message(number))
+            await asyncio.wait_for(done.wait(), 4 * TIMEOUT_S)
+            for layer in receivers:
+                await nothing_more(layer, "jobs")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+            for layer in (*receivers, sender):
+                await layer.close()
+    assert sorted(itertools.chain(*got)) == list(range(count))
+    assert all(share == sorted(share) for share in got), got
+    assert all(proxy.cut for proxy in proxies)
+
+
+# -- a failover ----------------------------------------------------------------------------
+
+
+class Tally:
+    """What two competing receivers got, and an event once every number sent is in."""
+
+    def __init__(self) -> None:
+        self.got: list[list[int]] = [[], []]
+        self.sent: list[int] = []
+        self.missing: set[int] | None = None  # once sending is over
+        self.complete = asyncio.Event()
+
+    def received(self, receiver: int, number: int) -> None:
+        self.got[receiver].append(number)
+        if self.missing is not None:
+            self.missing.discard(number)
+            if not self.missing:
+                self.complete.set()
+
+    def sending_over(self) -> None:
+        self.missing = set(self.sent) - set(itertools.chain(*self.got))
+        if not self.missing:
+            self.complete.set()
+
+
+async def test_two_receivers_through_a_kill_of_the_master_get_each_message_once(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Under Sentinel, two processes compete on a normal channel while four senders send and
+    the master is killed (kill -9): every message whose send returned arrives exactly once.
+    Whether a pop's reply is lost at the kill is luck; the promise holds either way."""
+    sentinel = redis_sandbox_factory("sentinel")
+    assert isinstance(sentinel, SentinelTopology)
+    options = {"prefix": "kill-competing", "failover_timeout": 20, "capacity": TRAFFIC_CAPACITY}
+    sender = RedisChannelLayer(hosts=[sentinel.url], **options)
+    receivers = [RedisChannelLayer(hosts=[sentinel.url], **options) for _ in range(2)]
+    tally, numbers, kill_at = Tally(), itertools.count(), asyncio.Event()
+
+    async def consume(index: int) -> None:
+        while True:
+            tally.received(index, (await receivers[index].receive("jobs"))["n"])
+
+    async def send_until(last: int) -> None:
+        for number in numbers:
+            if number >= last:
+                return
+            await sender.send("jobs", message(number))
+            tally.sent.append(number)
+            if len(tally.sent) == 200:
+                kill_at.set()  # sends and pops are in flight
+
+    consumers = [asyncio.create_task(consume(index)) for index in range(2)]
+    try:
+        sending = asyncio.gather(*(send_until(400) for _ in range(4)))
+        await asyncio.wait_for(kill_at.wait(), 10)
+        old = await sentinel.acurrent_master()
+        old.kill()
+        await sentinel.await_new_master(old)
+        await asyncio.wait_for(sending, 30)
+        tally.sending_over()
+        with suppress(asyncio.TimeoutError):  # a loss is reported below
+            await asyncio.wait_for(tally.complete.wait(), 20)
+        for layer in receivers:
+            await nothing_more(layer, "jobs")
+    finally:
+        for task in consumers:
+            task.cancel()
+        await asyncio.wait(consumers)
+        for layer in (*receivers, sender):
+            await layer.close()
+    delivered = Counter(itertools.chain(*tally.got))
+    lost = sorted(set(tally.sent) - set(delivered))
+    twice = sorted(n for n, times in delivered.items() if times > 1)
+    assert (lost, twice) == ([], []), f"sent {len(tally.sent)}: lost {lost}, twice {twice}"
