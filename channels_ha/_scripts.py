@@ -331,9 +331,10 @@ return 1
 # ARGV: [1] count, [2] in-flight ttl (ms), [3] '1' to recover (the first call on a connection).
 # Returns: {1, list, elements} popped; {2, list, elements} the in-flight batch, recovered
 # (kept: its reply may be lost too); {0, ids} nothing, with each wake stream's last id.
+# Allowed past maxmemory, as a plain pop is: it moves what it pops, and frees the last batch.
 POP_NORMAL = Script(
     "pop_normal",
-    """#!lua
+    """#!lua flags=allow-oom
 local n = (#KEYS - 1) / 2
 if ARGV[3] == '1' then
   local held = redis.call('LRANGE', KEYS[1], 0, -1)
