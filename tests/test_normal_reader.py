@@ -264,18 +264,24 @@ async def test_competing_readers_losing_replies_deliver_each_message_once(
 
 # -- a failover ----------------------------------------------------------------------------
 
+# A reply the old master sent before its kill reaches the receiver within this (the
+# receiver's event loop may be busy for a moment with the messages around it).
+KILL_REPLY_WINDOW_S = 0.5
+
 
 class Tally:
     """What two competing receivers got, and an event once every number sent is in."""
 
     def __init__(self) -> None:
         self.got: list[list[int]] = [[], []]
+        self.times: dict[int, list[tuple[float, int]]] = {}  # number -> (when, receiver)
         self.sent: list[int] = []
         self.missing: set[int] | None = None  # once sending is over
         self.complete = asyncio.Event()
 
     def received(self, receiver: int, number: int) -> None:
         self.got[receiver].append(number)
+        self.times.setdefault(number, []).append((time.monotonic(), receiver))
         if self.missing is not None:
             self.missing.discard(number)
             if not self.missing:
@@ -291,8 +297,11 @@ async def test_two_receivers_through_a_kill_of_the_master_get_each_message_once(
     redis_sandbox_factory: TopologyFactory,
 ) -> None:
     """Under Sentinel, two processes compete on a normal channel while four senders send and
-    the master is killed (kill -9): every message whose send returned arrives exactly once.
-    Whether a pop's reply is lost at the kill is luck; the promise holds either way."""
+    the master is killed (kill -9): every message whose send returned arrives, and once,
+    except in the one case docs/failover.md names: a pop the old master answered just before
+    it died without having replicated it is undone by the failover, and the other process
+    may pop the message again from the new master. Whether a pop's reply is lost at the
+    kill, or a pop is not replicated, is luck; the promise holds either way."""
     sentinel = redis_sandbox_factory("sentinel")
     assert isinstance(sentinel, SentinelTopology)
     options = {"prefix": "kill-competing", "failover_timeout": 20, "capacity": TRAFFIC_CAPACITY}
@@ -318,6 +327,7 @@ async def test_two_receivers_through_a_kill_of_the_master_get_each_message_once(
         sending = asyncio.gather(*(send_until(400) for _ in range(4)))
         await asyncio.wait_for(kill_at.wait(), 10)
         old = await sentinel.acurrent_master()
+        killed_at = time.monotonic()
         old.kill()
         await sentinel.await_new_master(old)
         await asyncio.wait_for(sending, 30)
@@ -335,4 +345,17 @@ async def test_two_receivers_through_a_kill_of_the_master_get_each_message_once(
     delivered = Counter(itertools.chain(*tally.got))
     lost = sorted(set(tally.sent) - set(delivered))
     twice = sorted(n for n, times in delivered.items() if times > 1)
-    assert (lost, twice) == ([], []), f"sent {len(tally.sent)}: lost {lost}, twice {twice}"
+    unexplained = [n for n in twice if not _unreplicated_pop(tally.times[n], killed_at)]
+    assert (lost, unexplained) == ([], []), f"sent {len(tally.sent)}: lost {lost}, twice {twice}"
+
+
+def _unreplicated_pop(receipts: list[tuple[float, int]], killed_at: float) -> bool:
+    """Whether a message received twice matches the documented case: once by one receiver
+    from the old master, as it died, and once by the other, after the failover."""
+    (first_at, first), (second_at, second) = sorted(receipts)[:2]
+    return (
+        len(receipts) == 2
+        and first != second
+        and first_at < killed_at + KILL_REPLY_WINDOW_S
+        and second_at > killed_at
+    )
