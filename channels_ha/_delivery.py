@@ -14,7 +14,6 @@ from ._buffers import ChannelBuffer, Item, now_ms
 from ._codec import decode_element, encode_element
 from ._core import LayerCore
 from ._reader import KeysFn
-from ._sequence import SendSequences
 from ._throttle import LogThrottle
 from .exceptions import MalformedElement
 
@@ -197,7 +196,8 @@ class Deliveries:
         They go back under ``returner``, a fresh sender id: receivers hold no mark for it, so
         they will not mistake the returned messages for duplicates.
         """
-        core, numbers = self._core, SendSequences()
+        core = self._core
+        numbers: dict[str, int] = {}  # key -> the last number given back there
         returned: dict[tuple[int, str], list[bytes]] = {}
         gated: list[str] = []
         for channel in channels:
@@ -208,7 +208,8 @@ class Deliveries:
             key = core.keys.inbox(target) if "!" in channel else core.keys.channel(channel)
             items = _fresh(buffer.take_all())
             for expires, body in items:
-                element = encode_element(expires, returner, numbers.next(key), channel, body)
+                seq = numbers[key] = numbers.get(key, 0) + 1
+                element = encode_element(expires, returner, seq, channel, body)
                 returned.setdefault((core.shard_index(target), key), []).append(element)
             if items and "!" not in channel:
                 self._returning[channel] = self._returning.get(channel, 0) + 1

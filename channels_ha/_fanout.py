@@ -27,7 +27,7 @@ class Target(NamedTuple):
 
     unit: tuple[int, int]  # (shard, slot): targets of one unit share one PUSH
     key: str  # the list
-    aux: str  # the inbox limit, or the normal channel's dedupe key
+    aux: str  # the inbox limit; "" for a normal channel (its dedupe key depends on the sender)
     kind: str  # the PUSH script's target kind
     named: str | list[str]  # the member channel(s) this copy is for
     capacity: int

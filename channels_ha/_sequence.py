@@ -1,10 +1,11 @@
 """Message identities: a sender and a sequence number per list, and the marks that use them.
 
 A retry (the link writes a request again after a lost reply) can store a message twice.
-Every message therefore names its sender (a random id per event loop) and a sequence number
-counted separately for each list it goes to, so that a list receives 1, 2, 3... from each
-sender. A receiver remembers, per list and sender, the highest number it delivered and which
-of the lower numbers it delivered too: one bit each for the last ``MAX_GAPS`` numbers. A
+Every message therefore names its sender (a random id per event loop, renewed for a list
+after a pause: see SendSequences) and a sequence number counted separately for each list it
+goes to, so that a list receives 1, 2, 3... from each sender. A receiver remembers, per
+list and sender, the highest number it delivered and which of the lower numbers it
+delivered too: one bit each for the last ``MAX_GAPS`` numbers. A
 number it has not seen yet (a gap) is delivered when it comes, so the marks tolerate
 reordering: a message that reaches the list after a later one (a request retried after its
 successor already landed, a message another process gave back) is delivered once instead of
@@ -19,6 +20,7 @@ the bits cost 512 bytes and a shift.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 # How many missing numbers one mark keeps; older gaps are forgotten (those messages are
 # either lost for good or expired long ago).
@@ -26,26 +28,41 @@ MAX_GAPS = 4096
 
 
 class SendSequences:
-    """The next sequence number for each list this event loop sends to."""
+    """The next sequence number for each list this event loop sends to, and the sender name
+    the numbers count under.
 
-    __slots__ = ("_numbers",)
+    A list left unused for ``restart_idle_s`` starts over at 1 under a new name. Continuing
+    the numbers after a pause would meet receivers and a Redis record that forgot the old
+    ones: every number up to the new one would be a gap there (4,096 of them: a Redis hash
+    of ~260 KB written in one script call that held Redis up for 4 ms, and as many marks in
+    each receiver), while starting over at 1 under the same name would be taken for copies
+    by any that still remember. ``restart_idle_s`` is below what receivers and Redis
+    remember, so a list that goes on meets its own record.
+    """
 
-    def __init__(self) -> None:
-        self._numbers: dict[str, list[float]] = {}  # key -> [last number, last used]
+    __slots__ = ("_numbers", "_restart_idle_s", "_sender", "_streams")
 
-    def next(self, key: str) -> int:
+    def __init__(self, sender: str, restart_idle_s: float) -> None:
+        self._sender = sender
+        self._restart_idle_s = restart_idle_s
+        self._numbers: dict[str, list[Any]] = {}  # key -> [last number, last used, name]
+        self._streams = 0
+
+    def next(self, key: str) -> tuple[str, int]:
+        """(sender name, number) of the next message to ``key``."""
+        now = time.monotonic()
         entry = self._numbers.get(key)
-        if entry is None:
-            entry = self._numbers[key] = [0, 0.0]
+        if entry is None or now - entry[1] > self._restart_idle_s:
+            self._streams += 1
+            entry = self._numbers[key] = [0, now, f"{self._sender}.{self._streams:x}"]
         entry[0] += 1
-        entry[1] = time.monotonic()
-        return int(entry[0])
+        entry[1] = now
+        return entry[2], entry[0]
 
-    def forget_idle(self, idle_s: float) -> None:
-        """Drops counters unused for ``idle_s``: receivers forgot their marks by then, so
-        starting such a list over at 1 is not mistaken for copies."""
-        horizon = time.monotonic() - idle_s
-        for key in [key for key, (_, used) in self._numbers.items() if used < horizon]:
+    def forget_idle(self) -> None:
+        """Drops the lists that would start over anyway."""
+        horizon = time.monotonic() - self._restart_idle_s
+        for key in [key for key, (_, used, _) in self._numbers.items() if used < horizon]:
             del self._numbers[key]
 
 

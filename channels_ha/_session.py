@@ -137,7 +137,7 @@ class Session:
         self.core = core
         self.client_prefix = client_prefix
         self.sender = secrets.token_hex(8)
-        self._seqs = SendSequences()
+        self._seqs = SendSequences(self.sender, core.dedupe_memory_s / 2)
         self._wait_ms = int(core.replica_ack_timeout_s * 1000)
         self._shards = [
             ShardConnections(
@@ -186,9 +186,11 @@ class Session:
         target = target_of(channel)
         key, aux, kind = self._target_keys(channel, target)
         now = now_ms()
-        seq = self._seqs.next(key)
+        sender, seq = self._seqs.next(key)
+        if kind == "c":
+            aux = core.keys.dedupe(channel, sender)
         element = encode_element(
-            now + core.expiry_ms, self.sender, seq, channel, core.codec.dumps(message)
+            now + core.expiry_ms, sender, seq, channel, core.codec.dumps(message)
         )
         target_args = (core.capacity_of(channel), seq, element, kind)
         header = self._push_header(now)
@@ -200,11 +202,13 @@ class Session:
         return PreparedPush(index, self._shards[index].link, packed, key)
 
     def _target_keys(self, channel: str, target: str) -> tuple[str, str, str]:
-        """(list, aux key, kind) of a PUSH target; see the PUSH script."""
+        """(list, aux key, kind) of a PUSH target; see the PUSH script. A normal channel's
+        aux key, its de-duplication record, depends on the sender name its number counts
+        under: "" here, set with the number."""
         keys = self.core.keys
         if "!" in channel:  # copies are recognised by the one receiving process
             return keys.inbox(target), keys.inbox_limit(target), "i"
-        return keys.channel(channel), keys.dedupe(channel, self.sender), "c"
+        return keys.channel(channel), "", "c"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         push = self.prepare_send(channel, message)
@@ -264,7 +268,7 @@ class Session:
         core = self.core
         core.stats.group_sends += 1  # every call, empty groups included
         body, now = core.codec.dumps(message), now_ms()
-        seqs: dict[str, int] = {}  # list -> this message's number there, kept across attempts
+        seqs: dict[str, tuple[str, int]] = {}  # list -> (sender, number), kept across attempts
         plan = self._fanout.tokened(group)
         if plan is not None:
             statuses = await self._push_if_members_unchanged(group, plan, body, now, seqs)
@@ -299,7 +303,7 @@ class Session:
             logger.info("%d of %d targets of group %s over capacity", full, members, group)
 
     async def _push_if_members_unchanged(
-        self, group: str, plan: Plan, body: bytes, now: int, seqs: dict[str, int]
+        self, group: str, plan: Plan, body: bytes, now: int, seqs: dict[str, tuple[str, int]]
     ) -> list[int] | None:
         """One round trip instead of two: the PUSH of a remembered plan, done by the server
         only if the group's membership token is still the one the plan was made from. None
@@ -426,7 +430,7 @@ class Session:
         return targets
 
     def _push_arguments(
-        self, targets: list[Target], body: bytes, now: int, seqs: dict[str, int]
+        self, targets: list[Target], body: bytes, now: int, seqs: dict[str, tuple[str, int]]
     ) -> dict[tuple[int, int], tuple[list[str], list[Any]]]:
         """The targets batched into one PUSH per shard, or per slot on Cluster (a script's
         keys must share a slot there): its keys and the arguments after the header. The link
@@ -438,11 +442,15 @@ class Session:
         units: dict[tuple[int, int], tuple[list[str], list[Any]]] = {}
         for target in targets:
             keys, args = units.setdefault(target.unit, ([], []))
-            seq = seqs.get(target.key)
-            if seq is None:
-                seq = seqs[target.key] = self._seqs.next(target.key)
-            element = encode_element(expires, self.sender, seq, target.named, body)
-            keys += [target.key, target.aux]
+            numbered = seqs.get(target.key)
+            if numbered is None:
+                numbered = seqs[target.key] = self._seqs.next(target.key)
+            sender, seq = numbered
+            aux = target.aux
+            if target.kind == "c":  # a normal channel: named, and its record, by sender
+                aux = self.core.keys.dedupe(cast(str, target.named), sender)
+            element = encode_element(expires, sender, seq, target.named, body)
+            keys += [target.key, aux]
             args += [target.capacity, seq, element, target.kind]
         return units
 
@@ -797,7 +805,7 @@ class Session:
         """This event loop's part of the sweep (the process's is ``_sweep_process``)."""
         self._retry_returns()
         self._return_stranded(self.deliveries.sweep())
-        self._seqs.forget_idle(2 * self.core.dedupe_memory_s)
+        self._seqs.forget_idle()
 
     def _sweep_process(self) -> None:
         if self.core.sweep_due():

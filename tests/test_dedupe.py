@@ -15,6 +15,7 @@ import pytest
 from channels.exceptions import ChannelFull
 
 from channels_ha import RedisChannelLayer
+from channels_ha import _core as core_module
 from channels_ha import _sequence as sequence
 from channels_ha._buffers import now_ms
 from channels_ha._codec import encode_element
@@ -217,3 +218,52 @@ def test_marks_deliver_late_numbers_once_and_drop_copies() -> None:
     assert not marks.is_copy("list", "sender", top + 10 * sequence.MAX_GAPS)  # a jump
     assert marks.is_copy("list", "sender", top)
     assert not marks.is_copy("list", "other sender", 1)
+
+
+RESUMED_AFTER = 1_000
+
+
+async def test_a_sender_back_after_receivers_forgot_it_starts_over(
+    make_layer: LayerFactory, redis_topology: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender that pauses longer than receivers and Redis remember its numbers, but not
+    long enough to forget them itself, went on at the next number: every number before it
+    became a gap in Redis (a hash of up to 4,097 fields written in one script call, seen
+    holding Redis up for 4 ms) and in each receiver. It now starts over under a new name
+    once a list has been idle for half of what they remember. (What they remember is made
+    short here: 2 s, from the layer's failover_timeout and expiry.)"""
+    monkeypatch.setattr(core_module, "DEDUPE_MEMORY_MIN_S", 0.1)
+    options = {"failover_timeout": 0.5, "expiry": 1, "capacity": 2 * RESUMED_AFTER}
+    sender = make_layer(redis_topology, **options)
+    receiver = make_layer(redis_topology, prefix=sender.prefix, **options)
+    assert sender._core.dedupe_memory_s == 2.0
+    for n in range(RESUMED_AFTER):
+        await sender.send("resumed", {"type": "n", "n": n})
+    assert [(await receiver.receive("resumed"))["n"] for _ in range(RESUMED_AFTER)] == list(
+        range(RESUMED_AFTER)
+    )
+    await asyncio.sleep(sender._core.dedupe_memory_s * 1.5)
+    await sender.send("resumed", {"type": "n", "n": RESUMED_AFTER})
+    assert (await receiver.receive("resumed"))["n"] == RESUMED_AFTER
+    session = sender._session()
+    link = session._shards[0].link
+    pattern = f"{sender.prefix}:d:{{normal}}:resumed:*"
+    fields = 0
+    for key in await _scan(link, pattern):
+        fields += cast(int, await link.submit("HLEN", key, key=key))
+    assert fields <= 2, f"de-duplication records hold {fields} fields"
+    assert receiver.statistics().duplicates_dropped == 0
+
+
+async def _scan(link: object, pattern: str) -> list[str]:
+    """Keys matching ``pattern`` on the node of the normal channels' slot."""
+    submit = link.submit  # type: ignore[attr-defined]
+    keys: list[str] = []
+    cursor = b"0"
+    for _ in range(1_000):  # bounded: a sandbox holds few keys
+        reply = await submit("SCAN", cursor, "MATCH", pattern, "COUNT", 1000, key=pattern)
+        cursor, found = reply
+        keys += [key.decode() for key in found]
+        if cursor in (b"0", 0, "0"):
+            return keys
+    raise AssertionError("SCAN did not finish")
