@@ -146,8 +146,8 @@ async def test_numbers_refused_for_capacity_do_not_pile_up(
     )
     assert all(isinstance(result, ChannelFull) for result in results)
     session = layer._session()
-    key = layer._core.keys.dedupe("refusing", session.sender)
     link = session._shards[layer._core.shard_index("refusing")].link
+    (key,) = await _scan(link, f"{layer.prefix}:d:{{normal}}:refusing:*")  # this sender's
     fields = cast(int, await link.submit("HLEN", key, key=key))
     assert 4096 < fields <= 2 * 4096 + 1
     push = session.prepare_send("refusing", {"type": "latest"})  # the newest number
