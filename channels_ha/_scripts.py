@@ -341,14 +341,15 @@ if ARGV[3] == '1' then
   if #held > 0 then return {2, held[1], {unpack(held, 2)}} end
 end
 redis.call('DEL', KEYS[1])  -- acknowledged: this call comes after the last one's reply
-local lmpop = {'LMPOP', n}
-for i = 2, n + 1 do lmpop[i + 1] = KEYS[i] end
-lmpop[n + 3], lmpop[n + 4], lmpop[n + 5] = 'LEFT', 'COUNT', ARGV[1]
-local popped = redis.call(unpack(lmpop))
-if popped then
-  redis.call('RPUSH', KEYS[1], popped[1], unpack(popped[2]))
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, popped[1], popped[2]}
+-- The first list with messages, in order, as LMPOP would take it; one key at a time, since
+-- Lua cannot pass more than ~8,000 arguments to one call (unpack).
+for i = 2, n + 1 do
+  local popped = redis.call('LPOP', KEYS[i], ARGV[1])
+  if popped then
+    redis.call('RPUSH', KEYS[1], KEYS[i], unpack(popped))
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, KEYS[i], popped}
+  end
 end
 local ids = {}
 for i = 1, n do

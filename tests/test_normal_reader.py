@@ -209,6 +209,29 @@ async def test_a_given_back_message_is_not_delivered_from_the_in_flight_list(
     assert layer.statistics().duplicates_dropped == 0
 
 
+MANY_CHANNELS = 8_100  # past what one Lua call takes as arguments (~8,000)
+
+
+async def test_receivers_on_thousands_of_normal_channels_get_their_messages(
+    layer: RedisChannelLayer,
+) -> None:
+    """One pop covers every normal channel some receiver of the event loop waits on. The
+    first POP_NORMAL passed them all to LMPOP in one Lua call, which Redis refuses past
+    ~8,000 arguments ("too many results to unpack"): every normal-channel receiver of the
+    loop then failed, where BLMPOP had no such limit."""
+    channels = [f"many-{index}" for index in range(MANY_CHANNELS)]
+    receiving = [asyncio.create_task(layer.receive(channel)) for channel in channels]
+    try:
+        await receivers_waiting(layer, channels[-1])
+        await layer.send(channels[-1], message(1))
+        assert (await asyncio.wait_for(receiving[-1], TIMEOUT_S))["n"] == 1
+        assert not any(task.done() for task in receiving[:-1])
+    finally:
+        for task in receiving:
+            task.cancel()
+        await asyncio.wait(receiving)
+
+
 async def test_flush_deletes_wake_streams_and_in_flight_lists(
     layer: RedisChannelLayer, master_client: redis.Redis
 ) -> None:
