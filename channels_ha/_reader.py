@@ -38,6 +38,8 @@ DeliverFn = Callable[[str, list[bytes]], None]
 FailFn = Callable[[Exception], None]
 # Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
 UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
+UNBLOCK_RETRY_FIRST_S = 0.005  # a CLIENT UNBLOCK that found nothing blocked goes again
+UNBLOCK_RETRY_MAX_S = 0.2  # after this, doubling up to this
 
 
 class BlockingReader:
@@ -356,12 +358,30 @@ class BlockingReader:
 
     # -- stopping ------------------------------------------------------------------------
 
-    def _unblock(self) -> None:
-        if self._pending is None or self._server is None:
+    def _unblock(self, retry_in_s: float = UNBLOCK_RETRY_FIRST_S) -> None:
+        """Ends the request in flight early. CLIENT UNBLOCK goes over another connection and
+        can reach the server before the request it means (answering 0: nothing blocked), as
+        when keys change right after a pop was answered: it is then sent again, with a
+        growing pause, for as long as that request is unanswered (at most the pop limit,
+        which the watchdog enforces), rather than leaving it blocked for its timeout."""
+        pending = self._pending
+        if pending is None or self._server is None:
             return
         unblocked = self._unblock_via(self._server)
-        if unblocked is not None:
-            unblocked.add_done_callback(_ignore_result)
+        if unblocked is None:
+            return
+
+        def again() -> None:
+            if self._pending is pending and not pending.done():
+                self._unblock(min(2 * retry_in_s, UNBLOCK_RETRY_MAX_S))
+
+        def answered(future: asyncio.Future[object]) -> None:
+            if future.cancelled() or future.exception() is not None or future.result() != 0:
+                return
+            if self._pending is pending and not pending.done() and not self._loop.is_closed():
+                self._loop.call_later(retry_in_s, again)
+
+        unblocked.add_done_callback(answered)
 
     async def _finish_pending(self) -> None:
         """Collects the reply of a pop in flight, so that no popped message is lost."""

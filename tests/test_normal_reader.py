@@ -40,12 +40,21 @@ class CuttingProxy:
     """Forwards connections to a node; every ``every``-th reply that carries MARKER (a pop's,
     which Redis executed) is dropped instead, and its connection closed on both sides."""
 
-    def __init__(self, topology: Topology, every: int = 1, cuts: int = 1) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        every: int = 1,
+        cuts: int = 1,
+        delay: tuple[bytes, float] = (b"", 0.0),
+    ) -> None:
         assert isinstance(topology, StandaloneTopology)
         self._node = topology.node
         self._replies = itertools.count(1)
         self._every, self._cuts_left = every, cuts
         self.cut = 0
+        # Requests holding delay[0] reach Redis delay[1] seconds late; set once one did.
+        self._delayed_request, self._delay_s = delay
+        self.delayed = asyncio.Event()
         self._pipes: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -88,6 +97,9 @@ class CuttingProxy:
                     for side in both:
                         side.transport.abort()
                     return
+                if not cutting and self._delay_s and self._delayed_request in data:
+                    self.delayed.set()
+                    await asyncio.sleep(self._delay_s)  # the delay under test
                 writer.write(data)
                 await writer.drain()
         except ConnectionError:
@@ -207,6 +219,33 @@ async def test_a_given_back_message_is_not_delivered_from_the_in_flight_list(
     assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
     await nothing_more(layer, "jobs")
     assert layer.statistics().duplicates_dropped == 0
+
+
+WAIT_DELAY_S = 0.3  # how late the reader's XREAD reaches Redis
+
+
+async def test_a_wait_that_reaches_redis_after_its_unblock_is_still_ended(
+    redis_topology: Topology,
+) -> None:
+    """A receive on a second normal channel must end the reader's wait on the first: CLIENT
+    UNBLOCK, over the command link, can reach Redis before the wait it means, and found
+    nothing to end (seen once in CI: the second channel's message came 2 s late, when the
+    wait timed out). It is sent again while the wait is unanswered. Here the wait is held
+    up on its way."""
+    proxy = CuttingProxy(redis_topology, cuts=0, delay=(b"XREAD", WAIT_DELAY_S))
+    async with proxy.running() as url:
+        layer = RedisChannelLayer(hosts=[url], prefix="late-wait")
+        try:
+            waiting_a = asyncio.create_task(layer.receive("worker-a"))
+            await asyncio.wait_for(proxy.delayed.wait(), TIMEOUT_S)  # the wait on worker-a
+            await layer.send("worker-b", message(1))
+            started = time.monotonic()
+            assert (await asyncio.wait_for(layer.receive("worker-b"), TIMEOUT_S))["n"] == 1
+            assert time.monotonic() - started < WAIT_DELAY_S + 0.5
+            waiting_a.cancel()
+            await asyncio.gather(waiting_a, return_exceptions=True)
+        finally:
+            await layer.close()
 
 
 MANY_CHANNELS = 8_100  # past what one Lua call takes as arguments (~8,000)
