@@ -63,7 +63,6 @@ class NormalReader(BlockingReader):
         self._in_flight_ttl_ms = in_flight_ttl_ms
         self._recover = True  # the next pop is the first on its connection
         self._wake_after: tuple[list[str], list[bytes]] | None = None  # after an empty pop
-        self._popped_keys: list[str] = []  # those of the last POP_NORMAL
         self._packed_keys: list[str] = []  # those of _packed_pop
         self._handed = _HandedOver()
 
@@ -78,7 +77,6 @@ class NormalReader(BlockingReader):
             streams = [wake_stream(key) for key in keys]
             return pack("XREAD", "BLOCK", _BLOCK_MS, "STREAMS", *streams, *wake_after[1])
         self._pops = True
-        self._popped_keys = keys
         if self._recover:
             return self._pop_request(keys, recover=True)
         if keys != self._packed_keys:  # encoded once per key set
@@ -104,7 +102,7 @@ class NormalReader(BlockingReader):
             if fresh:
                 self._hand_over_batch(reply[1], fresh)
         else:
-            self._wake_after = (self._popped_keys, reply[1])
+            self._wake_after = (self._pending_keys, reply[1])  # the keys of this pop
 
 
 class _HandedOver:
