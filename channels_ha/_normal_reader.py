@@ -19,6 +19,13 @@ What a recovery brings is handed over minus what this reader already handed over
 Behind this memory, the process's delivery marks drop a copy all the same (counted as a
 duplicate) should a recovered element be older than the memory reaches.
 
+A recovery must not wait for a receiver: the one that waited may have given up (a timeout
+cancelling its receive()), and none may come again before the list expires, or before the
+layer closes. So a lost reply makes the reader connect again and recover at once, nobody
+waiting or not, and hand over what it recovers as usual: what nobody here waits for is
+given back to the head of its list (``Session._return_stranded``). At close, the reader
+recovers what a lost reply left, then deletes its in-flight list (all of it handed over).
+
 A script cannot block; with nothing to pop, the reader waits with ``XREAD BLOCK`` on the
 channels' wake streams, after the ids POP_NORMAL returned (a push in between is not missed),
 and pops again when it returns. Readers competing in several processes all wake; one pops.
@@ -26,6 +33,9 @@ and pops again when it returns. Readers competing in several processes all wake;
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +49,14 @@ from ._keys import wake_stream
 from ._reader import BlockingReader
 from ._resp import pack
 from ._scripts import POP_NORMAL
+from ._server import REDIRECT_ERRORS, RETRY_ERRORS
+from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
-_POPPED, _RECOVERED = 1, 2  # POP_NORMAL's reply tags; 0: nothing to pop
+logger = logging.getLogger("channels_ha.reader")
+
+_EMPTY, _POPPED, _RECOVERED = 0, 1, 2  # POP_NORMAL's reply tags
 _BLOCK_MS = int(BLOCKING_POP_TIMEOUT_S * 1000)
+_MAX_RELEASE_CALLS = 4  # at close: a recovery and a deletion, each again after a lost reply
 
 
 @dataclass(frozen=True)
@@ -61,10 +76,16 @@ class NormalReader(BlockingReader):
         super().__init__(**options)
         self._in_flight = in_flight
         self._in_flight_ttl_ms = in_flight_ttl_ms
-        self._recover = True  # the next pop is the first on its connection
+        self._recover = True  # the next pop recovers: the first on its connection
         self._wake_after: tuple[list[str], list[bytes]] | None = None  # after an empty pop
-        self._packed_keys: list[str] = []  # those of _packed_pop
+        self._packed_keys: list[str] | None = None  # those of _packed_pop
         self._handed = _HandedOver()
+        # The last pop's reply was handed over; False from its request until then, and after
+        # it was lost: a recovery is owed, made with nobody waiting until _owed_until.
+        self._answered = True
+        self._owed_until: float | None = None
+        self._held = False  # the in-flight list may hold a batch (deleted at close)
+        self._recovered: asyncio.Future[None] | None = None  # see settled()
 
     def _connected(self) -> None:
         self._recover = True
@@ -77,8 +98,10 @@ class NormalReader(BlockingReader):
             streams = [wake_stream(key) for key in keys]
             return pack("XREAD", "BLOCK", _BLOCK_MS, "STREAMS", *streams, *wake_after[1])
         self._pops = True
-        if self._recover:
+        if self._recover or not self._answered:  # (the latter: a reply not handed over)
+            self._recover, self._answered = True, False
             return self._pop_request(keys, recover=True)
+        self._answered = not keys  # (no keys: the deletion at close, which pops nothing)
         if keys != self._packed_keys:  # encoded once per key set
             self._packed_pop, self._packed_keys = self._pop_request(keys, recover=False), keys
         return self._packed_pop
@@ -92,7 +115,7 @@ class NormalReader(BlockingReader):
     def _hand_over(self, reply: object) -> None:
         if not self._pops or not isinstance(reply, list):
             return  # an XREAD's: entries, or nil (its time ran out, or wake() unblocked it)
-        self._recover = False
+        self._recover, self._held = False, reply[0] != _EMPTY
         if reply[0] == _POPPED:
             self._handed.remember(reply[2])
             self._hand_over_batch(reply[1], reply[2])
@@ -101,8 +124,104 @@ class NormalReader(BlockingReader):
             self._handed.remember(fresh)
             if fresh:
                 self._hand_over_batch(reply[1], fresh)
-        else:
+        elif self._pending_keys:  # (none: a recovery or a deletion with nobody waiting)
             self._wake_after = (self._pending_keys, reply[1])  # the keys of this pop
+        self._answered, self._owed_until = True, None
+        self._wake_settled()
+
+    async def _on_error(self, err: RedisCommandError) -> None:
+        if not self._recover:
+            self._answered = True  # a pop refused lost nothing: the last batch was handed over
+        elif not self._pending_keys and not str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
+            self._owed_until = 0.0  # a recovery refused: not again in a loop, with nobody waiting
+        await super()._on_error(err)
+
+    # -- a lost reply ----------------------------------------------------------------------
+
+    def _idle_work(self) -> bool:
+        """A pop's reply was lost: recover its batch now, nobody waiting or not, for as long
+        as the in-flight list lives (connecting again takes up to failover_timeout a time)."""
+        if self._answered:
+            return False
+        now = time.monotonic()
+        if self._owed_until is None:
+            self._owed_until = now + self._in_flight_ttl_ms / 1000
+        if now < self._owed_until:
+            return True
+        self._wake_settled()
+        return False
+
+    async def settled(self, key: str) -> bool:
+        """Also waits for the recovery of a lost pop's batch, which may hold newer messages
+        of ``key`` than those buffered here: given back first, these would land behind it.
+        Bounded by failover_timeout (the give-back needs the same master)."""
+        if await super().settled(key):
+            return True
+        if self._task is None or self._stopping or not self._idle_work():
+            return False
+        if self._recovered is None:
+            self._recovered = self._loop.create_future()
+        done, _ = await asyncio.wait({self._recovered}, timeout=self._settings.failover_timeout_s)
+        return bool(done)
+
+    def _wake_settled(self) -> None:
+        recovered, self._recovered = self._recovered, None
+        if recovered is not None and not recovered.done():
+            recovered.set_result(None)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def _release(self) -> None:
+        """At close: what a lost reply left in the in-flight list is recovered and handed
+        over (the session gives back what nobody waits for), then the list, all of it handed
+        over, is deleted rather than left until it expires. Connecting again waits up to
+        failover_timeout, as the session's give-backs at close do."""
+        try:
+            await self._empty_in_flight()
+        except (RedisUnavailable, RedisCommandError) as err:
+            self._not_released(err)
+        finally:
+            self._wake_settled()
+
+    async def _empty_in_flight(self) -> None:
+        if self._pending is not None and not self._pending.done():  # unanswered at close
+            self.drop_connection("closing with a pop unanswered")  # recovered on a new one
+        deadline = time.monotonic() + self._settings.failover_timeout_s
+        for _ in range(_MAX_RELEASE_CALLS):
+            if self._answered and not self._held:
+                return
+            if time.monotonic() >= deadline:
+                break
+            await self._release_call()
+        self._not_released(RedisUnavailable("no answer to the calls made at close"))
+
+    async def _release_call(self) -> None:
+        """A recovery (if a reply was lost), or else the deletion, its reply handed over."""
+        client = self._open_client() or await self._connection()
+        try:
+            pending, replied = self._submit_pop(client, [])
+        except ConnectionLost:  # closed before its loss reached us
+            self._client = None
+            return
+        done, _ = await asyncio.wait({replied}, timeout=self._settings.reply_timeout_s)
+        self._pending = None
+        if done:
+            await self._take_reply(pending)
+        else:
+            self.drop_connection("no reply at close to a call on the in-flight list")
+            self._client = None
+
+    def _not_released(self, err: Exception) -> None:
+        if self._answered:  # all of it handed over: the list expires by itself
+            logger.info("Could not delete %s at close (%s)", self._in_flight, err)
+            return
+        logger.error(
+            "A batch popped from a normal channel whose reply was lost could not be "
+            "recovered before close() (%s); it stays in %s until it expires, and is lost",
+            err,
+            self._in_flight,
+            extra={"event": "in_flight_lost"},
+        )
 
 
 class _HandedOver:

@@ -2,9 +2,10 @@
 
 A reader pops only while somebody in this process is waiting to receive, so that an idle
 process leaves its messages in Redis (where ``capacity`` can push back on senders, and where
-another process can take a normal channel's message). A receiver blocked during a failover just
-keeps waiting; only after ``failover_timeout`` without a master are the waiting receivers told,
-with RedisUnavailable.
+another process can take a normal channel's message); the normal-channel reader also
+recovers, with nobody waiting, a batch whose reply was lost (see ``_normal_reader``). A
+receiver blocked during a failover just keeps waiting; only after ``failover_timeout``
+without a master are the waiting receivers told, with RedisUnavailable.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class BlockingReader:
             while True:
                 try:
                     keys = self._keys()
-                    if not keys:
+                    if not keys and not self._idle_work():
                         self._wanted.clear()
                         await self._wanted.wait()
                         continue
@@ -179,6 +180,7 @@ class BlockingReader:
                 self._watchdog = None
             try:
                 await self._finish_pending()
+                await self._release()
             finally:
                 await self._disconnect()
 
@@ -191,7 +193,7 @@ class BlockingReader:
                 self._fail(err)
                 return
             keys = self._keys()  # seconds may have passed: a channel may be giving back now
-            if not keys:
+            if not keys and not self._idle_work():
                 return
         try:
             pending, replied = self._submit_pop(client, keys)
@@ -344,6 +346,13 @@ class BlockingReader:
 
     def _connected(self) -> None:
         """A new connection is there, before its first request."""
+
+    def _idle_work(self) -> bool:
+        """Whether to send a request although nobody waits (with no keys to pop)."""
+        return False
+
+    async def _release(self) -> None:
+        """At the end, after the request in flight is collected, before disconnecting."""
 
     async def _start_over(self) -> None:
         """After an unexpected error: collects the pop in flight (its reply may hold messages

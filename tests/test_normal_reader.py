@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -21,6 +22,7 @@ import redis
 
 from channels_ha import RedisChannelLayer
 from channels_ha.sandbox import (
+    RedisNode,
     SentinelTopology,
     StandaloneTopology,
     Topology,
@@ -38,7 +40,9 @@ MARKER = b"carried-by-a-pop"  # in every test message's body: only pop replies c
 
 class CuttingProxy:
     """Forwards connections to a node; every ``every``-th reply that carries MARKER (a pop's,
-    which Redis executed) is dropped instead, and its connection closed on both sides."""
+    which Redis executed) is dropped instead, and its connection closed on both sides. Under
+    Sentinel, the node is the master, and a second proxy, of a sentinel, names the first as
+    the master (the master must not change meanwhile)."""
 
     def __init__(
         self,
@@ -47,11 +51,12 @@ class CuttingProxy:
         cuts: int = 1,
         delay: tuple[bytes, float] = (b"", 0.0),
     ) -> None:
-        assert isinstance(topology, StandaloneTopology)
-        self._node = topology.node
+        assert isinstance(topology, (StandaloneTopology, SentinelTopology))
+        self._topology = topology
         self._replies = itertools.count(1)
         self._every, self._cuts_left = every, cuts
         self.cut = 0
+        self.cut_seen = asyncio.Event()
         # Requests holding delay[0] reach Redis delay[1] seconds late; set once one did.
         self._delayed_request, self._delay_s = delay
         self.delayed = asyncio.Event()
@@ -60,11 +65,39 @@ class CuttingProxy:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
         """The URL of the proxy, while it runs."""
+        topology = self._topology
+        if isinstance(topology, StandaloneTopology):
+            async with self._listening(topology.node, cutting=True) as port:
+                yield f"redis://127.0.0.1:{port}/0"
+            return
+        master = await topology.acurrent_master()
+        async with self._listening(master, cutting=True) as port:
+            named = (_port_field(master.port), _port_field(port))  # in SENTINEL MASTER
+            async with self._listening(topology.sentinels[0], rewrite=named) as sentinel_port:
+                yield f"redis+sentinel://127.0.0.1:{sentinel_port}/{topology.url.rsplit('/', 1)[1]}"
+
+    @asynccontextmanager
+    async def _listening(
+        self, node: RedisNode, cutting: bool = False, rewrite: tuple[bytes, bytes] = (b"", b"")
+    ) -> AsyncIterator[int]:
+        """A listener forwarding to ``node``, while it runs: its port."""
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
-        server = await asyncio.start_server(self._handle, sock=listener)
+
+        async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            server_r, server_w = await asyncio.open_connection(node.host, node.port)
+            both = (client_w, server_w)
+            for pipe in (
+                self._pipe(client_r, server_w, both, cutting=False),
+                self._pipe(server_r, client_w, both, cutting=cutting, rewrite=rewrite),
+            ):
+                task = asyncio.get_running_loop().create_task(pipe)
+                self._pipes.add(task)
+                task.add_done_callback(self._pipes.discard)
+
+        server = await asyncio.start_server(handle, sock=listener)
         try:
-            yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+            yield listener.getsockname()[1]
         finally:
             server.close()
             for task in list(self._pipes):
@@ -73,30 +106,24 @@ class CuttingProxy:
                 await asyncio.gather(*self._pipes)
             await server.wait_closed()
 
-    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(self._node.host, self._node.port)
-        for pipe in (
-            self._pipe(client_r, server_w, (client_w, server_w), cutting=False),
-            self._pipe(server_r, client_w, (client_w, server_w), cutting=True),
-        ):
-            task = asyncio.get_running_loop().create_task(pipe)
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
     async def _pipe(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
         cutting: bool,
+        rewrite: tuple[bytes, bytes] = (b"", b""),
     ) -> None:
         try:
             while data := await reader.read(1 << 16):
                 if cutting and MARKER in data and self._due():
                     self.cut += 1
+                    self.cut_seen.set()
                     for side in both:
                         side.transport.abort()
                     return
+                if rewrite[0]:
+                    data = data.replace(*rewrite)  # a sentinel's reply: one read, on loopback
                 if not cutting and self._delay_s and self._delayed_request in data:
                     self.delayed.set()
                     await asyncio.sleep(self._delay_s)  # the delay under test
@@ -112,6 +139,11 @@ class CuttingProxy:
             self._cuts_left -= 1
             return True
         return False
+
+
+def _port_field(port: int) -> bytes:
+    """A port as the "port" field of a SENTINEL MASTER reply carries it."""
+    return b"$4\r\nport\r\n$%d\r\n%d\r\n" % (len(str(port)), port)
 
 
 def message(number: int) -> dict[str, object]:
@@ -219,6 +251,126 @@ async def test_a_given_back_message_is_not_delivered_from_the_in_flight_list(
     assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
     await nothing_more(layer, "jobs")
     assert layer.statistics().duplicates_dropped == 0
+
+
+@pytest.mark.redis_topologies("standalone", "sentinel")
+async def test_close_deletes_the_in_flight_list(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """The reader's in-flight list holds its last batch until its next pop; closing the
+    layer deletes it, all of it handed over (seen before: it stayed until it expired)."""
+    await layer.send("jobs", message(1))
+    assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
+    assert master_client.keys(f"{layer.prefix}:f:*")
+    await layer.close()
+    assert master_client.keys(f"{layer.prefix}:f:*") == []
+
+
+# -- a lost pop whose receiver gave up ------------------------------------------------------
+
+
+@asynccontextmanager
+async def a_lost_pop_given_up(
+    topology: Topology, master_client: redis.Redis, prefix: str
+) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer]]:
+    """Two processes' layers: the first's receiver waited on "jobs" through a proxy that cut
+    the reply of the pop taking message 1, and gave up before its reader connected again (a
+    cancellation, as asyncio.wait_for's timeout makes). Both closed afterwards."""
+    proxy = CuttingProxy(topology)
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix)
+        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+        try:
+            blocked = int(master_client.info("clients")["blocked_clients"])
+            receiving = asyncio.create_task(first.receive("jobs"))
+            await blocked_in_redis(master_client, blocked)
+            await other.send("jobs", message(1))
+            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
+            yield first, other
+        finally:
+            await first.close()
+            await other.close()
+    assert proxy.cut == 1
+
+
+async def delivered_once(
+    first: RedisChannelLayer, other: RedisChannelLayer, first_closed: bool = False
+) -> None:
+    """Message 1 reaches a receiver in ``other``, and nothing more arrives in either."""
+    assert (await asyncio.wait_for(other.receive("jobs"), TIMEOUT_S))["n"] == 1
+    await nothing_more(other, "jobs")
+    if not first_closed:
+        await nothing_more(first, "jobs")
+    assert first.statistics().received + other.statistics().received == 1
+
+
+@pytest.mark.redis_topologies("standalone", "sentinel")
+async def test_a_lost_pop_whose_receiver_gave_up_reaches_another_process(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A receiver's pop loses its reply, and the receiver gives up and never waits again:
+    its reader connects again and recovers the batch all the same, and gives it back; a
+    receiver in another process gets it, once (seen before: it stayed in the reader's
+    in-flight list, lost, until the list expired)."""
+    prefix = f"gave-up-{uuid.uuid4().hex[:8]}"
+    async with a_lost_pop_given_up(redis_topology, master_client, prefix) as (first, other):
+        await delivered_once(first, other)
+    assert master_client.keys(f"{prefix}:f:*") == []
+
+
+@pytest.mark.redis_topologies("standalone", "sentinel")
+async def test_a_lost_pop_whose_receiver_gave_up_is_given_back_at_close(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """As above, but the receiver's layer is closed at once, before its reader connected
+    again: the close recovers the batch and gives it back; another process gets it, once,
+    and no in-flight list is left."""
+    prefix = f"gave-up-closed-{uuid.uuid4().hex[:8]}"
+    async with a_lost_pop_given_up(redis_topology, master_client, prefix) as (first, other):
+        await first.close()
+        await delivered_once(first, other, first_closed=True)
+    assert master_client.keys(f"{prefix}:f:*") == []
+
+
+async def back_in_list(client: redis.Redis, key: str, count: int) -> None:
+    """Once the list holds ``count`` messages (given back: no receiver takes them)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while client.llen(key) < count:
+        assert time.monotonic() < deadline, f"{key} never held {count} messages"
+        await asyncio.sleep(0.01)  # nothing to await: the list is in Redis
+
+
+@pytest.mark.redis_topologies("standalone", "sentinel")
+async def test_a_lost_batch_goes_back_behind_the_messages_given_back_before_it(
+    redis_topology: Topology, master_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two receivers wait; message 0 is handed to the first, the pop of 1 for the second
+    loses its reply, and both give up: 0 is given back once 1 is recovered, with it, so
+    another process gets them in order (seen: 1 recovered after 0 went back, and put in
+    front of it)."""
+    prefix = f"gave-up-order-{uuid.uuid4().hex[:8]}"
+    proxy = CuttingProxy(redis_topology, every=2)
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            for number in range(2):
+                await other.send("jobs", message(number))
+            receivers: list[asyncio.Task[dict[str, object]]] = []
+            deliver_then(first, monkeypatch, lambda: [task.cancel() for task in receivers])
+            receivers += [asyncio.create_task(first.receive("jobs")) for _ in range(2)]
+            await asyncio.gather(*receivers, return_exceptions=True)
+            await back_in_list(master_client, f"{prefix}:c:{{normal}}:jobs", 2)
+            for number in range(2):
+                assert (await asyncio.wait_for(other.receive("jobs"), TIMEOUT_S))["n"] == number
+            await nothing_more(other, "jobs")
+            await nothing_more(first, "jobs")
+        finally:
+            await first.close()
+            await other.close()
+    assert proxy.cut == 1
 
 
 WAIT_DELAY_S = 0.3  # how late the reader's XREAD reaches Redis
