@@ -174,8 +174,8 @@ class NormalReader(BlockingReader):
     async def _release(self) -> None:
         """At close: what a lost reply left in the in-flight list is recovered and handed
         over (the session gives back what nobody waits for), then the list, all of it handed
-        over, is deleted rather than left until it expires. Connecting again waits up to
-        failover_timeout, as the session's give-backs at close do."""
+        over, is deleted rather than left until it expires. Only a recovery connects again,
+        waiting up to failover_timeout, as the session's give-backs at close do."""
         try:
             await self._empty_in_flight()
         except (RedisUnavailable, RedisCommandError) as err:
@@ -188,8 +188,8 @@ class NormalReader(BlockingReader):
             self.drop_connection("closing with a pop unanswered")  # recovered on a new one
         deadline = time.monotonic() + self._settings.failover_timeout_s
         for _ in range(_MAX_RELEASE_CALLS):
-            if self._answered and not self._held:
-                return
+            if self._answered and (not self._held or self._open_client() is None):
+                return  # (a deletion alone waits for no connection: the list expires anyway)
             if time.monotonic() >= deadline:
                 break
             await self._release_call()

@@ -36,6 +36,7 @@ pytestmark = pytest.mark.redis_topologies("standalone")
 
 TIMEOUT_S = 5.0
 MARKER = b"carried-by-a-pop"  # in every test message's body: only pop replies carry it
+CLOSE_WITH_REDIS_GONE_S = 3.0  # a close() that waited for a master would take 10 s
 
 
 class CuttingProxy:
@@ -264,6 +265,23 @@ async def test_close_deletes_the_in_flight_list(
     assert master_client.keys(f"{layer.prefix}:f:*")
     await layer.close()
     assert master_client.keys(f"{layer.prefix}:f:*") == []
+
+
+async def test_close_with_redis_gone_does_not_wait_to_delete_the_in_flight_list(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Deleting the in-flight list at close, all of it handed over, takes the connection
+    still there or none: with Redis gone, close() does not wait failover_timeout for a new
+    one (the list expires by itself)."""
+    standalone = redis_sandbox_factory("standalone")
+    assert isinstance(standalone, StandaloneTopology)
+    layer = RedisChannelLayer(hosts=[standalone.url], prefix="gone", failover_timeout=10)
+    await layer.send("jobs", message(1))
+    assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 1
+    standalone.node.kill()
+    started = time.monotonic()
+    await layer.close()
+    assert time.monotonic() - started < CLOSE_WITH_REDIS_GONE_S
 
 
 # -- a lost pop whose receiver gave up ------------------------------------------------------
