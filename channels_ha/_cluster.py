@@ -5,6 +5,12 @@ master. A link cannot always serve what it was given: its node died, or answered
 (the slot moved for good), ``ASK`` (this key is mid-migration), ``TRYAGAIN`` or
 ``CLUSTERDOWN``. It then hands the requests back, in order, and the router sends them on.
 
+A router starts from the map another event loop of the process read last, if any: a sync
+call's session (``async_to_sync``) would otherwise ask every node for it, at every call. A
+stale map is corrected the way any is, by the nodes' redirections, by connections that fail
+or find a replica (``ROLE``), and by the map reads these cause; a router that finds it
+stale makes the next event loop read its own.
+
 Order within a slot is kept as on a single node (receivers rely on it to recognise retried
 copies): when a request of a slot comes back, the requests of that slot written after it
 on the same link will come back too or complete there, and new requests of the slot wait
@@ -25,6 +31,7 @@ from typing import cast
 from redis.crc import key_slot
 
 from ._backoff import Backoff
+from ._hints import SlotMap
 from ._link import CommandLink, Request
 from ._resp import Arg, Endpoint, open_client, pack
 from ._scripts import Script
@@ -124,8 +131,12 @@ class ClusterRouter:
         # the slot map is polled, and a short cap shortens the wait after the promotion.
         self._backoff = Backoff(SLOT_MAP_POLL_MAX_S)
         self._closed = False
-        self._mapped = False
+        self._mapped = False  # a map read by this router (not another event loop's)
         self.server: ServerInfo | None = None  # unused: a cluster has many servers
+        self._map_hint = settings.hints.slot_map
+        known = self._map_hint.get()
+        if known is not None:
+            self._take_map(known)
 
     # -- the CommandLink interface ---------------------------------------------------------------
 
@@ -176,6 +187,12 @@ class ClusterRouter:
     async def reread_map(self) -> None:
         """Reads the slot map now (a caller saw a node stop answering as a master)."""
         await self._try_refresh()
+
+    @property
+    def mapped(self) -> bool:
+        """Whether this router read the slot map itself: one taken from another event loop
+        may lack a master added since."""
+        return self._mapped
 
     def link_to(self, address: str) -> CommandLink:
         """The open link to the node at ``address`` (``host:port``), made if need be."""
@@ -262,9 +279,11 @@ class ClusterRouter:
             held.not_before = time.monotonic() + _TRYAGAIN_DELAY_S
         else:  # node gone, CLUSTERDOWN: the map is stale
             self._owners[request.slot] = None
+            self._map_hint.forget()
 
     def _moved(self, slot: int, target: str) -> None:
         if self._owners[slot] != target:
+            self._map_hint.forget()  # the next event loop reads the map afresh
             self._owners[slot] = target
             self._hold_behind_old_links({slot})
             if target not in self._masters:  # a promoted replica (else a slot migrated)
@@ -486,21 +505,24 @@ class ClusterRouter:
         lose nothing: MIGRATE moves each key whole, so re-asserting and writing again would
         only cost (seen: 62 times the last 2 s of writes during one reshard, overflowing
         capacity). A master that left gave its slots to others, which appear or migrated."""
-        masters = {owner for owner in owners if owner}
-        changed = self._mapped and not masters <= self._masters
+        slot_map = SlotMap.of(owners)
+        changed = self._mapped and not slot_map.masters <= self._masters
         moved = owners != self._owners
-        self._owners, self._mapped = owners, True
-        self._masters = masters
+        self._take_map(slot_map)
+        self._mapped = True
+        self._map_hint.put(slot_map)
         if moved:
             self._hold_behind_old_links()
-        self._first_slots = {}
-        for slot, owner in enumerate(owners):
-            if owner is not None:
-                self._first_slots.setdefault(owner, slot)
-        self._stats.master = f"{len(masters)} masters: {', '.join(sorted(masters))}"
+        masters = sorted(slot_map.masters)
+        self._stats.master = f"{len(masters)} masters: {', '.join(masters)}"
         self._retire_soon()
         if changed:
             self._on_topology()
+
+    def _take_map(self, slot_map: SlotMap) -> None:
+        self._owners = list(slot_map.owners)
+        self._masters = set(slot_map.masters)
+        self._first_slots = dict(slot_map.first_slots)
 
     def master_addresses(self) -> list[str]:
         return sorted({o for o in self._owners if o})

@@ -61,6 +61,21 @@ REPLAY_LIMIT = 100_000
 # on, and its writes are covered by the replay after a new server run anyway).
 SENTINEL_WATCH_DELAY_S = 1.0
 
+# What a process learned of a deployment is a hint to the next event loop's session (see
+# _hints): a sync call (async_to_sync) connects anew each time. The last master the sentinels
+# named is tried first, and given this long to connect and answer its handshake before the
+# sentinels are asked instead; it is remembered only from connections made within half of it
+# (where connecting takes longer, the hint would mostly be waited for in vain).
+MASTER_HINT_PATIENCE_S = 0.25
+# and believed only while the replicas in sync with it are those it had when the sentinels
+# named it: a replica acknowledging no later than this long ago (INFO replication "lag",
+# whole seconds; replicas acknowledge every second) counts as in sync.
+REPLICA_LAG_MAX_S = 2
+# Configurations whose hints a process keeps (the oldest are forgotten beyond).
+HINTED_CONFIGS_MAX = 64
+# Server addresses per configuration known to hold the layer's scripts.
+SCRIPT_HOSTS_MAX = 256
+
 # Group memberships of live channels are re-asserted this often (capped by group_expiry / 3).
 GROUP_REFRESH_INTERVAL_S = 3_600.0
 # A process-specific channel counts as live while it was received on within this window.

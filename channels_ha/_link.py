@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from ._backoff import Backoff
+from ._connection import connect_to_master, scripts_refused
 from ._resp import Arg, ReplyError, RespProtocol, pack
 from ._scripts import Script
 from ._server import (
@@ -28,7 +29,6 @@ from ._server import (
     Locator,
     ServerInfo,
     ServerSettings,
-    connect_to_master,
     give_up,
 )
 from ._stats import ShardStats
@@ -211,6 +211,7 @@ class CommandLink:
         if self._hand_back is not None and text.startswith(REDIRECT_ERRORS):
             self._hand_back(self, [request], text)
         elif text.startswith(RETRY_ERRORS):
+            scripts_refused(self._settings, self.server, text)
             self._last_error, self._refused = text, True
             if self._usable:
                 logger.warning(

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from ._backoff import Backoff
+from ._connection import connect_to_master, scripts_refused
 from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S, FAILURE_LOG_INTERVAL_S
 from ._resp import FutureSink, pack
 from ._server import (
@@ -25,7 +26,6 @@ from ._server import (
     Locator,
     ServerInfo,
     ServerSettings,
-    connect_to_master,
     give_up,
 )
 from ._stats import ShardStats
@@ -273,6 +273,7 @@ class BlockingReader:
     async def _on_error(self, err: RedisCommandError) -> None:
         """A server that is not the master (any more) makes us look again; others fail."""
         if str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
+            scripts_refused(self._settings, self._server, str(err))
             self.drop_connection(f"{str(err).split(' ', 1)[0]} from {self._describe_server()}")
             self._client = None
         else:  # about the command (WRONGTYPE, NOPERM...): the connection itself is fine

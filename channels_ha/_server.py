@@ -1,10 +1,9 @@
-"""Finding the current master and opening a verified connection to it.
+"""Where the master is, and how to talk to it: credentials, settings, replies.
 
 After a failover, redis-py's per-command retry reconnects to the address it already had, which
 may be the old master, now a replica or dead (redis-py issue 3874). Here every (re)connection
-asks the sentinels again, and every connection checks ``ROLE`` before it is used. The
-server's ``run_id`` is read too: a new one means a new master or a master restarted empty,
-whose data (group memberships) may be gone.
+asks the deployment where the master is (``Locator``), and checks what it reached (see
+``_connection``).
 """
 
 from __future__ import annotations
@@ -12,28 +11,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ._hints import DeploymentHints
 from ._resp import (
     Arg,
     Endpoint,
     FutureSink,
-    ReplySink,
-    RespProtocol,
     open_client,
-    open_connection,
     pack,
 )
-from ._scripts import ALL as ALL_SCRIPTS
 from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.server")
 
-SLOW_CONNECT_S = 0.5  # a connection slower than this is checked against the deployment
 
 # Error replies that mean "not executed here; find the current master and try there": a
 # demoted master (READONLY), a replica still loading or cut off (LOADING, MASTERDOWN),
@@ -88,6 +82,8 @@ class ServerSettings:
     reply_timeout_s: float = 5.0
     failover_timeout_s: float = 30.0
     client_name: str = "channels-ha"
+    # Not a setting: what the process learned of the deployment, shared by equal ones.
+    hints: DeploymentHints = field(default_factory=DeploymentHints, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -97,6 +93,8 @@ class ServerInfo:
     endpoint: Endpoint
     run_id: str
     client_id: int
+    # The replicas in sync with it (``host:port``): read under Sentinel only.
+    replicas: frozenset[str] = frozenset()
 
 
 class Locator(Protocol):
@@ -221,104 +219,11 @@ def _with_address(template: Endpoint, host: str, port: int) -> Endpoint:
     )
 
 
-def handshake_commands(settings: ServerSettings, load_scripts: bool) -> list[tuple[Arg, ...]]:
-    """AUTH, SELECT, naming, then what we need to know: ROLE, run_id, client id."""
-    commands: list[tuple[Arg, ...]] = []
-    auth = settings.credentials.auth_command()
-    if auth:
-        commands.append(auth)
-    if settings.db:
-        commands.append(("SELECT", settings.db))
-    commands.append(("CLIENT", "SETNAME", settings.client_name))
-    commands += [("ROLE",), ("INFO", "server"), ("CLIENT", "ID")]
-    if load_scripts:
-        commands += [("SCRIPT", "LOAD", script.source) for script in ALL_SCRIPTS]
-    return commands
-
-
 @dataclass
 class Announcements:
     """How many new masters the sentinels announced (counted by the shard's watch)."""
 
     switches: int = 0
-
-
-async def connect_to_master(
-    locator: Locator,
-    settings: ServerSettings,
-    sink: ReplySink,
-    load_scripts: bool,
-    announcements: Announcements | None = None,
-) -> tuple[RespProtocol, ServerInfo]:
-    """A connection to the current master, handshaken and still open; ``sink`` gets what
-    follows (a caller that awaits anything before using it checks ``closed`` again).
-
-    A master that was frozen accepts connections but answers only when it wakes up, by then
-    perhaps replaced (yet still saying ``master`` until the sentinels demote it): a
-    connection that took long, or during which a new master was announced, is checked
-    against the deployment again before it is used.
-    """
-    try:
-        return await _connect_to_master(locator, settings, sink, load_scripts, announcements)
-    except (ConnectionLost, RedisCommandError):
-        raise
-    except Exception as err:  # an odd reply or a bug: retried, never killing the caller's task
-        raise ConnectionLost(
-            f"connecting to {locator.describe()} failed unexpectedly ({type(err).__name__})"
-        ) from None
-
-
-async def _connect_to_master(
-    locator: Locator,
-    settings: ServerSettings,
-    sink: ReplySink,
-    load_scripts: bool,
-    announcements: Announcements | None,
-) -> tuple[RespProtocol, ServerInfo]:
-    switches = announcements.switches if announcements else 0
-    started = time.monotonic()
-    endpoint = await locator.locate()
-    handshake = FutureSink()
-    protocol = await open_connection(endpoint, handshake, settings.connect_timeout_s)
-    handshake.protocol = protocol
-    try:
-        info = await _handshake(handshake, endpoint, settings, load_scripts)
-        if announcements and announcements.switches != switches:
-            raise ConnectionLost(
-                f"a new master was announced while connecting to {endpoint.describe()}"
-            )
-        if time.monotonic() - started > SLOW_CONNECT_S:
-            await _still_located(locator, endpoint)
-    except BaseException:
-        protocol.abort()
-        raise
-    protocol.sink = sink
-    if protocol.closed:  # lost after its last handshake reply: a failed attempt, retried
-        raise ConnectionLost(f"{endpoint.describe()} closed the connection after the handshake")
-    return protocol, info
-
-
-async def _still_located(locator: Locator, endpoint: Endpoint) -> None:
-    current = await locator.locate()
-    if (current.host, current.port) != (endpoint.host, endpoint.port):
-        raise ConnectionLost(f"the master moved while connecting to {endpoint.describe()}")
-
-
-async def _handshake(
-    client: FutureSink, endpoint: Endpoint, settings: ServerSettings, load_scripts: bool
-) -> ServerInfo:
-    commands = handshake_commands(settings, load_scripts)
-    offset = len(commands) - (len(ALL_SCRIPTS) if load_scripts else 0)
-    replies = await all_replies(
-        client,
-        commands,
-        settings.reply_timeout_s,
-        endpoint=endpoint,
-        before_errors=lambda replies: require_supported_version(replies[offset - 2], endpoint),
-    )
-    role, info, client_id = replies[offset - 3 : offset]
-    _require_master(role, endpoint)
-    return ServerInfo(endpoint, _parse_run_id(info), int(client_id))  # type: ignore[call-overload]
 
 
 MINIMUM_REDIS = (7, 0)  # BLMPOP, LPOS ... RANK, scripts with a #!lua shebang
@@ -397,20 +302,10 @@ def _explain_handshake_error(
     return err
 
 
-def _require_master(role: object, endpoint: Endpoint) -> None:
-    if not isinstance(role, list) or not role or role[0] != b"master":
-        kind = role[0].decode() if isinstance(role, list) and role else "unknown"
-        raise ConnectionLost(f"{endpoint.describe()} is a {kind}, not the master")
-
-
 def too_old(version: str | None) -> bool:
     """Whether a ``redis_version`` is below :data:`MINIMUM_REDIS` (None: not known)."""
     numbers = tuple(int(part) for part in re.findall(r"\d+", version or "")[:2])
     return bool(numbers) and numbers < MINIMUM_REDIS
-
-
-def _parse_run_id(info: object) -> str:
-    return info_field(info, "run_id") or ""
 
 
 def info_field(info: object, name: str) -> str | None:

@@ -859,8 +859,8 @@ class Session:
         router = shard.router
         scanned: set[str] = set()
         deadline = time.monotonic() + shard.spec.settings.failover_timeout_s
-        if router is not None and not router.master_addresses():
-            await router.reread_map()  # the first call in this event loop: no map read yet
+        if router is not None and not router.mapped:
+            await router.reread_map()  # a map of another event loop's may lack a new master
         for _ in range(_MAX_FLUSH_ROUNDS):
             pending = [(a, node) for a, node in shard.scan_nodes() if a not in scanned]
             if scanned and not pending:

@@ -243,6 +243,7 @@ class ShardConnections:
 
     def switch_announced(self, address: str) -> None:
         self.announcements.switches += 1  # connections being made now must look again
+        self.spec.settings.hints.master.forget()  # and those of the process's other loops
         reason = f"sentinels announced a new master at {address}"
         if address != self._announced:  # each sentinel announces it: one line is enough
             self._announced = address

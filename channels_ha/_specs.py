@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
+from ._hints import hints_for
 from ._resp import Endpoint
 from ._server import Credentials, FixedLocator, SentinelLocator, ServerSettings
 from ._shard import SentinelWatchSpec, ShardSpec
@@ -63,6 +64,7 @@ def _settings(config: RedisConfig, client_name: str) -> ServerSettings:
         reply_timeout_s=config.socket_timeout_s or DEFAULT_REPLY_TIMEOUT_S,
         failover_timeout_s=config.failover_timeout_s,
         client_name=client_name,
+        hints=hints_for(config),
     )
 
 

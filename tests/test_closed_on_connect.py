@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 
+import channels_ha._connection as connection_module
 import channels_ha._link as link_module
 import channels_ha._reader as reader_module
-import channels_ha._server as server_module
 from channels_ha import RedisChannelLayer
+from channels_ha._connection import connect_to_master
 from channels_ha._link import CommandLink
 from channels_ha._reader import BlockingReader
 from channels_ha._resp import Endpoint, FutureSink, RespProtocol
-from channels_ha._server import FixedLocator, ServerInfo, ServerSettings, connect_to_master
+from channels_ha._server import FixedLocator, ServerInfo, ServerSettings
 from channels_ha.exceptions import ConnectionLost
 from channels_ha.sandbox import Topology
 
@@ -94,7 +95,7 @@ async def test_connect_to_master_refuses_a_connection_closed_after_its_handshake
 ) -> None:
     """A connection closed between its last handshake reply and the return is a failed
     attempt (ConnectionLost, which every caller retries), not a connection."""
-    real = server_module._handshake
+    real = connection_module._handshake
     handshaken: list[RespProtocol] = []
 
     async def handshake(client: FutureSink, *args: Any) -> ServerInfo:
@@ -104,7 +105,7 @@ async def test_connect_to_master_refuses_a_connection_closed_after_its_handshake
         handshaken.append(client.protocol)
         return info
 
-    monkeypatch.setattr(server_module, "_handshake", handshake)
+    monkeypatch.setattr(connection_module, "_handshake", handshake)
     (node,) = redis_topology.nodes
     locator = FixedLocator(Endpoint(node.host, node.port))
     with pytest.raises(ConnectionLost, match="closed the connection"):

@@ -112,9 +112,9 @@ SYNC_CALLS = 20
 async def test_a_sync_call_opens_no_subscription_on_the_sentinels(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:
-    """Each async_to_sync call is a session of a few milliseconds: it asks every sentinel
-    where the master is (one connection each), and subscribing to their announcements as
-    well doubled the connections for nothing. A session that lives on subscribes after
+    """Each async_to_sync call is a session of a few milliseconds, which connects anew:
+    subscribing to the sentinels' announcements as well opened a connection per sentinel
+    and call for nothing. A session that lives on subscribes after
     SENTINEL_WATCH_DELAY_S, on every sentinel."""
     topology = redis_sandbox_factory("sentinel")
     assert isinstance(topology, SentinelTopology)
@@ -130,8 +130,10 @@ async def test_a_sync_call_opens_no_subscription_on_the_sentinels(
             await asyncio.to_thread(async_to_sync(layer.send), "jobs", {"type": "n", "n": number})
         after = await asyncio.to_thread(accepted)
         opened = [b - a for a, b in zip(before, after, strict=True)]
-        # One lookup per call and sentinel; the stats call of `accepted` adds none (kept open).
-        assert opened == [SYNC_CALLS] * len(admins), opened
+        # A lookup (a connection per sentinel) for the first call, then the calls try the
+        # master it named (see test_hints); a subscription would add one per call. The
+        # stats call of `accepted` adds none (kept open).
+        assert max(opened) < SYNC_CALLS / 2, opened
 
         watch_name = f"{layer._session()._shards[0].spec.settings.client_name}:sentinel-watch"
 
