@@ -67,8 +67,10 @@ class KeyLayout:
         return key.startswith(f"{self.prefix}:i:")
 
     def dedupe(self, channel: str, sender: str) -> str:
-        """The sequence numbers of ``sender`` applied to a normal channel (a hash)."""
-        return f"{self.prefix}:d:{{{_NORMAL_TAG}}}:{channel}:{sender}"
+        """Which sequence numbers of ``sender`` a normal channel may still take (a string: the
+        highest and a bit per number below it, see PUSH). Versions before it kept a hash under
+        ``:d:``; the new name keeps either script from ever reading the other's record."""
+        return f"{self.prefix}:s:{{{_NORMAL_TAG}}}:{channel}:{sender}"
 
     def return_marker(self, list_key: str, returner: str) -> str:
         """Marks one return of messages to ``list_key`` as applied (see RETURN); it shares

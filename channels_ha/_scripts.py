@@ -28,11 +28,12 @@ class Script:
 # the list is full or the message is a copy of one this sender already stored there (what a
 # retry after a lost reply looks like). The targets start after KEYS[k0] and ARGV[a0]:
 # KEYS: per target i, KEYS[k0+2i-1] the list and KEYS[k0+2i] an aux key in the same slot:
-#       for a normal channel ("c") the hash of this sender's sequence numbers applied there;
-#       for a process inbox ("i") the limit the receiving process published (capacity times
-#       its channels), which replaces ``capacity`` when larger. After the targets, one key
-#       per normal-channel target, in their order: its wake stream (see POP_NORMAL), which
-#       gets an entry when a message is pushed there. Inbox targets have none.
+#       for a normal channel ("c") this sender's record of the numbers it applied there (a
+#       string, see below); for a process inbox ("i") the limit the receiving process
+#       published (capacity times its channels), which replaces ``capacity`` when larger.
+#       After the targets, one key per normal-channel target, in their order: its wake stream
+#       (see POP_NORMAL), which gets an entry when a message is pushed there. Inbox targets
+#       have none.
 # ARGV: [a0+1] list ttl (ms), [a0+2] now (ms), [a0+3] dedupe ttl (ms), then per target i:
 #       ARGV[a0+4i] capacity, [a0+4i+1] sequence number, [a0+4i+2] element, [a0+4i+3] kind.
 # Returns: one status per target: 1 pushed, 0 full, 2 copy (of one pushed before).
@@ -40,13 +41,22 @@ class Script:
 # drop what has expired (and what something else wrote there, which has no expiry).
 # Sequence numbers count per (sender, list): a number above the highest seen leaves gaps for
 # the numbers in between, which may still come (a reordered retry) and are then applied once;
-# anything else at or below the highest is a copy.
+# a number refused for capacity is a gap too, so that its retry is judged again. Anything
+# else at or below the highest is a copy, and so is any number more than MAX_GAPS below it.
+# The record holds the highest number in decimal, padded with spaces to DIGITS bytes once a
+# ring follows: a bit per number (number n at bit n % RING_BITS), 1 for a gap, 0 otherwise.
+# The ring spans the highest and the MAX_GAPS numbers below it; a number's bit is written as
+# the highest passes it. Until a number is skipped or refused there is no ring, and an
+# in-order push costs three commands on a string of a few bytes. At most DIGITS +
+# RING_BITS / 8 = 529 bytes, and no step writes more than the ring.
 # An inbox keeps no numbers (its receiving process drops copies), but a copy written again
 # after the inbox filled up must not come back as full: send() would raise ChannelFull for a
 # message that is stored, and an application retrying it would get it twice. Only a full inbox
 # is searched, from its newest end (a write again follows the first within moments).
 _PUSH_TARGETS = """
 local MAX_GAPS = 4096
+local RING_BITS = 4104  -- MAX_GAPS + 1, in whole bytes
+local DIGITS = 16  -- room for every integer a Lua number holds exactly (2^53 < 10^16)
 local RECENT_INBOX = 256  -- LPOS costs ~20 µs per 1,000 entries, on the full path only
 
 local function purge_expired(list, now)
@@ -60,36 +70,75 @@ local function purge_expired(list, now)
   return redis.call('LLEN', list)
 end
 
--- Keeps the newest MAX_GAPS gaps once there are twice as many: numbers refused for
--- capacity, or never written (a send cancelled while reconnecting), would otherwise stay
--- for as long as the sender keeps writing to the list. A retry comes within moments.
-local function trim_gaps(applied)
-  if redis.call('HLEN', applied) <= 2 * MAX_GAPS then return end
-  local gaps = {}
-  for _, field in ipairs(redis.call('HKEYS', applied)) do
-    local number = tonumber(field)
-    if number then gaps[#gaps + 1] = number end
+-- The offset (for SETBIT) of a number's bit in a record's ring.
+local function bit_of(seq)
+  return DIGITS * 8 + seq % RING_BITS
+end
+
+-- Gives a record its ring, every bit 0, if it has none; written whole, since a string that
+-- SETBIT lengthens is given twice the room it needs.
+local function add_ring(record)
+  if redis.call('STRLEN', record) > DIGITS then return end
+  local head = redis.call('GET', record) or ''
+  head = head .. string.rep(' ', DIGITS - #head)
+  redis.call('SET', record, head .. string.rep('\\0', RING_BITS / 8), 'KEEPTTL')
+end
+
+-- Sets the ring's bits from..to (positions, from <= to): whole bytes in one SETRANGE.
+local function set_bits(record, from, to)
+  while from <= to and from % 8 ~= 0 do
+    redis.call('SETBIT', record, DIGITS * 8 + from, 1)
+    from = from + 1
   end
-  table.sort(gaps)
-  for i = 1, #gaps - MAX_GAPS, 1000 do
-    redis.call('HDEL', applied, unpack(gaps, i, math.min(i + 999, #gaps - MAX_GAPS)))
+  local bytes = math.floor((to - from + 1) / 8)
+  if bytes > 0 then
+    redis.call('SETRANGE', record, DIGITS + from / 8, string.rep('\\255', bytes))
+    from = from + 8 * bytes
+  end
+  for position = from, to do
+    redis.call('SETBIT', record, DIGITS * 8 + position, 1)
   end
 end
 
-local function is_copy(applied, seq, ttl)
-  local highest = tonumber(redis.call('HGET', applied, 'highest') or '0')
+-- Marks the numbers first..last as gaps (at most RING_BITS of them): one or two runs of the
+-- ring, as they wrap around its end.
+local function mark_gaps(record, first, last)
+  add_ring(record)
+  while first <= last do
+    local from = first % RING_BITS
+    local to = math.min(RING_BITS - 1, from + last - first)
+    set_bits(record, from, to)
+    first = first + to - from + 1
+  end
+end
+
+-- ``digits``: the number as the sender wrote it (decimal, no leading zero), so a higher
+-- number is never shorter than the one it replaces: written over it as it is.
+local function is_copy(record, seq, digits, ttl)
+  local head = redis.call('GETRANGE', record, 0, DIGITS)  -- one byte more with a ring
+  local ring = #head > DIGITS
+  local highest = tonumber(ring and string.sub(head, 1, DIGITS) or head) or 0
   local copy = false
   if seq > highest then
-    for gap = math.max(highest + 1, seq - MAX_GAPS), seq - 1 do
-      redis.call('HSET', applied, gap, 1)
+    if seq > highest + 1 then
+      mark_gaps(record, math.max(highest + 1, seq - MAX_GAPS), seq - 1)
+      ring = true
     end
-    if seq > highest + 1 then trim_gaps(applied) end
-    redis.call('HSET', applied, 'highest', seq)
+    if ring then redis.call('SETBIT', record, bit_of(seq), 0) end
+    redis.call('SETRANGE', record, 0, digits)
   else
-    copy = redis.call('HDEL', applied, seq) == 0
+    -- a gap is applied now: its bit cleared, which SETBIT answers with its old value
+    copy = not ring or highest - seq > MAX_GAPS
+      or redis.call('SETBIT', record, bit_of(seq), 0) == 0
   end
-  redis.call('PEXPIRE', applied, ttl)
+  redis.call('PEXPIRE', record, ttl)
   return copy
+end
+
+-- A number refused for capacity stays a gap, so that its retry is judged again.
+local function mark_refused(record, seq)
+  add_ring(record)
+  redis.call('SETBIT', record, bit_of(seq), 1)
 end
 
 local function push_targets(k0, a0)
@@ -99,7 +148,8 @@ local function push_targets(k0, a0)
   local wake = k0 + 2 * targets  -- the last wake stream key used
   for i = 1, targets do
     local list, aux = KEYS[k0 + 2 * i - 1], KEYS[k0 + 2 * i]
-    local capacity, seq = tonumber(ARGV[a0 + 4 * i]), tonumber(ARGV[a0 + 4 * i + 1])
+    local capacity, digits = tonumber(ARGV[a0 + 4 * i]), ARGV[a0 + 4 * i + 1]
+    local seq = tonumber(digits)
     local element, kind = ARGV[a0 + 4 * i + 2], ARGV[a0 + 4 * i + 3]
     if kind == 'i' then
       capacity = math.max(capacity, tonumber(redis.call('GET', aux) or '0'))
@@ -107,13 +157,12 @@ local function push_targets(k0, a0)
       wake = wake + 1
     end
     local status = 1
-    if kind == 'c' and is_copy(aux, seq, dedupe_ttl) then
+    if kind == 'c' and is_copy(aux, seq, digits, dedupe_ttl) then
       status = 2
     elseif redis.call('LLEN', list) >= capacity and purge_expired(list, now) >= capacity then
       status = 0
       if kind == 'c' then
-        redis.call('HSET', aux, seq, 1)  -- refused: a retry is judged again, not as a copy
-        trim_gaps(aux)
+        mark_refused(aux, seq)
       elseif redis.call('LPOS', list, element, 'RANK', -1, 'MAXLEN', RECENT_INBOX) then
         status = 2  -- the write again of one stored before the inbox filled up
       end

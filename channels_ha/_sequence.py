@@ -34,10 +34,10 @@ class SendSequences:
     A list left unused for ``restart_idle_s`` starts over at 1 under a new name. Continuing
     the numbers after a pause would meet receivers and a Redis record that forgot the old
     ones: every number up to the new one would be a gap there (4,096 of them: a Redis hash
-    of ~260 KB written in one script call that held Redis up for 4 ms, and as many marks in
-    each receiver), while starting over at 1 under the same name would be taken for copies
-    by any that still remember. ``restart_idle_s`` is below what receivers and Redis
-    remember, so a list that goes on meets its own record.
+    of ~260 KB written in one script call that held Redis up for 4 ms, before the record
+    became bits, and as many marks in each receiver), while starting over at 1 under the
+    same name would be taken for copies by any that still remember. ``restart_idle_s`` is
+    below what receivers and Redis remember, so a list that goes on meets its own record.
     """
 
     __slots__ = ("_numbers", "_restart_idle_s", "_sender", "_streams")

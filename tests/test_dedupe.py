@@ -132,24 +132,28 @@ async def test_a_write_again_leaves_out_what_capacity_refused(
     assert other.statistics().duplicates_dropped == 1  # the accepted copy was written again
 
 
+REFUSED = 10_000
+RECORD_LIMIT = 1 << 10  # bytes (MEMORY USAGE) a sender's record of a channel may take
+
+
 async def test_numbers_refused_for_capacity_do_not_pile_up(
     make_layer: LayerFactory, redis_topology: Topology
 ) -> None:
     """Each refused number stays a gap (so that its retry is judged again); seen: one hash
     field per refusal for as long as the sender kept writing to the channel (40,000 fields
-    after 50,000 sends to a channel with a slow consumer). Only the newest are kept."""
+    after 50,000 sends to a channel with a slow consumer), then up to 8,192 of them, ~400 KB
+    per sender and channel. The record is now a bit per number over the last 4,096."""
     layer = make_layer(redis_topology, capacity=1)
     await layer.send("refusing", {"type": "fill"})
-    refused = 2 * 4096 + 100
     results = await asyncio.gather(
-        *(layer.send("refusing", {"type": "x"}) for _ in range(refused)), return_exceptions=True
+        *(layer.send("refusing", {"type": "x"}) for _ in range(REFUSED)), return_exceptions=True
     )
     assert all(isinstance(result, ChannelFull) for result in results)
     session = layer._session()
     link = session._shards[layer._core.shard_index("refusing")].link
-    (key,) = await _scan(link, f"{layer.prefix}:d:{{normal}}:refusing:*")  # this sender's
-    fields = cast(int, await link.submit("HLEN", key, key=key))
-    assert 4096 < fields <= 2 * 4096 + 1
+    (key,) = await _scan(link, layer._core.keys.dedupe("refusing", "*"))  # this sender's
+    size = cast(int, await link.submit("MEMORY", "USAGE", key, key=key))
+    assert size < RECORD_LIMIT, f"the record takes {size:,} bytes"
     push = session.prepare_send("refusing", {"type": "latest"})  # the newest number
     assert (await layer.receive("refusing"))["type"] == "fill"
     assert await push.link.submit_packed(push.packed, push.key) == [1]
@@ -221,6 +225,7 @@ def test_marks_deliver_late_numbers_once_and_drop_copies() -> None:
 
 
 RESUMED_AFTER = 1_000
+NO_GAP_RECORD = 16  # bytes, at most, of a record with no gap: the highest number (see PUSH)
 
 
 async def test_a_sender_back_after_receivers_forgot_it_starts_over(
@@ -228,10 +233,10 @@ async def test_a_sender_back_after_receivers_forgot_it_starts_over(
 ) -> None:
     """A sender that pauses longer than receivers and Redis remember its numbers, but not
     long enough to forget them itself, went on at the next number: every number before it
-    became a gap in Redis (a hash of up to 4,097 fields written in one script call, seen
-    holding Redis up for 4 ms) and in each receiver. It now starts over under a new name
-    once a list has been idle for half of what they remember. (What they remember is made
-    short here: 2 s, from the layer's failover_timeout and expiry.)"""
+    became a gap in Redis (a hash of up to 4,097 fields written in one script call then, seen
+    holding Redis up for 4 ms; bits now) and in each receiver. It now starts over under a new
+    name once a list has been idle for half of what they remember. (What they remember is
+    made short here: 2 s, from the layer's failover_timeout and expiry.)"""
     monkeypatch.setattr(core_module, "DEDUPE_MEMORY_MIN_S", 0.1)
     options = {"failover_timeout": 0.5, "expiry": 1, "capacity": 2 * RESUMED_AFTER}
     sender = make_layer(redis_topology, **options)
@@ -247,11 +252,12 @@ async def test_a_sender_back_after_receivers_forgot_it_starts_over(
     assert (await receiver.receive("resumed"))["n"] == RESUMED_AFTER
     session = sender._session()
     link = session._shards[0].link
-    pattern = f"{sender.prefix}:d:{{normal}}:resumed:*"
-    fields = 0
-    for key in await _scan(link, pattern):
-        fields += cast(int, await link.submit("HLEN", key, key=key))
-    assert fields <= 2, f"de-duplication records hold {fields} fields"
+    lengths = [
+        cast(int, await link.submit("STRLEN", key, key=key))
+        for key in await _scan(link, sender._core.keys.dedupe("resumed", "*"))
+    ]
+    assert lengths
+    assert max(lengths) <= NO_GAP_RECORD, f"records of {lengths} bytes: gaps were marked"
     assert receiver.statistics().duplicates_dropped == 0
 
 
