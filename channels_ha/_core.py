@@ -16,6 +16,7 @@ from ._constants import (
     GROUP_REFRESH_INTERVAL_S,
 )
 from ._epochs import ProcessEpochs
+from ._fanout import FanoutPlans
 from ._groups import Memberships
 from ._keys import KeyLayout
 from ._replay import RecentPushes
@@ -62,6 +63,9 @@ class LayerCore:
     # one that reads empty makes group_send look whether the data began again since
     # (Session._members). Oldest first, bounded.
     groups_with_members: dict[str, float] = field(default_factory=dict)
+    # Per group, the copies of a group_send and the membership token they stand for, planned
+    # by any event loop: a sync call (an event loop of its own) need not read the members.
+    fanout: FanoutPlans = field(default_factory=FanoutPlans)
     # Each master's epoch as some event loop last read it: a session's first comparison.
     epochs: ProcessEpochs = field(default_factory=ProcessEpochs)
     # How often the process forgets what expired (see sweep()).

@@ -36,7 +36,7 @@ from ._constants import (
 from ._core import LayerCore
 from ._delivery import Deliveries, target_of
 from ._epochs import Epochs
-from ._fanout import FanoutPlans, Plan, Target
+from ._fanout import Plan, Target
 from ._keys import wake_stream
 from ._link import CommandLink
 from ._normal_reader import InFlight
@@ -146,7 +146,6 @@ class Session:
             for spec in core.shards
         ]
         self.deliveries = Deliveries(core)
-        self._fanout = FanoutPlans(self._group_targets)
         self._tasks: set[asyncio.Task[Any]] = set()
         # Re-assertions under way: cancelled first at close, which need not wait for them.
         self._reassertions: set[asyncio.Task[None]] = set()
@@ -269,20 +268,20 @@ class Session:
         core.stats.group_sends += 1  # every call, empty groups included
         body, now = core.codec.dumps(message), now_ms()
         seqs: dict[str, tuple[str, int]] = {}  # list -> (sender, number), kept across attempts
-        plan = self._fanout.tokened(group)
+        plan = core.fanout.tokened(group)
         if plan is not None:
             statuses = await self._push_if_members_unchanged(group, plan, body, now, seqs)
             if statuses is not None:
                 self._log_over_capacity(group, [statuses], len(plan.members))
                 self._seen_with_members(group)
                 return
-            self._fanout.distrust(group)
+            core.fanout.distrust(group, plan)
         members, token = await self._members(group)
         if not members:
             return
         home = core.shard_index(group)
         unit = None if self._shards[home].router else (home, 0)  # see _push_if_members_unchanged
-        targets = self._fanout.targets(group, members, token, unit)
+        targets = core.fanout.targets(group, members, self._group_targets, token, unit)
         units = self._push_arguments(targets, body, now, seqs)
         header = self._push_header(now)
         results = await asyncio.gather(
@@ -838,6 +837,7 @@ class Session:
         memberships it deletes: a group is deleted as if each member were discarded, its
         records kept (see GROUP_FLUSH), and the discard records stay."""
         self.core.memberships.clear()  # flushed groups must not be re-asserted
+        self.core.fanout.forget()  # (their tokens are gone: the plans would only be refused)
         self._forget_recent()
         for shard in self._shards:
             await self._flush_shard(shard)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 import pytest
 import redis
+from asgiref.sync import async_to_sync
 
 from channels_ha import RedisChannelLayer
 from channels_ha._codec import decode_element
@@ -132,3 +134,90 @@ async def test_members_are_read_in_a_group_about_to_expire(
     await layer.group_send("closing", {"type": "last"})
     assert await receive_types(layer, "live", 1) == ["last"]
     await assert_nothing_arrives(layer, "expired")
+
+
+SYNC_CALLS = 20
+THREADS = 8
+
+
+async def sync_group_sends(layer: RedisChannelLayer, group: str, numbers: Iterable[int]) -> None:
+    """group_send through async_to_sync, one call after the other, from a thread without an
+    event loop (a WSGI view, a Celery task): an event loop, and a session, per call."""
+
+    def run() -> None:
+        for number in numbers:
+            async_to_sync(layer.group_send)(group, {"type": "n", "n": number})
+
+    await asyncio.to_thread(run)
+
+
+async def receive_numbers(layer: RedisChannelLayer, channel: str, count: int) -> list[int]:
+    received = [(await asyncio.wait_for(layer.receive(channel), 5))["n"] for _ in range(count)]
+    await assert_nothing_arrives(layer, channel)
+    return received
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    """Calls per command since the last CONFIG RESETSTAT; a script's own commands count too."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(stat["calls"]) for name, stat in stats.items()}
+
+
+async def test_sync_group_sends_read_an_unchanged_group_once(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """Seen: every sync group_send read the members (20 reads for 20 calls, two round trips
+    each): the plans were each session's, and each call is a session of its own. They are
+    the process's now: only the first call reads, the others push in one GROUP_PUSH."""
+    sender = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=sender.prefix)  # another process's consumer
+    channel = await receiver.new_channel()
+    await receiver.group_add("sync-room", channel)
+    await asyncio.to_thread(master_client.config_resetstat)
+    await sync_group_sends(sender, "sync-room", range(SYNC_CALLS))
+    calls = await asyncio.to_thread(command_calls, master_client)
+    # ZREMRANGEBYSCORE runs in GROUP_MEMBERS (the member read) and in no other script sent.
+    assert (calls.get("zremrangebyscore"), calls.get("evalsha")) == (1, SYNC_CALLS + 1)
+    assert sender.statistics().group_member_reads == 1
+    assert await receive_numbers(receiver, channel, SYNC_CALLS) == list(range(SYNC_CALLS))
+
+
+async def test_sync_group_sends_follow_members_changed_elsewhere(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A member another process adds or discards between two sync group_sends gets, or no
+    longer gets, the very next one: the server refuses the plan the process shares."""
+    sender = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=sender.prefix)
+    one, two = await receiver.new_channel(), await receiver.new_channel()
+    await receiver.group_add("changing", one)
+    await sync_group_sends(sender, "changing", [0])
+    await receiver.group_add("changing", two)
+    await sync_group_sends(sender, "changing", [1])
+    await receiver.group_discard("changing", one)
+    await sync_group_sends(sender, "changing", [2, 3])
+    assert await receive_numbers(receiver, one, 2) == [0, 1]
+    assert await receive_numbers(receiver, two, 3) == [1, 2, 3]
+    assert sender.statistics().group_member_reads == 3  # one per membership
+
+
+async def test_concurrent_sync_group_sends_share_one_plan(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Sync group_sends from 8 threads at once (each an event loop of its own) use the plan
+    the process made, and every message arrives exactly once."""
+    sender = make_layer(redis_topology)
+    receiver = make_layer(redis_topology, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    await receiver.group_add("crowded", channel)
+    await sync_group_sends(sender, "crowded", [-1])
+    each = SYNC_CALLS // 4
+    await asyncio.gather(
+        *(
+            sync_group_sends(sender, "crowded", range(t * each, (t + 1) * each))
+            for t in range(THREADS)
+        )
+    )
+    received = await receive_numbers(receiver, channel, THREADS * each + 1)
+    assert sorted(received) == list(range(-1, THREADS * each))
+    assert sender.statistics().group_member_reads == 1
