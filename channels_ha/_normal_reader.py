@@ -47,7 +47,7 @@ from ._constants import (
 )
 from ._keys import wake_stream
 from ._reader import BlockingReader
-from ._resp import pack
+from ._resp import FutureSink, pack
 from ._scripts import POP_NORMAL
 from ._server import REDIRECT_ERRORS, RETRY_ERRORS
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
@@ -83,6 +83,7 @@ class NormalReader(BlockingReader):
         # The last pop's reply was handed over; False from its request until then, and after
         # it was lost: a recovery is owed, made with nobody waiting until _owed_until.
         self._answered = True
+        self._lost = False  # that pop's connection went before its reply came (see settled())
         self._owed_until: float | None = None
         self._held = False  # the in-flight list may hold a batch (deleted at close)
         self._recovered: asyncio.Future[None] | None = None  # see settled()
@@ -98,6 +99,8 @@ class NormalReader(BlockingReader):
             streams = [wake_stream(key) for key in keys]
             return pack("XREAD", "BLOCK", _BLOCK_MS, "STREAMS", *streams, *wake_after[1])
         self._pops = True
+        if keys:  # should its reply be lost, it is recovered with nobody waiting, afresh
+            self._owed_until = None
         if self._recover or not self._answered:  # (the latter: a reply not handed over)
             self._recover, self._answered = True, False
             return self._pop_request(keys, recover=True)
@@ -126,17 +129,48 @@ class NormalReader(BlockingReader):
                 self._hand_over_batch(reply[1], fresh)
         elif self._pending_keys:  # (none: a recovery or a deletion with nobody waiting)
             self._wake_after = (self._pending_keys, reply[1])  # the keys of this pop
-        self._answered, self._owed_until = True, None
+        self._settle()
+
+    def _submit_pop(
+        self, client: FutureSink, keys: list[str]
+    ) -> tuple[asyncio.Future[object], asyncio.Future[None]]:
+        pending, replied = super()._submit_pop(client, keys)
+        if self._pops:
+            pending.add_done_callback(self._note_loss)
+        return pending, replied
+
+    def _note_loss(self, pending: asyncio.Future[object]) -> None:
+        """A pop unanswered when its connection went: its batch is owed (see settled())."""
+        if self._answered or pending.cancelled():
+            return
+        if isinstance(pending.exception(), ConnectionLost):
+            self._lost = True
+
+    def _settle(self) -> None:
+        """Nothing is owed of the last pop: its reply was handed over, or it was refused."""
+        self._answered, self._lost, self._owed_until = True, False, None
         self._wake_settled()
 
     async def _on_error(self, err: RedisCommandError) -> None:
         if not self._recover:
-            self._answered = True  # a pop refused lost nothing: the last batch was handed over
+            self._settle()  # a pop refused lost nothing: the last batch was handed over
         elif not self._pending_keys and not str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
-            self._owed_until = 0.0  # a recovery refused: not again in a loop, with nobody waiting
+            self._stop_idle_recovery()
         await super()._on_error(err)
 
+    async def _not_connected(self, err: RedisUnavailable | RedisCommandError) -> None:
+        if isinstance(err, RedisCommandError):  # a refused handshake, as a refused recovery
+            self._stop_idle_recovery()
+        await super()._not_connected(err)
+
     # -- a lost reply ----------------------------------------------------------------------
+
+    def _stop_idle_recovery(self) -> None:
+        """A recovery, or the handshake before it, was refused (NOPERM, NOAUTH, max clients):
+        not again in a loop with nobody waiting; the next receiver's pop recovers."""
+        if not self._answered:
+            self._owed_until = 0.0
+            self._wake_settled()
 
     def _idle_work(self) -> bool:
         """A pop's reply was lost: recover its batch now, nobody waiting or not, for as long
@@ -154,10 +188,12 @@ class NormalReader(BlockingReader):
     async def settled(self, key: str) -> bool:
         """Also waits for the recovery of a lost pop's batch, which may hold newer messages
         of ``key`` than those buffered here: given back first, these would land behind it.
-        Bounded by failover_timeout (the give-back needs the same master)."""
+        Only for a reply lost: a pop merely in flight on other channels is not waited for
+        (one refused, WRONGTYPE, would hold the give-back). Bounded by failover_timeout (the
+        give-back needs the same master)."""
         if await super().settled(key):
             return True
-        if self._task is None or self._stopping or not self._idle_work():
+        if self._task is None or self._stopping or not (self._lost and self._idle_work()):
             return False
         if self._recovered is None:
             self._recovered = self._loop.create_future()

@@ -190,7 +190,8 @@ class BlockingReader:
             try:
                 client = await self._connection()
             except (RedisUnavailable, RedisCommandError) as err:
-                self._fail(err)
+                self._fail(err)  # the receivers waiting hear of it now, not after a pause
+                await self._not_connected(err)
                 return
             keys = self._keys()  # seconds may have passed: a channel may be giving back now
             if not keys and not self._idle_work():
@@ -344,6 +345,19 @@ class BlockingReader:
             self._connected()
             self._on_server(info)
             return client
+
+    async def _not_connected(self, err: RedisUnavailable | RedisCommandError) -> None:
+        """No connection, after the receivers waiting were told. A refused handshake (NOAUTH
+        after a password change, max clients reached) is not tried again at once: the next
+        receive(), or a subclass's own work, would make a connection after another in a
+        tight loop. RedisUnavailable comes after failover_timeout of paced attempts."""
+        if isinstance(err, RedisCommandError):
+            count = self._failure_log.due("refused")
+            if count:
+                logger.error(
+                    "Reader refused by Redis (%d time(s) since the last report): %s", count, err
+                )
+            await self._backoff.wait()
 
     def _connected(self) -> None:
         """A new connection is there, before its first request."""

@@ -1,0 +1,197 @@
+"""The recovery of a normal-channel pop whose reply was lost, when Redis refuses, and at close.
+
+After a lost reply the normal-channel reader connects again and recovers the batch, nobody
+waiting or not (see tests/test_normal_reader.py). Here Redis refuses the new connection or
+the recovery (an ACL user disabled, or without EVALSHA), or a pop on another channel is
+refused: none of these may make the reader loop, or hold a give-back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import pytest
+import redis
+
+from channels_ha import RedisChannelLayer
+from channels_ha.exceptions import RedisCommandError
+from channels_ha.sandbox import Topology
+
+from .test_normal_reader import (
+    TIMEOUT_S,
+    CuttingProxy,
+    back_in_list,
+    blocked_in_redis,
+    message,
+    nothing_more,
+)
+
+pytestmark = pytest.mark.redis_topologies("standalone")
+
+PROMPT_S = 0.5  # a receiver waiting hears of a refusal within this
+QUIET_S = 0.5  # how long the reader is watched for connections made with nobody waiting
+HANDSHAKE_DELAY_S = 0.3  # how late a new connection's handshake reaches Redis
+STALL_FAILOVER_S = 4.0  # a give-back held by a refused pop waited this long
+
+
+@contextmanager
+def acl_user(admin: redis.Redis) -> Iterator[tuple[str, str]]:
+    """A user allowed everything, as (name, password), deleted afterwards."""
+    name, password = f"reader-{uuid.uuid4().hex[:8]}", secrets.token_hex(8)
+    admin.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all")
+    try:
+        yield name, password
+    finally:
+        admin.execute_command("ACL", "DELUSER", name)
+
+
+def as_user(url: str, user: tuple[str, str]) -> str:
+    return url.replace("redis://", f"redis://{user[0]}:{user[1]}@", 1)
+
+
+def connections_received(admin: redis.Redis) -> int:
+    return int(admin.info("stats")["total_connections_received"])
+
+
+async def refused_in_acl_log(admin: redis.Redis, user: str) -> None:
+    """Once Redis refused a command of ``user`` (NOPERM)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not any(entry["username"] == user for entry in admin.acl_log()):
+        assert time.monotonic() < deadline, f"nothing of {user} was refused"
+        await asyncio.sleep(0.01)  # nothing to await: the refusal is in Redis
+
+
+async def a_pop_cut(
+    layer: RedisChannelLayer,
+    other: RedisChannelLayer,
+    proxy: CuttingProxy,
+    admin: redis.Redis,
+    rule: list[str],
+    at_cut: bool,
+) -> asyncio.Task[dict[str, object]]:
+    """A receiver of ``layer`` waits on "jobs"; ``other`` sends message 1, whose pop's reply
+    the proxy cuts. ``rule`` (ACL SETUSER arguments for the layer's user) is applied before
+    the send, or ``at_cut``, before the reader connects again (the proxy must hold up new
+    connections). The receiver's task, still waiting."""
+    await layer.send("warm-up", {"type": "warm-up"})  # the layer's command link connects now
+    blocked = int(admin.info("clients")["blocked_clients"])
+    receiving = asyncio.create_task(layer.receive("jobs"))
+    await blocked_in_redis(admin, blocked)
+    if not at_cut:
+        admin.execute_command("ACL", "SETUSER", *rule)
+    await other.send("jobs", message(1))
+    await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+    if at_cut:
+        admin.execute_command("ACL", "SETUSER", *rule)
+    return receiving
+
+
+async def test_a_refused_connection_after_a_lost_reply_is_not_tried_again_in_a_loop(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A receiver waits; its pop's reply is lost, and Redis refuses the reader's next
+    connection (its user disabled, as a password rotated): the receiver gets the refusal at
+    once, and the reader, with nobody waiting, does not connect again in a loop (seen:
+    ~700 connections in 0.5 s until the in-flight list expired, nothing logged); once
+    allowed again, the next receiver's pop recovers the batch."""
+    proxy = CuttingProxy(redis_topology)
+    with acl_user(master_client) as user:
+        async with proxy.running() as url:
+            first = RedisChannelLayer(hosts=[as_user(url, user)], prefix="refused-connection")
+            other = RedisChannelLayer(hosts=[redis_topology.url], prefix="refused-connection")
+            try:
+                off = [user[0], "off"]  # its connections stay; a new one is refused
+                receiving = await a_pop_cut(first, other, proxy, master_client, off, False)
+                cut_at = time.monotonic()
+                with pytest.raises(RedisCommandError, match="refused the credentials"):
+                    await asyncio.wait_for(receiving, TIMEOUT_S)
+                assert time.monotonic() - cut_at < PROMPT_S
+                before = connections_received(master_client)
+                await asyncio.sleep(QUIET_S)  # what is measured: connections meanwhile
+                assert connections_received(master_client) - before <= 1
+                master_client.execute_command("ACL", "SETUSER", user[0], "on")
+                assert (await asyncio.wait_for(first.receive("jobs"), TIMEOUT_S))["n"] == 1
+                await nothing_more(first, "jobs")
+            finally:
+                await first.close()
+                await other.close()
+
+
+async def test_a_give_back_does_not_wait_for_a_refused_pop_on_another_channel(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """Message 1 is popped for a receiver on "good" that gave up meanwhile, while the next
+    pop, for a receiver on "bad" (not a list), is on its way: 1 goes back to its list
+    without waiting for that pop, which Redis refuses (WRONGTYPE) (seen: held for
+    failover_timeout, waiting for a recovery that nothing owed)."""
+    prefix = f"refused-other-{uuid.uuid4().hex[:8]}"
+    proxy = CuttingProxy(redis_topology, cuts=0, delay=(b"EVALSHA", 0.5))
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix, failover_timeout=STALL_FAILOVER_S)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            master_client.set(f"{prefix}:c:{{normal}}:bad", "not a list")
+            await other.send("good", message(1))
+            good = asyncio.create_task(first.receive("good"))
+            bad = asyncio.create_task(first.receive("bad"))
+            await asyncio.wait_for(proxy.delayed.wait(), TIMEOUT_S)  # the pop taking 1
+            good.cancel()
+            started = time.monotonic()
+            with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+                await asyncio.wait_for(bad, TIMEOUT_S)
+            await back_in_list(master_client, f"{prefix}:c:{{normal}}:good", 1)
+            assert time.monotonic() - started < STALL_FAILOVER_S / 2
+        finally:
+            await first.close()
+            await other.close()
+
+
+@asynccontextmanager
+async def a_refused_recovery(
+    topology: Topology, admin: redis.Redis, cuts: int = 1
+) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer, CuttingProxy, str]]:
+    """Two processes' layers; the first's receiver waited on "jobs" and gave up when the
+    reply of the pop taking message 1 was cut; the reader's recovery, with nobody waiting,
+    was refused (its user lost EVALSHA before it connected again). Yields the layers, the
+    proxy (``cuts`` replies in all) and the user's name; both layers closed afterwards."""
+    proxy = CuttingProxy(topology, cuts=cuts, delay=(b"SETNAME", HANDSHAKE_DELAY_S))
+    prefix = f"refused-recovery-{uuid.uuid4().hex[:8]}"
+    with acl_user(admin) as user:
+        async with proxy.running() as url:
+            first = RedisChannelLayer(hosts=[as_user(url, user)], prefix=prefix)
+            other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+            try:
+                no_scripts = [user[0], "-evalsha"]
+                receiving = await a_pop_cut(first, other, proxy, admin, no_scripts, True)
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+                await refused_in_acl_log(admin, user[0])
+                yield first, other, proxy, user[0]
+            finally:
+                await first.close()
+                await other.close()
+
+
+async def test_a_lost_reply_after_a_refused_recovery_is_recovered_with_nobody_waiting(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """After a refused recovery, a receiver's pop recovers the batch, loses that reply too,
+    and the receiver gives up: the reader recovers it again with nobody waiting, and
+    another process gets it (seen: the refusal had stopped recovery with nobody waiting for
+    good, and the batch stayed in the in-flight list)."""
+    async with a_refused_recovery(redis_topology, master_client, cuts=2) as refused:
+        first, other, proxy, user = refused
+        master_client.execute_command("ACL", "SETUSER", user, "+evalsha")
+        proxy.cut_seen.clear()
+        receiving = asyncio.create_task(first.receive("jobs"))
+        await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        assert (await asyncio.wait_for(other.receive("jobs"), TIMEOUT_S))["n"] == 1
+        await nothing_more(other, "jobs")
+        assert proxy.cut == 2
