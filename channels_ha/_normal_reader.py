@@ -210,51 +210,65 @@ class NormalReader(BlockingReader):
     async def _release(self) -> None:
         """At close: what a lost reply left in the in-flight list is recovered and handed
         over (the session gives back what nobody waits for), then the list, all of it handed
-        over, is deleted rather than left until it expires. Only a recovery connects again,
-        waiting up to failover_timeout, as the session's give-backs at close do."""
+        over, is deleted rather than left until it expires. Only a recovery connects again.
+        All of it within failover_timeout, as the session's give-backs at close; the readers
+        of every shard close at once, so close() waits that once, not once per shard."""
+        emptying = self._loop.create_task(self._empty_in_flight())
         try:
-            await self._empty_in_flight()
-        except (RedisUnavailable, RedisCommandError) as err:
-            self._not_released(err)
+            await asyncio.wait({emptying}, timeout=self._settings.failover_timeout_s)
         finally:
+            emptying.cancel()  # (past failover_timeout, or close() itself cancelled)
+            await asyncio.wait({emptying})  # it leaves no connection behind
             self._wake_settled()
+        if not emptying.cancelled():
+            emptying.result()  # (a bug, raised as it was before)
+            return
+        last = f"; last error: {self._last_error}" if self._last_error else ""
+        timeout_s = self._settings.failover_timeout_s
+        self._not_released(f"no master answered within failover_timeout ({timeout_s:g} s){last}")
 
     async def _empty_in_flight(self) -> None:
         if self._pending is not None and not self._pending.done():  # unanswered at close
             self.drop_connection("closing with a pop unanswered")  # recovered on a new one
-        deadline = time.monotonic() + self._settings.failover_timeout_s
-        for _ in range(_MAX_RELEASE_CALLS):
-            if self._answered and (not self._held or self._open_client() is None):
-                return  # (a deletion alone waits for no connection: the list expires anyway)
-            if time.monotonic() >= deadline:
-                break
-            await self._release_call()
-        self._not_released(RedisUnavailable("no answer to the calls made at close"))
+        try:
+            for _ in range(_MAX_RELEASE_CALLS):
+                if self._answered and (not self._held or self._open_client() is None):
+                    return  # (a deletion alone waits for no connection: the list expires anyway)
+                await self._release_call()
+        except (RedisUnavailable, RedisCommandError) as err:  # no master, or refused: as is
+            self._not_released(str(err))
+            return
+        self._not_released(
+            f"{_MAX_RELEASE_CALLS} calls made at close failed; the last: {self._last_error}"
+        )
 
     async def _release_call(self) -> None:
         """A recovery (if a reply was lost), or else the deletion, its reply handed over."""
         client = self._open_client() or await self._connection()
         try:
             pending, replied = self._submit_pop(client, [])
-        except ConnectionLost:  # closed before its loss reached us
-            self._client = None
+        except ConnectionLost as err:  # closed before its loss reached us
+            self._client, self._last_error = None, err
             return
         done, _ = await asyncio.wait({replied}, timeout=self._settings.reply_timeout_s)
         self._pending = None
         if done:
             await self._take_reply(pending)
         else:
-            self.drop_connection("no reply at close to a call on the in-flight list")
+            timeout_s = self._settings.reply_timeout_s
+            reason = f"no reply at close to a call on the in-flight list within {timeout_s:g} s"
+            self._last_error = ConnectionLost(reason)
+            self.drop_connection(reason)
             self._client = None
 
-    def _not_released(self, err: Exception) -> None:
+    def _not_released(self, reason: str) -> None:
         if self._answered:  # all of it handed over: the list expires by itself
-            logger.info("Could not delete %s at close (%s)", self._in_flight, err)
+            logger.info("Could not delete %s at close (%s)", self._in_flight, reason)
             return
         logger.error(
             "A batch popped from a normal channel whose reply was lost could not be "
             "recovered before close() (%s); it stays in %s until it expires, and is lost",
-            err,
+            reason,
             self._in_flight,
             extra={"event": "in_flight_lost"},
         )

@@ -93,6 +93,7 @@ class BlockingReader:
         self._pop_heard_at = 0.0  # when the pop went out, or bytes of its reply last came
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
+        self._last_error: Exception | None = None  # since a pop was last answered
 
     def start(self) -> None:
         if self._task is None:
@@ -269,10 +270,12 @@ class BlockingReader:
         # Reset on a pop answered, not on a connection made: a server that accepts the
         # connection and refuses the pop (CLUSTERDOWN) must meet a growing pause.
         self._backoff.reset()
+        self._last_error = None
         self._hand_over(reply)
 
     async def _on_error(self, err: RedisCommandError) -> None:
         """A server that is not the master (any more) makes us look again; others fail."""
+        self._last_error = err
         if str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
             scripts_refused(self._settings, self._server, str(err))
             self.drop_connection(f"{str(err).split(' ', 1)[0]} from {self._describe_server()}")
@@ -333,6 +336,7 @@ class BlockingReader:
                     self._locator, self._settings, client, self._loads_scripts, self._announcements
                 )
             except ConnectionLost as err:
+                self._last_error = err
                 if time.monotonic() >= deadline:
                     waited = time.monotonic() - started
                     raise give_up(self._locator.describe(), self._settings, waited, err) from err
@@ -351,6 +355,7 @@ class BlockingReader:
         after a password change, max clients reached) is not tried again at once: the next
         receive(), or a subclass's own work, would make a connection after another in a
         tight loop. RedisUnavailable comes after failover_timeout of paced attempts."""
+        self._last_error = err
         if isinstance(err, RedisCommandError):
             count = self._failure_log.due("refused")
             if count:

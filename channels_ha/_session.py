@@ -937,8 +937,9 @@ class Session:
             task.cancel()  # what they submitted is settled (or failed) by the links' close
         if reassertions:
             await asyncio.wait(reassertions)
-        for shard in self._shards:
-            await shard.close_readers()
+        # Every shard's readers at once: each may wait up to failover_timeout to recover a
+        # lost reply, which one after another would make a close() wait that once per shard.
+        await asyncio.gather(*(shard.close_readers() for shard in self._shards))
         # What the readers popped has been handed over; nothing more will come to those
         # still waiting, and a receive() must not hang on a closed session.
         closed = RedisUnavailable("the channel layer was closed while receive() waited")
@@ -972,5 +973,8 @@ class Session:
                 lost,
                 extra={"event": "return_lost", "messages": lost},
             )
-        for shard in self._shards:
-            await shard.close(CLOSE_RETURN_TIMEOUT_S)
+        # At once, as their readers: each may wait CLOSE_RETURN_TIMEOUT_S for its replies.
+        closing = [shard.close(CLOSE_RETURN_TIMEOUT_S) for shard in self._shards]
+        for result in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result  # (a bug: the others closed all the same)

@@ -294,8 +294,8 @@ class ShardConnections:
     # -- closing ---------------------------------------------------------------------------------
 
     async def close_readers(self) -> None:
-        for reader in self.readers():
-            await reader.close()
+        """At once: each may wait for a master to recover a lost reply (see NormalReader)."""
+        await asyncio.gather(*(reader.close() for reader in self.readers()))
 
     async def close(self, drain_timeout_s: float) -> None:
         # A connection made while the link drains must not start a watch nobody closes.

@@ -2,25 +2,27 @@
 
 After a lost reply the normal-channel reader connects again and recovers the batch, nobody
 waiting or not (see tests/test_normal_reader.py). Here Redis refuses the new connection or
-the recovery (an ACL user disabled, or without EVALSHA), or a pop on another channel is
-refused: none of these may make the reader loop, or hold a give-back.
+the recovery (an ACL user disabled, or without EVALSHA), a pop on another channel is refused,
+or the masters of several shards freeze: none of these may make the reader loop, hold a
+give-back, or make close() wait once per shard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 
 import pytest
 import redis
 
 from channels_ha import RedisChannelLayer
 from channels_ha.exceptions import RedisCommandError
-from channels_ha.sandbox import Topology
+from channels_ha.sandbox import StandaloneTopology, Topology, TopologyFactory
 
 from .test_normal_reader import (
     TIMEOUT_S,
@@ -37,6 +39,7 @@ PROMPT_S = 0.5  # a receiver waiting hears of a refusal within this
 QUIET_S = 0.5  # how long the reader is watched for connections made with nobody waiting
 HANDSHAKE_DELAY_S = 0.3  # how late a new connection's handshake reaches Redis
 STALL_FAILOVER_S = 4.0  # a give-back held by a refused pop waited this long
+CLOSE_FAILOVER_S = 2.0  # close() waits for the recovery this long, whatever the shards
 
 
 @contextmanager
@@ -195,3 +198,73 @@ async def test_a_lost_reply_after_a_refused_recovery_is_recovered_with_nobody_wa
         assert (await asyncio.wait_for(other.receive("jobs"), TIMEOUT_S))["n"] == 1
         await nothing_more(other, "jobs")
         assert proxy.cut == 2
+
+
+async def test_a_batch_lost_at_close_is_logged_with_the_refusal(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A close() whose recovery Redis refuses logs in_flight_lost with that refusal
+    (NOPERM), not "no answer" (seen: "no answer to the calls made at close")."""
+    async with a_refused_recovery(redis_topology, master_client) as (first, _, _, _):
+        with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
+            await first.close()
+    lost = [r for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
+    assert len(lost) == 1
+    assert "NOPERM" in lost[0].getMessage()
+
+
+class FreezingProxy(CuttingProxy):
+    """Freezes its master (SIGSTOP) as it cuts the reply."""
+
+    def __init__(self, topology: StandaloneTopology) -> None:
+        super().__init__(topology)
+        self.node = topology.node
+
+    def _due(self) -> bool:
+        due = super()._due()
+        if due:
+            self.node.pause()
+        return due
+
+
+def standalone(factory: TopologyFactory) -> StandaloneTopology:
+    topology = factory("standalone")
+    assert isinstance(topology, StandaloneTopology)
+    return topology
+
+
+async def test_close_recovers_on_every_shard_at_once(
+    redis_sandbox_factory: TopologyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two shards' masters freeze as each cuts a pop's reply: close() waits failover_timeout
+    for the recoveries once, not once per shard (seen: 4.4 s with failover_timeout=2), and
+    logs each batch lost with what the reader met last."""
+    shards = [standalone(redis_sandbox_factory) for _ in range(2)]
+    proxies = [FreezingProxy(topology) for topology in shards]
+    async with AsyncExitStack() as stack:
+        urls = [await stack.enter_async_context(proxy.running()) for proxy in proxies]
+        options = {"prefix": "close-shards", "failover_timeout": CLOSE_FAILOVER_S}
+        first = RedisChannelLayer(hosts=[f"{url}?socket_timeout=1" for url in urls], **options)
+        other = RedisChannelLayer(hosts=[topology.url for topology in shards], **options)
+        stack.push_async_callback(other.close)
+        stack.push_async_callback(first.close)
+        for topology in shards:
+            stack.callback(topology.node.resume)
+        for index, (topology, proxy) in enumerate(zip(shards, proxies, strict=True)):
+            channel = next(c for c in map(str, range(100)) if first._core.shard_index(c) == index)
+            with topology.node.client() as admin:
+                blocked = int(admin.info("clients")["blocked_clients"])
+                receiving = asyncio.create_task(first.receive(channel))
+                await blocked_in_redis(admin, blocked)
+            await other.send(channel, message(index))
+            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
+            await first.close()
+        assert time.monotonic() - started < CLOSE_FAILOVER_S + 1.0
+    lost = [r for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
+    assert len(lost) == 2
+    assert all("failover_timeout" in r.getMessage() for r in lost)
+    assert all("last error: " in r.getMessage() for r in lost)
