@@ -9,7 +9,10 @@ A router starts from the map another event loop of the process read last, if any
 call's session (``async_to_sync``) would otherwise ask every node for it, at every call. A
 stale map is corrected the way any is, by the nodes' redirections, by connections that fail
 or find a replica (``ROLE``), and by the map reads these cause; a router that finds it
-stale makes the next event loop read its own.
+stale makes the next event loop read its own. A node named only by that map gets
+``HINT_PATIENCE_S`` to connect and answer: a master frozen and replaced meanwhile accepts
+connections and would hold the handshake for ``reply_timeout``. Then the router reads the
+map, and waits as long as ever for a node the map names again (slow, not replaced).
 
 Order within a slot is kept as on a single node (receivers rely on it to recognise retried
 copies): when a request of a slot comes back, the requests of that slot written after it
@@ -31,6 +34,7 @@ from typing import cast
 from redis.crc import key_slot
 
 from ._backoff import Backoff
+from ._constants import HINT_PATIENCE_S
 from ._hints import SlotMap
 from ._link import CommandLink, Request
 from ._resp import Arg, Endpoint, open_client, pack
@@ -132,11 +136,13 @@ class ClusterRouter:
         self._backoff = Backoff(SLOT_MAP_POLL_MAX_S)
         self._closed = False
         self._mapped = False  # a map read by this router (not another event loop's)
+        self._hinted: frozenset[str] = frozenset()  # masters named by that map only
         self.server: ServerInfo | None = None  # unused: a cluster has many servers
         self._map_hint = settings.hints.slot_map
         known = self._map_hint.get()
         if known is not None:
             self._take_map(known)
+            self._hinted = known.masters
 
     # -- the CommandLink interface ---------------------------------------------------------------
 
@@ -438,7 +444,7 @@ class ClusterRouter:
         better from its peers. The majority has the current view.
         """
         candidates = [e for e in self._candidates() if _address(e.host, e.port) != exclude]
-        answers = await self._ask_all(candidates)
+        answers, quorum_s = await self._ask_all(candidates)
         maps = [
             _parse_slots(endpoint, answer)
             for endpoint, answer in answers.items()
@@ -447,14 +453,18 @@ class ClusterRouter:
         if not maps:
             errors = "; ".join(f"{where.describe()}: {answer}" for where, answer in answers.items())
             raise ConnectionLost(f"no cluster node gave its slot map ({errors})")
-        self._apply_map(_majority(maps))
+        self._apply_map(_majority(maps), quorum_s)
 
-    async def _ask_all(self, candidates: list[Endpoint]) -> dict[Endpoint, object]:
-        """Each candidate's ``CLUSTER SLOTS`` reply or error; once most of them answered,
-        with a map among the answers, those still due ``_MAP_ANSWER_WINDOW_S`` later are
-        left out (their reads cancelled). Not fewer: the majority of maps is what outvotes
-        a restarted master still claiming its old slots."""
+    async def _ask_all(
+        self, candidates: list[Endpoint]
+    ) -> tuple[dict[Endpoint, object], float | None]:
+        """Each candidate's ``CLUSTER SLOTS`` reply or error, and how long it took most of
+        them to answer, with a map among the answers (None: they never did); those still
+        due ``_MAP_ANSWER_WINDOW_S`` later are left out (their reads cancelled). Not fewer:
+        the majority of maps is what outvotes a restarted master still claiming its old
+        slots."""
         loop = asyncio.get_running_loop()
+        started = loop.time()
         asked = {asyncio.ensure_future(self._ask_slots(node)): node for node in candidates}
         answers: dict[Endpoint, object] = {}
         pending, closes_at = set(asked), None
@@ -480,7 +490,8 @@ class ClusterRouter:
                 for task in pending:
                     if not task.cancelled():
                         task.exception()  # retrieved: no "never retrieved" log line
-        return answers
+        quorum_s = None if closes_at is None else closes_at - _MAP_ANSWER_WINDOW_S - started
+        return answers, quorum_s
 
     def _candidates(self) -> list[Endpoint]:
         known = [*self._links, *(a for a in self._former if a not in self._links)]
@@ -499,7 +510,7 @@ class ClusterRouter:
             assert client.protocol is not None
             await client.protocol.aclose()
 
-    def _apply_map(self, owners: list[str | None]) -> None:
+    def _apply_map(self, owners: list[str | None], quorum_s: float | None) -> None:
         """Takes a new map; tells the layer only when a master appeared (a promoted replica,
         or a node added), which may lack the last writes. Slots migrated between masters
         lose nothing: MIGRATE moves each key whole, so re-asserting and writing again would
@@ -509,8 +520,8 @@ class ClusterRouter:
         changed = self._mapped and not slot_map.masters <= self._masters
         moved = owners != self._owners
         self._take_map(slot_map)
-        self._mapped = True
-        self._map_hint.put(slot_map)
+        self._mapped, self._hinted = True, frozenset()
+        self._remember(slot_map, quorum_s)
         if moved:
             self._hold_behind_old_links()
         masters = sorted(slot_map.masters)
@@ -518,6 +529,15 @@ class ClusterRouter:
         self._retire_soon()
         if changed:
             self._on_topology()
+
+    def _remember(self, slot_map: SlotMap, quorum_s: float | None) -> None:
+        """Keeps the map for the next event loop, unless most nodes were slow to give it:
+        connections to them would mostly outlast ``HINT_PATIENCE_S``, and each call would
+        wait that long before reading the map anyway."""
+        if quorum_s is not None and quorum_s < HINT_PATIENCE_S / 2:
+            self._map_hint.put(slot_map)
+        else:
+            self._map_hint.forget()
 
     def _take_map(self, slot_map: SlotMap) -> None:
         self._owners = list(slot_map.owners)
@@ -541,10 +561,18 @@ class ClusterRouter:
                 hand_back=self._handed_back,
                 verify=self._still_owner,
                 routed_because=lambda: self._last_error,
+                patience=functools.partial(self._patience_for, address),
             )
             self._links[address] = link
             self._former.pop(address, None)
         return link
+
+    def _patience_for(self, address: str) -> float | None:
+        """How long a connection to ``address`` may take: ``HINT_PATIENCE_S`` while only
+        another event loop's map names it (a master frozen and replaced meanwhile would hold
+        the handshake for reply_timeout); then the link hands its requests back, and the
+        router reads the map. A node this router's own map names gets the full timeouts."""
+        return HINT_PATIENCE_S if address in self._hinted else None
 
     def _retire_soon(self) -> None:
         """Closes, in the background, the links to nodes the slot map no longer names: after

@@ -7,16 +7,18 @@ gone. Under Sentinel a connection goes where the sentinels say (``SentinelLocato
 Sync callers (``async_to_sync``) connect for every call, so what the process learned is used
 first (see ``_hints``): the master the sentinels named last, believed only while it is the
 same server run with the same replicas in sync as then, and scripts already loaded on a
-server run, not loaded again.
+server run, not loaded again. A server named only by a hint gets ``HINT_PATIENCE_S`` to
+connect and answer; the caller then finds the master as it would have without the hint.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
 
-from ._constants import MASTER_HINT_PATIENCE_S, REPLICA_LAG_MAX_S
+from ._constants import HINT_PATIENCE_S, REPLICA_LAG_MAX_S
 from ._hints import KnownMaster, Remembered
 from ._resp import Arg, Endpoint, FutureSink, ReplySink, RespProtocol, open_connection
 from ._scripts import ALL as ALL_SCRIPTS
@@ -70,6 +72,7 @@ async def connect_to_master(
     sink: ReplySink,
     load_scripts: bool,
     announcements: Announcements | None = None,
+    patience_s: float | None = None,
 ) -> tuple[RespProtocol, ServerInfo]:
     """A connection to the current master, handshaken and still open; ``sink`` gets what
     follows (a caller that awaits anything before using it checks ``closed`` again).
@@ -77,10 +80,13 @@ async def connect_to_master(
     A master that was frozen accepts connections but answers only when it wakes up, by then
     perhaps replaced (yet still saying ``master`` until the sentinels demote it): a
     connection that took long, or during which a new master was announced, is checked
-    against the deployment again before it is used.
+    against the deployment again before it is used. With ``patience_s`` (the locator's
+    server is only a hint), connecting and the handshake get that long together.
     """
     try:
-        return await _connect_to_master(locator, settings, sink, load_scripts, announcements)
+        return await _connect_to_master(
+            locator, settings, sink, load_scripts, announcements, patience_s
+        )
     except (ConnectionLost, RedisCommandError):
         raise
     except Exception as err:  # an odd reply or a bug: retried, never killing the caller's task
@@ -95,11 +101,14 @@ async def _connect_to_master(
     sink: ReplySink,
     load_scripts: bool,
     announcements: Announcements | None,
+    patience_s: float | None,
 ) -> tuple[RespProtocol, ServerInfo]:
     switches = announcements.switches if announcements else 0
     started = time.monotonic()
     memory = _master_memory(locator, settings)
-    protocol, info, known = await _reach_master(locator, settings, load_scripts, memory)
+    protocol, info, remember = await _reach_master(
+        locator, settings, load_scripts, memory, patience_s
+    )
     try:
         if announcements and announcements.switches != switches:
             raise ConnectionLost(
@@ -115,8 +124,7 @@ async def _connect_to_master(
     protocol.sink = sink
     if protocol.closed:  # lost after its last handshake reply: a failed attempt, retried
         raise ConnectionLost(f"{info.endpoint.describe()} closed the connection after handshake")
-    if memory is not None:
-        _keep_or_forget(memory, known)
+    remember()
     return protocol, info
 
 
@@ -131,23 +139,33 @@ async def _reach_master(
     settings: ServerSettings,
     load_scripts: bool,
     memory: Remembered[KnownMaster] | None,
-) -> tuple[RespProtocol, ServerInfo, KnownMaster | None]:
+    patience_s: float | None,
+) -> tuple[RespProtocol, ServerInfo, Callable[[], None]]:
     """A connection to the master the sentinels named last, if it still looks as it did;
-    else to the one the locator names now. And what to remember of it for the next one."""
+    else to the one the locator names now. And what to remember of it once it is in use:
+    what the sentinels said (a hint that served stays as it is, its age counting on)."""
     known = None if memory is None else memory.get()
-    if known is not None and memory is not None:
-        connection = await _connect_known(known, settings, load_scripts)
+    if known is not None and memory is not None and isinstance(locator, SentinelLocator):
+        connection = await _connect_known(known, locator, settings, load_scripts)
         if connection is not None:
-            return (*connection, known)
+            return (*connection, _nothing)
         memory.forget(known)
     endpoint = await locator.locate()
     connecting_at = time.monotonic()
-    protocol, info = await _connect(endpoint, settings, load_scripts, memory is not None)
-    return protocol, info, _worth_remembering(info, time.monotonic() - connecting_at)
+    replication = memory is not None
+    protocol, info = await _connect(endpoint, settings, load_scripts, replication, patience_s)
+    if memory is None:
+        return protocol, info, _nothing
+    learned = _worth_remembering(info, time.monotonic() - connecting_at)
+    return protocol, info, functools.partial(_keep_or_forget, memory, learned)
+
+
+def _nothing() -> None:
+    """Nothing to remember."""
 
 
 async def _connect_known(
-    known: KnownMaster, settings: ServerSettings, load_scripts: bool
+    known: KnownMaster, locator: SentinelLocator, settings: ServerSettings, load_scripts: bool
 ) -> tuple[RespProtocol, ServerInfo] | None:
     """A connection to the master the sentinels named last, if it is still the server run
     it was then, with the same replicas in sync; else None, and the sentinels are asked.
@@ -156,16 +174,11 @@ async def _connect_known(
     ``master`` for seconds after its replica was promoted, until the sentinels demote it,
     and writes it takes meanwhile are discarded. The promoted replica left it, though, and
     the others follow the new master. A master that is gone or slow costs at most
-    ``MASTER_HINT_PATIENCE_S`` per step (connecting, the handshake) before the sentinels
-    are asked."""
-    patience_s = MASTER_HINT_PATIENCE_S
-    hasty = replace(
-        settings,
-        connect_timeout_s=min(settings.connect_timeout_s, patience_s),
-        reply_timeout_s=min(settings.reply_timeout_s, patience_s),
-    )
+    ``HINT_PATIENCE_S`` (connecting and the handshake together) before the sentinels are
+    asked."""
+    endpoint = locator.master_at(known.host, known.port)  # with this layer's TLS settings
     try:
-        protocol, info = await _connect(known.endpoint, hasty, load_scripts, replication=True)
+        protocol, info = await _connect(endpoint, settings, load_scripts, True, HINT_PATIENCE_S)
     except (ConnectionLost, RedisCommandError) as err:  # refusals too: maybe another server
         logger.debug("The master named last is not usable (%s); asking the sentinels", err)
         return None
@@ -180,9 +193,10 @@ def _worth_remembering(info: ServerInfo, connect_s: float) -> KnownMaster | None
     """The master the sentinels just named, as a hint for the next connection: not one
     without a replica in sync (nothing would tell it was replaced), nor one slow to reach
     (waiting for it first would mostly be in vain)."""
-    if not info.replicas or connect_s >= MASTER_HINT_PATIENCE_S / 2:
+    if not info.replicas or connect_s >= HINT_PATIENCE_S / 2:
         return None
-    return KnownMaster(info.endpoint, info.run_id, info.replicas)
+    endpoint = info.endpoint
+    return KnownMaster(endpoint.host, endpoint.port, info.run_id, info.replicas)
 
 
 def _keep_or_forget(memory: Remembered[KnownMaster], known: KnownMaster | None) -> None:
@@ -193,19 +207,33 @@ def _keep_or_forget(memory: Remembered[KnownMaster], known: KnownMaster | None) 
 
 
 async def _connect(
-    endpoint: Endpoint, settings: ServerSettings, load_scripts: bool, replication: bool
+    endpoint: Endpoint,
+    settings: ServerSettings,
+    load_scripts: bool,
+    replication: bool,
+    patience_s: float | None = None,
 ) -> tuple[RespProtocol, ServerInfo]:
     """A connection to ``endpoint``, handshaken (a master: ROLE checked); the handshake's
-    sink still receives what follows."""
+    sink still receives what follows. With ``patience_s``, connecting and the handshake
+    get that long together (each step's timeout is cut to what is left)."""
+    deadline = None if patience_s is None else time.monotonic() + patience_s
     handshake = FutureSink()
-    protocol = await open_connection(endpoint, handshake, settings.connect_timeout_s)
+    connect_s = _until(deadline, settings.connect_timeout_s)
+    protocol = await open_connection(endpoint, handshake, connect_s)
     handshake.protocol = protocol
     try:
-        info = await _handshake(handshake, endpoint, settings, load_scripts, replication)
+        info = await _handshake(handshake, endpoint, settings, load_scripts, replication, deadline)
     except BaseException:
         protocol.abort()
         raise
     return protocol, info
+
+
+def _until(deadline: float | None, timeout_s: float) -> float:
+    """``timeout_s``, cut to what is left until ``deadline`` (monotonic), if any."""
+    if deadline is None:
+        return timeout_s
+    return round(max(min(timeout_s, deadline - time.monotonic()), 0.0), 3)
 
 
 async def _still_located(locator: Locator, endpoint: Endpoint) -> None:
@@ -220,16 +248,18 @@ async def _handshake(
     settings: ServerSettings,
     load_scripts: bool,
     replication: bool,
+    deadline: float | None,
 ) -> ServerInfo:
     """The handshake; the scripts are loaded with it, unless the process loaded them on
-    this server already (then only if the server run turns out to be another one)."""
+    this server already (then only if the server run turns out to be another one). Each
+    round trip is given reply_timeout, or what is left until ``deadline``."""
     loaded_on = settings.hints.scripts.run_at(endpoint.describe()) if load_scripts else None
     commands = handshake_commands(settings, load_scripts and loaded_on is None, replication)
     first = commands.index(_ROLE)
     replies = await all_replies(
         client,
         commands,
-        settings.reply_timeout_s,
+        _until(deadline, settings.reply_timeout_s),
         endpoint=endpoint,
         before_errors=lambda replies: require_supported_version(replies[first + 1], endpoint),
     )
@@ -240,7 +270,8 @@ async def _handshake(
     server = ServerInfo(endpoint, _parse_run_id(info), number, replicas)
     if load_scripts:
         if loaded_on not in (None, server.run_id):  # a new server run at that address
-            await all_replies(client, _script_loads(), settings.reply_timeout_s, endpoint=endpoint)
+            timeout_s = _until(deadline, settings.reply_timeout_s)
+            await all_replies(client, _script_loads(), timeout_s, endpoint=endpoint)
         settings.hints.scripts.loaded(endpoint.describe(), server.run_id)
     return server
 

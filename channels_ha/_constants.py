@@ -62,14 +62,24 @@ REPLAY_LIMIT = 100_000
 SENTINEL_WATCH_DELAY_S = 1.0
 
 # What a process learned of a deployment is a hint to the next event loop's session (see
-# _hints): a sync call (async_to_sync) connects anew each time. The last master the sentinels
-# named is tried first, and given this long to connect and answer its handshake before the
-# sentinels are asked instead; it is remembered only from connections made within half of it
-# (where connecting takes longer, the hint would mostly be waited for in vain).
-MASTER_HINT_PATIENCE_S = 0.25
-# and believed only while the replicas in sync with it are those it had when the sentinels
-# named it: a replica acknowledging no later than this long ago (INFO replication "lag",
-# whole seconds; replicas acknowledge every second) counts as in sync.
+# _hints): a sync call (async_to_sync) connects anew each time. A server named only by a hint
+# (the last master the sentinels named, a Cluster node of the last slot map read) gets this
+# long, in all, to connect and answer its handshake; else the hint is dropped and the
+# sentinels are asked, or the slot map read, as without one. A hint is kept only when
+# learned within half of it (a master connected to, a map most nodes gave, that fast):
+# where that takes longer, the hint would mostly be waited for in vain.
+HINT_PATIENCE_S = 0.25
+# A hint older than this is not used: the next session asks the sentinels, or reads the slot
+# map, and remembers anew. It bounds how long a process trusts what the deployment never
+# tells it otherwise: sentinels pointed at another master without a failover (SENTINEL
+# REMOVE and MONITOR: nothing is announced, and the old master keeps its server run and its
+# replicas), a master a Cluster gained whose slots the process never wrote to. It costs one
+# lookup per this span per process and configuration (3 sentinel connections, or one
+# CLUSTER SLOTS per node: a few milliseconds), against one per call without hints.
+HINT_MAX_AGE_S = 10.0
+# A hinted master is believed only while the replicas in sync with it are those it had when
+# the sentinels named it: a replica acknowledging no later than this long ago (INFO
+# replication "lag", whole seconds; replicas acknowledge every second) counts as in sync.
 REPLICA_LAG_MAX_S = 2
 # Configurations whose hints a process keeps (the oldest are forgotten beyond).
 HINTED_CONFIGS_MAX = 64

@@ -9,7 +9,9 @@ a configuration with other credentials shares nothing), and is a hint only: each
 still checks what it is told (a hinted master by its server run and its replicas, see
 ``_server``; a slot map by the nodes' own redirections and ``ROLE``, see ``_cluster``; loaded
 scripts by the server run they were loaded on, and by ``NOSCRIPT``). A hint found wrong is
-forgotten, and the session finds out as it did without one.
+forgotten, and the session finds out as it did without one. A master or a slot map is not
+used once ``HINT_MAX_AGE_S`` old: some changes pass every check (sentinels pointed at another
+master without a failover), and nothing else would ever bring the process to ask again.
 
 The threads of the event loops share these memories, each behind a lock. A forked child
 starts with none: a thread of the parent may have held a lock at the fork.
@@ -19,32 +21,37 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ._constants import HINTED_CONFIGS_MAX, SCRIPT_HOSTS_MAX
-from ._resp import Endpoint
+from ._constants import HINT_MAX_AGE_S, HINTED_CONFIGS_MAX, SCRIPT_HOSTS_MAX
 
 T = TypeVar("T")
 
 
 class Remembered(Generic[T]):
-    """One value, replaced whole."""
+    """One value, replaced whole; forgotten ``HINT_MAX_AGE_S`` after it was put."""
 
-    __slots__ = ("_lock", "_value")
+    __slots__ = ("_lock", "_put_at", "_value")
 
     def __init__(self) -> None:
         self._value: T | None = None
+        self._put_at = 0.0  # monotonic
         self._lock = threading.Lock()
 
     def get(self) -> T | None:
         with self._lock:
+            if self._value is not None and time.monotonic() - self._put_at >= HINT_MAX_AGE_S:
+                self._value = None
             return self._value
 
     def put(self, value: T) -> None:
+        """``value`` was learned just now (a value merely used again is not put back: its
+        age goes on counting from when it was learned)."""
         with self._lock:
-            self._value = value
+            self._value, self._put_at = value, time.monotonic()
 
     def forget(self, value: T | None = None) -> None:
         """Forgets the value; with ``value``, only if it still is that one (a newer one, put
@@ -86,9 +93,12 @@ class LoadedScripts:
 @dataclass(frozen=True)
 class KnownMaster:
     """The master the sentinels last named, and what it looked like then: its server run, and
-    the replicas in sync with it (``host:port``; never empty)."""
+    the replicas in sync with it (``host:port``; never empty). Its address only: each layer
+    reaches it with its own TLS settings (an equal configuration's files may hold rotated
+    certificates since)."""
 
-    endpoint: Endpoint
+    host: str
+    port: int
     run_id: str
     replicas: frozenset[str]
 

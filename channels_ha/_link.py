@@ -77,8 +77,12 @@ class CommandLink:
         verify: Verify | None = None,
         announcements: Announcements | None = None,
         routed_because: Callable[[], str] | None = None,
+        patience: Callable[[], float | None] | None = None,
     ) -> None:
         self._locator = locator
+        # How long a connection attempt may take, if the router knows the node only from a
+        # hint (see ClusterRouter._patience_for); None: as long as the timeouts allow.
+        self._patience = patience
         self._routed_because = routed_because  # why requests came here (a router's last error)
         self._announcements = announcements
         self._hand_back = hand_back
@@ -457,8 +461,11 @@ class CommandLink:
         """One connection attempt, paced by its own timeouts as ever; requests whose deadline
         passes meanwhile fail then, not when it ends (a frozen server accepts the connection
         and holds the handshake for reply_timeout: seen, RedisUnavailable 4 s late)."""
+        patience_s = None if self._patience is None else self._patience()
         attempt = asyncio.ensure_future(
-            connect_to_master(self._locator, self._settings, self, True, self._announcements)
+            connect_to_master(
+                self._locator, self._settings, self, True, self._announcements, patience_s
+            )
         )
         try:
             for _ in range(_MAX_DEADLINE_CHECKS):  # each check fails a request, or it is done

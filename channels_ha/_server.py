@@ -147,7 +147,11 @@ class SentinelLocator:
             )
             raise ConnectionLost(f"no sentinel gave a master address ({errors})")
         best = max(views, key=lambda view: view.rank(views))
-        return _with_address(self.master_template, best.host, best.port)
+        return self.master_at(best.host, best.port)
+
+    def master_at(self, host: str, port: int) -> Endpoint:
+        """The data node at ``host:port``, reached with this configuration's TLS settings."""
+        return _with_address(self.master_template, host, port)
 
     async def _ask(self, sentinel: Endpoint) -> _View:
         """The master as ``sentinel`` sees it."""

@@ -237,7 +237,8 @@ async def test_a_slot_keeps_its_order_when_its_owner_changes_under_a_queued_requ
         assert old_link._queue, "not queued on the old master's link"
         # A map read that got its answer (a full refresh would also wait for the frozen node).
         owners = await router._ask_slots(Endpoint(new_master.host, new_master.port))
-        router._apply_map(_parse_slots(Endpoint(new_master.host, new_master.port), owners))
+        answered = _parse_slots(Endpoint(new_master.host, new_master.port), owners)
+        router._apply_map(answered, quorum_s=0.0)
         second = router.submit("RPUSH", key, "second", key=key)
         await asyncio.gather(first, second)
     finally:

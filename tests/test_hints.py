@@ -8,15 +8,18 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+import trustme
 from asgiref.sync import async_to_sync
 
-from channels_ha import RedisChannelLayer, parse_url
+from channels_ha import RedisChannelLayer, _hints, parse_url
 from channels_ha._cluster import slot_of
 from channels_ha._connection import in_sync_replicas
+from channels_ha._constants import HINT_PATIENCE_S
 from channels_ha._hints import hints_for
 from channels_ha._keys import KeyLayout
 from channels_ha._scripts import ALL as ALL_SCRIPTS
@@ -193,7 +196,7 @@ async def test_a_sync_call_after_a_handover_goes_to_the_new_master(
     known = hints_for(sender.configs[0]).master.get()
     old = await topology.acurrent_master()
     assert known is not None
-    assert known.endpoint.port == old.port
+    assert known.port == old.port
     # The group must be on the replica promoted (seen: a replica of a fresh sandbox still
     # at offset 0 for a moment, though linked; promoted, it lost the group).
     await replicas_caught_up(old, [node for node in topology.data_nodes if node is not old])
@@ -204,7 +207,7 @@ async def test_a_sync_call_after_a_handover_goes_to_the_new_master(
     await topology.await_healthy()  # the old master demoted: what it took is gone
     assert await received(receiver, channel, 1) == [3]
     known = hints_for(sender.configs[0]).master.get()
-    assert known is None or known.endpoint.port == new.port
+    assert known is None or known.port == new.port
 
 
 def role_of(node: RedisNode) -> str:
@@ -286,3 +289,184 @@ def test_a_forked_child_starts_without_its_parents_hints(
 async def send_and_close(layer: RedisChannelLayer) -> None:
     await layer.send("hinted", {"type": "n"})
     await layer.close()
+
+
+async def sync_call_times(
+    call: Callable[..., Any], numbers: Iterable[int], *args: Any
+) -> list[float]:
+    """Like :func:`sync_calls`; how long each call took (seconds)."""
+
+    def run() -> list[float]:
+        times = []
+        for number in numbers:
+            started = time.monotonic()
+            async_to_sync(call)(*args, {"type": "n", "n": number})
+            times.append(round(time.monotonic() - started, 2))
+        return times
+
+    return await asyncio.to_thread(run)
+
+
+async def received_until(layer: RedisChannelLayer, channel: str, last: int, most: int) -> list[int]:
+    """The numbers received on ``channel`` up to ``last`` (at most ``most`` messages): a
+    failover may have lost, or a new server run had written again, some before it."""
+    got: list[int] = []
+    for _ in range(most):
+        got.append((await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_S))["n"])
+        if got[-1] == last:
+            break
+    return got
+
+
+async def test_a_sync_call_after_a_frozen_cluster_master_was_replaced_is_not_held(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Seen: a sync call starting from the process's slot map went straight to the master it
+    names, frozen (SIGSTOP: it accepts connections, answers nothing) and replaced meanwhile,
+    and waited reply_timeout (5 s) for its handshake. A node named only by a remembered map
+    gets HINT_PATIENCE_S; then the call reads the map, as it would have without one."""
+    cluster = redis_sandbox_factory("cluster")
+    assert isinstance(cluster, ClusterTopology)
+    sender = make_layer(cluster)
+    await sync_calls(sender.send, range(3), "jobs")  # the process has a map
+    old = await cluster.anode_for_slot(slot_of(KeyLayout(sender.prefix).channel("jobs")))
+    old.pause()
+    try:
+        await cluster.await_new_master(old)
+        times = await sync_call_times(sender.send, range(3, 7), "jobs")
+    finally:
+        old.resume()
+    # Patience, then a map read (which waits 0.25 s for the frozen node): about 0.5 s.
+    assert max(times) < 4 * HINT_PATIENCE_S + 0.5, times
+    receiver = make_layer(cluster, prefix=sender.prefix)
+    got = await received_until(receiver, "jobs", 6, 7)
+    assert [n for n in got if n >= 3] == [3, 4, 5, 6]
+
+
+async def test_a_slow_cluster_node_named_by_the_remembered_map_still_gets_the_call(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A node that answers later than HINT_PATIENCE_S but is still the master (paused for
+    0.6 s, less than the cluster's node timeout) is not failed for it: the call reads the
+    map, which names the node again, and waits for it as it always did."""
+    cluster = redis_sandbox_factory("cluster")
+    assert isinstance(cluster, ClusterTopology)
+    sender = make_layer(cluster)
+    await sync_calls(sender.send, range(1), "jobs")
+    owner = await cluster.anode_for_slot(slot_of(KeyLayout(sender.prefix).channel("jobs")))
+    owner.pause()
+    asyncio.get_running_loop().call_later(0.6, owner.resume)  # the slowness under test
+    times = await sync_call_times(sender.send, [1], "jobs")
+    assert times[0] >= 0.5, times  # it did wait for the node
+    receiver = make_layer(cluster, prefix=sender.prefix)
+    assert await received(receiver, "jobs", 2) == [0, 1]
+
+
+def repoint_sentinels(topology: SentinelTopology, master_name: str, node: RedisNode) -> None:
+    """Points the sentinels at another master with no failover (``SENTINEL REMOVE``, then
+    ``MONITOR``: an operator moving the deployment): nothing is announced."""
+    for sentinel in topology.sentinels:
+        client = sentinel.client()
+        try:
+            client.execute_command("SENTINEL", "REMOVE", master_name)
+            client.execute_command("SENTINEL", "MONITOR", master_name, node.host, node.port, 2)
+        finally:
+            client.close()
+
+
+def holds_keys(node: RedisNode) -> bool:
+    client = node.client()
+    try:
+        return int(client.dbsize()) > 0
+    finally:
+        client.close()
+
+
+async def test_a_master_the_sentinels_stopped_naming_is_left_once_the_hint_is_old(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sentinels pointed at another master without a failover, while the old one runs on
+    with the same replicas: the process's memory of it passes every check (same server run,
+    same replicas), and nothing is announced. Seen: sync calls stayed on the old master for
+    good. A hint older than HINT_MAX_AGE_S (1 s here) is not used: the sentinels are asked."""
+    monkeypatch.setattr(_hints, "HINT_MAX_AGE_S", 1.0)
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    elsewhere = redis_sandbox_factory("standalone")
+    assert isinstance(elsewhere, StandaloneTopology)
+    sender = make_layer(topology)
+    await sync_calls(sender.send, range(3), "jobs")
+    assert hints_for(sender.configs[0]).master.get() is not None
+    master_name = sender.configs[0].master_name  # type: ignore[attr-defined]
+    await asyncio.to_thread(repoint_sentinels, topology, master_name, elsewhere.node)
+    repointed = time.monotonic()
+    number = 3
+    for number in range(3, 53):  # a call every 0.1 s, for 5 s at most
+        await sync_calls(sender.send, [number], "jobs")
+        if await asyncio.to_thread(holds_keys, elsewhere.node):
+            break
+        await asyncio.sleep(0.1)  # the hint ages: time itself is under test
+    moved_after_s = time.monotonic() - repointed
+    assert moved_after_s < 1.0 + 1.0, f"still on the old master {moved_after_s:.1f} s later"
+    receiver = make_layer(elsewhere, prefix=sender.prefix)
+    assert (await received_until(receiver, "jobs", number, 50))[-1] == number
+
+
+async def test_sync_calls_on_cluster_read_the_slot_map_again_once_it_is_old(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slot map a process remembers is used for HINT_MAX_AGE_S (1 s here) at most: what
+    the nodes never redirect (a master added that the process's keys do not use) is learned
+    by the next call after that."""
+    monkeypatch.setattr(_hints, "HINT_MAX_AGE_S", 1.0)
+    cluster = redis_sandbox_factory("cluster")
+    assert isinstance(cluster, ClusterTopology)
+    sender = make_layer(cluster)
+    await sync_calls(sender.send, range(1), "jobs")
+    await asyncio.to_thread(reset_stats, cluster.nodes)
+    await sync_calls(sender.send, range(1, 3), "jobs")
+    assert await asyncio.to_thread(calls_of, cluster.nodes, "cluster|slots") == 0
+    await asyncio.sleep(1.0)  # the map ages: time itself is under test
+    await sync_calls(sender.send, range(3, 4), "jobs")
+    assert await asyncio.to_thread(calls_of, cluster.nodes, "cluster|slots") > 0
+
+
+def rotate_server_certificate(topology: SentinelTopology, node: RedisNode) -> None:
+    """A new CA, trusted from now on (appended to the clients' CA file), signs the node's
+    new certificate: a context built before trusts only the old CA."""
+    assert topology.tls is not None
+    authority = trustme.CA(organization_name="rotated")
+    authority.cert_pem.write_to_path(str(topology.tls.ca_cert), append=True)
+    leaf = authority.issue_cert("127.0.0.1", "localhost")
+    cert = topology.tls.server_cert.with_name("rotated.pem")
+    key = topology.tls.server_key.with_name("rotated.key")
+    for index, blob in enumerate(leaf.cert_chain_pems):
+        blob.write_to_path(str(cert), append=index > 0)
+    leaf.private_key_pem.write_to_path(str(key))
+    run_on([node], "CONFIG", "SET", "tls-cert-file", str(cert), "tls-key-file", str(key))
+
+
+async def test_a_remembered_master_is_reached_with_the_tls_settings_of_the_layer_using_it(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """Seen: the remembered master carried the SSL context of the layer that learned it; a
+    layer built after a certificate rotation (same files, equal configuration) tried it with
+    the old context, failed, and asked the sentinels. It now uses its own."""
+    topology = redis_sandbox_factory("sentinel", tls=True)
+    assert isinstance(topology, SentinelTopology)
+    before = make_layer(topology)
+    await sync_calls(before.send, range(1), "jobs")
+    assert hints_for(before.configs[0]).master.get() is not None
+    master = await topology.acurrent_master()
+    await asyncio.to_thread(rotate_server_certificate, topology, master)
+    after = make_layer(topology, prefix=before.prefix)
+    assert hints_for(after.configs[0]) is hints_for(before.configs[0])
+    counted = await asyncio.to_thread(connections_accepted, topology.sentinels)
+    await sync_calls(after.send, range(1, 2), "jobs")
+    opened = await asyncio.to_thread(connections_accepted, topology.sentinels) - counted
+    assert opened == len(topology.sentinels), opened  # the count's own connections only
+    assert await received(after, "jobs", 2) == [0, 1]
