@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -35,14 +37,29 @@ def test_a_forked_child_gets_an_inbox_and_connections_of_its_own(
     messages (half of them lost to the channel they were for)."""
     layer = RedisChannelLayer(hosts=[redis_standalone.url], prefix="forked")
     parent_channel, _ = asyncio.run(_round_trip(layer, "before"))
+
+    def child() -> dict[str, Any]:
+        channel, text = asyncio.run(_round_trip(layer, "child"))
+        return {"channel": channel, "text": text}
+
+    said = in_forked_child(child)
+    assert said["text"] == "child"
+    parent_inbox = parent_channel.split(".", 1)[1].split("!", 1)[0]
+    child_inbox = said["channel"].split(".", 1)[1].split("!", 1)[0]
+    assert child_inbox != parent_inbox
+    assert asyncio.run(_round_trip(layer, "after"))[1] == "after"  # the parent goes on
+
+
+def in_forked_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What ``work`` reports when run in a forked child, which must exit cleanly (it never
+    returns into pytest)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: report, and never return into pytest
+    if pid == 0:
         status = 1
         try:
             os.close(read_end)
-            channel, text = asyncio.run(_round_trip(layer, "child"))
-            os.write(write_end, json.dumps({"channel": channel, "text": text}).encode())
+            os.write(write_end, json.dumps(work()).encode())
             status = 0
         finally:
             sys.stdout.flush()
@@ -50,13 +67,9 @@ def test_a_forked_child_gets_an_inbox_and_connections_of_its_own(
     os.close(write_end)
     status = _wait_for(pid)
     with os.fdopen(read_end, "rb") as report:
-        said = json.loads(report.read() or b"{}")
+        said: dict[str, Any] = json.loads(report.read() or b"{}")
     assert os.waitstatus_to_exitcode(status) == 0, said
-    assert said["text"] == "child"
-    parent_inbox = parent_channel.split(".", 1)[1].split("!", 1)[0]
-    child_inbox = said["channel"].split(".", 1)[1].split("!", 1)[0]
-    assert child_inbox != parent_inbox
-    assert asyncio.run(_round_trip(layer, "after"))[1] == "after"  # the parent goes on
+    return said
 
 
 def _wait_for(pid: int) -> int:

@@ -5,9 +5,7 @@ but the lookup it saved."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -34,7 +32,7 @@ from channels_ha.sandbox import (
 
 from .conftest import LayerFactory
 from .test_failover import replicas_caught_up
-from .test_fork import _wait_for
+from .test_fork import in_forked_child
 
 SYNC_CALLS = 20
 RECEIVE_TIMEOUT_S = 10.0
@@ -258,30 +256,19 @@ def test_a_forked_child_starts_without_its_parents_hints(
     address = redis_standalone.nodes[0]
     where = f"tcp://{address.host}:{address.port}"
     assert parent_hints.scripts.run_at(where) is not None
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, and never return into pytest
-        status = 1
-        try:
-            os.close(read_end)
-            child_hints = hints_for(layer.configs[0])
-            report: dict[str, Any] = {
-                "fresh": child_hints is not parent_hints
-                and child_hints.scripts.run_at(where) is None
-                and layer._core.shards[0].settings.hints is child_hints,
-            }
-            asyncio.run(send_and_close(layer))
-            report["remembers"] = child_hints.scripts.run_at(where) is not None
-            os.write(write_end, json.dumps(report).encode())
-            status = 0
-        finally:
-            sys.stdout.flush()
-            os._exit(status)
-    os.close(write_end)
-    status = _wait_for(pid)
-    with os.fdopen(read_end, "rb") as report_file:
-        said = json.loads(report_file.read() or b"{}")
-    assert os.waitstatus_to_exitcode(status) == 0, said
+
+    def child() -> dict[str, Any]:
+        child_hints = hints_for(layer.configs[0])
+        report: dict[str, Any] = {
+            "fresh": child_hints is not parent_hints
+            and child_hints.scripts.run_at(where) is None
+            and layer._core.shards[0].settings.hints is child_hints,
+        }
+        asyncio.run(send_and_close(layer))
+        report["remembers"] = child_hints.scripts.run_at(where) is not None
+        return report
+
+    said = in_forked_child(child)
     assert said == {"fresh": True, "remembers": True}
     assert hints_for(layer.configs[0]) is parent_hints  # the parent's are its own still
 
