@@ -28,6 +28,10 @@ FAILOVER_HOLD_MAX_S = 10.0
 
 # A blocked pop returns after this long without messages, which doubles as a liveness check.
 BLOCKING_POP_TIMEOUT_S = 2.0
+# A CLIENT UNBLOCK that found the reader not blocked yet (it can overtake the pop it means)
+# goes again after a pause: the first, then twice the last, at most the max.
+UNBLOCK_RETRY_FIRST_S = 0.005
+UNBLOCK_RETRY_MAX_S = 0.2
 # Messages popped from a process inbox per round trip.
 INBOX_BATCH_SIZE = 512
 # A normal-channel reader remembers the elements it handed over last, to tell them in a batch
@@ -51,9 +55,14 @@ RESTART_NOTICE_WINDOW_S = 10.0
 EPOCH_CHECK_INTERVAL_S = 1.0
 
 # After a new server run, writes acknowledged this long before the failure are written again
-# (receivers drop what they already had); at most this many are kept.
+# (receivers drop what they already had). A layer keeps them in at most this many bytes per
+# process (split evenly among its hosts), counting each request as written plus its
+# bookkeeping (so at most 131,072 requests); past that the oldest go first. That holds 2 s
+# of a process's fastest sends (about 12,000 a second, W1 in docs/benchmarks.md) of messages
+# up to about 1 KB, or the last 31 sends of 1 MiB; a group_send's request holds one copy of
+# the message per receiving process.
 REPLAY_WINDOW_S = 2.0
-REPLAY_LIMIT = 100_000
+REPLAY_MAX_BYTES = 32 << 20
 
 # A session subscribes to the sentinels' announcements only once it has lived this long:
 # each sync call (async_to_sync) is a session of a few milliseconds, which would open and

@@ -14,6 +14,7 @@ from ._constants import (
     CHANNEL_LIVENESS_S,
     DEDUPE_MEMORY_MIN_S,
     GROUP_REFRESH_INTERVAL_S,
+    REPLAY_MAX_BYTES,
 )
 from ._epochs import ProcessEpochs
 from ._fanout import FanoutPlans
@@ -76,7 +77,11 @@ class LayerCore:
 
     def __post_init__(self) -> None:
         self.shard_stats = [ShardStats() for _ in self.shards]
-        self.recent = [RecentPushes() for _ in self.shards]
+        replay_bytes = REPLAY_MAX_BYTES // len(self.shards)  # a bound for the process
+        self.recent = [
+            RecentPushes(self.expiry_s, replay_bytes, spec.locator.describe())
+            for spec in self.shards
+        ]
         self.expiry_ms = int(self.expiry_s * 1000)
         self.failover_timeout_s = max(spec.settings.failover_timeout_s for spec in self.shards)
         # A retry lands within the failover timeout of the first attempt.
@@ -118,4 +123,4 @@ class LayerCore:
         self.memberships.forget_dead(self.group_expiry_s)
         self.marks.forget_idle(self.dedupe_memory_s)
         for recent in self.recent:
-            recent.forget(self.expiry_s)
+            recent.forget()

@@ -17,7 +17,13 @@ from collections.abc import Callable
 
 from ._backoff import Backoff
 from ._connection import connect_to_master, scripts_refused
-from ._constants import BLOCKING_POP_TIMEOUT_S, CLOSE_RETURN_TIMEOUT_S, FAILURE_LOG_INTERVAL_S
+from ._constants import (
+    BLOCKING_POP_TIMEOUT_S,
+    CLOSE_RETURN_TIMEOUT_S,
+    FAILURE_LOG_INTERVAL_S,
+    UNBLOCK_RETRY_FIRST_S,
+    UNBLOCK_RETRY_MAX_S,
+)
 from ._resp import FutureSink, pack
 from ._server import (
     REDIRECT_ERRORS,
@@ -39,8 +45,6 @@ DeliverFn = Callable[[str, list[bytes]], None]
 FailFn = Callable[[Exception], None]
 # Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
 UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
-UNBLOCK_RETRY_FIRST_S = 0.005  # a CLIENT UNBLOCK that found nothing blocked goes again
-UNBLOCK_RETRY_MAX_S = 0.2  # after this, doubling up to this
 
 
 class BlockingReader:

@@ -241,7 +241,7 @@ class Session:
                 return None
             to_replay = _to_replay(packed if replayed is None else replayed, parts, statuses)
             if to_replay is not None:
-                self.core.recent[index].add(key, to_replay)
+                self.core.recent[index].add(key, to_replay, len(packed))
             if not acks:
                 return statuses
             patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose

@@ -66,6 +66,8 @@ class ShardStatistics:
     retries: int  # requests written again after a lost reply or to a new master
     master_wait_s: float  # time spent (re)connecting, summed over connections
     delivery_failures: int  # popped batches lost to a bug in handing them over
+    # writes of the last 2 s not kept for writing again after a failover: over the byte cap
+    replay_dropped: int
     last_server_change: float | None  # time.time() of the last new server run seen
 
 
@@ -103,9 +105,10 @@ def statistics_of(core: LayerCore, sessions: Iterable[Session]) -> LayerStatisti
             retries=stats.retries,
             master_wait_s=stats.master_wait_s,
             delivery_failures=stats.delivery_failures,
+            replay_dropped=recent.dropped,
             last_server_change=stats.last_server_change,
         )
-        for spec, stats in zip(core.shards, core.shard_stats, strict=True)
+        for spec, stats, recent in zip(core.shards, core.shard_stats, core.recent, strict=True)
     )
     counters = asdict(core.stats)
     buffered = sum(session.buffered() for session in live)

@@ -104,6 +104,13 @@ SHARD_METRICS = (
         "delivery_failures",
         "Popped batches of messages lost to a bug in handing them to their receivers.",
     ),
+    (
+        "channels_ha_replay_dropped",
+        "counter",
+        "replay_dropped",
+        "Writes of the last 2 s not kept for writing again after a failover: over the "
+        "replay buffer's byte cap.",
+    ),
 )
 LAST_FAILOVER = "channels_ha_last_failover_timestamp_seconds"
 MASTER_INFO = "channels_ha_master"

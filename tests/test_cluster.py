@@ -596,7 +596,7 @@ async def test_a_send_a_woken_old_master_acknowledged_is_written_again(
     await layer.send(channel, {"type": "warm-up"})
     assert (await layer.receive(channel))["type"] == "warm-up"
     session = layer._session()
-    session.core.recent[0].clear()  # as after RETAIN_IDLE_S without a send
+    session.core.recent[0].clear()  # as after `expiry` without a send
     shard = session._shards[0]
     router = shard.router
     assert router is not None
