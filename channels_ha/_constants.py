@@ -39,6 +39,10 @@ INBOX_BATCH_SIZE = 512
 # always). A recovered batch is one of the last few pops (replication lag).
 HANDED_OVER_REMEMBERED = 64
 HANDED_OVER_REMEMBERED_BYTES = 1 << 20
+# Such a reader recovers a lost pop's batch even with nobody waiting; while no master answers,
+# its attempts are this far apart at first, then twice as far each time, up to the last.
+IDLE_RECOVERY_PAUSE_FIRST_S = 0.5
+IDLE_RECOVERY_PAUSE_MAX_S = 5.0
 # How long a receiver remembers a sender's last sequence number (duplicates come only
 # from retries, which happen within the failover timeout).
 DEDUPE_MEMORY_MIN_S = 120.0

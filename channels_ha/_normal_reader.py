@@ -23,8 +23,10 @@ A recovery must not wait for a receiver: the one that waited may have given up (
 cancelling its receive()), and none may come again before the list expires, or before the
 layer closes. So a lost reply makes the reader connect again and recover at once, nobody
 waiting or not, and hand over what it recovers as usual: what nobody here waits for is
-given back to the head of its list (``Session._return_stranded``). At close, the reader
-recovers what a lost reply left, then deletes its in-flight list (all of it handed over).
+given back to the head of its list (``Session._return_stranded``). With no master, it
+tries again less and less often until the list has expired (``_idle_recovery``). At close,
+the reader recovers what a lost reply left, then deletes its in-flight list (all of it
+handed over).
 
 A script cannot block; with nothing to pop, the reader waits with ``XREAD BLOCK`` on the
 channels' wake streams, after the ids POP_NORMAL returned (a push in between is not missed),
@@ -34,6 +36,7 @@ and pops again when it returns. Readers competing in several processes all wake;
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections import deque
@@ -44,7 +47,9 @@ from ._constants import (
     BLOCKING_POP_TIMEOUT_S,
     HANDED_OVER_REMEMBERED,
     HANDED_OVER_REMEMBERED_BYTES,
+    IDLE_RECOVERY_PAUSE_MAX_S,
 )
+from ._idle_recovery import IdleRecovery
 from ._keys import wake_stream
 from ._reader import BlockingReader
 from ._resp import FutureSink, pack
@@ -67,8 +72,54 @@ class InFlight:
     ttl_ms: int
 
 
+class _State(enum.Enum):
+    """What a normal-channel reader knows of its last pop (see NormalReader)."""
+
+    ACKED = "acked"
+    FRESH = "fresh"
+    POPPING = "popping"
+    RECOVERING = "recovering"
+    LOST = "lost"
+
+
+# Module names for the members: the hot path compares by identity, no attribute lookups.
+_ACKED, _FRESH, _POPPING = _State.ACKED, _State.FRESH, _State.POPPING
+_RECOVERING, _LOST = _State.RECOVERING, _State.LOST
+
+
 class NormalReader(BlockingReader):
-    """Pops normal channels with POP_NORMAL and waits on their wake streams."""
+    """Pops normal channels with POP_NORMAL and waits on their wake streams.
+
+    What the reader knows of its last pop is one state, ``_state``: it decides the next
+    request, what close() does, and whether a give-back waits.
+
+    - ACKED: its reply was handed over, or Redis refused the pop (which took nothing). The
+      in-flight list holds nothing, or a batch handed over (``_held``: deleted at close).
+      The next request is a plain pop, which acknowledges that batch (or, after an empty
+      pop, the XREAD on the wake streams; at close, the deletion).
+    - FRESH: as ACKED, on a new connection. Its first pop recovers all the same: a master
+      that missed the last pops may hold an older batch there (``_handed`` filters it).
+    - POPPING: a plain pop is out (or its reply was never read: its connection closed
+      before it went out, or close() collected a refusal; the next request recovers).
+    - RECOVERING: a recovery is out or due, no reply known lost: the first pop on a new
+      connection, or one Redis refused as no master (READONLY), made again.
+    - LOST: the connection of a pop or recovery went before its reply: the batch may be in
+      the in-flight list only. Recovered at once, nobody waiting or not, and at close; a
+      give-back waits for it (``settled()``), lest it go back behind that batch.
+
+    Transitions. A new connection: ACKED becomes FRESH. A request: ACKED becomes POPPING
+    (the deletion at close leaves it ACKED: it pops nothing); any other state recovers,
+    LOST staying LOST and the rest becoming RECOVERING. A reply handed over: ACKED, from any
+    state. A refused request: POPPING becomes ACKED (an XREAD or the deletion refused
+    leaves ACKED), RECOVERING and LOST stay (see ``_on_error``). A connection lost before
+    the reply: POPPING and RECOVERING become LOST. The in-flight list expired: POPPING,
+    RECOVERING and LOST are written off, ACKED (a LOST batch logged as lost: _write_off).
+
+    Kept apart, as not of this machine: ``_idle``, when those three are recovered with
+    nobody waiting (until the list expires, not after a refusal, paced while no
+    master answers: ``_idle_recovery``); ``_held``, what the list holds; ``_wake_after``,
+    the ids the next XREAD waits after.
+    """
 
     _loads_scripts = True
 
@@ -76,21 +127,20 @@ class NormalReader(BlockingReader):
         super().__init__(**options)
         self._in_flight = in_flight
         self._in_flight_ttl_ms = in_flight_ttl_ms
-        self._recover = True  # the next pop recovers: the first on its connection
+        self._state = _FRESH
+        self._held = False  # the in-flight list may hold a batch (deleted at close)
+        self._idle = IdleRecovery(in_flight_ttl_ms / 1000)
+        self._look: asyncio.TimerHandle | None = None  # the next look of the idle recovery
         self._wake_after: tuple[list[str], list[bytes]] | None = None  # after an empty pop
         self._packed_keys: list[str] | None = None  # those of _packed_pop
         self._handed = _HandedOver()
-        # The last pop's reply was handed over; False from its request until then, and after
-        # it was lost: a recovery is owed, made with nobody waiting until _owed_until.
-        self._answered = True
-        self._lost = False  # that pop's connection went before its reply came (see settled())
-        self._owed_until: float | None = None
-        self._held = False  # the in-flight list may hold a batch (deleted at close)
         self._recovered: asyncio.Future[None] | None = None  # see settled()
 
     def _connected(self) -> None:
-        self._recover = True
+        if self._state is _ACKED:
+            self._state = _FRESH
         self._wake_after = None  # ids of another server run, perhaps: pop first
+        self._idle.retry_now()  # (a recovery owed goes out over it at once)
 
     def _request(self, keys: list[str]) -> bytes:
         wake_after, self._wake_after = self._wake_after, None
@@ -99,15 +149,20 @@ class NormalReader(BlockingReader):
             streams = [wake_stream(key) for key in keys]
             return pack("XREAD", "BLOCK", _BLOCK_MS, "STREAMS", *streams, *wake_after[1])
         self._pops = True
-        if keys:  # should its reply be lost, it is recovered with nobody waiting, afresh
-            self._owed_until = None
-        if self._recover or not self._answered:  # (the latter: a reply not handed over)
-            self._recover, self._answered = True, False
-            return self._pop_request(keys, recover=True)
-        self._answered = not keys  # (no keys: the deletion at close, which pops nothing)
+        if self._state is not _ACKED:
+            return self._recovery(keys)
+        if keys:  # (none: the deletion at close, which pops nothing, so owes nothing)
+            self._state = _POPPING
         if keys != self._packed_keys:  # encoded once per key set
             self._packed_pop, self._packed_keys = self._pop_request(keys, recover=False), keys
         return self._packed_pop
+
+    def _recovery(self, keys: list[str]) -> bytes:
+        if keys:  # a receiver's: whatever Redis refused before, attempts may follow again
+            self._idle.lift()
+        if self._state is not _LOST:
+            self._state = _RECOVERING
+        return self._pop_request(keys, recover=True)
 
     def _pop_request(self, keys: list[str], recover: bool) -> bytes:
         wakes = [wake_stream(key) for key in keys]
@@ -118,42 +173,43 @@ class NormalReader(BlockingReader):
     def _hand_over(self, reply: object) -> None:
         if not self._pops or not isinstance(reply, list):
             return  # an XREAD's: entries, or nil (its time ran out, or wake() unblocked it)
-        self._recover, self._held = False, reply[0] != _EMPTY
-        if reply[0] == _POPPED:
+        tag = reply[0]
+        self._held = tag != _EMPTY
+        if tag == _POPPED:
             self._handed.remember(reply[2])
             self._hand_over_batch(reply[1], reply[2])
-        elif reply[0] == _RECOVERED:
+        elif tag == _RECOVERED:
             fresh = self._handed.unseen(reply[2])
             self._handed.remember(fresh)
             if fresh:
                 self._hand_over_batch(reply[1], fresh)
         elif self._pending_keys:  # (none: a recovery or a deletion with nobody waiting)
             self._wake_after = (self._pending_keys, reply[1])  # the keys of this pop
-        self._settle()
+        if self._state is _POPPING:
+            self._state = _ACKED  # (nothing else was owed: see _settle)
+        else:
+            self._settle()
 
-    def _submit_pop(
-        self, client: FutureSink, keys: list[str]
-    ) -> tuple[asyncio.Future[object], asyncio.Future[None]]:
-        pending, replied = super()._submit_pop(client, keys)
-        if self._pops:
-            pending.add_done_callback(self._note_loss)
-        return pending, replied
-
-    def _note_loss(self, pending: asyncio.Future[object]) -> None:
-        """A pop unanswered when its connection went: its batch is owed (see settled())."""
-        if self._answered or pending.cancelled():
-            return
-        if isinstance(pending.exception(), ConnectionLost):
-            self._lost = True
+    def _reply_lost(self) -> None:
+        state = self._state
+        if state is _POPPING or state is _RECOVERING or state is _LOST:
+            self._state = _LOST
+            self._idle.lost(time.monotonic())
 
     def _settle(self) -> None:
-        """Nothing is owed of the last pop: its reply was handed over, or it was refused."""
-        self._answered, self._lost, self._owed_until = True, False, None
+        """Nothing is owed of the last pop: its reply was handed over, Redis refused it, or
+        its in-flight list expired."""
+        self._state = _ACKED
+        self._idle.settle()
         self._wake_settled()
+        if self._look is not None:
+            self._look.cancel()
+            self._look = None
 
     async def _on_error(self, err: RedisCommandError) -> None:
-        if not self._recover:
-            self._settle()  # a pop refused lost nothing: the last batch was handed over
+        state = self._state
+        if state is _POPPING or state is _ACKED:
+            self._settle()  # a pop refused took nothing: the last batch was handed over
         elif not self._pending_keys and not str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
             self._stop_idle_recovery()
         await super()._on_error(err)
@@ -168,22 +224,85 @@ class NormalReader(BlockingReader):
     def _stop_idle_recovery(self) -> None:
         """A recovery, or the handshake before it, was refused (NOPERM, NOAUTH, max clients):
         not again in a loop with nobody waiting; the next receiver's pop recovers."""
-        if not self._answered:
-            self._owed_until = 0.0
+        if self._state is not _ACKED and self._state is not _FRESH:
+            self._idle.refuse()
             self._wake_settled()
 
     def _idle_work(self) -> bool:
-        """A pop's reply was lost: recover its batch now, nobody waiting or not, for as long
-        as the in-flight list lives (connecting again takes up to failover_timeout a time)."""
-        if self._answered:
+        """A recovery is owed: made now, nobody waiting or not, if ``_idle`` says it is due;
+        else looked at again when it is, or when the in-flight list expires."""
+        state = self._state
+        if state is _ACKED or state is _FRESH:
             return False
         now = time.monotonic()
-        if self._owed_until is None:
-            self._owed_until = now + self._in_flight_ttl_ms / 1000
-        if now < self._owed_until:
+        if self._idle.expired(now):
+            self._write_off()
+            return False
+        wait_s = self._idle.wait_s(now)
+        if wait_s <= 0.0:
             return True
-        self._wake_settled()
+        if self._look is not None:
+            self._look.cancel()
+        self._look = self._loop.call_later(wait_s, self._wanted.set)
         return False
+
+    async def _reconnect(self, started: float) -> FutureSink:
+        """With nobody waiting (a recovery owed), one attempt, paced by ``_idle``: no round
+        of failover_timeout, and no gave_up, after another. For a receiver, or at close, as
+        any reader."""
+        if self._stopping or self._keys():
+            return await super()._reconnect(started)
+        switches = self._switches()
+        try:
+            return await self._connect_once()
+        except ConnectionLost as err:
+            self._last_error = err
+            if self._keys():  # a receiver came meanwhile: it waits failover_timeout, as any
+                return await super()._reconnect(time.monotonic())
+            raise self._no_master(err, self._switches() != switches) from err
+
+    def _switches(self) -> int:
+        return self._announcements.switches if self._announcements else 0
+
+    def _no_master(self, err: ConnectionLost, announced: bool) -> RedisUnavailable:
+        """An attempt found no master: the next waits, unless a master was announced
+        meanwhile (its nudge came too early); the first says so (then once a minute)."""
+        now = time.monotonic()
+        if not announced:
+            self._idle.no_master(now)
+        count = self._failure_log.due("recovery")
+        if count:
+            logger.warning(
+                "No Redis master to recover a normal-channel batch whose pop reply was lost "
+                "(%d attempt(s) since the last report): %s; trying again, at most %g s "
+                "apart, until its in-flight list expires in %.0f s",
+                count,
+                err,
+                IDLE_RECOVERY_PAUSE_MAX_S,
+                self._idle.expires_in(now),
+                extra={"event": "recovery_waiting"},
+            )
+        where = self._locator.describe()
+        return RedisUnavailable(f"No Redis master on {where} to recover a batch: {err}")
+
+    def _write_off(self) -> None:
+        """The in-flight list has expired: nothing is left to recover, or to delete."""
+        if self._state is _LOST:
+            last = f"; last error: {self._last_error}" if self._last_error else ""
+            logger.error(
+                "A batch popped from a normal channel whose reply was lost could not be "
+                "recovered before its in-flight list %s expired%s; it is lost",
+                self._in_flight,
+                last,
+                extra={"event": "in_flight_lost"},
+            )
+        self._held = False
+        self._settle()
+
+    def nudge(self) -> None:
+        super().nudge()
+        if self._idle.retry_now() and self._task is not None:
+            self._wanted.set()  # a recovery waiting for a master goes now
 
     async def settled(self, key: str) -> bool:
         """Also waits for the recovery of a lost pop's batch, which may hold newer messages
@@ -193,7 +312,9 @@ class NormalReader(BlockingReader):
         give-back needs the same master)."""
         if await super().settled(key):
             return True
-        if self._task is None or self._stopping or not (self._lost and self._idle_work()):
+        if self._task is None or self._stopping or self._state is not _LOST:
+            return False
+        if not self._idle.open(time.monotonic()):
             return False
         if self._recovered is None:
             self._recovered = self._loop.create_future()
@@ -213,6 +334,9 @@ class NormalReader(BlockingReader):
         over, is deleted rather than left until it expires. Only a recovery connects again.
         All of it within failover_timeout, as the session's give-backs at close; the readers
         of every shard close at once, so close() waits that once, not once per shard."""
+        if self._look is not None:
+            self._look.cancel()
+            self._look = None
         emptying = self._loop.create_task(self._empty_in_flight())
         try:
             await asyncio.wait({emptying}, timeout=self._settings.failover_timeout_s)
@@ -230,9 +354,12 @@ class NormalReader(BlockingReader):
     async def _empty_in_flight(self) -> None:
         if self._pending is not None and not self._pending.done():  # unanswered at close
             self.drop_connection("closing with a pop unanswered")  # recovered on a new one
+        state = self._state
+        if (state is _LOST or state is _RECOVERING) and self._idle.expired(time.monotonic()):
+            self._write_off()  # (nothing to recover: no master to wait for)
         try:
             for _ in range(_MAX_RELEASE_CALLS):
-                if self._answered and (not self._held or self._open_client() is None):
+                if self._owes_nothing() and (not self._held or self._open_client() is None):
                     return  # (a deletion alone waits for no connection: the list expires anyway)
                 await self._release_call()
         except (RedisUnavailable, RedisCommandError) as err:  # no master, or refused: as is
@@ -241,6 +368,9 @@ class NormalReader(BlockingReader):
         self._not_released(
             f"{_MAX_RELEASE_CALLS} calls made at close failed; the last: {self._last_error}"
         )
+
+    def _owes_nothing(self) -> bool:
+        return self._state is _ACKED or self._state is _FRESH
 
     async def _release_call(self) -> None:
         """A recovery (if a reply was lost), or else the deletion, its reply handed over."""
@@ -262,7 +392,7 @@ class NormalReader(BlockingReader):
             self._client = None
 
     def _not_released(self, reason: str) -> None:
-        if self._answered:  # all of it handed over: the list expires by itself
+        if self._owes_nothing():  # all of it handed over: the list expires by itself
             logger.info("Could not delete %s at close (%s)", self._in_flight, reason)
             return
         logger.error(

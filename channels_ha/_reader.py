@@ -226,7 +226,9 @@ class BlockingReader:
         replied: asyncio.Future[None] = self._loop.create_future()
 
         def settled(future: asyncio.Future[object]) -> None:
-            _ignore_result(future)  # read in _take_reply or in _finish_pending
+            # The exception is read here (and again in _take_reply or in _finish_pending).
+            if not future.cancelled() and isinstance(future.exception(), ConnectionLost):
+                self._reply_lost()
             if not replied.done():
                 replied.set_result(None)
 
@@ -334,11 +336,8 @@ class BlockingReader:
     async def _reconnect(self, started: float) -> FutureSink:
         deadline = started + self._settings.failover_timeout_s
         while True:
-            client = FutureSink()
             try:
-                protocol, info = await connect_to_master(
-                    self._locator, self._settings, client, self._loads_scripts, self._announcements
-                )
+                return await self._connect_once()
             except ConnectionLost as err:
                 self._last_error = err
                 if time.monotonic() >= deadline:
@@ -347,12 +346,18 @@ class BlockingReader:
                 if self._backoff.report_due():
                     logger.info("Reader waiting for a Redis master: %s", err)
                 await self._backoff.wait()
-                continue
-            client.protocol = protocol
-            self._client, self._server = client, info
-            self._connected()
-            self._on_server(info)
-            return client
+
+    async def _connect_once(self) -> FutureSink:
+        """One attempt: ConnectionLost if no master answered, RedisCommandError if refused."""
+        client = FutureSink()
+        protocol, info = await connect_to_master(
+            self._locator, self._settings, client, self._loads_scripts, self._announcements
+        )
+        client.protocol = protocol
+        self._client, self._server = client, info
+        self._connected()
+        self._on_server(info)
+        return client
 
     async def _not_connected(self, err: RedisUnavailable | RedisCommandError) -> None:
         """No connection, after the receivers waiting were told. A refused handshake (NOAUTH
@@ -370,6 +375,9 @@ class BlockingReader:
 
     def _connected(self) -> None:
         """A new connection is there, before its first request."""
+
+    def _reply_lost(self) -> None:
+        """The request in flight lost its connection before its reply came."""
 
     def _idle_work(self) -> bool:
         """Whether to send a request although nobody waits (with no keys to pop)."""
@@ -442,8 +450,3 @@ class BlockingReader:
             task.cancel()
         # asyncio.wait, unlike gather, does not cancel the task if this caller is cancelled.
         await asyncio.wait({task})
-
-
-def _ignore_result(future: asyncio.Future[object]) -> None:
-    if not future.cancelled():
-        future.exception()

@@ -62,6 +62,8 @@ class CuttingProxy:
         self._delayed_request, self._delay_s = delay
         self.delayed = asyncio.Event()
         self._pipes: set[asyncio.Task[None]] = set()
+        self.accepted_at: list[float] = []  # when each connection came (time.monotonic())
+        self.turn_away = False  # close each new connection at once, as a master gone would
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
@@ -86,6 +88,10 @@ class CuttingProxy:
         listener.bind(("127.0.0.1", 0))
 
         async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+            self.accepted_at.append(time.monotonic())
+            if self.turn_away:
+                client_w.transport.abort()
+                return
             server_r, server_w = await asyncio.open_connection(node.host, node.port)
             both = (client_w, server_w)
             for pipe in (

@@ -14,8 +14,8 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
 
 import pytest
 import redis
@@ -268,3 +268,95 @@ async def test_close_recovers_on_every_shard_at_once(
     assert len(lost) == 2
     assert all("failover_timeout" in r.getMessage() for r in lost)
     assert all("last error: " in r.getMessage() for r in lost)
+
+
+class GoneProxy(CuttingProxy):
+    """Cuts a pop's reply and calls ``on_cut`` in that step, then turns every new
+    connection away: the master is gone."""
+
+    def __init__(self, topology: Topology, on_cut: Callable[[], object]) -> None:
+        super().__init__(topology)
+        self._on_cut = on_cut
+
+    def _due(self) -> bool:
+        due = super()._due()
+        if due:
+            self.turn_away = True
+            self._on_cut()
+        return due
+
+
+class EventSeen(logging.Handler):
+    """Sets ``seen`` once a record of ``event`` is logged."""
+
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        self.event, self.seen = event, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", "") == self.event:
+            self.seen.set()
+
+
+GONE_FAILOVER_S = 2.0
+GONE_TTL_S = 4.0  # the in-flight list's life: expiry (at least failover_timeout)
+GONE_QUIET_S = 1.0  # watched after the list expired
+
+
+async def test_with_the_master_gone_the_recovery_backs_off_and_ends_with_the_list(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver's pop loses its reply, the receiver gives up at once, and the master is
+    gone (its proxy turns every connection away): the reader tries again less and less
+    often, says so once, and once the in-flight list has expired, logs the batch lost and
+    stops; close() then has nothing to wait for (seen: a connection every 0.5 s and gave_up
+    every failover_timeout until the list expired, nothing said of the batch then, and a
+    close() that waited failover_timeout for a master)."""
+    receiving: list[asyncio.Task[dict[str, object]]] = []
+
+    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
+        receiving[0].cancel()
+
+    proxy = GoneProxy(redis_topology, on_cut=give_up)
+    prefix = f"gone-{uuid.uuid4().hex[:8]}"
+    lost = EventSeen("in_flight_lost")
+    logging.getLogger("channels_ha").addHandler(lost)
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            with caplog.at_level(logging.INFO, logger="channels_ha"):
+                blocked = int(master_client.info("clients")["blocked_clients"])
+                receiving.append(asyncio.create_task(first.receive("jobs")))
+                await blocked_in_redis(master_client, blocked)
+                await other.send("jobs", message(1))
+                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+                cut_at, cut_wall = time.monotonic(), time.time()
+                await asyncio.gather(*receiving, return_exceptions=True)
+                with suppress(asyncio.TimeoutError):  # a batch not said lost is reported below
+                    await asyncio.wait_for(lost.seen.wait(), GONE_TTL_S + GONE_FAILOVER_S)
+                await asyncio.sleep(GONE_QUIET_S)  # what is measured: connections meanwhile
+                events = [getattr(r, "event", "") for r in caplog.records if r.created > cut_wall]
+                closing = time.monotonic()
+                await first.close()
+                closed_in = time.monotonic() - closing
+        finally:
+            logging.getLogger("channels_ha").removeHandler(lost)
+            await first.close()
+            await other.close()
+    attempts = [at - cut_at for at in proxy.accepted_at if at > cut_at]
+    figures = {
+        "gave_up": events.count("gave_up"),
+        "recovery_waiting": events.count("recovery_waiting"),
+        "in_flight_lost": events.count("in_flight_lost"),
+        "connections": len(attempts),
+        "connections after the list expired": sum(t > GONE_TTL_S + 0.5 for t in attempts),
+        "close() s": round(closed_in, 1),
+    }
+    assert figures["gave_up"] == 0, figures
+    assert figures["recovery_waiting"] == 1, figures
+    assert figures["in_flight_lost"] == 1, figures
+    assert figures["connections"] <= 5, figures  # at 0, 0.5, 1.5 and 3.5 s
+    assert figures["connections after the list expired"] == 0, figures
+    assert closed_in < GONE_FAILOVER_S / 2, figures
