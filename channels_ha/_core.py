@@ -62,7 +62,7 @@ class LayerCore:
     recent: list[RecentPushes] = field(default_factory=list)
     # Group -> when (time.time()) some event loop of this process last knew it had members:
     # one that reads empty makes group_send look whether the data began again since
-    # (Session._members). Oldest first, bounded.
+    # (GroupMembers.read). Oldest first, bounded.
     groups_with_members: dict[str, float] = field(default_factory=dict)
     # Per group, the copies of a group_send and the membership token they stand for, planned
     # by any event loop: a sync call (an event loop of its own) need not read the members.
@@ -118,7 +118,7 @@ class LayerCore:
     def sweep(self) -> None:
         """Forgets what no event loop of the process can need any more: memberships Redis
         expired, marks older than any retry, writes whose messages expired. Whichever event
-        loop is due runs it (see Session._sweep_process): in a process without a long-lived
+        loop is due runs it (see Upkeep.sweep_process): in a process without a long-lived
         one (WSGI, Celery, a management command) every call is a session of milliseconds."""
         self.memberships.forget_dead(self.group_expiry_s)
         self.marks.forget_idle(self.dedupe_memory_s)

@@ -3,7 +3,7 @@
 Redis holds the truth, but Redis can lose it: a master restarted empty, or a failover to a
 replica that missed the last writes. Each process therefore remembers which groups it added
 which channels to (those it may receive on: not another process's specific channels, see
-``Session._joining``), and re-asserts those of its live channels when it meets a new server
+``GroupMembers._joining``), and re-asserts those of its live channels when it meets a new server
 run, and periodically, so that a connection that stays open longer than ``group_expiry``
 does not silently fall out of its groups. What another process ended (a ``group_discard`` of
 one of these channels, a ``flush()``) must not come back that way: the re-assertion learns

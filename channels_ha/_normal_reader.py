@@ -13,7 +13,7 @@ What a recovery brings is handed over minus what this reader already handed over
 - the pop not replicated to a new master: the in-flight list there holds an older batch,
   handed over already (and the newer one is still in its list, popped again; the process's
   delivery marks drop it as a copy);
-- a batch given back (``Session._return_to_redis``) is back in its list under a new
+- a batch given back (``GiveBack.return_to_redis``) is back in its list under a new
   identity: the copy in the in-flight list was handed over, and is not delivered again.
 
 Behind this memory, the process's delivery marks drop a copy all the same (counted as a
@@ -23,7 +23,7 @@ A recovery must not wait for a receiver: the one that waited may have given up (
 cancelling its receive()), and none may come again before the list expires, or before the
 layer closes. So a lost reply makes the reader connect again and recover at once, nobody
 waiting or not, and hand over what it recovers as usual: what nobody here waits for is
-given back to the head of its list (``Session._return_stranded``). With no master, it
+given back to the head of its list (``GiveBack.return_stranded``). With no master, it
 tries again less and less often until the list has expired (``_idle_recovery``). At close,
 the reader recovers what a lost reply left, then deletes its in-flight list (all of it
 handed over).

@@ -162,7 +162,7 @@ def _compare(
     if changed and known is not None and check.result() != known:
         note_data_loss(shard, int(check.result()) / 1000)
     # Recorded only now: a session of another thread that reads the new epoch from the
-    # process's record finds the grace period set (see Session._emptied_by_data_loss).
+    # process's record finds the grace period set (see GroupMembers._emptied_by_data_loss).
     seen[mark] = (key, check.result())
 
 

@@ -128,7 +128,7 @@ class RecentPushes:
 
     def __bool__(self) -> bool:
         """Whether anything written recently could still be worth writing again: a message
-        lives for ``expiry_s``, so the epoch check (see Session._check_epochs) must go on
+        lives for ``expiry_s``, so the epoch check (see Resync.check_epochs) must go on
         that long after the last write, however long that is."""
         with self._lock:
             last = self._entries[-1][0] if self._entries else None

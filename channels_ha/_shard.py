@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._cluster import ClusterRouter, slot_of, tag_for_slot
+from ._cluster import ClusterRouter
 from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE, SENTINEL_WATCH_DELAY_S
 from ._keys import KeyLayout
 from ._link import CommandLink
@@ -24,6 +24,7 @@ from ._normal_reader import InFlight, NormalReader
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._resp import Endpoint
 from ._server import Announcements, Credentials, Locator, ServerInfo, ServerSettings
+from ._slots import slot_of, tag_for_slot
 from ._stats import ShardStats
 from ._watch import FailoverEvents, SentinelWatch
 

@@ -17,11 +17,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
-from channels_ha._cluster import ClusterRouter, _parse_slots, slot_of, tag_for_slot
+from channels_ha._cluster import ClusterRouter
 from channels_ha._keys import KeyLayout
 from channels_ha._recovery import watch_epochs
 from channels_ha._resp import Endpoint
 from channels_ha._server import ServerSettings
+from channels_ha._slots import ask_slots, parse_slots, slot_of, tag_for_slot
 from channels_ha._stats import ShardStats
 from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
 
@@ -236,8 +237,8 @@ async def test_a_slot_keeps_its_order_when_its_owner_changes_under_a_queued_requ
         first = router.submit("RPUSH", key, "first", key=key)  # the map still names the old
         assert old_link._queue, "not queued on the old master's link"
         # A map read that got its answer (a full refresh would also wait for the frozen node).
-        owners = await router._ask_slots(Endpoint(new_master.host, new_master.port))
-        answered = _parse_slots(Endpoint(new_master.host, new_master.port), owners)
+        owners = await ask_slots(Endpoint(new_master.host, new_master.port), router._settings)
+        answered = parse_slots(Endpoint(new_master.host, new_master.port), owners)
         router._apply_map(answered, quorum_s=0.0)
         second = router.submit("RPUSH", key, "second", key=key)
         await asyncio.gather(first, second)
@@ -296,7 +297,7 @@ async def test_a_reshard_is_not_taken_for_a_failover(
     shard = session._shards[0]
     router = shard.router
     assert router is not None
-    await watch_epochs(session.core, shard, session._epochs)  # every master's epoch seen
+    await watch_epochs(session.core, shard, session.resync.epochs)  # every master's epoch seen
     source = (await cluster.amasters())[0]
     first = router.first_slot_at(f"{source.host}:{source.port}")
     assert first is not None
@@ -310,7 +311,7 @@ async def test_a_reshard_is_not_taken_for_a_failover(
     assert shard.stats.server_changes == changes
     await cluster.amigrate_slot(first, target)
     await router._refresh_map()
-    assert not await watch_epochs(session.core, shard, session._epochs)
+    assert not await watch_epochs(session.core, shard, session.resync.epochs)
     assert shard.stats.server_changes == changes
     assert shard.stats.recovering_until < time.time()
     assert [(await layer.receive("member"))["type"] for _ in range(2)] == ["before", "moved"]

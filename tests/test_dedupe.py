@@ -27,7 +27,7 @@ pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
 
 async def _send_twice(layer: RedisChannelLayer, channel: str) -> list[object]:
-    push = layer._session().prepare_send(channel, {"type": "once"})
+    push = layer._session().pusher.prepare_send(channel, {"type": "once"})
     return [await push.link.submit_packed(push.packed, push.key) for _ in range(2)]
 
 
@@ -57,7 +57,7 @@ async def test_a_refused_push_written_again_is_judged_again(
     returned, and the message was never stored)."""
     layer = make_layer(redis_topology, capacity=1)
     await layer.send("full-normal", {"type": "first"})
-    push = layer._session().prepare_send("full-normal", {"type": "second"})
+    push = layer._session().pusher.prepare_send("full-normal", {"type": "second"})
     assert await push.link.submit_packed(push.packed, push.key) == [0]
     assert await push.link.submit_packed(push.packed, push.key) == [0]
     assert (await layer.receive("full-normal"))["type"] == "first"
@@ -92,7 +92,7 @@ async def test_returned_messages_written_twice_are_stored_once(layer: RedisChann
     ]
     await layer.send(channel, {"type": "r", "n": 3})  # already queued behind the returned ones
     for _ in range(2):
-        await session._push_front(shard, key, elements, "one-return")
+        await session.give_back.push_front(shard, key, elements, "one-return")
     link = session._shards[shard].link
     stored = cast(list[bytes], await link.submit("LRANGE", key, 0, -1, key=key))
     assert stored[:2] == elements
@@ -125,7 +125,7 @@ async def test_a_write_again_leaves_out_what_capacity_refused(
     assert (await other.receive(other_channel))["type"] == "refused"
     session = sender._session()
     for shard in session._shards:
-        session._replay(shard)  # what meeting a new server run does
+        session.resync.replay(shard)  # what meeting a new server run does
     for layer, target in ((receiver, channel), (other, other_channel)):
         await sender.send(target, {"type": "after"})
         assert (await layer.receive(target))["type"] == "after"
@@ -154,7 +154,7 @@ async def test_numbers_refused_for_capacity_do_not_pile_up(
     (key,) = await _scan(link, layer._core.keys.dedupe("refusing", "*"))  # this sender's
     size = cast(int, await link.submit("MEMORY", "USAGE", key, key=key))
     assert size < RECORD_LIMIT, f"the record takes {size:,} bytes"
-    push = session.prepare_send("refusing", {"type": "latest"})  # the newest number
+    push = session.pusher.prepare_send("refusing", {"type": "latest"})  # the newest number
     assert (await layer.receive("refusing"))["type"] == "fill"
     assert await push.link.submit_packed(push.packed, push.key) == [1]
 

@@ -15,13 +15,13 @@ import trustme
 from asgiref.sync import async_to_sync
 
 from channels_ha import RedisChannelLayer, _hints, parse_url
-from channels_ha._cluster import slot_of
 from channels_ha._connection import in_sync_replicas
 from channels_ha._constants import HINT_PATIENCE_S
 from channels_ha._hints import hints_for
 from channels_ha._keys import KeyLayout
 from channels_ha._scripts import ALL as ALL_SCRIPTS
 from channels_ha._server import ServerSettings
+from channels_ha._slots import slot_of
 from channels_ha.sandbox import (
     ClusterTopology,
     RedisNode,

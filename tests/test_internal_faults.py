@@ -69,9 +69,9 @@ async def test_a_failed_upkeep_runs_again(
     layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Upkeep that raised runs again at its next tick."""
-    session = layer._session()
+    upkeep = layer._session().upkeep
     again = asyncio.Event()
-    patched, calls = raising_once(session._publish_inbox_limits)
+    patched, calls = raising_once(upkeep.publish_inbox_limits)
 
     def counting() -> None:
         patched()
@@ -79,7 +79,7 @@ async def test_a_failed_upkeep_runs_again(
             again.set()
 
     with caplog.at_level(logging.ERROR, logger="channels_ha.layer"):
-        monkeypatch.setattr(session, "_publish_inbox_limits", counting)
+        monkeypatch.setattr(upkeep, "publish_inbox_limits", counting)
         await asyncio.wait_for(again.wait(), UPKEEP_TIMEOUT_S * 2)
     (failure,) = events(caplog, "upkeep_failed")
     assert failure.exc_info is not None
@@ -92,12 +92,12 @@ async def test_a_failing_upkeep_step_does_not_stop_the_others(
     a minute rather than once a tick."""
     session = layer._session()
 
-    async def broken() -> None:
+    async def broken(shards: object) -> None:
         raise RuntimeError("injected bug")
 
     ticks: list[int] = []
     two_ticks = asyncio.Event()
-    publish = session._publish_inbox_limits
+    publish = session.upkeep.publish_inbox_limits
 
     def counting() -> None:
         publish()
@@ -106,8 +106,8 @@ async def test_a_failing_upkeep_step_does_not_stop_the_others(
             two_ticks.set()
 
     with caplog.at_level(logging.ERROR, logger="channels_ha.layer"):
-        monkeypatch.setattr(session, "_check_epochs", broken)
-        monkeypatch.setattr(session, "_publish_inbox_limits", counting)
+        monkeypatch.setattr(session.resync, "check_epochs", broken)
+        monkeypatch.setattr(session.upkeep, "publish_inbox_limits", counting)
         await asyncio.wait_for(two_ticks.wait(), UPKEEP_TIMEOUT_S * 2)
     (failure,) = events(caplog, "upkeep_failed")  # two failures, one report
     assert getattr(failure, "step", None) == "epoch check"

@@ -240,13 +240,13 @@ async def test_a_given_back_message_is_not_delivered_from_the_in_flight_list(
     in-flight list still holds the popped copy when the reader's connection is cut: 1 is
     delivered once, from its list."""
     session = layer._session()
-    real, returned = session._push_front, asyncio.Event()
+    real, returned = session.give_back.push_front, asyncio.Event()
 
     async def push_front(index: int, key: str, elements: list[bytes], return_id: str) -> None:
         await real(index, key, elements, return_id)
         returned.set()
 
-    monkeypatch.setattr(session, "_push_front", push_front)
+    monkeypatch.setattr(session.give_back, "push_front", push_front)
     await layer.send("jobs", message(1))
     first = asyncio.create_task(layer.receive("jobs"))
     deliver_then(layer, monkeypatch, first.cancel)

@@ -32,14 +32,14 @@ async def refresh(layer: RedisChannelLayer) -> None:
     """Runs the layer's periodic membership refresh now, and waits for it to end."""
     session = layer._session()
     session.core._last_refresh = float("-inf")
-    await session._upkeep()
+    await session.upkeep.tick()
     await reassertions_done(layer)
 
 
 async def reassertions_done(layer: RedisChannelLayer) -> None:
     session = layer._session()
-    if session._reassertions:
-        await asyncio.wait(set(session._reassertions), timeout=10)
+    if session.resync.reassertions:
+        await asyncio.wait(set(session.resync.reassertions), timeout=10)
 
 
 async def nothing_arrives(receiving: asyncio.Task[dict[str, object]]) -> None:

@@ -160,7 +160,7 @@ def hold_give_backs(
 ) -> tuple[asyncio.Event, asyncio.Event]:
     """Holds every RETURN until the second event is set; the first is set once one waits."""
     session = layer._session()
-    real = session._push_front
+    real = session.give_back.push_front
     held, release = asyncio.Event(), asyncio.Event()
 
     async def push_front(index: int, key: str, elements: list[bytes], return_id: str) -> None:
@@ -168,7 +168,7 @@ def hold_give_backs(
         await release.wait()
         await real(index, key, elements, return_id)
 
-    monkeypatch.setattr(session, "_push_front", push_front)
+    monkeypatch.setattr(session.give_back, "push_front", push_front)
     return held, release
 
 

@@ -35,12 +35,12 @@ async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
     assert info is not None
     key = shard.epoch_key(session.core.keys, info)
     assert key is not None
-    session._epochs[(0, shard.node_of(info))] = (key, b"1")  # it knew another: data lost
+    session.resync.epochs[(0, shard.node_of(info))] = (key, b"1")  # it knew another: data lost
     # The first write of a loop iteration goes out at once and the rest together: the PING
     # and the check's SET and GET share one write, so their replies share one read.
     opener = shard.link.submit("ECHO", "opener", key="room")
     before = shard.link.submit("PING", key="room")
-    shard.add_epoch_check(check_epoch(session.core, shard, info, True, session._epochs))
+    shard.add_epoch_check(check_epoch(session.core, shard, info, True, session.resync.epochs))
     assert await opener == b"opener"
     assert await before == b"PONG"
     await recovered(shard)
@@ -58,7 +58,7 @@ async def _data_began_again(layer: RedisChannelLayer, began_s_ago: float) -> Ses
     assert info is not None
     key = shard.epoch_key(session.core.keys, info)
     assert key is not None
-    session._epochs[(0, shard.node_of(info))] = (key, b"1")
+    session.resync.epochs[(0, shard.node_of(info))] = (key, b"1")
     await shard.link.submit("SET", key, now_ms() - int(began_s_ago * 1000), key=key)
     return session
 
@@ -76,7 +76,7 @@ async def test_the_grace_period_counts_from_a_late_notice(
     shard = session._shards[0]
     assert shard.link.server is not None
     noticed = time.time()
-    check = check_epoch(session.core, shard, shard.link.server, True, session._epochs)
+    check = check_epoch(session.core, shard, shard.link.server, True, session.resync.epochs)
     assert check is not None
     await check
     if waits:
@@ -92,7 +92,7 @@ async def test_a_loss_noticed_by_the_epoch_watch_gets_the_grace_period(
     session = await _data_began_again(make_layer(redis_sandbox_factory("standalone")), 1.0)
     shard = session._shards[0]
     noticed = time.time()
-    assert await watch_epochs(session.core, shard, session._epochs)
+    assert await watch_epochs(session.core, shard, session.resync.epochs)
     assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
 
 

@@ -81,8 +81,8 @@ async def test_messages_a_full_memory_refused_to_take_back_are_given_back_later(
         for n in range(1, 5)
     ]
     async with out_of_memory(redis_topology):
-        session._deliver(core.keys.channel("given-back"), popped)  # nobody waits here
-        await asyncio.wait(set(session._tasks))  # the return, refused
+        session.receiver.deliver(core.keys.channel("given-back"), popped)  # nobody waits here
+        await asyncio.wait(set(session.give_back.tasks))  # the return, refused
     await swept(session)
     received = [(await asyncio.wait_for(receiver.receive("given-back"), 5))["n"] for _ in range(4)]
     assert received == [1, 2, 3, 4]
@@ -103,8 +103,8 @@ async def test_a_refused_give_back_does_not_hold_up_the_channel_here(
         now_ms() + 60_000, "a-sender", 1, "held-back", core.codec.dumps({"n": 0})
     )
     async with out_of_memory(redis_topology):
-        session._deliver(core.keys.channel("held-back"), [refused])  # nobody waits here
-        await asyncio.wait(set(session._tasks))  # the return, refused
+        session.receiver.deliver(core.keys.channel("held-back"), [refused])  # nobody waits here
+        await asyncio.wait(set(session.give_back.tasks))  # the return, refused
         assert (await asyncio.wait_for(layer.receive("held-back"), 5))["n"] == 1  # not held
     await swept(session)
     received = [(await asyncio.wait_for(layer.receive("held-back"), 5))["n"] for _ in range(2)]
@@ -170,6 +170,6 @@ async def out_of_memory(topology: StandaloneTopology) -> AsyncIterator[None]:
 
 async def swept(session: Session) -> None:
     """What the upkeep does every few seconds (gives back again what Redis refused)."""
-    session._sweep()
-    if session._tasks:
-        await asyncio.wait(set(session._tasks))
+    session.upkeep.sweep()
+    if session.give_back.tasks:
+        await asyncio.wait(set(session.give_back.tasks))

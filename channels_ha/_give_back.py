@@ -1,0 +1,171 @@
+"""Giving back to Redis the messages this process popped and did not deliver.
+
+A normal channel's message may reach the process after its receivers left (cancelled,
+timed out), and a session may close with messages in its buffers. They belong to whichever
+process receives next: each goes back to the head of its list, order kept, by a RETURN that
+applies once however often it is written. One that fails is tried again at the next sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any
+
+from ._buffers import now_ms
+from ._codec import expires_of
+from ._constants import BUFFER_SWEEP_INTERVAL_S
+from ._core import LayerCore
+from ._delivery import Deliveries
+from ._keys import wake_stream
+from ._reader import BlockingReader
+from ._recovery import log_failure
+from ._resp import Arg
+from ._scripts import RETURN
+from ._shard import ShardConnections
+from .exceptions import RedisCommandError, RedisUnavailable
+
+logger = logging.getLogger("channels_ha.layer")
+
+_MAX_SETTLE_ROUNDS = 3  # pops waited for before a give-back (see _pops_settled)
+
+Return = tuple[int, str, list[bytes], str]  # shard, list, elements, return id
+
+
+class GiveBack:
+    """The give-backs of one session, and the tasks that run them."""
+
+    def __init__(
+        self,
+        core: LayerCore,
+        shards: list[ShardConnections],
+        deliveries: Deliveries,
+        readers: Mapping[tuple[int, bool], BlockingReader],  # (shard, specific) -> reader
+    ) -> None:
+        self.core = core
+        self._shards = shards
+        self._deliveries = deliveries
+        self._readers = readers
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._unreturned: list[Return] = []  # RETURNs that failed, tried again at each sweep
+
+    def return_stranded(self, channels: Iterable[str]) -> None:
+        """Normal-channel messages that reached this process after its receivers left
+        belong to whichever process receives next: put them back."""
+        stranded = self._deliveries.stranded(channels)
+        if stranded:
+            self._spawn(self.return_to_redis(stranded))
+
+    async def return_to_redis(self, channels: Iterable[str]) -> None:
+        """Pushes buffered messages back to the head of their list, order kept.
+
+        The channel's pops in flight are waited for first: what they bring is newer than the
+        buffered messages and goes back with them, behind them. A RETURN of its own would put
+        it at the head, in front of them. And until the RETURN is done, this process does not
+        pop those channels again (``Deliveries.take_returnable``): a new receive() would take
+        the next message ahead of the ones on their way back.
+        """
+        channels = list(channels)
+        await self._pops_settled(channels)
+        return_id = secrets.token_hex(8)  # the elements' sender, and their markers' name
+        returned, gated = self._deliveries.take_returnable(channels, return_id)
+        try:
+            await self._give_back([(i, k, e, return_id) for (i, k), e in returned.items()])
+        finally:
+            self._deliveries.returned(gated)
+
+    async def _pops_settled(self, channels: list[str]) -> None:
+        """Waits, for each normal channel with messages to give back, until no pop in flight
+        can bring more of it. Another pop covers it again only if a receiver waited there
+        meanwhile, which took the buffered messages: a few rounds at most."""
+        core = self.core
+        for channel in channels:
+            reader = (
+                None if "!" in channel else self._readers.get((core.shard_index(channel), False))
+            )
+            if reader is None:
+                continue
+            key = core.keys.channel(channel)
+            for _ in range(_MAX_SETTLE_ROUNDS):
+                if not self._deliveries.stranded([channel]) or not await reader.settled(key):
+                    break
+
+    async def _give_back(self, returns: list[Return]) -> None:
+        """RETURNs; one that fails (OOM, NOPERM, no master past failover_timeout) is kept
+        and tried again at the next sweep, under the same id: if it did land after all, its
+        marker makes the retry a no-op. Delivering it here instead could duplicate it."""
+        try:
+            results = await asyncio.gather(
+                *(self.push_front(*each) for each in returns), return_exceptions=True
+            )
+        except asyncio.CancelledError:  # close() cancelled: kept, so that it is logged
+            self._unreturned.extend(returns)
+            raise
+        for each, result in zip(returns, results, strict=True):
+            if isinstance(result, (RedisCommandError, RedisUnavailable)):
+                self._unreturned.append(each)
+                logger.warning(
+                    "Could not give %d message(s) back to %s (%s); trying again in %.0f s",
+                    len(each[2]),
+                    each[1],
+                    result,
+                    BUFFER_SWEEP_INTERVAL_S,
+                    extra={"event": "return_failed"},
+                )
+            elif isinstance(result, BaseException):
+                raise result
+
+    def retry(self) -> None:
+        """Tries again the RETURNs that failed, less the messages expired meanwhile."""
+        retry, self._unreturned = self._unreturned, []
+        now = now_ms()
+        fresh = [
+            (index, key, alive, return_id)
+            for index, key, elements, return_id in retry
+            if (alive := [e for e in elements if expires_of(e) > now])
+        ]
+        if fresh:
+            self._spawn(self._give_back(fresh))
+
+    async def push_front(self, index: int, key: str, elements: list[bytes], return_id: str) -> None:
+        """One RETURN: the list and its expiry in one step, and applied once however often
+        the link writes it again after a lost reply."""
+        core = self.core
+        marker = core.keys.return_marker(key, return_id)
+        keys = (key, marker) if core.keys.is_inbox(key) else (key, marker, wake_stream(key))
+        args: list[Arg] = [core.expiry_ms, core.dedupe_ttl_ms, *elements]
+        await self._shards[index].link.submit_script(RETURN, keys, args)
+        logger.info("Returned %d undelivered messages to %s", len(elements), key)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(log_failure)
+
+    async def give_back_all(self, timeout_s: float) -> None:
+        """At close: gives back what failed before and everything buffered, and lets the
+        give-backs started by receivers that just left finish, within ``timeout_s``."""
+        self.retry()
+        await self.return_to_redis(self._deliveries.channels())
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=timeout_s)
+
+    async def stop(self) -> None:
+        """Cancels what is still under way and logs what was not given back: nothing will
+        try again."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks))
+        if self._unreturned:
+            lost = sum(len(elements) for _, _, elements, _ in self._unreturned)
+            self._unreturned.clear()
+            logger.error(
+                "%d message(s) popped for receivers that left could not be given back to "
+                "Redis before close(); they are lost",
+                lost,
+                extra={"event": "return_lost", "messages": lost},
+            )

@@ -1,0 +1,154 @@
+"""group_send: one message to every member of a group, in as few round trips as it can.
+
+The members' channels become targets (one per process inbox, one per normal channel),
+batched into one PUSH per shard, or per slot on Cluster. A plan remembered from the last
+send to the group (``_fanout``) skips the member read: the server pushes it only if the
+group's membership token is still the one the plan was made from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from ._buffers import now_ms
+from ._codec import encode_element
+from ._core import LayerCore
+from ._delivery import target_of
+from ._fanout import Plan, Target
+from ._group_members import GroupMembers
+from ._push import FULL, Pusher, push_request, with_wakes
+from ._resp import pack
+from ._scripts import GROUP_PUSH
+from ._sequence import SendSequences
+from ._shard import ShardConnections
+from ._slots import slot_of
+
+logger = logging.getLogger("channels_ha.layer")
+
+Units = dict[tuple[int, int], tuple[list[str], list[Any]]]  # (shard, slot) -> keys, args
+
+
+class GroupSender:
+    """group_send on one event loop."""
+
+    def __init__(
+        self,
+        core: LayerCore,
+        shards: list[ShardConnections],
+        seqs: SendSequences,
+        pusher: Pusher,
+        members: GroupMembers,
+    ) -> None:
+        self.core = core
+        self._shards = shards
+        self._seqs = seqs
+        self._pusher = pusher
+        self._members = members
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        core = self.core
+        core.stats.group_sends += 1  # every call, empty groups included
+        body, now = core.codec.dumps(message), now_ms()
+        seqs: dict[str, tuple[str, int]] = {}  # list -> (sender, number), kept across attempts
+        plan = core.fanout.tokened(group)
+        if plan is not None:
+            statuses = await self._push_if_members_unchanged(group, plan, body, now, seqs)
+            if statuses is not None:
+                self._log_over_capacity(group, [statuses], len(plan.members))
+                self._members.seen(group)
+                return
+            core.fanout.distrust(group, plan)
+        members, token = await self._members.read(group)
+        if not members:
+            return
+        home = core.shard_index(group)
+        unit = None if self._shards[home].router else (home, 0)  # see _push_if_members_unchanged
+        targets = core.fanout.targets(group, members, self._group_targets, token, unit)
+        units = self._push_arguments(targets, body, now, seqs)
+        header = self._pusher.header(now)
+        results = await asyncio.gather(
+            *(
+                self._pusher.push(
+                    index, push_request(keys, header, args), keys[0], parts=(keys, header, args)
+                )
+                for (index, _), (keys, args) in units.items()
+            )
+        )
+        self._log_over_capacity(group, results, len(members))
+
+    def _log_over_capacity(
+        self, group: str, results: Sequence[list[int] | None], members: int
+    ) -> None:
+        full = sum(statuses.count(FULL) for statuses in results if statuses)
+        if full:
+            logger.info("%d of %d targets of group %s over capacity", full, members, group)
+
+    async def _push_if_members_unchanged(
+        self, group: str, plan: Plan, body: bytes, now: int, seqs: dict[str, tuple[str, int]]
+    ) -> list[int] | None:
+        """One round trip instead of two: the PUSH of a remembered plan, done by the server
+        only if the group's membership token is still the one the plan was made from. None
+        when it is not (nothing was pushed)."""
+        core = self.core
+        (((index, _), (keys, args)),) = self._push_arguments(plan.targets, body, now, seqs).items()
+        header = self._pusher.header(now)
+        group_key, token_key = core.keys.group_keys(group)
+        token = cast(str, plan.token)  # FanoutPlans.tokened() returns plans with one
+        cutoff = time.time() - core.group_expiry_s
+        push_keys = with_wakes(keys, args)
+        packed = pack(
+            "EVALSHA", GROUP_PUSH.sha, len(push_keys) + 2, group_key, token_key, *push_keys,
+            token, cutoff, *header, *args,
+        )  # fmt: skip
+        # A replay writes the plain PUSH: the token may be gone by then.
+        unguarded = functools.partial(push_request, keys, header, args)
+        return await self._pusher.push(index, packed, group_key, unguarded, (keys, header, args))
+
+    def _group_targets(self, members: list[str]) -> list[Target]:
+        """One target per process inbox and one per normal channel of the members."""
+        core = self.core
+        by_target: dict[str, list[str]] = {}  # inbox or normal channel -> member channels
+        for channel in members:
+            by_target.setdefault(target_of(channel), []).append(channel)
+        targets = []
+        for target, channels in by_target.items():
+            key, aux, kind = self._pusher.target_keys(channels[0], target)
+            named: str | list[str] = channels[0] if len(channels) == 1 else channels
+            capacity = max(core.capacity_of(channel) for channel in channels)
+            targets.append(Target(self._unit(target, key), key, aux, kind, named, capacity))
+        return targets
+
+    def _push_arguments(
+        self, targets: list[Target], body: bytes, now: int, seqs: dict[str, tuple[str, int]]
+    ) -> Units:
+        """The targets batched into one PUSH per shard, or per slot on Cluster (a script's
+        keys must share a slot there): its keys and the arguments after the header. The link
+        pipelines the PUSHes of one node, so a group costs one round trip per node.
+
+        A list keeps the sequence number ``seqs`` gave it in an earlier attempt: a retried
+        request may have landed after all, and its copy must be recognised as one."""
+        expires = now + self.core.expiry_ms
+        units: Units = {}
+        for target in targets:
+            keys, args = units.setdefault(target.unit, ([], []))
+            numbered = seqs.get(target.key)
+            if numbered is None:
+                numbered = seqs[target.key] = self._seqs.next(target.key)
+            sender, seq = numbered
+            aux = target.aux
+            if target.kind == "c":  # a normal channel: named, and its record, by sender
+                aux = self.core.keys.dedupe(cast(str, target.named), sender)
+            element = encode_element(expires, sender, seq, target.named, body)
+            keys += [target.key, aux]
+            args += [target.capacity, seq, element, target.kind]
+        return units
+
+    def _unit(self, target: str, key: str) -> tuple[int, int]:
+        """(shard, slot): what one PUSH may cover; the slot matters only on Cluster."""
+        index = self.core.shard_index(target)
+        return index, slot_of(key) if self._shards[index].router else 0

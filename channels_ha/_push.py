@@ -1,0 +1,173 @@
+"""Writing messages into Redis: the PUSH request of a send, and the WAIT that follows it.
+
+A send is built once, as bytes, and a retry writes those same bytes (the same sequence
+number), so that a copy that landed after all is recognised as one. Each PUSH is also kept
+for replay after a failover, less the targets it found full (see ``_to_replay``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, NamedTuple, cast
+
+from channels.exceptions import ChannelFull
+
+from ._buffers import now_ms
+from ._cluster import ClusterRouter
+from ._codec import encode_element
+from ._core import LayerCore
+from ._delivery import target_of
+from ._keys import wake_stream
+from ._link import CommandLink
+from ._replay import Replayable
+from ._resp import pack
+from ._scripts import PUSH
+from ._sequence import SendSequences
+from ._shard import ShardConnections
+
+logger = logging.getLogger("channels_ha.layer")
+
+FULL = 0  # a PUSH status: the list is at capacity
+_MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
+
+Link = CommandLink | ClusterRouter
+PushParts = tuple[list[str], tuple[int, ...], list[Any]]  # push_request's arguments
+
+
+def push_request(keys: list[str], header: tuple[int, ...], args: list[Any]) -> bytes:
+    """An EVALSHA of the PUSH script over ``keys`` (list and aux key per target)."""
+    keys = with_wakes(keys, args)
+    return pack("EVALSHA", PUSH.sha, len(keys), *keys, *header, *args)
+
+
+def with_wakes(keys: list[str], args: list[Any]) -> list[str]:
+    """The KEYS of a PUSH: ``keys``, then the wake stream of each normal-channel target."""
+    kinds = args[3::4]
+    if "c" not in kinds:  # process inboxes only: the hot path of group_send
+        return keys
+    return keys + [wake_stream(keys[2 * i]) for i, kind in enumerate(kinds) if kind == "c"]
+
+
+def _to_replay(
+    written: Replayable, parts: PushParts | None, statuses: list[int]
+) -> Replayable | None:
+    """What a replay may write of a PUSH: not the targets it found full. Their messages were
+    refused (ChannelFull, or skipped by group_send); written again once there is room, they
+    would arrive after all, and after newer ones."""
+    if FULL not in statuses:
+        return written
+    kept = [i for i, status in enumerate(statuses) if status != FULL]
+    if parts is None or not kept:
+        return None  # (a request without its parts has one target)
+    keys, header, args = parts
+    return functools.partial(
+        push_request,
+        [key for i in kept for key in keys[2 * i : 2 * i + 2]],
+        header,
+        [arg for i in kept for arg in args[4 * i : 4 * i + 4]],
+    )
+
+
+class PreparedPush(NamedTuple):
+    shard: int  # its index in the layer's hosts
+    link: Link
+    packed: bytes  # the EVALSHA PUSH request
+    key: str  # the list it writes, which routes it on Cluster
+
+
+class Pusher:
+    """Sends to one channel, and pushes (with WAIT) for group_send too."""
+
+    def __init__(
+        self, core: LayerCore, shards: list[ShardConnections], seqs: SendSequences
+    ) -> None:
+        self.core = core
+        self._shards = shards
+        self._seqs = seqs
+        self._wait_ms = int(core.replica_ack_timeout_s * 1000)
+
+    def prepare_send(self, channel: str, message: dict[str, Any]) -> PreparedPush:
+        """The PUSH request of one send and where it goes (a retry re-sends the bytes)."""
+        core = self.core
+        target = target_of(channel)
+        key, aux, kind = self.target_keys(channel, target)
+        now = now_ms()
+        sender, seq = self._seqs.next(key)
+        if kind == "c":
+            aux = core.keys.dedupe(channel, sender)
+        element = encode_element(
+            now + core.expiry_ms, sender, seq, channel, core.codec.dumps(message)
+        )
+        target_args = (core.capacity_of(channel), seq, element, kind)
+        header = self.header(now)
+        if kind == "i":
+            packed = pack("EVALSHA", PUSH.sha, 2, key, aux, *header, *target_args)
+        else:
+            packed = pack("EVALSHA", PUSH.sha, 3, key, aux, wake_stream(key), *header, *target_args)
+        index = core.shard_index(target)
+        return PreparedPush(index, self._shards[index].link, packed, key)
+
+    def target_keys(self, channel: str, target: str) -> tuple[str, str, str]:
+        """(list, aux key, kind) of a PUSH target; see the PUSH script. A normal channel's
+        aux key, its de-duplication record, depends on the sender name its number counts
+        under: "" here, set with the number."""
+        keys = self.core.keys
+        if "!" in channel:  # copies are recognised by the one receiving process
+            return keys.inbox(target), keys.inbox_limit(target), "i"
+        return keys.channel(channel), "", "c"
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        push = self.prepare_send(channel, message)
+        statuses = await self.push(push.shard, push.packed, push.key)
+        if statuses is not None and statuses[0] == FULL:
+            raise ChannelFull(channel)
+        self.core.stats.sent += 1
+
+    def header(self, now: int) -> tuple[int, ...]:
+        """The PUSH arguments before its targets'."""
+        core = self.core
+        return (core.expiry_ms, now, core.dedupe_ttl_ms)
+
+    async def push(
+        self,
+        index: int,
+        packed: bytes,
+        key: str,
+        replayed: Replayable | None = None,
+        parts: PushParts | None = None,
+    ) -> list[int] | None:
+        """A PUSH, then WAIT if replica_acks asks for it, as one unit: WAIT counts the writes
+        of its own connection, so if a reconnect came between them, both go again (the
+        second PUSH is recognised as a copy). ``replayed`` is what a replay writes, if not
+        ``packed``, and ``parts`` what it was made of (for a PUSH of several targets). A
+        GROUP_PUSH that found its plan stale returns None, having written nothing."""
+        acks, link = self.core.replica_acks, self._shards[index].link
+        for _ in range(_MAX_PUSH_ATTEMPTS):
+            connection = link.connection_of(key)
+            statuses = cast("list[int] | None", await link.submit_packed(packed, key))
+            if statuses is None:
+                return None
+            to_replay = _to_replay(packed if replayed is None else replayed, parts, statuses)
+            if to_replay is not None:
+                self.core.recent[index].add(key, to_replay, len(packed))
+            if not acks:
+                return statuses
+            patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose
+            wait = link.submit("WAIT", acks, self._wait_ms, key=key, patience_s=patience_s)
+            acked = cast(int, await wait)
+            if link.connection_of(key) == connection:
+                break
+        if acked < acks:
+            self._note_shortfall(acked)
+        return statuses
+
+    def _note_shortfall(self, acked: int) -> None:
+        self.core.stats.replica_ack_shortfalls += 1
+        logger.warning(
+            "Only %d of %d replicas acknowledged a message within %d ms",
+            acked,
+            self.core.replica_acks,
+            self._wait_ms,
+            extra={"event": "replica_ack_shortfall"},
+        )
