@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from ._buffers import ChannelBuffer, Item, now_ms
 from ._codec import decode_element, encode_element
 from ._core import LayerCore
+from ._inbox_limits import InboxLimits
 from ._reader import KeysFn
 from ._throttle import LogThrottle
 from .exceptions import MalformedElement
@@ -35,9 +36,10 @@ def target_of(channel: str) -> str:
 class Deliveries:
     """Buffers, waiting receivers and duplicate marks of one event loop."""
 
-    def __init__(self, core: LayerCore) -> None:
+    def __init__(self, core: LayerCore, limits: InboxLimits) -> None:
         self._core = core
         self._buffers: dict[str, ChannelBuffer] = {}
+        self._limits = limits  # told as buffers of process-specific channels come and go
         self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
         self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
@@ -48,15 +50,23 @@ class Deliveries:
     def buffer(self, channel: str) -> ChannelBuffer:
         buffer = self._buffers.get(channel)
         if buffer is None:
-            core = self._core
-            if "!" in channel:
-                target = inbox_of(channel)
-                waiting_key = core.keys.inbox(target)
-            else:
-                target = waiting_key = channel
-            shard = core.shard_index(target)
-            buffer = ChannelBuffer(channel, core.capacity_of(channel), shard, waiting_key)
-            self._buffers[channel] = buffer
+            buffer = self._add(channel)
+        return buffer
+
+    def _add(self, channel: str) -> ChannelBuffer:
+        """A new channel's buffer; a process-specific one raises its inbox's limit (once per
+        channel, off the hot path)."""
+        core = self._core
+        capacity = core.capacity_of(channel)
+        if "!" in channel:
+            target = inbox_of(channel)
+            waiting_key = core.keys.inbox(target)
+        else:
+            target = waiting_key = channel
+        buffer = ChannelBuffer(channel, capacity, core.shard_index(target), waiting_key)
+        self._buffers[channel] = buffer
+        if buffer.specific:
+            self._limits.added(target, capacity)
         return buffer
 
     # -- who is waiting ----------------------------------------------------------------------
@@ -234,12 +244,7 @@ class Deliveries:
 
     def inbox_limits(self) -> dict[str, int]:
         """Per inbox of this process: the summed capacity of its channels seen here."""
-        limits: dict[str, int] = {}
-        for channel, buffer in self._buffers.items():
-            if "!" in channel:
-                target = inbox_of(channel)
-                limits[target] = limits.get(target, 0) + buffer.capacity
-        return limits
+        return self._limits.current()
 
     # -- upkeep ------------------------------------------------------------------------------
 
@@ -249,6 +254,8 @@ class Deliveries:
             self._core.stats.expired += buffer.drop_expired()
             if buffer.idle:
                 del self._buffers[channel]
+                if buffer.specific:
+                    self._limits.removed(inbox_of(channel), buffer.capacity)
         return self.stranded(c for c in self._buffers if "!" not in c)
 
     def clear(self) -> None:

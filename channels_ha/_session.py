@@ -7,8 +7,9 @@ cancels what is left) or the layer is closed, the session stops its readers, put
 it popped but did not deliver back into Redis, and closes its connections.
 
 The work itself is its parts': ``_push`` (send), ``_group_send`` and ``_group_members``,
-``_receiver`` and ``_give_back``, ``_resync`` (after a possible data loss), ``_upkeep``
-and ``_flush``. The session wires them to its connections and runs its own lifecycle.
+``_receiver`` and ``_give_back``, ``_inbox_limits``, ``_resync`` (after a possible data
+loss), ``_upkeep`` and ``_flush``. The session wires them to its connections and runs its
+own lifecycle.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ._flush import flush
 from ._give_back import GiveBack
 from ._group_members import GroupMembers
 from ._group_send import GroupSender
+from ._inbox_limits import InboxLimits
 from ._push import Pusher
 from ._reader import BlockingReader
 from ._receiver import Receiver
@@ -62,7 +64,8 @@ class Session:
             )
             for spec in core.shards
         ]
-        self.deliveries = Deliveries(core)
+        self.inbox_limits = InboxLimits(core, self._shards, steps, lambda: self.closed)
+        self.deliveries = Deliveries(core, self.inbox_limits)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self.give_back = GiveBack(core, self._shards, self.deliveries, self._readers)
         self.receiver = Receiver(
@@ -72,7 +75,14 @@ class Session:
         members = GroupMembers(core, self._shards, client_prefix, self.resync)
         groups = GroupSender(core, self._shards, seqs, self.pusher, members)
         self.upkeep = Upkeep(
-            core, self._shards, self.deliveries, seqs, self.resync, self.give_back, steps
+            core,
+            self._shards,
+            self.deliveries,
+            self.inbox_limits,
+            seqs,
+            self.resync,
+            self.give_back,
+            steps,
         )
         # The parts' own methods, not wrappers: a wrapper's frame (resumed at every await
         # inside) would be paid on every send and receive.

@@ -1,8 +1,9 @@
 """A session's periodic upkeep, one tick every second or so.
 
-Each tick checks the epochs (a loss no connection noticed), publishes the inbox limits,
-refreshes the memberships when due, and sweeps: this event loop's buffers and give-backs,
-and the process-wide records, which any event loop's session sweeps when due.
+Each tick checks the epochs (a loss no connection noticed), lowers and refreshes the inbox
+limits (raising one does not wait for it, see ``_inbox_limits``), refreshes the memberships
+when due, and sweeps: this event loop's buffers and give-backs, and the process-wide
+records, which any event loop's session sweeps when due.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ from ._constants import BUFFER_SWEEP_INTERVAL_S
 from ._core import LayerCore
 from ._delivery import Deliveries
 from ._give_back import GiveBack
-from ._recovery import log_failure
+from ._inbox_limits import InboxLimits
 from ._resync import Resync
 from ._sequence import SendSequences
 from ._shard import ShardConnections
 from ._upkeep_steps import UpkeepSteps
-
-_LIMIT_REFRESH_S = 3.0  # an unchanged inbox limit is published again this often
-_LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
 
 
 class Upkeep:
@@ -31,6 +29,7 @@ class Upkeep:
         core: LayerCore,
         shards: list[ShardConnections],
         deliveries: Deliveries,
+        limits: InboxLimits,
         seqs: SendSequences,
         resync: Resync,
         give_back: GiveBack,
@@ -39,11 +38,11 @@ class Upkeep:
         self.core = core
         self._shards = shards
         self._deliveries = deliveries
+        self._limits = limits
         self._seqs = seqs
         self._resync = resync
         self._give_back = give_back
         self._steps = steps
-        self._limits: dict[str, tuple[int, float]] = {}  # inbox -> (limit, published at)
         self._swept_at = time.monotonic()
 
     async def tick(self) -> None:
@@ -75,17 +74,5 @@ class Upkeep:
                 self.core.sweep()
 
     def publish_inbox_limits(self) -> None:
-        """Tells senders how many messages this process's inboxes may hold: ``capacity`` per
-        channel it receives on, so that a backlog (messages queued during a failover) for a
-        process with many consumers is not refused as if it had one."""
-        keys, now = self.core.keys, time.monotonic()
-        for target, limit in self._deliveries.inbox_limits().items():
-            published = self._limits.get(target)
-            if published and published[0] == limit and now - published[1] < _LIMIT_REFRESH_S:
-                continue
-            key = keys.inbox_limit(target)
-            link = self._shards[self.core.shard_index(target)].link
-            link.submit("SET", key, limit, "PX", _LIMIT_TTL_MS, key=key).add_done_callback(
-                log_failure
-            )
-            self._limits[target] = (limit, now)
+        """Lowers the inbox limits of channels gone, and refreshes them (see InboxLimits)."""
+        self._limits.refresh()
