@@ -90,6 +90,9 @@ async def test_senders_to_new_channels_are_not_refused_below_capacity(
     first = await warm_up(receiver, sender)
     channels = [await receiver.new_channel() for _ in range(NEW_CHANNELS)]
     async with receiving(receiver, channels) as waiting:
+        # Senders learn a new channel's name from what its consumer wrote after starting to
+        # receive (group_add, on the same link): only that ordering is guaranteed.
+        await applied(receiver, first)
         sends = [
             sender.send(c, {"type": "m", "n": n}) for n in range(PER_CHANNEL) for c in channels
         ]
