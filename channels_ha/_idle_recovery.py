@@ -30,9 +30,13 @@ class IdleRecovery:
         self._until, self._refused = None, False
         self._retry_at, self._pause_s = 0.0, IDLE_RECOVERY_PAUSE_FIRST_S
 
-    def lost(self, now: float) -> None:
-        """A reply was lost now: what its pop took expires within ttl from now; try at once."""
-        self._until, self._refused, self._retry_at = now + self._ttl_s, False, 0.0
+    def lost(self, now: float, popped: bool) -> None:
+        """A reply was lost now; try at once. A request that could pop (on a receiver's
+        channels) left what it took to expire within ttl from now; one that could not (a
+        recovery with nobody waiting) left the list's expiry as it was."""
+        if popped or self._until is None:
+            self._until = now + self._ttl_s
+        self._refused, self._retry_at = False, 0.0
 
     def refuse(self) -> None:
         """Redis refused the recovery, or the connection: no attempts with nobody waiting."""

@@ -194,7 +194,7 @@ class NormalReader(BlockingReader):
         state = self._state
         if state is _POPPING or state is _RECOVERING or state is _LOST:
             self._state = _LOST
-            self._idle.lost(time.monotonic())
+            self._idle.lost(time.monotonic(), popped=bool(self._pending_keys))
 
     def _settle(self) -> None:
         """Nothing is owed of the last pop: its reply was handed over, Redis refused it, or

@@ -360,3 +360,73 @@ async def test_with_the_master_gone_the_recovery_backs_off_and_ends_with_the_lis
     assert figures["connections"] <= 5, figures  # at 0, 0.5, 1.5 and 3.5 s
     assert figures["connections after the list expired"] == 0, figures
     assert closed_in < GONE_FAILOVER_S / 2, figures
+
+
+RECUT_DELAY_S = 2.0  # how late each pop or recovery reaches Redis: the second cut comes then
+
+
+class RecuttingProxy(CuttingProxy):
+    """Holds each EVALSHA back (``RECUT_DELAY_S``); cuts the reply of a pop, calling
+    ``on_cut`` in that step, then that of the recovery that follows, and turns every new
+    connection away from then on, until ``turn_away`` is set False again."""
+
+    def __init__(self, topology: Topology, on_cut: Callable[[], object]) -> None:
+        super().__init__(topology, cuts=2, delay=(b"EVALSHA", RECUT_DELAY_S))
+        self._on_cut = on_cut
+
+    def _due(self) -> bool:
+        due = super()._due()
+        if due and self.cut == 0:
+            self._on_cut()
+        elif due:
+            self.turn_away = True
+        return due
+
+
+async def test_a_lost_recovery_reply_does_not_outlive_the_in_flight_list(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver's pop loses its reply and the receiver gives up; the recovery made with
+    nobody waiting loses its reply too, 2 s later, and the master is gone until just after
+    the in-flight list expired (4 s after the pop). A recovery does not extend the list: the
+    batch is written off when it expires, not 2 s later (seen: the reader took the lost
+    recovery for a new pop, connected again after the list had gone, recovered nothing and
+    said nothing: the batch lost, unlogged)."""
+    receiving: list[asyncio.Task[dict[str, object]]] = []
+
+    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
+        receiving[0].cancel()
+
+    proxy = RecuttingProxy(redis_topology, on_cut=give_up)
+    prefix = f"recut-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            with caplog.at_level(logging.INFO, logger="channels_ha"):
+                blocked = int(master_client.info("clients")["blocked_clients"])
+                receiving.append(asyncio.create_task(first.receive("jobs")))
+                await blocked_in_redis(master_client, blocked)
+                await other.send("jobs", message(1))
+                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S + RECUT_DELAY_S)
+                cut_at, cut_wall = time.monotonic(), time.time()
+                await asyncio.gather(*receiving, return_exceptions=True)
+                await asyncio.sleep(GONE_TTL_S + 0.5)  # the list expired 0.5 s ago
+                proxy.turn_away = False  # the master is back
+                await asyncio.sleep(2 * RECUT_DELAY_S)  # what is measured: the reader then
+                logged = [r for r in caplog.records if r.created > cut_wall]
+        finally:
+            await first.close()
+            await other.close()
+    lost = [r.created - cut_wall for r in logged if getattr(r, "event", "") == "in_flight_lost"]
+    attempts = [at - cut_at for at in proxy.accepted_at if at > cut_at]
+    figures = {
+        "cuts": proxy.cut,
+        "in_flight_lost at s": [round(t, 1) for t in lost],
+        "connections after the list expired": sum(t > GONE_TTL_S + 0.2 for t in attempts),
+    }
+    assert figures["cuts"] == 2, figures
+    assert len(lost) == 1, figures
+    assert lost[0] < GONE_TTL_S + 0.5, figures  # when the list expired, not 2 s later
+    assert figures["connections after the list expired"] == 0, figures
