@@ -31,12 +31,16 @@ class IdleRecovery:
         self._retry_at, self._pause_s = 0.0, IDLE_RECOVERY_PAUSE_FIRST_S
 
     def lost(self, now: float, popped: bool) -> None:
-        """A reply was lost now; try at once. A request that could pop (on a receiver's
-        channels) left what it took to expire within ttl from now; one that could not (a
-        recovery with nobody waiting) left the list's expiry as it was."""
+        """A reply was lost now. A request that could pop (on a receiver's channels) left
+        what it took to expire within ttl from now: try at once. One that could not (a
+        recovery with nobody waiting) left the list's expiry as it was, and goes again after
+        a pause, as when no master answers: a reply cut each time (a client output buffer
+        limit below the batch's size) would otherwise make a loop."""
+        self._refused = False
         if popped or self._until is None:
-            self._until = now + self._ttl_s
-        self._refused, self._retry_at = False, 0.0
+            self._until, self._retry_at = now + self._ttl_s, 0.0
+        else:
+            self.no_master(now)
 
     def refuse(self) -> None:
         """Redis refused the recovery, or the connection: no attempts with nobody waiting."""

@@ -430,3 +430,55 @@ async def test_a_lost_recovery_reply_does_not_outlive_the_in_flight_list(
     assert len(lost) == 1, figures
     assert lost[0] < GONE_TTL_S + 0.5, figures  # when the list expired, not 2 s later
     assert figures["connections after the list expired"] == 0, figures
+
+
+class EveryReplyCutProxy(CuttingProxy):
+    """Cuts every reply that carries a message (a pop's, then each recovery's, as a client
+    output buffer limit below the batch's size would), calling ``on_cut`` at the first."""
+
+    def __init__(self, topology: Topology, on_cut: Callable[[], object]) -> None:
+        super().__init__(topology, cuts=1_000_000)
+        self._on_cut = on_cut
+
+    def _due(self) -> bool:
+        due = super()._due()
+        if due and self.cut == 0:
+            self._on_cut()
+        return due
+
+
+CUT_WATCHED_S = 2.0  # how long the reader is watched after the first cut
+
+
+async def test_recovery_replies_cut_each_time_are_not_retried_in_a_loop(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A receiver's pop loses its reply and the receiver gives up; every recovery's reply is
+    lost too, though the master answers: with nobody waiting, the reader tries again less
+    and less often, as when no master answers (seen: a connection and a recovery after
+    another, hundreds a second, until the list expired)."""
+    receiving: list[asyncio.Task[dict[str, object]]] = []
+
+    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
+        receiving[0].cancel()
+
+    proxy = EveryReplyCutProxy(redis_topology, on_cut=give_up)
+    prefix = f"cut-each-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            blocked = int(master_client.info("clients")["blocked_clients"])
+            receiving.append(asyncio.create_task(first.receive("jobs")))
+            await blocked_in_redis(master_client, blocked)
+            await other.send("jobs", message(1))
+            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+            cut_at = time.monotonic()
+            await asyncio.gather(*receiving, return_exceptions=True)
+            await asyncio.sleep(CUT_WATCHED_S)  # what is measured: connections meanwhile
+            watched = [at - cut_at for at in proxy.accepted_at if 0 < at - cut_at < CUT_WATCHED_S]
+        finally:
+            await first.close()
+            await other.close()
+    assert len(watched) <= 4, f"{len(watched)} connections in {CUT_WATCHED_S:g} s"  # 0, 0.5, 1.5
