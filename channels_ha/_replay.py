@@ -76,17 +76,21 @@ class RecentPushes:
             entries = self._entries
             while entries and entries[0][0] < now - REPLAY_WINDOW_S:
                 self._bytes -= entries.popleft()[3]
-            entries.append((now, key, packed, size))
-            self._bytes += size
-            if self._bytes <= self._max_bytes:
-                return
+            if size <= self._max_bytes:  # (one larger would push out every other first)
+                entries.append((now, key, packed, size))
+                self._bytes += size
+                if self._bytes <= self._max_bytes:
+                    return
+            else:
+                self.dropped += 1
             dropped = self._drop_over_cap()
         if dropped:
             self._log_dropped(dropped)
 
     def _drop_over_cap(self) -> int:
         """Drops the oldest entries until the rest fit (a write larger than the cap on its
-        own is not kept); returns how many writes a log line should now report."""
+        own was not kept, and pushed out nothing); returns how many writes a log line should
+        now report."""
         entries = self._entries
         while entries and self._bytes > self._max_bytes:
             self._bytes -= entries.popleft()[3]

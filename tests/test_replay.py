@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
 
 import pytest
 
@@ -128,3 +129,29 @@ async def test_past_the_byte_cap_the_newest_messages_still_come_back(
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(receiver.receive(channel), 0.5)
     assert sender.statistics().shards[0].replay_dropped == count - kept
+
+
+async def test_a_write_larger_than_the_cap_does_not_push_out_the_others(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    replay_clock: ReplayClock,
+) -> None:
+    """A single write over the byte cap is not kept, and only it: the writes kept before it
+    still come back after a master restarted empty (seen: it pushed them all out first,
+    then itself, and none came back)."""
+    topology = redis_sandbox_factory("standalone")
+    sender = make_layer(topology)
+    receiver = make_layer(topology, prefix=sender.prefix)
+    small, large = await receiver.new_channel(), await receiver.new_channel()
+    replay_clock.stop()
+    for number in range(3):
+        await sender.send(small, {"type": "small", "n": number})
+    await sender.send(large, {"type": "big", "body": "x" * (REPLAY_MAX_BYTES + (1 << 20))})
+    kept = len(sender._core.recent[0].requests())
+    await topology.nodes[0].arestart_empty()
+    received: list[object] = []
+    with suppress(asyncio.TimeoutError):  # what did not come back is reported below
+        for _ in range(3):
+            received.append((await asyncio.wait_for(receiver.receive(small), 5))["n"])
+    assert received == [0, 1, 2], f"kept {kept} writes; back: {received}"
+    assert sender.statistics().shards[0].replay_dropped == 1
