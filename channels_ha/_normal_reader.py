@@ -117,8 +117,8 @@ class NormalReader(BlockingReader):
 
     Kept apart, as not of this machine: ``_idle``, when those three are recovered with
     nobody waiting (until the list expires, not after a refusal, paced while no
-    master answers: ``_idle_recovery``); ``_held``, what the list holds; ``_wake_after``,
-    the ids the next XREAD waits after.
+    master answers unless a give-back waits for the batch: ``_idle_recovery``); ``_held``,
+    what the list holds; ``_wake_after``, the ids the next XREAD waits after.
     """
 
     _loads_scripts = True
@@ -135,6 +135,7 @@ class NormalReader(BlockingReader):
         self._packed_keys: list[str] | None = None  # those of _packed_pop
         self._handed = _HandedOver()
         self._recovered: asyncio.Future[None] | None = None  # see settled()
+        self._given_back = 0  # give-backs waiting for the recovery (see settled())
 
     def _connected(self) -> None:
         if self._state is _ACKED:
@@ -239,8 +240,8 @@ class NormalReader(BlockingReader):
             self._write_off()
             return False
         wait_s = self._idle.wait_s(now)
-        if wait_s <= 0.0:
-            return True
+        if wait_s <= 0.0 or (self._given_back and self._idle.open(now)):
+            return True  # (a give-back waiting: as soon as a master answers, see _reconnect)
         if self._look is not None:
             self._look.cancel()
         self._look = self._loop.call_later(wait_s, self._wanted.set)
@@ -248,9 +249,9 @@ class NormalReader(BlockingReader):
 
     async def _reconnect(self, started: float) -> FutureSink:
         """With nobody waiting (a recovery owed), one attempt, paced by ``_idle``: no round
-        of failover_timeout, and no gave_up, after another. For a receiver, or at close, as
-        any reader."""
-        if self._stopping or self._keys():
+        of failover_timeout, and no gave_up, after another. For a receiver, a give-back
+        waiting for the recovery (``settled()``), or at close, as any reader."""
+        if self._stopping or self._keys() or self._given_back:
             return await super()._reconnect(started)
         switches = self._switches()
         try:
@@ -318,7 +319,13 @@ class NormalReader(BlockingReader):
             return False
         if self._recovered is None:
             self._recovered = self._loop.create_future()
-        done, _ = await asyncio.wait({self._recovered}, timeout=self._settings.failover_timeout_s)
+        self._given_back += 1  # the reader tries as for a receiver, not at its idle pace
+        self._wanted.set()
+        try:
+            timeout_s = self._settings.failover_timeout_s
+            done, _ = await asyncio.wait({self._recovered}, timeout=timeout_s)
+        finally:
+            self._given_back -= 1
         return bool(done)
 
     def _wake_settled(self) -> None:

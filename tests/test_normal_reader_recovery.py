@@ -32,6 +32,7 @@ from .test_normal_reader import (
     message,
     nothing_more,
 )
+from .test_receive_edges import deliver_then
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -482,3 +483,55 @@ async def test_recovery_replies_cut_each_time_are_not_retried_in_a_loop(
             await first.close()
             await other.close()
     assert len(watched) <= 4, f"{len(watched)} connections in {CUT_WATCHED_S:g} s"  # 0, 0.5, 1.5
+
+
+GIVE_BACK_FAILOVER_S = 3.0  # a give-back waits this long for the recovery
+MASTER_BACK_S = 1.8  # the master answers again this long after the cut
+
+
+class AwayAfterCutProxy(CuttingProxy):
+    """Cuts the second reply that carries a message, then turns every new connection away
+    for ``MASTER_BACK_S``: a master restarting."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology, every=2)
+
+    def _due(self) -> bool:
+        due = super()._due()
+        if due:
+            self.turn_away = True
+            asyncio.get_running_loop().call_later(MASTER_BACK_S, setattr, self, "turn_away", False)
+        return due
+
+
+async def test_a_give_back_waiting_for_a_recovery_is_not_overtaken_by_its_pace(
+    redis_topology: Topology, master_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two receivers wait; message 0 is handed to the first, the pop of 1 for the second
+    loses its reply, both give up, and the master is away for 1.8 s: the give-back of 0
+    waits for the recovery of 1, which the reader makes as soon as the master answers, as
+    for a receiver, not at its idle pace, so both go back in order (seen: the idle recovery
+    came 3.5 s after the cut, past the give-back's failover_timeout of 3 s, and 1 went back
+    in front of 0)."""
+    prefix = f"give-back-pace-{uuid.uuid4().hex[:8]}"
+    proxy = AwayAfterCutProxy(redis_topology)
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix, failover_timeout=GIVE_BACK_FAILOVER_S)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            for number in range(2):
+                await other.send("jobs", message(number))
+            receivers: list[asyncio.Task[dict[str, object]]] = []
+            deliver_then(first, monkeypatch, lambda: [task.cancel() for task in receivers])
+            receivers += [asyncio.create_task(first.receive("jobs")) for _ in range(2)]
+            await asyncio.gather(*receivers, return_exceptions=True)
+            await back_in_list(master_client, f"{prefix}:c:{{normal}}:jobs", 2)
+            received = [
+                (await asyncio.wait_for(other.receive("jobs"), TIMEOUT_S))["n"] for _ in range(2)
+            ]
+            await nothing_more(other, "jobs")
+        finally:
+            await first.close()
+            await other.close()
+    assert proxy.cut == 1
+    assert received == [0, 1]
