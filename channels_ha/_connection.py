@@ -229,6 +229,20 @@ async def _connect(
     return protocol, info
 
 
+async def answers_as_master(endpoint: Endpoint, settings: ServerSettings) -> None:
+    """Raises ConnectionLost unless ``endpoint`` can be reached and says ``ROLE`` master, as
+    a connection would find it (the handshake of one, without loading scripts)."""
+    try:
+        protocol, _ = await _connect(endpoint, settings, load_scripts=False, replication=False)
+    except (ConnectionLost, RedisCommandError):
+        raise
+    except Exception as err:  # an odd reply: as for connect_to_master
+        raise ConnectionLost(
+            f"checking {endpoint.describe()} failed unexpectedly ({type(err).__name__})"
+        ) from None
+    await protocol.aclose()
+
+
 def _until(deadline: float | None, timeout_s: float) -> float:
     """``timeout_s``, cut to what is left until ``deadline`` (monotonic), if any."""
     if deadline is None:

@@ -73,6 +73,15 @@ REPLAY_MAX_BYTES = 32 << 20
 # close a subscription per sentinel for nothing (an announcement has no history to catch up
 # on, and its writes are covered by the replay after a new server run anyway).
 SENTINEL_WATCH_DELAY_S = 1.0
+# How often a session that lived that long asks the sentinels which master they name, and
+# moves its connections if they consistently name another one (see _recheck): sentinels
+# pointed at another master without a failover (SENTINEL REMOVE and MONITOR) announce
+# nothing, and the old master keeps its role. The same span as HINT_MAX_AGE_S, after which
+# sync calls ask again: every event loop of a process leaves such a master within about as
+# long. It costs one lookup per this span per event loop and Sentinel deployment (a short
+# connection to each sentinel: a few milliseconds), and nothing more unless they name
+# another master.
+MASTER_RECHECK_INTERVAL_S = 10.0
 
 # What a process learned of a deployment is a hint to the next event loop's session (see
 # _hints): a sync call (async_to_sync) connects anew each time. A server named only by a hint

@@ -352,6 +352,12 @@ class CommandLink:
 
     # -- connecting --------------------------------------------------------------------
 
+    @property
+    def live_server(self) -> ServerInfo | None:
+        """The server of the connection, while it is open (``server`` stays the last)."""
+        protocol = self._protocol
+        return self.server if protocol is not None and not protocol.closed else None
+
     def drop_connection(self, reason: str) -> None:
         """Abandons the current connection (a failover was announced, or it hangs)."""
         if self._protocol is not None:

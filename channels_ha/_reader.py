@@ -141,6 +141,11 @@ class BlockingReader:
     def connected_to(self) -> ServerInfo | None:
         return self._server
 
+    @property
+    def live_server(self) -> ServerInfo | None:
+        """The server of the connection, while it is open (``connected_to`` stays the last)."""
+        return self._server if self._open_client() is not None else None
+
     async def settled(self, key: str) -> bool:
         """Waits for the pop in flight, if it covers ``key``; True if there was one and its
         reply is handed over now (what it brought of ``key`` is in the buffers).

@@ -53,6 +53,11 @@ class Resync:
         stats = shard.stats
         previous = stats.master
         run = stats.observe(info, shard.node_of(info))
+        left = shard.arrived(info)
+        if left is not None and run == "same":
+            # Re-pointed sentinels: another event loop of the process (a sync call) reached
+            # this server run first, but what this one added or wrote since went to the old.
+            run, previous = "new", left.endpoint.describe()
         if run == "same":
             return
         changed = run == "new"

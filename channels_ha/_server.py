@@ -149,6 +149,28 @@ class SentinelLocator:
         best = max(views, key=lambda view: view.rank(views))
         return self.master_at(best.host, best.port)
 
+    async def agreed(self) -> Endpoint:
+        """The master that every sentinel answering names, settled, when most of them answer;
+        else ConnectionLost, saying why.
+
+        ``locate`` picks the best of differing answers, as a connection must; a connection
+        that already works is moved only on this stricter answer (see ``_recheck``): while a
+        failover runs the sentinels disagree, or flag it, and while a master is down they
+        flag that."""
+        answers = await asyncio.gather(
+            *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
+        )
+        views = [answer for answer in answers if isinstance(answer, _View)]
+        if len(views) * 2 <= len(self.sentinels):
+            raise ConnectionLost(f"{len(views)} of {len(self.sentinels)} sentinels answered")
+        named = sorted({f"{view.host}:{view.port}" for view in views})
+        if len(named) > 1:
+            raise ConnectionLost(f"the sentinels name different masters ({', '.join(named)})")
+        flagged = sorted({flag for view in views for flag in view.flags & _UNSETTLED})
+        if flagged:
+            raise ConnectionLost(f"the sentinels flag {named[0]} {','.join(flagged)}")
+        return self.master_at(views[0].host, views[0].port)
+
     def master_at(self, host: str, port: int) -> Endpoint:
         """The data node at ``host:port``, reached with this configuration's TLS settings."""
         return _with_address(self.master_template, host, port)
@@ -177,6 +199,10 @@ class SentinelLocator:
         return f"sentinel master {self.master_name!r} via {names}"
 
 
+# A sentinel's flags for a master that a failover is replacing, or that is down.
+_UNSETTLED = frozenset({"failover_in_progress", "s_down", "o_down"})
+
+
 @dataclass(frozen=True)
 class _View:
     """One sentinel's answer: the master's address, from which configuration epoch."""
@@ -189,7 +215,7 @@ class _View:
     def rank(self, views: Sequence[_View]) -> tuple[int, bool, int]:
         """Newest epoch first; then a settled view (the sentinel leading a failover still
         names the old master until it ends); then the most sentinels agreeing."""
-        settled = not self.flags & {"failover_in_progress", "s_down", "o_down"}
+        settled = not self.flags & _UNSETTLED
         votes = sum(1 for view in views if (view.host, view.port) == (self.host, self.port))
         return self.epoch, settled, votes
 

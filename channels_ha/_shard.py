@@ -4,7 +4,7 @@ event loop's connections to it.
 A shard holds few connections per event loop, whatever the number of consumers: the
 pipelined command link (on Cluster, one per master), a reader for the process inboxes, a
 reader for normal channels (only while somebody receives on one) and, under Sentinel, a
-subscription to failover announcements.
+subscription to failover announcements and a periodic question to the sentinels.
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ from ._keys import KeyLayout
 from ._link import CommandLink
 from ._normal_reader import InFlight, NormalReader
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
+from ._recheck import MasterRecheck
 from ._resp import Endpoint
-from ._server import Announcements, Credentials, Locator, ServerInfo, ServerSettings
+from ._server import (
+    Announcements,
+    Credentials,
+    Locator,
+    SentinelLocator,
+    ServerInfo,
+    ServerSettings,
+)
 from ._slots import slot_of, tag_for_slot
 from ._stats import ShardStats
 from ._watch import FailoverEvents, SentinelWatch
@@ -100,6 +108,9 @@ class ShardConnections:
         self.inbox_reader: BlockingReader | None = None
         self.normal_reader: BlockingReader | None = None
         self._watch: SentinelWatch | None = None
+        self._recheck: MasterRecheck | None = None
+        # The server run a re-point moved the connections off, until one reaches another.
+        self._left: ServerInfo | None = None
         self._watch_due: asyncio.TimerHandle | None = None
         self._watch_begun = asyncio.Event()
         self._announced = ""  # the last new master the sentinels announced
@@ -243,8 +254,6 @@ class ShardConnections:
         self.link.release()
 
     def switch_announced(self, address: str) -> None:
-        self.announcements.switches += 1  # connections being made now must look again
-        self.spec.settings.hints.master.forget()  # and those of the process's other loops
         reason = f"sentinels announced a new master at {address}"
         if address != self._announced:  # each sentinel announces it: one line is enough
             self._announced = address
@@ -254,6 +263,43 @@ class ShardConnections:
                 reason,
                 extra={"event": "failover_detected", "new_master": address},
             )
+        self._move_to(address, reason)
+
+    def repointed(self, address: str) -> None:
+        """The sentinels consistently name another master than the one the connections are
+        on, with no failover announced (see ``_recheck``): they move as after one."""
+        reason = f"the sentinels name another master, {address}, with no failover announced"
+        logger.warning(
+            "Sentinels pointed elsewhere on %s: %s; moving the connections there",
+            self.spec.locator.describe(),
+            reason,
+            extra={"event": "master_repointed", "new_master": address},
+        )
+        self._left = self.connected_to()
+        self._move_to(address, reason)
+
+    def arrived(self, info: ServerInfo) -> ServerInfo | None:
+        """The server run a re-point moved the connections off, the first time one of them
+        reaches another (then None again): another event loop of the process may have got
+        there long before, and what this one wrote meanwhile went to the old master."""
+        left = self._left
+        if left is None or left.run_id == info.run_id:
+            return None
+        self._left = None
+        return left
+
+    def connected_to(self) -> ServerInfo | None:
+        """The server the open connections are on: the command link's, else a reader's
+        (one being made asks the sentinels itself)."""
+        link = self.link
+        servers = [link.live_server] if isinstance(link, CommandLink) else []
+        servers += [reader.live_server for reader in self.readers()]
+        return next((server for server in servers if server is not None), None)
+
+    def _move_to(self, address: str, reason: str) -> None:
+        """Moves every connection not at ``address`` (``host:port``) there."""
+        self.announcements.switches += 1  # connections being made now must look again
+        self.spec.settings.hints.master.forget()  # and those of the process's other loops
         if isinstance(self.link, CommandLink) and not _is_at(self.link.server, address):
             self.link.drop_connection(reason)
         self.link.release()
@@ -284,6 +330,12 @@ class ShardConnections:
         )
         self._watch.start()
         self._watch_begun.set()
+        locator = self.spec.locator
+        if isinstance(locator, SentinelLocator):
+            self._recheck = MasterRecheck(
+                locator, self.spec.settings, self.announcements, self.connected_to, self.repointed
+            )
+            self._recheck.start()
 
     async def watch_subscribed(self) -> None:
         """Waits until the sentinel watch listens on every sentinel (Sentinel only; it
@@ -303,6 +355,8 @@ class ShardConnections:
         self._closing = True
         if self._watch_due is not None:
             self._watch_due.cancel()
+        if self._recheck is not None:  # first: it would move connections being closed
+            await self._recheck.close()
         await self.close_readers()
         await self.link.close(drain_timeout_s)
         if self._watch is not None:

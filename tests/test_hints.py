@@ -349,14 +349,24 @@ async def test_a_slow_cluster_node_named_by_the_remembered_map_still_gets_the_ca
     assert await received(receiver, "jobs", 2) == [0, 1]
 
 
-def repoint_sentinels(topology: SentinelTopology, master_name: str, node: RedisNode) -> None:
-    """Points the sentinels at another master with no failover (``SENTINEL REMOVE``, then
-    ``MONITOR``: an operator moving the deployment): nothing is announced."""
-    for sentinel in topology.sentinels:
+def repoint_sentinels(
+    topology: SentinelTopology,
+    master_name: str,
+    node: RedisNode,
+    sentinels: Iterable[RedisNode] | None = None,
+) -> None:
+    """Points the sentinels (all, or ``sentinels``) at another master with no failover
+    (``SENTINEL REMOVE``, then ``MONITOR``, and the data nodes' password: an operator moving
+    the deployment): nothing is announced."""
+    for sentinel in topology.sentinels if sentinels is None else sentinels:
         client = sentinel.client()
         try:
             client.execute_command("SENTINEL", "REMOVE", master_name)
             client.execute_command("SENTINEL", "MONITOR", master_name, node.host, node.port, 2)
+            if topology.password is not None:
+                client.execute_command(
+                    "SENTINEL", "SET", master_name, "auth-pass", topology.password
+                )
         finally:
             client.close()
 

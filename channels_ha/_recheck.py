@@ -1,0 +1,94 @@
+"""Asking the sentinels now and then which master they name, for connections that never ask.
+
+A connection asks the sentinels where the master is only when it is made. Sentinels pointed
+at another master without a failover (``SENTINEL REMOVE`` and ``MONITOR`` on each: Redis
+moved to new nodes) announce nothing, and the old master keeps its role, its server run and
+its replicas: a long-lived event loop's connections would write to it, and read from it, for
+good, while every connection made since goes to the new one. Each such loop asks every
+``MASTER_RECHECK_INTERVAL_S``.
+
+It must never move connections in the middle of a failover, which the announcements and the
+connections' own checks handle. So it moves them only when most sentinels answer, all name
+the same master, none flags a failover in progress or the master down, and that master
+answers ``ROLE`` master; any doubt, or a failed lookup, leaves things as they are until the
+next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ._connection import answers_as_master
+from ._constants import MASTER_RECHECK_INTERVAL_S
+from ._server import Announcements, SentinelLocator, ServerInfo, ServerSettings
+from .exceptions import ConnectionLost, RedisCommandError
+
+logger = logging.getLogger("channels_ha.layer")
+
+
+class MasterRecheck:
+    """One shard's periodic question to its sentinels, on one event loop."""
+
+    def __init__(
+        self,
+        locator: SentinelLocator,
+        settings: ServerSettings,
+        announcements: Announcements,
+        connected_to: Callable[[], ServerInfo | None],
+        move: Callable[[str], None],
+    ) -> None:
+        self._locator = locator
+        self._settings = settings
+        self._announcements = announcements
+        self._connected_to = connected_to  # the server the connections are on, if any
+        self._move = move  # moves them to the master at "host:port"
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(MASTER_RECHECK_INTERVAL_S)
+            try:
+                await self.check()
+            except Exception:  # a bug: reported, and the next round runs all the same
+                logger.error(
+                    "Checking which master the sentinels name failed; it runs again in %g s",
+                    MASTER_RECHECK_INTERVAL_S,
+                    exc_info=True,
+                    extra={"event": "upkeep_failed", "step": "master recheck"},
+                )
+
+    async def check(self) -> None:
+        """One round: moves the connections if the sentinels consistently name a master
+        other than theirs, which answers as a master."""
+        server = self._connected_to()
+        if server is None:
+            return  # nothing to move: a connection being made asks the sentinels itself
+        switches = self._announcements.switches
+        try:
+            named = await self._locator.agreed()
+            address = f"{named.host}:{named.port}"
+            if address == _address(server):
+                return
+            await answers_as_master(named, self._settings)
+        except (ConnectionLost, RedisCommandError) as err:
+            logger.debug("Connections stay where they are this round: %s", err)
+            return
+        if self._announcements.switches != switches or self._connected_to() is not server:
+            return  # a failover was announced, or the connections moved: the next round sees
+        self._move(address)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
+
+def _address(server: ServerInfo) -> str:
+    return f"{server.endpoint.host}:{server.endpoint.port}"
