@@ -36,13 +36,13 @@ class MasterRecheck:
         locator: SentinelLocator,
         settings: ServerSettings,
         announcements: Announcements,
-        connected_to: Callable[[], ServerInfo | None],
+        servers: Callable[[], list[ServerInfo]],
         move: Callable[[str], None],
     ) -> None:
         self._locator = locator
         self._settings = settings
         self._announcements = announcements
-        self._connected_to = connected_to  # the server the connections are on, if any
+        self._servers = servers  # those the open connections are on, each one's
         self._move = move  # moves them to the master at "host:port"
         self._task: asyncio.Task[None] | None = None
 
@@ -65,21 +65,24 @@ class MasterRecheck:
 
     async def check(self) -> None:
         """One round: moves the connections if the sentinels consistently name a master
-        other than theirs, which answers as a master."""
-        server = self._connected_to()
-        if server is None:
+        other than one of theirs, which answers as a master. Each connection counts: the
+        command link may have reconnected to the named master on its own while a reader
+        stayed on the old one (nothing tells it when the process met the new server run
+        first, in a sync call)."""
+        servers = self._servers()
+        if not servers:
             return  # nothing to move: a connection being made asks the sentinels itself
         switches = self._announcements.switches
         try:
             named = await self._locator.agreed()
             address = f"{named.host}:{named.port}"
-            if address == _address(server):
+            if all(_address(server) == address for server in servers):
                 return
             await answers_as_master(named, self._settings)
         except (ConnectionLost, RedisCommandError) as err:
             logger.debug("Connections stay where they are this round: %s", err)
             return
-        if self._announcements.switches != switches or self._connected_to() is not server:
+        if self._announcements.switches != switches or self._servers() != servers:
             return  # a failover was announced, or the connections moved: the next round sees
         self._move(address)
 

@@ -275,7 +275,7 @@ class ShardConnections:
             reason,
             extra={"event": "master_repointed", "new_master": address},
         )
-        self._left = self.connected_to()
+        self._left = next((s for s in self.live_servers() if not _is_at(s, address)), None)
         self._move_to(address, reason)
 
     def arrived(self, info: ServerInfo) -> ServerInfo | None:
@@ -291,10 +291,14 @@ class ShardConnections:
     def connected_to(self) -> ServerInfo | None:
         """The server the open connections are on: the command link's, else a reader's
         (one being made asks the sentinels itself)."""
+        return next(iter(self.live_servers()), None)
+
+    def live_servers(self) -> list[ServerInfo]:
+        """The server of each open connection: the command link's, then the readers'."""
         link = self.link
         servers = [link.live_server] if isinstance(link, CommandLink) else []
         servers += [reader.live_server for reader in self.readers()]
-        return next((server for server in servers if server is not None), None)
+        return [server for server in servers if server is not None]
 
     def _move_to(self, address: str, reason: str) -> None:
         """Moves every connection not at ``address`` (``host:port``) there."""
@@ -333,7 +337,7 @@ class ShardConnections:
         locator = self.spec.locator
         if isinstance(locator, SentinelLocator):
             self._recheck = MasterRecheck(
-                locator, self.spec.settings, self.announcements, self.connected_to, self.repointed
+                locator, self.spec.settings, self.announcements, self.live_servers, self.repointed
             )
             self._recheck.start()
 

@@ -233,3 +233,45 @@ async def test_a_failover_with_the_check_running_often_loses_nothing(
     assert not events(caplog, "master_repointed")
     declined = [r.getMessage() for r in caplog.records if "stay where they are" in r.getMessage()]
     print(f"{len(declined)} rounds declined, e.g. {sorted(set(declined))[:3]}")
+
+
+async def test_a_reader_left_behind_moves_though_the_link_is_on_the_named_master(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process met the new master first (a sync call), then the long-lived loop's command
+    link lost its connection and made another, to the master the sentinels name now: the
+    same server run as far as the process knows, so nothing told the inbox reader, still on
+    the old master. Seen: the check looked at the command link only, found it where the
+    sentinels point, and left the reader there for good: a message to the loop's channel,
+    written to the new master, was never received."""
+    monkeypatch.setattr(_recheck, "MASTER_RECHECK_INTERVAL_S", 3600.0)  # rounds run here
+    topology = redis_sandbox_factory("sentinel")
+    assert isinstance(topology, SentinelTopology)
+    layer = make_layer(topology)
+    mine = await layer.new_channel()
+    await layer.send(mine, {"type": "n", "n": 0})
+    assert (await layer.receive(mine))["n"] == 0
+    shard = shard_of(layer)
+    await asyncio.wait_for(shard.watch_subscribed(), SENTINEL_WATCH_DELAY_S + 5)
+    old = await topology.acurrent_master()
+    new, other = [node for node in topology.data_nodes if node is not old]
+    await detach(new, old, [new, other])
+    master_name = layer.configs[0].master_name  # type: ignore[attr-defined]
+    await asyncio.to_thread(repoint_sentinels, topology, master_name, new)
+    await sync_calls(layer.send, [1], "jobs")  # the process meets the new server run
+    link = shard.link
+    assert isinstance(link, CommandLink)
+    assert link.server is not None
+    await asyncio.to_thread(run_on, [old], "CLIENT", "KILL", "ID", str(link.server.client_id))
+    await layer.send("jobs", {"type": "n", "n": 2})  # on a new connection
+    assert on_every_connection(shard) == {new.port, old.port}  # the link, the reader
+    recheck = shard._recheck
+    assert recheck is not None
+    for _ in range(3):
+        await recheck.check()
+    other_process = make_layer(topology, prefix=layer.prefix)
+    await other_process.send(mine, {"type": "n", "n": 3})
+    assert (await asyncio.wait_for(layer.receive(mine), RECEIVE_S))["n"] == 3
+    assert on_every_connection(shard) == {new.port}
