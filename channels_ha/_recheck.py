@@ -21,8 +21,9 @@ import logging
 from collections.abc import Callable
 
 from ._connection import answers_as_master
-from ._constants import MASTER_RECHECK_INTERVAL_S
+from ._constants import FAILURE_LOG_INTERVAL_S, MASTER_RECHECK_INTERVAL_S
 from ._server import Announcements, SentinelLocator, ServerInfo, ServerSettings
+from ._upkeep_steps import UpkeepSteps
 from .exceptions import ConnectionLost, RedisCommandError
 
 logger = logging.getLogger("channels_ha.layer")
@@ -45,6 +46,8 @@ class MasterRecheck:
         self._servers = servers  # those the open connections are on, each one's
         self._move = move  # moves them to the master at "host:port"
         self._task: asyncio.Task[None] | None = None
+        # A failing round is logged as the upkeep's steps are: once a minute, with a count.
+        self._failures = UpkeepSteps(FAILURE_LOG_INTERVAL_S)
 
     def start(self) -> None:
         if self._task is None:
@@ -53,15 +56,8 @@ class MasterRecheck:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(MASTER_RECHECK_INTERVAL_S)
-            try:
+            with self._failures.step("master recheck"):  # a bug: reported, throttled
                 await self.check()
-            except Exception:  # a bug: reported, and the next round runs all the same
-                logger.error(
-                    "Checking which master the sentinels name failed; it runs again in %g s",
-                    MASTER_RECHECK_INTERVAL_S,
-                    exc_info=True,
-                    extra={"event": "upkeep_failed", "step": "master recheck"},
-                )
 
     async def check(self) -> None:
         """One round: moves the connections if the sentinels consistently name a master

@@ -275,3 +275,36 @@ async def test_a_reader_left_behind_moves_though_the_link_is_on_the_named_master
     await other_process.send(mine, {"type": "n", "n": 3})
     assert (await asyncio.wait_for(layer.receive(mine), RECEIVE_S))["n"] == 3
     assert on_every_connection(shard) == {new.port}
+
+
+async def test_a_failing_check_is_reported_once_a_minute_not_every_round(
+    redis_sentinel: SentinelTopology,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in the check is logged as the upkeep's steps are (docs/operations.md: at most
+    once a minute per step, with a count), and the rounds go on. Seen: one ERROR with a
+    traceback every round (10 in 10 rounds)."""
+    rounds = 10
+    calls = 0
+    done = asyncio.Event()
+
+    async def broken(self: _recheck.MasterRecheck) -> None:
+        nonlocal calls
+        calls += 1
+        if calls >= rounds:
+            done.set()
+        raise RuntimeError("a bug in the check")
+
+    monkeypatch.setattr(_recheck, "MASTER_RECHECK_INTERVAL_S", 0.01)
+    monkeypatch.setattr(_recheck.MasterRecheck, "check", broken)
+    layer = make_layer(redis_sentinel)
+    await layer.send("tasks", {"type": "n"})  # the first connection starts the watch's delay
+    await asyncio.wait_for(shard_of(layer).watch_subscribed(), SENTINEL_WATCH_DELAY_S + 5)
+    await asyncio.wait_for(done.wait(), RECEIVE_S)
+    failures = [
+        r for r in events(caplog, "upkeep_failed") if getattr(r, "step", "") == "master recheck"
+    ]
+    assert len(failures) == 1, f"{len(failures)} ERROR lines in {calls} failing rounds"
+    assert (await layer.receive("tasks"))["type"] == "n"
