@@ -100,6 +100,20 @@ async def detach(node: RedisNode, master: RedisNode, others: Iterable[RedisNode]
     await asyncio.to_thread(run_on, [node], "REPLICAOF", "NO", "ONE")
 
 
+async def receiving_on_own_channel(
+    make_layer: LayerFactory, topology: SentinelTopology
+) -> tuple[RedisChannelLayer, str, RedisNode, RedisNode, RedisNode]:
+    """A long-lived layer that received on its own channel (its inbox reader connected),
+    its channel, and the data nodes: the master it is on, then the two others."""
+    layer = make_layer(topology)
+    mine = await layer.new_channel()
+    await layer.send(mine, {"type": "n", "n": 0})
+    assert (await layer.receive(mine))["n"] == 0
+    old = await topology.acurrent_master()
+    new, other = [node for node in topology.data_nodes if node is not old]
+    return layer, mine, old, new, other
+
+
 async def test_a_long_lived_loop_leaves_a_master_the_sentinels_stopped_naming(
     redis_sandbox_factory: TopologyFactory,
     make_layer: LayerFactory,
@@ -154,13 +168,8 @@ async def test_a_loop_that_leaves_last_reasserts_what_it_added_meanwhile(
     caplog.set_level(logging.DEBUG, logger="channels_ha.layer")
     topology = redis_sandbox_factory("sentinel")
     assert isinstance(topology, SentinelTopology)
-    layer = make_layer(topology)
-    mine = await layer.new_channel()
-    await layer.send(mine, {"type": "n", "n": 0})
-    assert (await layer.receive(mine))["n"] == 0
+    layer, mine, old, new, other = await receiving_on_own_channel(make_layer, topology)
     shard = shard_of(layer)
-    old = await topology.acurrent_master()
-    new, other = [node for node in topology.data_nodes if node is not old]
     await detach(new, old, [new, other])
     master_name = layer.configs[0].master_name  # type: ignore[attr-defined]
     first, second, third = topology.sentinels
@@ -249,14 +258,9 @@ async def test_a_reader_left_behind_moves_though_the_link_is_on_the_named_master
     monkeypatch.setattr(_recheck, "MASTER_RECHECK_INTERVAL_S", 3600.0)  # rounds run here
     topology = redis_sandbox_factory("sentinel")
     assert isinstance(topology, SentinelTopology)
-    layer = make_layer(topology)
-    mine = await layer.new_channel()
-    await layer.send(mine, {"type": "n", "n": 0})
-    assert (await layer.receive(mine))["n"] == 0
+    layer, mine, old, new, other = await receiving_on_own_channel(make_layer, topology)
     shard = shard_of(layer)
     await asyncio.wait_for(shard.watch_subscribed(), SENTINEL_WATCH_DELAY_S + 5)
-    old = await topology.acurrent_master()
-    new, other = [node for node in topology.data_nodes if node is not old]
     await detach(new, old, [new, other])
     master_name = layer.configs[0].master_name  # type: ignore[attr-defined]
     await asyncio.to_thread(repoint_sentinels, topology, master_name, new)
