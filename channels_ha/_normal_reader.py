@@ -21,9 +21,10 @@ duplicate) should a recovered element be older than the memory reaches.
 
 A recovery must not wait for a receiver: the one that waited may have given up (a timeout
 cancelling its receive()), and none may come again before the list expires, or before the
-layer closes. So a lost reply makes the reader connect again and recover at once, nobody
-waiting or not, and hand over what it recovers as usual: what nobody here waits for is
-given back to the head of its list (``GiveBack.return_stranded``). With no master, it
+layer closes. So a lost reply makes the reader connect again and recover at once (lost
+again in a row, after a pause: ``_lost_replies``), nobody waiting or not, and hand over
+what it recovers as usual: what nobody here waits for is given back to the head of its list
+(``GiveBack.return_stranded``). With no master, it
 tries again less and less often until the list has expired (``_idle_recovery``). At close,
 the reader recovers what a lost reply left, then deletes its in-flight list (all of it
 handed over).
@@ -51,7 +52,7 @@ from ._constants import (
 )
 from ._idle_recovery import IdleRecovery
 from ._keys import wake_stream
-from ._reader import BlockingReader
+from ._reader import BlockingReader, some_keys
 from ._resp import FutureSink, pack
 from ._scripts import POP_NORMAL
 from ._server import REDIRECT_ERRORS, RETRY_ERRORS
@@ -99,19 +100,23 @@ class NormalReader(BlockingReader):
       pop, the XREAD on the wake streams; at close, the deletion).
     - FRESH: as ACKED, on a new connection. Its first pop recovers all the same: a master
       that missed the last pops may hold an older batch there (``_handed`` filters it).
-    - POPPING: a plain pop is out (or its reply was never read: its connection closed
-      before it went out, or close() collected a refusal; the next request recovers).
-    - RECOVERING: a recovery is out or due, no reply known lost: the first pop on a new
-      connection, or one Redis refused as no master (READONLY), made again.
+      Nothing is owed before it: it pops as a plain pop does if the list holds nothing.
+    - POPPING: a pop is out, a plain one or FRESH's recovery (or its reply was never read:
+      its connection closed before it went out, or close() collected a refusal; the next
+      request recovers).
+    - RECOVERING: a recovery is out or due, no reply known lost: after a pop whose reply
+      was never read, or one Redis refused as no master (READONLY), made again.
     - LOST: the connection of a pop or recovery went before its reply: the batch may be in
       the in-flight list only. Recovered at once, nobody waiting or not, and at close; a
       give-back waits for it (``settled()``), lest it go back behind that batch.
 
     Transitions. A new connection: ACKED becomes FRESH. A request: ACKED becomes POPPING
-    (the deletion at close leaves it ACKED: it pops nothing); any other state recovers,
-    LOST staying LOST and the rest becoming RECOVERING. A reply handed over: ACKED, from any
-    state. A refused request: POPPING becomes ACKED (an XREAD or the deletion refused
-    leaves ACKED), RECOVERING and LOST stay (see ``_on_error``). A connection lost before
+    (the deletion at close leaves it ACKED: it pops nothing); FRESH recovers and becomes
+    POPPING (with no channel to pop, at close, it stays FRESH: it pops nothing, so a
+    refusal or a lost reply loses nothing); any other state recovers, LOST staying LOST and
+    the rest becoming RECOVERING. A reply handed over: ACKED, from any state. A refused
+    request: POPPING and FRESH become ACKED (an XREAD or the deletion refused leaves
+    ACKED), RECOVERING and LOST stay (see ``_on_error``). A connection lost before
     the reply: POPPING and RECOVERING become LOST. The in-flight list expired: POPPING,
     RECOVERING and LOST are written off, ACKED (a LOST batch logged as lost: _write_off).
 
@@ -161,7 +166,11 @@ class NormalReader(BlockingReader):
     def _recovery(self, keys: list[str]) -> bytes:
         if keys:  # a receiver's: whatever Redis refused before, attempts may follow again
             self._idle.lift()
-        if self._state is not _LOST:
+        state = self._state
+        if state is _FRESH:  # nothing owed before it: a pop's stakes, if it pops at all
+            if keys:
+                self._state = _POPPING
+        elif state is not _LOST:
             self._state = _RECOVERING
         return self._pop_request(keys, recover=True)
 
@@ -191,6 +200,12 @@ class NormalReader(BlockingReader):
         else:
             self._settle()
 
+    def _describe_request(self) -> str:
+        if not self._pending_keys:
+            return f"a recovery of the in-flight list {self._in_flight}"
+        keys = some_keys(self._pending_keys)
+        return f"a pop or recovery of {keys} (in-flight list {self._in_flight})"
+
     def _reply_lost(self) -> None:
         state = self._state
         if state is _POPPING or state is _RECOVERING or state is _LOST:
@@ -209,7 +224,7 @@ class NormalReader(BlockingReader):
 
     async def _on_error(self, err: RedisCommandError) -> None:
         state = self._state
-        if state is _POPPING or state is _ACKED:
+        if state is _POPPING or state is _ACKED or state is _FRESH:
             self._settle()  # a pop refused took nothing: the last batch was handed over
         elif not self._pending_keys and not str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
             self._stop_idle_recovery()

@@ -5,7 +5,9 @@ process leaves its messages in Redis (where ``capacity`` can push back on sender
 another process can take a normal channel's message); the normal-channel reader also
 recovers, with nobody waiting, a batch whose reply was lost (see ``_normal_reader``). A
 receiver blocked during a failover just keeps waiting; only after ``failover_timeout``
-without a master are the waiting receivers told, with RedisUnavailable.
+without a master are the waiting receivers told, with RedisUnavailable. A reply lost with
+its connection makes the reader connect again at once; lost again in a row, not at once
+(``_lost_replies``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ._constants import (
     UNBLOCK_RETRY_FIRST_S,
     UNBLOCK_RETRY_MAX_S,
 )
+from ._lost_replies import LostReplies
 from ._resp import FutureSink, pack
 from ._server import (
     REDIRECT_ERRORS,
@@ -91,6 +94,7 @@ class BlockingReader:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._backoff = Backoff()
+        self._lost = LostReplies()  # paces reconnecting after replies lost in a row
         self._loop = asyncio.get_running_loop()  # a reader belongs to one session, one loop
         self._pop_limit_s = BLOCKING_POP_TIMEOUT_S + settings.reply_timeout_s
         self._pop_deadline = 0.0
@@ -131,6 +135,7 @@ class BlockingReader:
     def nudge(self) -> None:
         """A new master was announced: retry now rather than at the next backoff step."""
         self._backoff.nudge()
+        self._lost.nudge()
 
     def drop_connection(self, reason: str) -> None:
         if self._client is not None and self._client.protocol is not None:
@@ -197,6 +202,7 @@ class BlockingReader:
     async def _pop_once(self, keys: list[str]) -> None:
         client = self._open_client()
         if client is None:
+            await self._lost.pause()  # replies cut each time must not make a loop
             try:
                 client = await self._connection()
             except (RedisUnavailable, RedisCommandError) as err:
@@ -272,8 +278,8 @@ class BlockingReader:
     async def _take_reply(self, pending: asyncio.Future[object]) -> None:
         try:
             reply = pending.result()
-        except ConnectionLost:
-            self._client = None
+        except ConnectionLost as err:
+            self._reply_cut(err)
             return
         except RedisCommandError as err:
             await self._on_error(err)
@@ -282,11 +288,27 @@ class BlockingReader:
         # connection and refuses the pop (CLUSTERDOWN) must meet a growing pause.
         self._backoff.reset()
         self._last_error = None
+        if self._lost.in_a_row:
+            self._lost.answered()
         self._hand_over(reply)
+
+    def _reply_cut(self, err: ConnectionLost) -> None:
+        """The connection went before the reply came: counted (see ``_lost_replies``), and
+        the next request goes on a new connection."""
+        client, self._client = self._client, None
+        protocol = client.protocol if client is not None else None
+        received = protocol.unparsed() if protocol is not None else 0
+        self._lost.lost(self._describe_server(), self._describe_request(), received)
+        self._last_error = err
+
+    def _describe_request(self) -> str:
+        """What the request in flight was, for a log line."""
+        return f"a pop of {some_keys(self._pending_keys)}"
 
     async def _on_error(self, err: RedisCommandError) -> None:
         """A server that is not the master (any more) makes us look again; others fail."""
         self._last_error = err
+        self._lost.answered()  # (a reply all the same)
         if str(err).startswith(RETRY_ERRORS + REDIRECT_ERRORS):
             scripts_refused(self._settings, self._server, str(err))
             self.drop_connection(f"{str(err).split(' ', 1)[0]} from {self._describe_server()}")
@@ -455,3 +477,9 @@ class BlockingReader:
             task.cancel()
         # asyncio.wait, unlike gather, does not cancel the task if this caller is cancelled.
         await asyncio.wait({task})
+
+
+def some_keys(keys: list[str], shown: int = 3) -> str:
+    """Keys for a log line: a reader may pop thousands of channels."""
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return (", ".join(keys[:shown]) or "nothing") + more

@@ -129,6 +129,10 @@ class RespProtocol(asyncio.Protocol):
             self._transport.write(data)
             self._handed += len(data)
 
+    def unparsed(self) -> int:
+        """Bytes received of a reply not complete yet (one cut midway, once lost)."""
+        return self._parser.len()
+
     def backlog(self) -> tuple[int, int]:
         """Bytes the socket accepted so far, and bytes still waiting for it to take them."""
         unsent = self._transport.get_write_buffer_size() if self._transport is not None else 0

@@ -31,6 +31,7 @@ from .test_normal_reader import (
     blocked_in_redis,
     message,
     nothing_more,
+    reader_connection,
 )
 from .test_receive_edges import deliver_then
 
@@ -535,3 +536,114 @@ async def test_a_give_back_waiting_for_a_recovery_is_not_overtaken_by_its_pace(
             await other.close()
     assert proxy.cut == 1
     assert received == [0, 1]
+
+
+async def test_a_batch_lost_at_close_names_the_lost_reply(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every reply carrying the batch is cut, the receiver gave up at the first, and close()
+    makes its calls: in_flight_lost names the lost reply as the last error (seen: "the last:
+    None", a lost reply recorded no error)."""
+    receiving: list[asyncio.Task[dict[str, object]]] = []
+
+    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
+        receiving[0].cancel()
+
+    proxy = EveryReplyCutProxy(redis_topology, on_cut=give_up)
+    prefix = f"lost-named-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            blocked = int(master_client.info("clients")["blocked_clients"])
+            receiving.append(asyncio.create_task(first.receive("jobs")))
+            await blocked_in_redis(master_client, blocked)
+            await other.send("jobs", message(1))
+            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+            await asyncio.gather(*receiving, return_exceptions=True)
+            with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
+                await first.close()
+        finally:
+            await first.close()
+            await other.close()
+    lost = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
+    assert len(lost) == 1, lost
+    assert "the last: connection" in lost[0], lost
+
+
+class HeldUpProxy(CuttingProxy):
+    """Holds up each new connection's handshake (``HANDSHAKE_DELAY_S``); cuts the replies
+    that carry a message while ``cutting``."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology, cuts=0, delay=(b"SETNAME", HANDSHAKE_DELAY_S))
+        self.cutting = False
+
+    def _due(self) -> bool:
+        return self.cutting
+
+
+async def fresh_at_close(
+    topology: Topology,
+    admin: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    at_close: Callable[[HeldUpProxy, str], object],
+) -> list[str]:
+    """Message 1 is received (it stays in the in-flight list, handed over); the reader's
+    connection is dropped, and a receiver makes it connect again, giving up meanwhile: the
+    reader is on a new connection, owing nothing. ``at_close(proxy, user)`` runs, then
+    close(): the in_flight_lost messages logged."""
+    proxy = HeldUpProxy(topology)
+    prefix = f"fresh-close-{uuid.uuid4().hex[:8]}"
+    with acl_user(admin) as user:
+        async with proxy.running() as url:
+            first = RedisChannelLayer(hosts=[as_user(url, user)], prefix=prefix)
+            try:
+                await first.send("jobs", message(1))
+                assert (await asyncio.wait_for(first.receive("jobs"), TIMEOUT_S))["n"] == 1
+                reader = first._session()._readers[(0, False)]
+                killed = reader_connection(first)
+                reader.drop_connection("under test")  # (gone before the next receive())
+                proxy.delayed.clear()
+                receiving = asyncio.create_task(first.receive("jobs"))
+                await asyncio.wait_for(proxy.delayed.wait(), TIMEOUT_S)  # connecting again
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+                deadline = time.monotonic() + TIMEOUT_S
+                while reader.connected_to is None or reader.connected_to.client_id == killed:
+                    assert time.monotonic() < deadline, "the reader never connected again"
+                    await asyncio.sleep(0.01)  # nothing to await: the reader's own task
+                at_close(proxy, user[0])
+                with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
+                    await first.close()
+            finally:
+                await first.close()
+    return [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
+
+
+async def test_a_refused_first_recovery_at_close_loses_nothing(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a new connection that owes nothing, Redis refuses the reader's calls at close
+    (NOPERM): nothing was lost, nothing is said lost (seen: in_flight_lost, "4 calls made
+    at close failed")."""
+
+    def no_scripts(proxy: HeldUpProxy, user: str) -> None:
+        master_client.execute_command("ACL", "SETUSER", user, "-evalsha")
+
+    lost = await fresh_at_close(redis_topology, master_client, caplog, no_scripts)
+    assert lost == []
+
+
+async def test_a_cut_first_recovery_at_close_loses_nothing(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a new connection that owes nothing, the reply to the reader's recovery at close
+    is cut (it carries the batch handed over already): nothing was lost, nothing is said
+    lost (seen: in_flight_lost, "4 calls made at close failed")."""
+
+    def cut(proxy: HeldUpProxy, user: str) -> None:
+        proxy.cutting = True
+
+    lost = await fresh_at_close(redis_topology, master_client, caplog, cut)
+    assert lost == []
