@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from channels_ha import RedisChannelLayer
+from channels_ha._normal_reader import NormalReader
 from channels_ha.exceptions import RedisCommandError
 from channels_ha.sandbox import StandaloneTopology, Topology, TopologyFactory
 
@@ -69,6 +70,17 @@ async def refused_in_acl_log(admin: redis.Redis, user: str) -> None:
     while not any(entry["username"] == user for entry in admin.acl_log()):
         assert time.monotonic() < deadline, f"nothing of {user} was refused"
         await asyncio.sleep(0.01)  # nothing to await: the refusal is in Redis
+
+
+async def refusal_read(layer: RedisChannelLayer) -> None:
+    """Once the normal reader has read Redis's refusal (in the ACL log before its reply has
+    come back through the proxy: a receiver started in between met the refusal)."""
+    reader = layer._session()._readers[(0, False)]
+    assert isinstance(reader, NormalReader)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not reader._idle._refused:
+        assert time.monotonic() < deadline, "the reader never read the refusal"
+        await asyncio.sleep(0.01)  # nothing to await: the reader pauses with no callback
 
 
 async def a_pop_cut(
@@ -176,6 +188,7 @@ async def a_refused_recovery(
                 receiving.cancel()
                 await asyncio.gather(receiving, return_exceptions=True)
                 await refused_in_acl_log(admin, user[0])
+                await refusal_read(first)
                 yield first, other, proxy, user[0]
             finally:
                 await first.close()
