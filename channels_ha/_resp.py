@@ -130,8 +130,10 @@ class RespProtocol(asyncio.Protocol):
             self._handed += len(data)
 
     def unparsed(self) -> int:
-        """Bytes received of a reply not complete yet (one cut midway, once lost)."""
-        return self._parser.len()
+        """Bytes received of a reply not complete yet (one cut midway, once lost). The
+        parser's buffer also keeps up to 1 KB of replies already parsed: none counts when
+        nothing is left to parse, else the figure may be that much over."""
+        return self._parser.len() if self._parser.has_data() else 0
 
     def backlog(self) -> tuple[int, int]:
         """Bytes the socket accepted so far, and bytes still waiting for it to take them."""

@@ -217,3 +217,25 @@ async def test_a_new_master_announced_starts_the_pace_over(
             await first.close()
             await other.close()
     assert after[1] < 0.2, f"connections at {after} s after the nudge"
+
+
+async def test_replies_cut_says_none_arrived_when_none_did(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The proxy drops each cut reply whole: ``replies_cut`` says none of it arrived, not the
+    bytes of earlier replies the parser still keeps (seen: "687 bytes of it had arrived")."""
+    proxy = ArmedProxy(redis_topology)
+    prefix = f"pace-bytes-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            with caplog.at_level(logging.WARNING, logger="channels_ha.reader"):
+                await receive_after_cut(first, other, proxy, master_client, 3, 1)
+        finally:
+            await first.close()
+            await other.close()
+    events = cut_events(caplog)
+    assert len(events) == 1, [r.getMessage() for r in events]
+    assert getattr(events[0], "received", None) == 0, events[0].getMessage()
+    assert "none of it had arrived" in events[0].getMessage()
