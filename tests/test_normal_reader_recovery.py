@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager, suppress
+from typing import TypeVar
 
 import pytest
 import redis
@@ -398,6 +399,43 @@ class RecuttingProxy(CuttingProxy):
         return due
 
 
+ProxyT = TypeVar("ProxyT", bound=CuttingProxy)
+
+
+@asynccontextmanager
+async def given_up_at_a_cut(
+    make_proxy: Callable[[Topology, Callable[[], object]], ProxyT],
+    topology: Topology,
+    admin: redis.Redis,
+    name: str,
+) -> AsyncIterator[ProxyT]:
+    """A layer behind ``make_proxy`` (failover_timeout GONE_FAILOVER_S, expiry GONE_TTL_S)
+    whose receiver on "jobs" gave up when the proxy cut the reply of the pop taking the
+    message another process sent: yields the proxy, the cut just made; layers closed after."""
+    receiving: list[asyncio.Task[dict[str, object]]] = []
+
+    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
+        receiving[0].cancel()
+
+    proxy = make_proxy(topology, give_up)
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+        try:
+            blocked = int(admin.info("clients")["blocked_clients"])
+            receiving.append(asyncio.create_task(first.receive("jobs")))
+            await blocked_in_redis(admin, blocked)
+            await other.send("jobs", message(1))
+            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S + RECUT_DELAY_S)
+            await asyncio.gather(*receiving, return_exceptions=True)
+            yield proxy
+        finally:
+            await first.close()
+            await other.close()
+
+
 async def test_a_lost_recovery_reply_does_not_outlive_the_in_flight_list(
     redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -407,33 +445,15 @@ async def test_a_lost_recovery_reply_does_not_outlive_the_in_flight_list(
     batch is written off when it expires, not 2 s later (seen: the reader took the lost
     recovery for a new pop, connected again after the list had gone, recovered nothing and
     said nothing: the batch lost, unlogged)."""
-    receiving: list[asyncio.Task[dict[str, object]]] = []
-
-    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
-        receiving[0].cancel()
-
-    proxy = RecuttingProxy(redis_topology, on_cut=give_up)
-    prefix = f"recut-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
-        first = RedisChannelLayer(hosts=[url], **options)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            with caplog.at_level(logging.INFO, logger="channels_ha"):
-                blocked = int(master_client.info("clients")["blocked_clients"])
-                receiving.append(asyncio.create_task(first.receive("jobs")))
-                await blocked_in_redis(master_client, blocked)
-                await other.send("jobs", message(1))
-                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S + RECUT_DELAY_S)
-                cut_at, cut_wall = time.monotonic(), time.time()
-                await asyncio.gather(*receiving, return_exceptions=True)
-                await asyncio.sleep(GONE_TTL_S + 0.5)  # the list expired 0.5 s ago
-                proxy.turn_away = False  # the master is back
-                await asyncio.sleep(2 * RECUT_DELAY_S)  # what is measured: the reader then
-                logged = [r for r in caplog.records if r.created > cut_wall]
-        finally:
-            await first.close()
-            await other.close()
+    with caplog.at_level(logging.INFO, logger="channels_ha"):
+        async with given_up_at_a_cut(
+            RecuttingProxy, redis_topology, master_client, "recut"
+        ) as proxy:
+            cut_at, cut_wall = time.monotonic(), time.time()
+            await asyncio.sleep(GONE_TTL_S + 0.5)  # the list expired 0.5 s ago
+            proxy.turn_away = False  # the master is back
+            await asyncio.sleep(2 * RECUT_DELAY_S)  # what is measured: the reader then
+            logged = [r for r in caplog.records if r.created > cut_wall]
     lost = [r.created - cut_wall for r in logged if getattr(r, "event", "") == "in_flight_lost"]
     attempts = [at - cut_at for at in proxy.accepted_at if at > cut_at]
     figures = {
@@ -472,30 +492,12 @@ async def test_recovery_replies_cut_each_time_are_not_retried_in_a_loop(
     lost too, though the master answers: with nobody waiting, the reader tries again less
     and less often, as when no master answers (seen: a connection and a recovery after
     another, hundreds a second, until the list expired)."""
-    receiving: list[asyncio.Task[dict[str, object]]] = []
-
-    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
-        receiving[0].cancel()
-
-    proxy = EveryReplyCutProxy(redis_topology, on_cut=give_up)
-    prefix = f"cut-each-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
-        first = RedisChannelLayer(hosts=[url], **options)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            blocked = int(master_client.info("clients")["blocked_clients"])
-            receiving.append(asyncio.create_task(first.receive("jobs")))
-            await blocked_in_redis(master_client, blocked)
-            await other.send("jobs", message(1))
-            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
-            cut_at = time.monotonic()
-            await asyncio.gather(*receiving, return_exceptions=True)
-            await asyncio.sleep(CUT_WATCHED_S)  # what is measured: connections meanwhile
-            watched = [at - cut_at for at in proxy.accepted_at if 0 < at - cut_at < CUT_WATCHED_S]
-        finally:
-            await first.close()
-            await other.close()
+    async with given_up_at_a_cut(
+        EveryReplyCutProxy, redis_topology, master_client, "cut-each"
+    ) as proxy:
+        cut_at = time.monotonic()
+        await asyncio.sleep(CUT_WATCHED_S)  # what is measured: connections meanwhile
+        watched = [at - cut_at for at in proxy.accepted_at if 0 < at - cut_at < CUT_WATCHED_S]
     assert len(watched) <= 4, f"{len(watched)} connections in {CUT_WATCHED_S:g} s"  # 0, 0.5, 1.5
 
 
