@@ -71,8 +71,8 @@ class MasterRecheck:
         switches = self._announcements.switches
         try:
             named = await self._locator.agreed()
-            address = f"{named.host}:{named.port}"
-            if all(_address(server) == address for server in servers):
+            address = named.address
+            if all(server.endpoint.address == address for server in servers):
                 return
             await answers_as_master(named, self._settings)
         except (ConnectionLost, RedisCommandError) as err:
@@ -87,7 +87,3 @@ class MasterRecheck:
         if task is not None:
             task.cancel()
             await asyncio.wait({task})
-
-
-def _address(server: ServerInfo) -> str:
-    return f"{server.endpoint.host}:{server.endpoint.port}"

@@ -36,6 +36,11 @@ class Endpoint:
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
 
+    @property
+    def address(self) -> str:
+        """``host:port``, as sentinels and Cluster name a node: how addresses compare."""
+        return f"{self.host}:{self.port}"
+
     def describe(self) -> str:
         """A short address for logs and errors (never credentials)."""
         if self.unix_path:

@@ -129,7 +129,7 @@ class ShardConnections:
         """Asks the sentinels whether ``link``'s server is still the master (in case their
         +switch-master announcement did not reach us)."""
         endpoint = await self.spec.locator.locate()
-        return link.server is None or _is_at(link.server, f"{endpoint.host}:{endpoint.port}")
+        return link.server is None or _is_at(link.server, endpoint.address)
 
     def node_of(self, info: ServerInfo) -> str:
         """Which master a server run belongs to: the one master, or a Cluster node."""
@@ -368,7 +368,7 @@ class ShardConnections:
 
 
 def _address(info: ServerInfo) -> str:
-    return f"{info.endpoint.host}:{info.endpoint.port}"
+    return info.endpoint.address
 
 
 def _is_at(server: ServerInfo | None, address: str) -> bool:
