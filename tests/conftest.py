@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -20,6 +22,7 @@ from channels_ha._interop import close_sync_client, sync_client
 from channels_ha.sandbox import Topology, Traffic
 
 LayerFactory = Callable[..., RedisChannelLayer]
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -87,6 +90,26 @@ async def finish_traffic(traffic: Traffic) -> None:
     details = f"{report.summary()}; lost {report.lost}; twice {report.duplicates}"
     assert report.ok, f"{details}; errors {report.send_errors[:3]} {report.receive_errors[:3]}"
     assert report.reordered == 0, f"{details}; came late: {traffic.reorderings[:5]}"
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, as an ASGI server's does."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
+        return self.submit(coroutine).result(timeout_s)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
 
 
 RECEIVERS_WAIT_TIMEOUT_S = 5.0

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -16,29 +14,9 @@ from asgiref.sync import async_to_sync
 from channels_ha import RedisChannelLayer, RedisUnavailable
 from channels_ha.sandbox import Topology
 
+from .conftest import LoopThread
+
 pytestmark = pytest.mark.redis_topologies("standalone")
-
-T = TypeVar("T")
-
-
-class LoopThread:
-    """An event loop running in a thread of its own, as an ASGI server's does."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 10.0) -> T:
-        return self.submit(coroutine).result(timeout_s)
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture
