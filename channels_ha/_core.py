@@ -1,4 +1,5 @@
-"""What every event loop's session of one layer shares: options, shards, memberships, stats."""
+"""What every event loop's session of one layer shares: options, shards, memberships, inbox
+limits, stats."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ._constants import (
 from ._epochs import ProcessEpochs
 from ._fanout import FanoutPlans
 from ._groups import Memberships
+from ._inbox_totals import InboxTotals
 from ._keys import KeyLayout
 from ._replay import RecentPushes
 from ._sequence import DeliveryMarks
@@ -69,6 +71,9 @@ class LayerCore:
     fanout: FanoutPlans = field(default_factory=FanoutPlans)
     # Each master's epoch as some event loop last read it: a session's first comparison.
     epochs: ProcessEpochs = field(default_factory=ProcessEpochs)
+    # Per inbox, the capacity of every event loop's channels, and the limit published last:
+    # the event loops of the process share its inboxes.
+    inbox_totals: InboxTotals = field(default_factory=InboxTotals)
     # How often the process forgets what expired (see sweep()).
     sweep_interval_s: float = BUFFER_SWEEP_INTERVAL_S
     _last_refresh: float = field(default_factory=time.monotonic)

@@ -154,7 +154,9 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                     "in it were closed"
                 )
             for other in [other for other in list(self._sessions) if other.is_closed()]:
-                self._sessions.pop(other, None)  # async_to_sync threads may prune too
+                gone = self._sessions.pop(other, None)  # async_to_sync threads may prune too
+                if gone is not None:  # (a loop closed without shutting down, its session too)
+                    gone.inbox_limits.close()
             session = self._sessions[loop] = Session(self._core, self.client_prefix)
         return session
 

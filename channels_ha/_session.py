@@ -140,6 +140,7 @@ class Session:
         if asyncio.current_task() is not self._keeper:
             self._keeper.cancel()
             await asyncio.wait({self._keeper})
+        self.inbox_limits.close()  # its channels stop counting in the process's limits
         await self.resync.cancel()
         # Every shard's readers at once: each may wait up to failover_timeout to recover a
         # lost reply, which one after another would make a close() wait that once per shard.

@@ -1,11 +1,14 @@
-"""A process's inbox limit rises as soon as it receives on new channels, not a tick later."""
+"""A process's inbox limit: raised as soon as it receives on new channels, not a tick later;
+the capacity of every event loop's channels."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from channels_ha._delivery import inbox_of
 from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import Topology
 
-from .conftest import LayerFactory
+from .conftest import LayerFactory, LoopThread, receivers_waiting
 
 pytestmark = pytest.mark.redis_topologies("standalone", "cluster")
 
@@ -161,6 +164,154 @@ async def test_the_limit_is_lowered_at_the_tick_and_raised_again_at_once(
             await applied(receiver, first)
             published = master_client.get(key)
     assert published == str(CAPACITY * (1 + NEW_CHANNELS)).encode(), published
+
+
+# -- several event loops, one inbox ------------------------------------------------------------
+
+MARKER_CHANNEL = "inbox-limit-marker"  # a normal channel nobody receives on
+
+
+async def received_on(layer: RedisChannelLayer, count: int) -> list[str]:
+    """``count`` new channels, received on in this event loop and then not any more (their
+    consumers between two messages): their buffers stay, and nobody waits on the inbox."""
+    channels = [await layer.new_channel() for _ in range(count)]
+    async with receiving(layer, channels):
+        for channel in channels:
+            await receivers_waiting(layer, channel)
+        await layer.send(MARKER_CHANNEL, {"type": "marker"})  # the raised limit is applied
+    await pop_ended(layer, channels[0])
+    return channels
+
+
+async def pop_ended(layer: RedisChannelLayer, channel: str) -> None:
+    """Returns once this event loop's inbox reader has no pop in flight: a pop blocked when
+    the last receiver left would take the next messages into this loop's buffers, where the
+    other loop's receivers never see them."""
+    reader = layer._session()._readers[(0, True)]
+    reader.wake()  # nobody waits any more: the pop is unblocked
+    await reader.settled(layer._core.keys.inbox(inbox_of(channel)))
+
+
+async def next_tick(layer: RedisChannelLayer) -> None:
+    """Returns once this event loop's upkeep ran its inbox limit step again."""
+    upkeep = layer._session().upkeep
+    publish = upkeep.publish_inbox_limits
+    ticked = asyncio.Event()
+
+    def publishing() -> None:
+        publish()
+        ticked.set()
+
+    upkeep.publish_inbox_limits = publishing  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(ticked.wait(), TICK_TIMEOUT_S)
+    finally:
+        del upkeep.publish_inbox_limits
+
+
+async def marked(layer: RedisChannelLayer) -> None:
+    """Returns once what this event loop submitted so far is applied (one node, one link)."""
+    await layer.send(MARKER_CHANNEL, {"type": "marker"})
+
+
+async def send_to_each(sender: RedisChannelLayer, channels: list[str]) -> int:
+    """``PER_CHANNEL`` messages to each channel at once; how many were refused."""
+    sends = [sender.send(c, {"type": "m", "n": n}) for n in range(PER_CHANNEL) for c in channels]
+    return refusals(await asyncio.gather(*sends, return_exceptions=True))
+
+
+async def receive_each(layer: RedisChannelLayer, channels: list[str]) -> None:
+    for channel in channels:
+        for n in range(PER_CHANNEL):
+            message = await asyncio.wait_for(layer.receive(channel), RECEIVE_TIMEOUT_S)
+            assert message == {"type": "m", "n": n}
+
+
+@dataclass
+class TwoLoops:
+    """One layer used from two long-lived event loops of a process, and another sending."""
+
+    layer: RedisChannelLayer
+    sender: RedisChannelLayer
+    many: LoopThread  # the event loop with many channels
+    one: LoopThread  # the event loop with few
+
+
+@pytest.fixture
+def two_loops(redis_topology: Topology) -> Iterator[TwoLoops]:
+    url, prefix = redis_topology.url, f"test{uuid.uuid4().hex[:10]}"
+    layer = RedisChannelLayer(hosts=[url], prefix=prefix, capacity=CAPACITY)
+    sender = RedisChannelLayer(hosts=[url], prefix=prefix, capacity=CAPACITY)
+    loops = TwoLoops(layer, sender, LoopThread(), LoopThread())
+    try:
+        yield loops
+    finally:
+        loops.one.run(layer.close())
+        loops.many.run(layer.close())
+        loops.many.run(sender.close())
+        loops.many.stop()
+        loops.one.stop()
+
+
+@pytest.mark.redis_topologies("standalone")
+def test_every_event_loop_of_the_process_counts_in_its_inbox_limit(
+    two_loops: TwoLoops, master_client: redis.Redis
+) -> None:
+    """Two long-lived event loops of one process, one with many channels and one with a
+    single channel, receive from one inbox: the limit published is the capacity of both
+    loops' channels, whichever loop publishes, so no send below capacity is refused; once a
+    loop is closed, its channels no longer count."""
+    layer, many, one = two_loops.layer, two_loops.many, two_loops.one
+    channels = many.run(received_on(layer, NEW_CHANNELS))
+    (single,) = one.run(received_on(layer, 1))
+    key = limit_key(layer, single)
+    one.run(next_tick(layer))  # (on its own it published 10, the other loop 500: 90 refused)
+    one.run(marked(layer))
+    published = master_client.get(key)
+    refused = many.run(send_to_each(two_loops.sender, channels))
+    assert refused == 0, f"{refused} of {PER_CHANNEL * NEW_CHANNELS} refused ({published})"
+    many.run(receive_each(layer, channels))
+    many.run(layer.close())
+    one.run(next_tick(layer))
+    one.run(marked(layer))
+    assert master_client.get(key) == str(CAPACITY).encode()
+
+
+@pytest.mark.redis_topologies("standalone")
+def test_a_limit_landing_after_a_higher_one_from_another_loop_is_corrected_at_once(
+    two_loops: TwoLoops, master_client: redis.Redis
+) -> None:
+    """Two connections keep no order: a limit that one event loop submitted (held, as its
+    writes are during a failover) lands after a higher one that another loop submitted
+    later. The current limit goes out again at once, not at the next refresh."""
+    layer, many, one = two_loops.layer, two_loops.many, two_loops.one
+    few = one.run(held_while_received_on(layer, 2))
+    channels = many.run(received_on(layer, NEW_CHANNELS))
+    one.run(released(layer, few[0]))
+    for _ in range(2):  # what the late limit's reply made it submit precedes the second
+        one.run(marked(layer))
+    published = master_client.get(limit_key(layer, few[0]))
+    refused = many.run(send_to_each(two_loops.sender, channels))
+    assert refused == 0, f"{refused} of {PER_CHANNEL * NEW_CHANNELS} refused ({published})"
+    many.run(receive_each(layer, channels))
+
+
+async def held_while_received_on(layer: RedisChannelLayer, count: int) -> list[str]:
+    """``count`` new channels received on in this event loop, and then not any more, while
+    its writes are held: the raised limit waits on the connection."""
+    await marked(layer)  # (connected)
+    layer._session()._shards[0].link.hold(RECEIVE_TIMEOUT_S)
+    channels = [await layer.new_channel() for _ in range(count)]
+    async with receiving(layer, channels):
+        for channel in channels:
+            await receivers_waiting(layer, channel)
+    return channels
+
+
+async def released(layer: RedisChannelLayer, channel: str) -> None:
+    """What this event loop's connection held goes out (its pop's unblocking too)."""
+    layer._session()._shards[0].link.release()
+    await pop_ended(layer, channel)
 
 
 def _set_calls(client: redis.Redis) -> int:

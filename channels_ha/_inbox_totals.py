@@ -1,0 +1,133 @@
+"""The inbox limits of a whole process: what the channels of all its event loops add up to,
+and what was published last.
+
+A process may run several long-lived event loops (the ASGI server's, a thread's own with
+consumers) besides the short-lived ones of ``async_to_sync`` calls, each with a session and
+its own channels; but the process-specific channels of all of them share the process's
+inboxes. So the limit published for an inbox is the summed capacity of the channels of
+every live session: a session that published its own alone undid the others' (seen: 90 of
+100 sends refused, each channel at 2 of its capacity of 10, once a loop with one channel
+published its capacity over another loop's 50 channels). Each session adds its channels
+here and takes them out when they go, or when it closes; each publishes what this says, on
+its own connection. What was published is one record for the process, so the ticks of two
+loops do not both write it again.
+
+Two connections keep no order between them: a limit that one session submitted may land
+after a higher one that another session submitted later, and overwrite it. Whichever
+publication lands and finds such a later, higher one from another connection has the
+current limit published again on its own connection, after itself (see ``overtaken``).
+
+The sessions run in different threads: every step takes the lock; none runs per message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import NamedTuple
+
+LIMIT_REFRESH_S = 3.0  # an unchanged limit is published again this often
+LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
+# A limit published this long ago is still in Redis for at least a refresh period, in which
+# the tick publishes the current one: a channel that does not raise it need not publish.
+_TRUSTED_S = LIMIT_TTL_MS / 1000 - LIMIT_REFRESH_S
+
+
+class Publication(NamedTuple):
+    """A limit submitted for an inbox, on one session's connection."""
+
+    inbox: str
+    limit: int
+    at: float  # time.monotonic() when submitted
+    number: int  # counts the process's publications: which of two was submitted later
+    publisher: object  # whose connection carries it, after that one's earlier publications
+
+
+class InboxTotals:
+    """Per inbox of the process: the summed capacity of its channels in every event loop,
+    and the publication of its limit submitted last."""
+
+    __slots__ = ("_count", "_lock", "_published", "_totals")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[str, int] = {}
+        self._published: dict[str, Publication] = {}
+        self._count = 0
+
+    def add(self, inbox: str, capacity: int, now: float) -> bool:
+        """A channel of ``inbox`` got a buffer in some event loop. True if the limit now
+        exceeds what senders go by: the limit published, while trusted, or with none, the
+        capacity of the channel they send to."""
+        with self._lock:
+            total = self._totals[inbox] = self._totals.get(inbox, 0) + capacity
+            published = self._published.get(inbox)
+            if published is not None and now - published.at < _TRUSTED_S:
+                return total > published.limit
+            return total > capacity  # else the inbox's only channel: senders go by it
+
+    def remove(self, inbox: str, capacity: int) -> None:
+        """A channel of ``inbox`` lost its buffer, or its session closed; a tick lowers the
+        limit. An inbox left without channels is forgotten, its record too."""
+        with self._lock:
+            total = self._totals.get(inbox, 0) - capacity
+            if total > 0:
+                self._totals[inbox] = total
+            else:
+                self._totals.pop(inbox, None)
+                self._published.pop(inbox, None)
+
+    def raised(self, inboxes: Iterable[str], now: float, publisher: object) -> list[Publication]:
+        """Of ``inboxes``, which ``add`` found raised, those still above what senders go by
+        (another session may have published meanwhile), recorded as published now."""
+        with self._lock:
+            found = []
+            for inbox in inboxes:
+                total = self._totals.get(inbox, 0)
+                published = self._published.get(inbox)
+                if total and (
+                    published is None or total > published.limit or now - published.at >= _TRUSTED_S
+                ):
+                    found.append(self._record(inbox, total, now, publisher))
+            return found
+
+    def due(self, now: float, publisher: object) -> list[Publication]:
+        """At a tick: the limits that changed (lowered, or raised where ``add`` found no
+        need), and those unchanged for ``LIMIT_REFRESH_S``, recorded as published now."""
+        with self._lock:
+            found = []
+            for inbox, total in self._totals.items():
+                published = self._published.get(inbox)
+                if published and published.limit == total and now - published.at < LIMIT_REFRESH_S:
+                    continue
+                found.append(self._record(inbox, total, now, publisher))
+            return found
+
+    def overtaken(self, landed: Publication, now: float) -> list[Publication]:
+        """``landed`` was applied. If another session's connection carried a higher limit
+        submitted after it, which it may have overwritten, the current limit recorded as
+        published now by ``landed``'s publisher (which submits it after ``landed``)."""
+        with self._lock:
+            latest = self._published.get(landed.inbox)
+            if (
+                latest is None
+                or latest.number <= landed.number
+                or latest.publisher is landed.publisher
+                or latest.limit <= landed.limit
+            ):
+                return []
+            total = self._totals.get(landed.inbox, 0)
+            return [self._record(landed.inbox, total, now, landed.publisher)] if total else []
+
+    def failed(self, publication: Publication) -> None:
+        """``publication`` failed (no master within the failover timeout): unless published
+        again since, the record goes, and the next tick or new channel publishes."""
+        with self._lock:
+            if self._published.get(publication.inbox) is publication:
+                del self._published[publication.inbox]
+
+    def _record(self, inbox: str, limit: int, now: float, publisher: object) -> Publication:
+        self._count += 1
+        publication = Publication(inbox, limit, now, self._count, publisher)
+        self._published[inbox] = publication
+        return publication
