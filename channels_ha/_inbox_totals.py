@@ -23,13 +23,15 @@ The sessions run in different threads: every step takes the lock; none runs per 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 LIMIT_REFRESH_S = 3.0  # an unchanged limit is published again this often
 LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
 # A limit published this long ago is still in Redis for at least a refresh period, in which
 # the tick publishes the current one: a channel that does not raise it need not publish.
+# Unless the master lost it (restarted empty): the session that meets the new server run
+# publishes every limit again at once (see ``Resync.after_loss``).
 _TRUSTED_S = LIMIT_TTL_MS / 1000 - LIMIT_REFRESH_S
 
 
@@ -102,6 +104,18 @@ class InboxTotals:
                     continue
                 found.append(self._record(inbox, total, now, publisher))
             return found
+
+    def every(
+        self, which: Callable[[str], bool], now: float, publisher: object
+    ) -> list[Publication]:
+        """Every limit of the inboxes ``which`` selects, whatever was published: a master
+        may have lost them. Recorded as published now."""
+        with self._lock:
+            return [
+                self._record(inbox, total, now, publisher)
+                for inbox, total in self._totals.items()
+                if which(inbox)
+            ]
 
     def overtaken(self, landed: Publication, now: float) -> list[Publication]:
         """``landed`` was applied. If another session's connection carried a higher limit

@@ -48,6 +48,9 @@ class Resync:
         self.epochs = Epochs(core.epochs)  # (shard, master) -> (epoch key, value) seen last
         # Re-assertions under way: cancelled first at close, which need not wait for them.
         self.reassertions: set[asyncio.Task[None]] = set()
+        # Publishes the inbox limits of a shard again (``InboxLimits.republish``), set by the
+        # session: they need the connections, which need this.
+        self.republish_limits: Callable[[ShardConnections], None] = _nothing
 
     def server_seen(self, shard: ShardConnections, info: ServerInfo) -> None:
         stats = shard.stats
@@ -85,6 +88,10 @@ class Resync:
         self.after_loss(shard)
 
     def after_loss(self, shard: ShardConnections) -> None:
+        # The inbox limits first: senders go by them, the replay's pushes too. A limit
+        # trusted for seconds more may be gone (a restart empty): 95 of 100 sends below
+        # capacity were refused until the next refresh.
+        self.republish_limits(shard)
         self.reassert(shard)
         self.replay(shard)
 
@@ -141,3 +148,7 @@ class Resync:
             task.cancel()  # what they submitted is settled (or failed) by the links' close
         if reassertions:
             await asyncio.wait(reassertions)
+
+
+def _nothing(shard: ShardConnections) -> None:
+    pass

@@ -65,6 +65,7 @@ class Session:
             for spec in core.shards
         ]
         self.inbox_limits = InboxLimits(core, self._shards, steps, lambda: self.closed)
+        self.resync.republish_limits = self.inbox_limits.republish
         self.deliveries = Deliveries(core, self.inbox_limits)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self.give_back = GiveBack(core, self._shards, self.deliveries, self._readers)

@@ -1,5 +1,5 @@
 """A process's inbox limit: raised as soon as it receives on new channels, not a tick later;
-the capacity of every event loop's channels."""
+the capacity of every event loop's channels; published again at once on an empty master."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from channels.exceptions import ChannelFull
 from channels_ha import RedisChannelLayer
 from channels_ha._delivery import inbox_of
 from channels_ha._keys import KeyLayout
-from channels_ha.sandbox import Topology
+from channels_ha.sandbox import Topology, TopologyFactory
 
 from .conftest import LayerFactory, LoopThread, receivers_waiting
 
@@ -312,6 +312,30 @@ async def released(layer: RedisChannelLayer, channel: str) -> None:
     """What this event loop's connection held goes out (its pop's unblocking too)."""
     layer._session()._shards[0].link.release()
     await pop_ended(layer, channel)
+
+
+# -- a master restarted empty ------------------------------------------------------------------
+
+
+async def test_a_master_restarted_empty_is_given_the_limit_again_at_once(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A master restarted empty lost the published limit: the process publishes it again as
+    it meets the new server run, not at its next refresh, so a burst below capacity to its
+    channels is not refused meanwhile."""
+    topology = redis_sandbox_factory("standalone")
+    receiver = make_layer(topology, capacity=CAPACITY)
+    sender = make_layer(topology, prefix=receiver.prefix, capacity=CAPACITY)
+    first = await warm_up(receiver, sender)
+    channels = [await receiver.new_channel() for _ in range(NEW_CHANNELS)]
+    async with receiving(receiver, channels):
+        await applied(receiver, first)  # the raised limit, just published: trusted for 7 s
+    await topology.nodes[0].arestart_empty()
+    for _ in range(2):  # the first reconnects; what meeting the new run sent precedes the second
+        await applied(receiver, first)
+    refused = await send_to_each(sender, channels)
+    assert refused == 0, f"{refused} of {PER_CHANNEL * NEW_CHANNELS} refused after the restart"
+    await receive_each(receiver, channels)
 
 
 def _set_calls(client: redis.Redis) -> int:
