@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 import channels_ha._connection as connection_module
-import channels_ha._link as link_module
 import channels_ha._reader as reader_module
+import channels_ha._reconnect as reconnect_module
 from channels_ha import RedisChannelLayer
 from channels_ha._connection import connect_to_master
-from channels_ha._link import CommandLink
 from channels_ha._reader import BlockingReader
+from channels_ha._reconnect import Reconnector
 from channels_ha._resp import Endpoint, FutureSink, RespProtocol
 from channels_ha._server import FixedLocator, ServerInfo, ServerSettings
 from channels_ha.exceptions import ConnectionLost
@@ -120,14 +120,14 @@ def _closing_the_link_connect(
     made; ``as-adopted``: after every check on connecting, so the first write finds it closed."""
     if when == "at-once":
         connect = closing_the_first(topology, connect_to_master, closed)
-        monkeypatch.setattr(link_module, "connect_to_master", connect)
+        monkeypatch.setattr(reconnect_module, "connect_to_master", connect)
         return
-    real = CommandLink._attempt
+    real = Reconnector._attempt
 
-    async def attempt(link: CommandLink) -> tuple[RespProtocol, ServerInfo]:
-        return await closing_the_first(topology, lambda: real(link), closed)()
+    async def attempt(waiting: Reconnector) -> tuple[RespProtocol, ServerInfo]:
+        return await closing_the_first(topology, lambda: real(waiting), closed)()
 
-    monkeypatch.setattr(CommandLink, "_attempt", attempt)
+    monkeypatch.setattr(Reconnector, "_attempt", attempt)
 
 
 @pytest.mark.parametrize("when", ["at-once", "as-adopted"])

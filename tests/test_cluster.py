@@ -235,7 +235,7 @@ async def test_a_slot_keeps_its_order_when_its_owner_changes_under_a_queued_requ
                 break
             await asyncio.sleep(0)
         first = router.submit("RPUSH", key, "first", key=key)  # the map still names the old
-        assert old_link._queue, "not queued on the old master's link"
+        assert old_link._waiting.queue, "not queued on the old master's link"
         # A map read that got its answer (a full refresh would also wait for the frozen node).
         owners = await ask_slots(Endpoint(new_master.host, new_master.port), router._settings)
         answered = parse_slots(Endpoint(new_master.host, new_master.port), owners)
