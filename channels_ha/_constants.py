@@ -60,11 +60,11 @@ EPOCH_CHECK_INTERVAL_S = 1.0
 
 # After a new server run, writes acknowledged this long before the failure are written again
 # (receivers drop what they already had). A layer keeps them in at most this many bytes per
-# process (split evenly among its hosts), counting each request as written plus its
-# bookkeeping (so at most 131,072 requests); past that the oldest go first. That holds 2 s
-# of a process's fastest sends (about 12,000 a second, W1 in docs/benchmarks.md) of messages
-# up to about 1 KB, or the last 31 sends of 1 MiB; a group_send's request holds one copy of
-# the message per receiving process.
+# process by default (its option replay_max_bytes; split evenly among its hosts), counting
+# each request as written plus its bookkeeping (so at most 131,072 requests); past that the
+# oldest go first. That holds 2 s of a process's fastest sends (about 12,000 a second, W1 in
+# docs/benchmarks.md) of messages up to about 1 KB, or the last 31 sends of 1 MiB; a
+# group_send's request holds one copy of the message per receiving process.
 REPLAY_WINDOW_S = 2.0
 REPLAY_MAX_BYTES = 32 << 20
 

@@ -54,6 +54,8 @@ class LayerCore:
     capacity_of: Callable[[str], int]
     replica_acks: int = 0
     replica_ack_timeout_s: float = 1.0
+    # What the process keeps of its recent writes, for all hosts together (see _replay).
+    replay_max_bytes: int = REPLAY_MAX_BYTES
     memberships: Memberships = field(default_factory=lambda: Memberships(CHANNEL_LIVENESS_S))
     # Marks of delivered messages, for the whole process: a retried copy may reach this
     # process through another event loop than the original (async_to_sync calls).
@@ -82,7 +84,7 @@ class LayerCore:
 
     def __post_init__(self) -> None:
         self.shard_stats = [ShardStats() for _ in self.shards]
-        replay_bytes = REPLAY_MAX_BYTES // len(self.shards)  # a bound for the process
+        replay_bytes = self.replay_max_bytes // len(self.shards)  # a bound for the process
         self.recent = [
             RecentPushes(self.expiry_s, replay_bytes, spec.locator.describe())
             for spec in self.shards

@@ -20,6 +20,7 @@ from ._constants import (
     DEFAULT_PREFIX,
     DEFAULT_SERIALIZER_FORMAT,
     MAX_OPTION_S,
+    REPLAY_MAX_BYTES,
 )
 from ._core import LayerCore
 from ._keys import KeyLayout
@@ -53,10 +54,12 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     Takes the options of channels_redis with the same meaning and defaults, plus ``config``
     (a validated configuration, as :func:`channels_ha.channel_layers` puts in the settings),
-    ``failover_timeout`` (seconds an operation waits for a usable master), and
+    ``failover_timeout`` (seconds an operation waits for a usable master),
     ``replica_acks`` / ``replica_ack_timeout`` (wait for that many replicas to acknowledge
-    each message: Redis ``WAIT``). Without ``hosts`` or ``config`` it reads
-    ``REDIS_CONNECTION_CONFIG`` / ``REDIS_URL`` from the environment.
+    each message: Redis ``WAIT``), and ``replay_max_bytes`` (the most this process keeps of
+    its recent writes, to write them again after a failover; 0 keeps none). Without
+    ``hosts`` or ``config`` it reads ``REDIS_CONNECTION_CONFIG`` / ``REDIS_URL`` from the
+    environment.
     ``random_prefix_length`` is accepted and ignored: messages are not kept in sorted sets.
     """
 
@@ -78,10 +81,12 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         failover_timeout: float | None = None,
         replica_acks: int = 0,
         replica_ack_timeout: float = 1.0,
+        replay_max_bytes: int = REPLAY_MAX_BYTES,
     ) -> None:
         _check_options(
             expiry, group_expiry, capacity, replica_acks, failover_timeout, replica_ack_timeout
         )
+        _check_replay_max_bytes(replay_max_bytes)
         _check_channel_capacity(channel_capacity)
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         self.channel_capacity = self.compile_capacities(channel_capacity or {})
@@ -100,6 +105,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 capacity_of=self._capacity_lookup(),
                 replica_acks=replica_acks,
                 replica_ack_timeout_s=replica_ack_timeout,
+                replay_max_bytes=replay_max_bytes,
             )
 
         self._new_core = new_core
@@ -333,6 +339,17 @@ def _require_count(name: str, value: object, *, minimum: int) -> None:
     expectation = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
     raise ConfigurationError(
         f"Channel layer option {name!r} must be {expectation} (got {value!r})."
+    )
+
+
+def _check_replay_max_bytes(value: object) -> None:
+    """A whole number of bytes: a float is refused (``32e6`` reads as bytes to nobody), and
+    so is True, which would pass for 1."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return
+    raise ConfigurationError(
+        "Channel layer option 'replay_max_bytes' must be an integer number of bytes >= 0, "
+        f"such as {REPLAY_MAX_BYTES} (32 MiB, the default) or 0 to keep none (got {value!r})."
     )
 
 

@@ -38,7 +38,8 @@ class RecentPushes:
     during an outage (when nothing is acknowledged) the last seconds before it stay for as
     long as writing them again can bring back a message, and no longer. They take at most
     ``max_bytes``: past that the oldest go first, still within their window (a burst of
-    large messages), counted in ``dropped`` and logged.
+    large messages), counted in ``dropped`` and logged. With ``max_bytes`` 0 nothing is
+    kept, counted or logged: the layer was told not to write anything again.
     One per shard for the whole process: a write made in a short-lived event loop
     (``async_to_sync``) is written again by whichever loop meets the new server run, so the
     event loops' threads share it, behind a lock.
@@ -70,6 +71,8 @@ class RecentPushes:
     def add(self, key: str, packed: Replayable, size: int) -> None:
         """Keeps a write acknowledged now. ``size``: the bytes of the request as written (a
         lazily packed one holds the same messages)."""
+        if not self._max_bytes:
+            return
         now = time.monotonic()
         size += ENTRY_OVERHEAD_BYTES
         with self._lock:
@@ -103,12 +106,12 @@ class RecentPushes:
     def _log_dropped(self, dropped: int) -> None:
         logger.warning(
             "Dropped %d writes of the last %.0f s on %s from those kept for writing again "
-            "after a failover: over %d MiB (large messages); a master that loses its data now "
+            "after a failover: over %s (large messages); a master that loses its data now "
             "loses those its receivers had not taken",
             dropped,
             REPLAY_WINDOW_S,
             self._name,
-            self._max_bytes >> 20,
+            _size(self._max_bytes),
             extra={"event": "replay_dropped", "messages": dropped},
         )
 
@@ -146,3 +149,11 @@ class RecentPushes:
             (key, packed if isinstance(packed, bytes) else packed())
             for _, key, packed, _ in entries
         ]
+
+
+def _size(count: int) -> str:
+    """``32 MiB``, ``10.67 MiB``, ``64 KiB``, ``1000 bytes``: a cap as a log line gives it."""
+    for unit, shift in (("MiB", 20), ("KiB", 10)):
+        if count >= 1 << shift:
+            return f"{count / (1 << shift):.4g} {unit}"
+    return f"{count} bytes"

@@ -10,17 +10,27 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from channels_ha import _sources
+from channels_ha import RedisChannelLayer, _sources
 from channels_ha._cli import main
 from channels_ha._options import IGNORED_KEYS
 from channels_ha._sources import load_config, parse_connection_config, parse_url
 from channels_ha.exceptions import ConfigurationError
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
-KINDS = {"url", "connection_config", "error", "check", "log", "python", "kubernetes-env"}
+KINDS = {
+    "url",
+    "connection_config",
+    "error",
+    "layer-error",
+    "check",
+    "log",
+    "python",
+    "kubernetes-env",
+}
 _FENCE = re.compile(r"```(\w*)\n(.*?)\n```", re.DOTALL)
 _MARKER = re.compile(r"<!-- example: ([\w-]+) -->")
 
@@ -109,12 +119,23 @@ def test_kubernetes_env_expands_to_the_documented_url() -> None:
 
 
 def test_python_examples_run() -> None:
-    """The settings.py examples run and build CHANNEL_LAYERS."""
+    """The settings.py examples run and build CHANNEL_LAYERS; a channels-ha layer built from
+    the last setting of each takes its options (it connects to nothing until used)."""
     for (language, code), *_ in _examples("python"):
         assert language == "python"
-        namespace: dict[str, object] = {}
+        namespace: dict[str, Any] = {}
         exec(compile(code, str(DOC), "exec"), namespace)
-        assert "default" in namespace["CHANNEL_LAYERS"]  # type: ignore[operator]
+        setting = namespace["CHANNEL_LAYERS"]["default"]
+        if setting["BACKEND"] == "channels_ha.RedisChannelLayer":
+            RedisChannelLayer(**setting["CONFIG"])
+
+
+def test_the_layer_option_error_is_the_real_message() -> None:
+    """The documented error of a bad layer option is exactly what building the layer raises."""
+    ((_, message),) = _examples("layer-error")[0][:1]
+    with pytest.raises(ConfigurationError) as caught:
+        RedisChannelLayer(hosts=["redis://127.0.0.1:1"], replay_max_bytes=-1)
+    assert str(caught.value) == message
 
 
 def test_the_ignored_options_table_lists_what_is_ignored() -> None:

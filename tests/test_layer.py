@@ -358,6 +358,11 @@ async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topolog
         ({"capacity": float("nan")}, "'capacity' must be a positive integer (got nan)"),
         ({"capacity": 2.5}, "'capacity' must be a positive integer"),
         ({"replica_acks": float("inf")}, "'replica_acks' must be an integer >= 0"),
+        ({"replay_max_bytes": -1}, "'replay_max_bytes' must be an integer number of bytes >= 0"),
+        ({"replay_max_bytes": True}, "'replay_max_bytes' must be an integer number of bytes"),
+        ({"replay_max_bytes": 32e6}, "'replay_max_bytes' must be an integer number of bytes"),
+        ({"replay_max_bytes": "32MiB"}, "or 0 to keep none (got '32MiB')"),
+        ({"replay_max_bytes": None}, "such as 33554432 (32 MiB, the default)"),
         ({"channel_capacity": {"chat.*": "ten"}}, "\"channel_capacity['chat.*']\" must be a"),
         # Seen: these passed the build and failed at the first group_add (or the first send)
         # with a Lua or TypeError naming no option.

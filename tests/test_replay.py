@@ -81,42 +81,55 @@ async def _send_large(
     return len(requests[-1][1]), sum(len(request) for _, request in requests)
 
 
+SMALL_CAP = 10 << 20  # a replay_max_bytes below the default: 10 sends of 1 MiB, less overhead
+
+
+def _cap_options(cap: int) -> dict[str, int]:
+    """The layer options that give a layer ``cap``: the default is not passed at all."""
+    return {} if cap == REPLAY_MAX_BYTES else {"replay_max_bytes": cap}
+
+
+@pytest.mark.parametrize("cap", [REPLAY_MAX_BYTES, SMALL_CAP], ids=["default", "small"])
 @pytest.mark.parametrize("mode", ["send", "group_send"])
 async def test_large_messages_keep_the_replay_buffer_within_its_byte_cap(
     redis_sandbox_factory: TopologyFactory,
     make_layer: LayerFactory,
     replay_clock: ReplayClock,
     mode: str,
+    cap: int,
 ) -> None:
     """Seen: 40 sends of 1 MiB held 40 MiB for writing again, 16 group_sends of 1 MiB to 4
     processes 64 MiB (a group_send's request has one copy per receiving process): up to
-    100,000 requests of any size. The oldest go once the cap is reached; the newest stay."""
+    100,000 requests of any size. The oldest go once the cap (32 MiB, or replay_max_bytes)
+    is reached; the newest stay."""
     topology = redis_sandbox_factory("standalone")
-    sender = make_layer(topology)
+    sender = make_layer(topology, **_cap_options(cap))
     for number in range(GROUP_INBOXES):
         await sender.group_add("big", f"specific.other{number}!consumer")
     replay_clock.stop()
     per_request = len(BODY) * (1 if mode == "send" else GROUP_INBOXES)
-    count = REPLAY_MAX_BYTES // per_request + 8
+    count = cap // per_request + 8
     size, held = await _send_large(mode, sender, "big-channel", "big", count)
-    assert held <= REPLAY_MAX_BYTES, f"{held / 2**20:.1f} MiB held"
-    assert held > REPLAY_MAX_BYTES - 2 * size, "dropped more than needed"
+    assert held <= cap, f"{held / 2**20:.1f} MiB held"
+    assert held > cap - 2 * size, "dropped more than needed"
 
 
+@pytest.mark.parametrize("cap", [REPLAY_MAX_BYTES, SMALL_CAP], ids=["default", "small"])
 async def test_past_the_byte_cap_the_newest_messages_still_come_back(
     redis_sandbox_factory: TopologyFactory,
     make_layer: LayerFactory,
     replay_clock: ReplayClock,
     caplog: pytest.LogCaptureFixture,
+    cap: int,
 ) -> None:
     """After a master restarted empty, the sender writes again the newest writes the cap held,
     in order; the older ones are not written again, and are counted and logged."""
     topology = redis_sandbox_factory("standalone")
-    sender = make_layer(topology)
+    sender = make_layer(topology, **_cap_options(cap))
     receiver = make_layer(topology, prefix=sender.prefix)
     channel = await receiver.new_channel()
     replay_clock.stop()
-    count = REPLAY_MAX_BYTES // len(BODY) + 8
+    count = cap // len(BODY) + 8
     with caplog.at_level(logging.WARNING, logger="channels_ha.layer"):
         await _send_large("send", sender, channel, "", count)
     kept = len(sender._core.recent[0].requests())
@@ -155,3 +168,29 @@ async def test_a_write_larger_than_the_cap_does_not_push_out_the_others(
             received.append((await asyncio.wait_for(receiver.receive(small), 5))["n"])
     assert received == [0, 1, 2], f"kept {kept} writes; back: {received}"
     assert sender.statistics().shards[0].replay_dropped == 1
+
+
+@pytest.mark.parametrize(("cap", "back"), [(REPLAY_MAX_BYTES, ["before", "after"]), (0, ["after"])])
+async def test_a_cap_of_zero_keeps_nothing_to_write_again(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    caplog: pytest.LogCaptureFixture,
+    cap: int,
+    back: list[str],
+) -> None:
+    """With ``replay_max_bytes=0`` a message that a master restarted empty forgot before its
+    receiver took it is gone (by default it is written again, ahead of the next send);
+    nothing is kept, and nothing is counted or logged as dropped."""
+    topology = redis_sandbox_factory("standalone")
+    sender = make_layer(topology, **_cap_options(cap))
+    receiver = make_layer(topology, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    with caplog.at_level(logging.WARNING, logger="channels_ha.layer"):
+        await sender.send(channel, {"type": "before"})  # not received yet
+    assert bool(sender._core.recent[0].requests()) == bool(cap)
+    await topology.nodes[0].arestart_empty()
+    await sender.send(channel, {"type": "after"})  # meets the new server run first
+    received = [(await asyncio.wait_for(receiver.receive(channel), 5))["type"] for _ in back]
+    assert received == back
+    assert sender.statistics().shards[0].replay_dropped == 0
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "replay_dropped"]
