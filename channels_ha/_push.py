@@ -2,7 +2,8 @@
 
 A send is built once, as bytes, and a retry writes those same bytes (the same sequence
 number), so that a copy that landed after all is recognised as one. Each PUSH is also kept
-for replay after a failover, less the targets it found full (see ``_to_replay``).
+for replay after a failover, less the targets it found full (see ``_to_replay``), and once:
+written again with its WAIT, its last copy replaces the first in what is kept.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ._core import LayerCore
 from ._delivery import target_of
 from ._keys import wake_stream
 from ._link import CommandLink
-from ._replay import Replayable
+from ._replay import Entry, Replayable
 from ._resp import pack
 from ._scripts import PUSH
 from ._sequence import SendSequences
@@ -141,16 +142,20 @@ class Pusher:
         of its own connection, so if a reconnect came between them, both go again (the
         second PUSH is recognised as a copy). ``replayed`` is what a replay writes, if not
         ``packed``, and ``parts`` what it was made of (for a PUSH of several targets). A
-        GROUP_PUSH that found its plan stale returns None, having written nothing."""
+        GROUP_PUSH that found its plan stale returns None, having written nothing. One write
+        is kept for replay once, as its last copy (its statuses may differ from the first's)."""
         acks, link = self.core.replica_acks, self._shards[index].link
+        recent = self.core.recent[index]
+        kept: Entry | None = None  # this write's entry in recent, once acknowledged
         for _ in range(_MAX_PUSH_ATTEMPTS):
             connection = link.connection_of(key)
             statuses = cast("list[int] | None", await link.submit_packed(packed, key))
             if statuses is None:
                 return None
             to_replay = _to_replay(packed if replayed is None else replayed, parts, statuses)
-            if to_replay is not None:
-                self.core.recent[index].add(key, to_replay, len(packed))
+            if kept is not None:  # this write went again after a reconnect split it from WAIT
+                recent.discard(kept)
+            kept = None if to_replay is None else recent.add(key, to_replay, len(packed))
             if not acks:
                 return statuses
             patience_s = self.core.replica_ack_timeout_s  # WAIT takes that long on purpose

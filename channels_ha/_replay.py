@@ -23,6 +23,8 @@ logger = logging.getLogger("channels_ha.layer")
 
 # A request, or how to make it when it is written again (most never are).
 Replayable = bytes | Callable[[], bytes]
+# A kept write: when it was acknowledged, its routing key, its request, the bytes it counts.
+Entry = tuple[float, str, Replayable, int]
 
 # What an entry costs beside its request: its tuple, time and key, the request's object
 # (tracemalloc: about 205 bytes for a send's). Counted, so that the byte cap also bounds how
@@ -58,7 +60,7 @@ class RecentPushes:
     )
 
     def __init__(self, expiry_s: float, max_bytes: int, name: str) -> None:
-        self._entries: deque[tuple[float, str, Replayable, int]] = deque()
+        self._entries: deque[Entry] = deque()
         self._bytes = 0  # the entries' sizes, summed
         self._expiry_s = expiry_s
         self._max_bytes = max_bytes
@@ -68,27 +70,43 @@ class RecentPushes:
         self.dropped = 0  # writes dropped within their window to stay within max_bytes
         self._reported = 0  # of which logged
 
-    def add(self, key: str, packed: Replayable, size: int) -> None:
+    def add(self, key: str, packed: Replayable, size: int) -> Entry | None:
         """Keeps a write acknowledged now. ``size``: the bytes of the request as written (a
-        lazily packed one holds the same messages)."""
+        lazily packed one holds the same messages). Returns the entry, for :meth:`discard`
+        (None if not kept)."""
         if not self._max_bytes:
-            return
+            return None
         now = time.monotonic()
         size += ENTRY_OVERHEAD_BYTES
+        entry: Entry | None = None
         with self._lock:
             entries = self._entries
             while entries and entries[0][0] < now - REPLAY_WINDOW_S:
                 self._bytes -= entries.popleft()[3]
             if size <= self._max_bytes:  # (one larger would push out every other first)
-                entries.append((now, key, packed, size))
+                entry = (now, key, packed, size)
+                entries.append(entry)
                 self._bytes += size
                 if self._bytes <= self._max_bytes:
-                    return
+                    return entry
             else:
                 self.dropped += 1
             dropped = self._drop_over_cap()
         if dropped:
             self._log_dropped(dropped)
+        return entry
+
+    def discard(self, entry: Entry) -> None:
+        """Forgets ``entry`` (as :meth:`add` returned it), if it is still kept: its write was
+        written again, and is kept again as that copy. Looked for from the newest: a copy
+        follows within moments."""
+        with self._lock:
+            entries = self._entries
+            for index in range(len(entries) - 1, -1, -1):
+                if entries[index] is entry:
+                    del entries[index]
+                    self._bytes -= entry[3]
+                    return
 
     def _drop_over_cap(self) -> int:
         """Drops the oldest entries until the rest fit (a write larger than the cap on its

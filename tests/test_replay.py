@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from contextlib import suppress
+from typing import Any
 
 import pytest
 
@@ -194,3 +195,41 @@ async def test_a_cap_of_zero_keeps_nothing_to_write_again(
     assert received == back
     assert sender.statistics().shards[0].replay_dropped == 0
     assert not [r for r in caplog.records if getattr(r, "event", None) == "replay_dropped"]
+
+
+WAIT_TIMEOUT_S = 1.0  # replica_ack_timeout: a WAIT on a server without replicas takes this long
+
+
+async def test_a_push_written_again_with_its_wait_is_kept_once(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With replica_acks, a PUSH whose WAIT lost its connection goes again with a new WAIT
+    (WAIT counts its own connection's writes); seen: both copies were kept for writing
+    again, the write's bytes counted twice against the cap and the message written twice
+    after a failover. One write is kept once, as its last copy."""
+    topology = redis_sandbox_factory("standalone")  # no replica: each WAIT takes its timeout
+    sender = make_layer(topology, replica_acks=1, replica_ack_timeout=WAIT_TIMEOUT_S)
+    receiver = make_layer(topology, prefix=sender.prefix)
+    channel = await receiver.new_channel()
+    link = sender._session()._shards[0].link
+    real_submit, waiting = link.submit, asyncio.Event()
+
+    def submit(*args: Any, **options: Any) -> asyncio.Future[object]:
+        if args[0] == "WAIT":
+            waiting.set()
+        return real_submit(*args, **options)
+
+    monkeypatch.setattr(link, "submit", submit)
+    sending = asyncio.create_task(sender.send(channel, {"type": "acked"}))
+    await asyncio.wait_for(waiting.wait(), 5)
+    server = link.live_server
+    assert server is not None
+    topology.nodes[0].client().client_kill_filter(_id=server.client_id)  # WAIT's connection
+    await asyncio.wait_for(sending, 4 * WAIT_TIMEOUT_S + 5)
+    assert sender.statistics().shards[0].reconnects == 1  # the PUSH went again, with a WAIT
+    kept = [request for _, request in sender._core.recent[0].requests()]
+    assert len(kept) == 1, f"kept {len(kept)} entries, {sum(map(len, kept))} bytes"
+    assert sender._core.recent[0]._bytes == len(kept[0]) + _replay.ENTRY_OVERHEAD_BYTES
+    assert (await asyncio.wait_for(receiver.receive(channel), 5))["type"] == "acked"
