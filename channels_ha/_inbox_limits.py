@@ -51,6 +51,7 @@ class InboxLimits:
         # still make buffers, which must not count in the process's limits ever after.
         self._counting = True
         self._raised: set[str] = set()  # inboxes whose limit goes out at the next loop turn
+        self._totals.join(self)
 
     def current(self) -> dict[str, int]:
         """Per inbox: the summed capacity of its channels buffered here."""
@@ -83,13 +84,21 @@ class InboxLimits:
         """The session closes: its channels no longer count (a tick of another event loop
         lowers the limit). Idempotent; safe from another thread once the loop is closed."""
         self._counting = False
+        if not self._totals.leave(self):
+            return
         limits, self._limits = self._limits, {}
         for inbox, capacity in limits.items():
             self._totals.remove(inbox, capacity)
 
+    def gone(self) -> bool:
+        return self._loop.is_closed()
+
     def refresh(self) -> None:
         """At each upkeep tick: publishes limits that changed (lowered, or raised where
-        ``added`` found no need) and, every ``LIMIT_REFRESH_S``, those that did not."""
+        ``added`` found no need) and, every ``LIMIT_REFRESH_S``, those that did not. The
+        channels of event loops closed without closing their session go first."""
+        for part in self._totals.gone():
+            part.close()
         self._submit(self._totals.due(time.monotonic(), self))
 
     def republish(self, shard: ShardConnections) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 LIMIT_REFRESH_S = 3.0  # an unchanged limit is published again this often
 LIMIT_TTL_MS = 10_000  # and expires this long after the process stops publishing it
@@ -43,19 +43,54 @@ class Publication(NamedTuple):
     at: float  # time.monotonic() when submitted
     number: int  # counts the process's publications: which of two was submitted later
     publisher: object  # whose connection carries it, after that one's earlier publications
+    # Sent ahead of the publisher's earlier ones (see ``every``): they may land after it.
+    ahead: bool = False
+
+
+class Part(Protocol):
+    """One event loop's share of the totals (``InboxLimits``)."""
+
+    def gone(self) -> bool:
+        """Whether its event loop is closed."""
+
+    def close(self) -> None:
+        """Takes its channels out of the totals (idempotent)."""
 
 
 class InboxTotals:
     """Per inbox of the process: the summed capacity of its channels in every event loop,
     and the publication of its limit submitted last."""
 
-    __slots__ = ("_count", "_lock", "_published", "_totals")
+    __slots__ = ("_count", "_lock", "_parts", "_published", "_totals")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._totals: dict[str, int] = {}
         self._published: dict[str, Publication] = {}
         self._count = 0
+        self._parts: set[Part] = set()  # the event loops' shares not closed yet
+
+    def join(self, part: Part) -> None:
+        with self._lock:
+            self._parts.add(part)
+
+    def leave(self, part: Part) -> bool:
+        """True for the one caller that takes ``part`` out (two loops' ticks may find the
+        same closed loop at once)."""
+        with self._lock:
+            if part not in self._parts:
+                return False
+            self._parts.remove(part)
+            return True
+
+    def gone(self) -> list[Part]:
+        """The shares of event loops closed without closing their session (run_until_complete
+        and close(), no shutdown): nothing else takes their channels out, and every other
+        loop would go on publishing them (seen: 50 channels of a closed loop counted 12 s
+        later). Each loop's tick closes them."""
+        with self._lock:
+            parts = list(self._parts)
+        return [part for part in parts if part.gone()]
 
     def add(self, inbox: str, capacity: int, now: float) -> bool:
         """A channel of ``inbox`` got a buffer in some event loop. True if the limit now
@@ -109,24 +144,27 @@ class InboxTotals:
         self, which: Callable[[str], bool], now: float, publisher: object
     ) -> list[Publication]:
         """Every limit of the inboxes ``which`` selects, whatever was published: a master
-        may have lost them. Recorded as published now."""
+        may have lost them. Recorded as published now, and as sent ahead: the connection
+        that just reached the new server run writes them before its requests that waited
+        for it, earlier publications among them."""
         with self._lock:
             return [
-                self._record(inbox, total, now, publisher)
+                self._record(inbox, total, now, publisher, ahead=True)
                 for inbox, total in self._totals.items()
                 if which(inbox)
             ]
 
     def overtaken(self, landed: Publication, now: float) -> list[Publication]:
         """``landed`` was applied. If another session's connection carried a higher limit
-        submitted after it, which it may have overwritten, the current limit recorded as
-        published now by ``landed``'s publisher (which submits it after ``landed``)."""
+        submitted after it, which it may have overwritten (or ``landed``'s own publisher
+        sent one ahead of it, see ``every``), the current limit recorded as published now by
+        ``landed``'s publisher (which submits it after ``landed``)."""
         with self._lock:
             latest = self._published.get(landed.inbox)
             if (
                 latest is None
                 or latest.number <= landed.number
-                or latest.publisher is landed.publisher
+                or (latest.publisher is landed.publisher and not latest.ahead)
                 or latest.limit <= landed.limit
             ):
                 return []
@@ -140,8 +178,10 @@ class InboxTotals:
             if self._published.get(publication.inbox) is publication:
                 del self._published[publication.inbox]
 
-    def _record(self, inbox: str, limit: int, now: float, publisher: object) -> Publication:
+    def _record(
+        self, inbox: str, limit: int, now: float, publisher: object, ahead: bool = False
+    ) -> Publication:
         self._count += 1
-        publication = Publication(inbox, limit, now, self._count, publisher)
+        publication = Publication(inbox, limit, now, self._count, publisher, ahead)
         self._published[inbox] = publication
         return publication

@@ -4,6 +4,8 @@ the capacity of every event loop's channels; published again at once on an empty
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -341,3 +343,81 @@ async def test_a_master_restarted_empty_is_given_the_limit_again_at_once(
 def _set_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats").get("cmdstat_set", {"calls": 0})
     return int(stats["calls"])
+
+
+@pytest.mark.redis_topologies("standalone")
+def test_a_limit_written_late_behind_the_republication_of_a_new_run_is_corrected(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Two event loops raise the limit while there is no master, and the master comes back
+    empty. The first loop to reach it publishes the limits again for the new run, ahead of
+    its own older, lower limit that waited for the connection; that one lands after. It is
+    corrected at once, not left until the refresh (or until the other loop comes)."""
+    topology = redis_sandbox_factory("standalone")
+    node, url = topology.nodes[0], topology.url
+    layer = RedisChannelLayer(hosts=[url], prefix=f"test{uuid.uuid4().hex[:10]}", capacity=CAPACITY)
+    first, busy = LoopThread(), LoopThread()
+    client = redis.Redis.from_url(url)
+    blocked, unblock = threading.Event(), threading.Event()
+    try:
+        first.run(marked(layer))
+        busy.run(marked(layer))
+        node.kill()
+        few = first.run(received_on_while_down(layer, 2))
+        busy.run(received_on_while_down(layer, NEW_CHANNELS))
+
+        def block() -> None:  # the other event loop busy elsewhere for now
+            blocked.set()
+            unblock.wait(RECEIVE_TIMEOUT_S)
+
+        busy.loop.call_soon_threadsafe(block)
+        assert blocked.wait(RECEIVE_TIMEOUT_S)
+        node.restart_empty()
+        for _ in range(2):  # the late limit's reply made it submit what precedes the second
+            first.run(marked(layer), RECEIVE_TIMEOUT_S)
+        published = client.get(limit_key(layer, few[0]))
+        assert published == str(CAPACITY * (NEW_CHANNELS + 2)).encode()
+    finally:
+        unblock.set()
+        client.close()
+        first.run(layer.close(), RECEIVE_TIMEOUT_S)
+        busy.run(layer.close(), RECEIVE_TIMEOUT_S)
+        first.stop()
+        busy.stop()
+
+
+async def received_on_while_down(layer: RedisChannelLayer, count: int) -> list[str]:
+    """``count`` new channels with buffers (as after their first receive()) while there is
+    no master: the raised limit waits for the connection. No receiver waits, so the
+    event loop's inbox reader does not connect: its link is the first to meet the new run."""
+    deliveries = layer._session().deliveries
+    channels = [await layer.new_channel() for _ in range(count)]
+    for channel in channels:
+        deliveries.buffer(channel)
+    await asyncio.sleep(0)  # the raised limit is submitted (at the next loop turn)
+    return channels
+
+
+@pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+@pytest.mark.redis_topologies("standalone")
+def test_the_channels_of_an_event_loop_closed_without_shutdown_stop_counting(
+    two_loops: TwoLoops, master_client: redis.Redis
+) -> None:
+    """An event loop stopped and closed without its layer closed (``run_until_complete``,
+    then ``close()``) leaves its session behind: its channels stop counting at the next
+    tick of another loop, instead of being published by it ever after."""
+    layer, one = two_loops.layer, two_loops.one
+    dead = LoopThread()
+    dead.run(received_on(layer, NEW_CHANNELS))
+    (single,) = one.run(received_on(layer, 1))
+    key = limit_key(layer, single)
+    assert master_client.get(key) == str(CAPACITY * (NEW_CHANNELS + 1)).encode()
+    dead.stop()
+    one.run(next_tick(layer))
+    one.run(marked(layer))
+    assert master_client.get(key) == str(CAPACITY).encode()
+    layer._sessions.pop(dead.loop, None)  # what it left (sockets, tasks) goes now, not later
+    del dead
+    gc.collect()
