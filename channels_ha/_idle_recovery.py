@@ -6,7 +6,8 @@ answers, again after a pause that doubles (IDLE_RECOVERY_PAUSE_FIRST_S up to
 IDLE_RECOVERY_PAUSE_MAX_S: a master back is found within that, one the sentinels announce at
 once), until the list has expired: then nothing is left to recover. A refusal (NOPERM, a
 refused handshake) stops the attempts, rather than repeat them in a loop, until a receiver's
-pop, which recovers in any case.
+pop, which recovers in any case. The window also tells a receiver's recovery that the list
+has expired: the batch is then written off (and said lost), not found missing in silence.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ class IdleRecovery:
         self._until, self._refused = None, False
         self._retry_at, self._pause_s = 0.0, IDLE_RECOVERY_PAUSE_FIRST_S
 
-    def lost(self, now: float, popped: bool) -> None:
-        """A reply was lost now. A request that could pop (on a receiver's channels) left
-        what it took to expire within ttl from now: try at once. One that could not (a
-        recovery with nobody waiting) left the list's expiry as it was, and goes again after
-        a pause, as when no master answers: a reply cut each time (a client output buffer
-        limit below the batch's size) would otherwise make a loop."""
+    def lost(self, now: float, popped_at: float | None) -> None:
+        """A reply was lost now. A request that could pop a new batch (on a receiver's
+        channels), sent at ``popped_at``: what it took expires ttl after Redis ran it, so
+        the window closes ttl after it was sent, never after the list has gone (a recovery
+        then would find nothing, and the loss go unsaid); try at once. One that could not
+        (a recovery of the batch owed, which the list still holds) left the list's expiry
+        as it was, and goes again after a pause, as when no master answers: a reply cut
+        each time (a client output buffer limit below the batch's size) would otherwise make
+        a loop."""
         self._refused = False
-        if popped or self._until is None:
-            self._until, self._retry_at = now + self._ttl_s, 0.0
+        if popped_at is not None or self._until is None:
+            opened_at = now if popped_at is None else popped_at
+            self._until, self._retry_at = opened_at + self._ttl_s, 0.0
         else:
             self.no_master(now)
 

@@ -117,8 +117,9 @@ class NormalReader(BlockingReader):
     the rest becoming RECOVERING. A reply handed over: ACKED, from any state. A refused
     request: POPPING and FRESH become ACKED (an XREAD or the deletion refused leaves
     ACKED), RECOVERING and LOST stay (see ``_on_error``). A connection lost before
-    the reply: POPPING and RECOVERING become LOST. The in-flight list expired: POPPING,
-    RECOVERING and LOST are written off, ACKED (a LOST batch logged as lost: _write_off).
+    the reply: POPPING and RECOVERING become LOST. The in-flight list expired (looked at
+    with nobody waiting, before each recovery, and at a recovery that found nothing):
+    POPPING, RECOVERING and LOST are written off, ACKED (a LOST batch logged as lost).
 
     Kept apart, as not of this machine: ``_idle``, when those three are recovered with
     nobody waiting (until the list expires, not after a refusal, paced while no
@@ -155,13 +156,23 @@ class NormalReader(BlockingReader):
             streams = [wake_stream(key) for key in keys]
             return pack("XREAD", "BLOCK", _BLOCK_MS, "STREAMS", *streams, *wake_after[1])
         self._pops = True
-        if self._state is not _ACKED:
+        if self._state is not _ACKED and not self._written_off():
             return self._recovery(keys)
         if keys:  # (none: the deletion at close, which pops nothing, so owes nothing)
             self._state = _POPPING
         if keys != self._packed_keys:  # encoded once per key set
             self._packed_pop, self._packed_keys = self._pop_request(keys, recover=False), keys
         return self._packed_pop
+
+    def _written_off(self) -> bool:
+        """Whether the batch owed was written off now, its in-flight list expired: the
+        request is then a plain pop. Checked before each recovery, not only with nobody
+        waiting (``_idle_work``): a receiver waiting through recoveries cut each time would
+        otherwise meet the list gone, and the loss go unsaid."""
+        if self._state is _FRESH or not self._idle.expired(time.monotonic()):
+            return False
+        self._write_off()
+        return True
 
     def _recovery(self, keys: list[str]) -> bytes:
         if keys:  # a receiver's: whatever Redis refused before, attempts may follow again
@@ -198,6 +209,8 @@ class NormalReader(BlockingReader):
         if self._state is _POPPING:
             self._state = _ACKED  # (nothing else was owed: see _settle)
         else:
+            if tag != _RECOVERED and self._state is _LOST and self._idle.expired(time.monotonic()):
+                self._say_lost()  # the list expired as the recovery went: it found nothing
             self._settle()
 
     def _describe_request(self) -> str:
@@ -210,7 +223,10 @@ class NormalReader(BlockingReader):
         state = self._state
         if state is _POPPING or state is _RECOVERING or state is _LOST:
             self._state = _LOST
-            self._idle.lost(time.monotonic(), popped=bool(self._pending_keys))
+            # A receiver's request could pop a new batch, but not in LOST: the list still
+            # holds the batch owed (written off once it expires: _written_off).
+            could_pop = bool(self._pending_keys) and state is not _LOST
+            self._idle.lost(time.monotonic(), self._sent_at if could_pop else None)
 
     def _settle(self) -> None:
         """Nothing is owed of the last pop: its reply was handed over, Redis refused it, or
@@ -303,17 +319,22 @@ class NormalReader(BlockingReader):
 
     def _write_off(self) -> None:
         """The in-flight list has expired: nothing is left to recover, or to delete."""
-        if self._state is _LOST:
-            last = f"; last error: {self._last_error}" if self._last_error else ""
-            logger.error(
-                "A batch popped from a normal channel whose reply was lost could not be "
-                "recovered before its in-flight list %s expired%s; it is lost",
-                self._in_flight,
-                last,
-                extra={"event": "in_flight_lost"},
-            )
+        self._say_lost()
         self._held = False
         self._settle()
+
+    def _say_lost(self) -> None:
+        """The in-flight list expired: a batch whose reply was lost (LOST) went with it."""
+        if self._state is not _LOST:
+            return
+        last = f"; last error: {self._last_error}" if self._last_error else ""
+        logger.error(
+            "A batch popped from a normal channel whose reply was lost could not be "
+            "recovered before its in-flight list %s expired%s; it is lost",
+            self._in_flight,
+            last,
+            extra={"event": "in_flight_lost"},
+        )
 
     def nudge(self) -> None:
         super().nudge()

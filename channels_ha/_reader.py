@@ -99,6 +99,7 @@ class BlockingReader:
         self._pop_limit_s = BLOCKING_POP_TIMEOUT_S + settings.reply_timeout_s
         self._pop_deadline = 0.0
         self._pop_heard_at = 0.0  # when the pop went out, or bytes of its reply last came
+        self._sent_at = 0.0  # just before the pop went out
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
         self._last_error: Exception | None = None  # since a pop was last answered
@@ -212,6 +213,9 @@ class BlockingReader:
             keys = self._keys()  # seconds may have passed: a channel may be giving back now
             if not keys and not self._idle_work():
                 return
+        # The protocol's clock (uvloop's differs), read before the request goes out: Redis
+        # runs it after this.
+        self._sent_at = time.monotonic()
         try:
             pending, replied = self._submit_pop(client, keys)
         except ConnectionLost:  # closed before its loss reached us: lost, as any other
@@ -219,7 +223,7 @@ class BlockingReader:
             await self._backoff.wait()
             return
         self._pop_deadline = self._loop.time() + self._pop_limit_s
-        self._pop_heard_at = time.monotonic()  # the protocol's clock (uvloop's differs)
+        self._pop_heard_at = self._sent_at
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(self._pop_deadline, self._check_pop)
         # The pop itself is not awaited: cancelling this task would cancel it, and its reply

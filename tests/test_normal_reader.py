@@ -64,6 +64,7 @@ class CuttingProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self.accepted_at: list[float] = []  # when each connection came (time.monotonic())
         self.turn_away = False  # close each new connection at once, as a master gone would
+        self.hold_s = 0.0  # a reply to cut is held back this long first: a cut noticed late
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
@@ -126,6 +127,8 @@ class CuttingProxy:
                 if cutting and MARKER in data and self._due():
                     self.cut += 1
                     self.cut_seen.set()
+                    if self.hold_s:  # (else cut in this step, as the _due() callbacks expect)
+                        await asyncio.sleep(self.hold_s)  # the hold under test
                     for side in both:
                         side.transport.abort()
                     return

@@ -303,15 +303,18 @@ class GoneProxy(CuttingProxy):
 
 
 class EventSeen(logging.Handler):
-    """Sets ``seen`` once a record of ``event`` is logged."""
+    """Sets ``seen`` once ``times`` records of ``event`` are logged."""
 
-    def __init__(self, event: str) -> None:
+    def __init__(self, event: str, times: int = 1) -> None:
         super().__init__()
         self.event, self.seen = event, asyncio.Event()
+        self._left = times
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "event", "") == self.event:
-            self.seen.set()
+            self._left -= 1
+            if self._left <= 0:
+                self.seen.set()
 
 
 GONE_FAILOVER_S = 2.0

@@ -1,0 +1,155 @@
+"""A normal-channel batch whose reply was lost and whose in-flight list expired before a
+recovery brought it back is logged once (``in_flight_lost``), a receiver waiting or not.
+
+The list expires ``expiry`` after Redis ran the pop; the reader counts from just before it
+sent the pop, so it cannot count past the list (tests/test_normal_reader_recovery.py has the
+cases with nobody waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+import pytest
+import redis
+
+from channels_ha import RedisChannelLayer
+from channels_ha.sandbox import Topology
+
+from .test_lost_reply_pace import output_buffer_limit
+from .test_normal_reader import TIMEOUT_S, CuttingProxy, blocked_in_redis, message
+from .test_normal_reader_recovery import EventSeen
+
+pytestmark = pytest.mark.redis_topologies("standalone")
+
+TTL_S = 1.0  # the in-flight list's life: expiry (failover_timeout is not more)
+LATE_S = 1.5  # past TTL_S: a reply held, or a recovery held back, this long
+BIG_TTL_S = 2.0  # the same, with 2 MB messages to move
+
+
+@asynccontextmanager
+async def watching(event: str, times: int = 1) -> AsyncIterator[EventSeen]:
+    """Records of ``event`` are counted while in the block."""
+    seen = EventSeen(event, times)
+    logging.getLogger("channels_ha").addHandler(seen)
+    try:
+        yield seen
+    finally:
+        logging.getLogger("channels_ha").removeHandler(seen)
+
+
+def lost_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
+
+
+async def test_each_batch_whose_list_expires_while_a_receiver_waits_is_logged(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two 2 MB messages wait on a normal channel and the server cuts any reply over 1 MB:
+    while a receiver waits, the pop of each and every recovery after it are cut, until its
+    in-flight list expires: each batch is logged lost once, when its list expired, and the
+    reader goes on (seen: nothing logged; each recovery cut was taken for a new pop, which
+    kept the reader's reckoning of the expiry moving, and the recovery after the real one
+    found the list gone and settled in silence)."""
+    prefix = f"cut-expiry-{uuid.uuid4().hex[:8]}"
+    options = {"prefix": prefix, "expiry": BIG_TTL_S, "failover_timeout": BIG_TTL_S / 2}
+    first = RedisChannelLayer(hosts=[redis_topology.url], **options)
+    other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+    try:
+        await first.send("warm-up", {"type": "warm-up"})  # the command link connects now
+        with caplog.at_level(logging.INFO, logger="channels_ha"):
+            async with watching("in_flight_lost", times=2) as lost:
+                with output_buffer_limit(master_client, "1mb"):
+                    for number in range(2):
+                        await other.send("jobs", {"type": "big", "n": number, "b": "x" * (2 << 20)})
+                    started = time.monotonic()
+                    receiving = asyncio.create_task(first.receive("jobs"))
+                    with suppress(asyncio.TimeoutError):  # fewer lines: reported below
+                        await asyncio.wait_for(lost.seen.wait(), 2 * BIG_TTL_S + TIMEOUT_S)
+            await other.send("jobs", message(2))
+            received = await asyncio.wait_for(receiving, TIMEOUT_S)
+    finally:
+        await first.close()
+        await other.close()
+    wall = time.time() - (time.monotonic() - started)
+    figures = {
+        "in_flight_lost at s": [round(r.created - wall, 1) for r in lost_lines(caplog)],
+        "received": received.get("n"),
+    }
+    assert len(figures["in_flight_lost at s"]) == 2, figures
+    first_at, second_at = figures["in_flight_lost at s"]
+    assert BIG_TTL_S <= first_at < BIG_TTL_S + 1.0, figures  # (recoveries paced: 0.5 s)
+    assert first_at + BIG_TTL_S <= second_at < first_at + BIG_TTL_S + 1.0, figures
+    assert figures["received"] == 2, figures
+
+
+class LateRecoveryProxy(CuttingProxy):
+    """Cuts the first reply that carries a message, then holds each EVALSHA (the recovery)
+    back ``LATE_S``: it reaches Redis after the in-flight list expired."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology, cuts=1, delay=(b"EVALSHA", 0.0))
+
+    def _due(self) -> bool:
+        due = super()._due()
+        if due:
+            self._delay_s = LATE_S
+        return due
+
+
+async def lost_then_next(
+    proxy: CuttingProxy, topology: Topology, admin: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> dict[str, object]:
+    """A receiver waits on "jobs" of a layer behind ``proxy`` (expiry ``TTL_S``), the pop of
+    message 1 loses its reply, and message 2 follows once the loss is logged (or not, after
+    a while): the figures."""
+    prefix = f"late-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "expiry": TTL_S, "failover_timeout": TTL_S}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+        try:
+            with caplog.at_level(logging.INFO, logger="channels_ha"):
+                async with watching("in_flight_lost") as lost:
+                    blocked = int(admin.info("clients")["blocked_clients"])
+                    receiving = asyncio.create_task(first.receive("jobs"))
+                    await blocked_in_redis(admin, blocked)
+                    await other.send("jobs", message(1))
+                    with suppress(asyncio.TimeoutError):  # not logged: reported below
+                        await asyncio.wait_for(lost.seen.wait(), LATE_S + TIMEOUT_S)
+                    await other.send("jobs", message(2))
+                    received = await asyncio.wait_for(receiving, TIMEOUT_S)
+        finally:
+            await first.close()
+            await other.close()
+    return {"cuts": proxy.cut, "in_flight_lost": len(lost_lines(caplog)), "received": received["n"]}
+
+
+async def test_a_recovery_reaching_redis_after_the_list_expired_logs_the_batch(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver's pop loses its reply; the recovery, sent at once, reaches Redis only
+    after the in-flight list expired and finds nothing: the batch is logged lost, and the
+    next message reaches the receiver (seen: nothing logged, the recovery's empty reply
+    settled the loss in silence)."""
+    proxy = LateRecoveryProxy(redis_topology)
+    figures = await lost_then_next(proxy, redis_topology, master_client, caplog)
+    assert figures == {"cuts": 1, "in_flight_lost": 1, "received": 2}, figures
+
+
+async def test_a_cut_noticed_after_the_list_expired_logs_the_batch(
+    redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver's pop reply is held back past the in-flight list's expiry, then its
+    connection cut (a network cut noticed late): the batch is logged lost at once, and the
+    next message reaches the receiver (seen: the reader counted the expiry from the cut,
+    its recovery found the list gone, and nothing was logged)."""
+    proxy = CuttingProxy(redis_topology, cuts=1)
+    proxy.hold_s = LATE_S
+    figures = await lost_then_next(proxy, redis_topology, master_client, caplog)
+    assert figures == {"cuts": 1, "in_flight_lost": 1, "received": 2}, figures
