@@ -8,7 +8,8 @@ a second, each popping again: a normal channel's recovery brings back the same b
 inbox pop takes the next messages and loses them too. So from the second loss in a row the
 reconnection waits, as after a failed attempt (``Backoff``: 25 ms, doubling, up to 0.5 s);
 a reply, or a new master announced, starts over. From the third in a row it is logged
-(``replies_cut``, then at most once a minute).
+(``replies_cut``, then at most once a minute); an inbox batch lost with a reply cut midway
+is logged at the first (``_inbox_reader``).
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ class NormalReader(BlockingReader):
         keys = some_keys(self._pending_keys)
         return f"a pop or recovery of {keys} (in-flight list {self._in_flight})"
 
-    def _reply_lost(self) -> None:
+    def _reply_lost(self, client: FutureSink) -> None:
         state = self._state
         if state is _POPPING or state is _RECOVERING or state is _LOST:
             self._state = _LOST

@@ -18,6 +18,7 @@ from typing import Any
 
 from ._cluster import ClusterRouter
 from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE, SENTINEL_WATCH_DELAY_S
+from ._inbox_reader import InboxReader
 from ._keys import KeyLayout
 from ._link import CommandLink
 from ._normal_reader import InFlight, NormalReader
@@ -203,7 +204,7 @@ class ShardConnections:
         }
         reader: BlockingReader
         if in_flight is None:
-            reader = self.inbox_reader = BlockingReader(count=INBOX_BATCH_SIZE, **options)
+            reader = self.inbox_reader = InboxReader(count=INBOX_BATCH_SIZE, **options)
         else:
             reader = self.normal_reader = NormalReader(
                 count=1, in_flight=in_flight.key, in_flight_ttl_ms=in_flight.ttl_ms, **options

@@ -25,6 +25,7 @@ class ShardStats:
     retries: int = 0  # requests written again after a lost reply or to a new master
     master_wait_s: float = 0.0  # time spent (re)connecting, summed over connections
     delivery_failures: int = 0  # popped batches lost to a bug in handing them over
+    inbox_batches_lost: int = 0  # inbox pops whose reply was cut after Redis answered
     last_server_change: float | None = None  # time.time()
     # Until then (time.time()), group_send waits for processes to re-assert memberships
     # that a master restarted empty lost.
@@ -68,6 +69,9 @@ class ShardStatistics:
     delivery_failures: int  # popped batches lost to a bug in handing them over
     # writes of the last 2 s not kept for writing again after a failover: over the byte cap
     replay_dropped: int
+    # inbox pops whose reply was cut after part of it arrived: their batch (up to 512
+    # messages, which Redis had removed) lost, unless a failover brings it back
+    inbox_batches_lost: int
     last_server_change: float | None  # time.time() of the last new server run seen
 
 
@@ -106,6 +110,7 @@ def statistics_of(core: LayerCore, sessions: Iterable[Session]) -> LayerStatisti
             master_wait_s=stats.master_wait_s,
             delivery_failures=stats.delivery_failures,
             replay_dropped=recent.dropped,
+            inbox_batches_lost=stats.inbox_batches_lost,
             last_server_change=stats.last_server_change,
         )
         for spec, stats, recent in zip(core.shards, core.shard_stats, core.recent, strict=True)

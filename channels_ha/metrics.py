@@ -111,6 +111,13 @@ SHARD_METRICS = (
         "Writes of the last 2 s not kept for writing again after a failover: over the "
         "replay buffer's byte cap.",
     ),
+    (
+        "channels_ha_inbox_batches_lost",
+        "counter",
+        "inbox_batches_lost",
+        "Inbox pops whose reply was cut after part of it arrived: their batch of up to 512 "
+        "messages, which Redis had removed, lost unless a failover brings it back.",
+    ),
 )
 LAST_FAILOVER = "channels_ha_last_failover_timestamp_seconds"
 MASTER_INFO = "channels_ha_master"

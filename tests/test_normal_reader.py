@@ -65,6 +65,7 @@ class CuttingProxy:
         self.accepted_at: list[float] = []  # when each connection came (time.monotonic())
         self.turn_away = False  # close each new connection at once, as a master gone would
         self.hold_s = 0.0  # a reply to cut is held back this long first: a cut noticed late
+        self.passed_bytes = 0  # then this much of it goes through, before a clean close
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
@@ -129,8 +130,12 @@ class CuttingProxy:
                     self.cut_seen.set()
                     if self.hold_s:  # (else cut in this step, as the _due() callbacks expect)
                         await asyncio.sleep(self.hold_s)  # the hold under test
+                    writer.write(data[: self.passed_bytes])  # the part under test (0: none)
                     for side in both:
-                        side.transport.abort()
+                        if side is writer and self.passed_bytes:
+                            side.close()  # after the part it was given
+                        else:
+                            side.transport.abort()
                     return
                 if rewrite[0]:
                     data = data.replace(*rewrite)  # a sentinel's reply: one read, on loopback
