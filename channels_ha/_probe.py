@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import redis.exceptions
+
 from ._config import (
     ClusterConfig,
     NodeAddress,
@@ -25,6 +27,7 @@ from ._config import (
     SingleNodeConfig,
     split_host_port,
 )
+from ._constants import INBOX_BATCH_SIZE
 from ._probe_io import (
     PROBE_FAILURES,
     all_at_once,
@@ -97,11 +100,43 @@ async def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
             policy = info_field(memory, "maxmemory_policy")
             if info_field(memory, "maxmemory") == "0":
                 policy = None  # no limit: nothing is ever evicted, whatever the policy
+            output_limit = await _normal_output_limit(client)
     except PROBE_FAILURES as err:
         return NodeReport(label, reachable=False, error=describe_error(err))
     return NodeReport(
-        label, reachable=True, role=role, version=version, rtt_ms=rtt_ms, maxmemory_policy=policy
+        label,
+        reachable=True,
+        role=role,
+        version=version,
+        rtt_ms=rtt_ms,
+        maxmemory_policy=policy,
+        normal_output_limit=output_limit,
     )
+
+
+_LIMIT = "client-output-buffer-limit"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _normal_output_limit(client: Any) -> str | None:
+    """The node's ``client-output-buffer-limit`` for normal clients ("hard soft seconds"),
+    None when unlimited, or when the user may not run ``CONFIG GET`` (managed services
+    often forbid it: a probe must not fail for a check it cannot make)."""
+    try:
+        reply = await client.execute_command("CONFIG", "GET", _LIMIT)
+    except redis.exceptions.ResponseError:
+        return None
+    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    items = list(pairs)
+    words = next((_text(value).split() for name, value in items if _text(name) == _LIMIT), [])
+    if "normal" not in words:
+        return None
+    start = words.index("normal") + 1
+    limit = words[start : start + 3]
+    return None if all(word == "0" for word in limit) else " ".join(limit)
 
 
 def _master_problems(node: NodeReport) -> list[str]:
@@ -115,13 +150,25 @@ def _master_problems(node: NodeReport) -> list[str]:
 
 
 def _master_warnings(node: NodeReport | None) -> list[str]:
-    """An evicting memory policy drops messages and group memberships without an error."""
-    if node is None or node.maxmemory_policy in (None, "noeviction"):
+    """What makes Redis drop data without an error: an evicting memory policy (messages and
+    group memberships), and an output buffer limit for normal clients (a reply larger than
+    it closes the connection before any of it leaves, and an inbox pop's batch is lost)."""
+    if node is None:
         return []
-    return [
-        f"{node.address} has maxmemory-policy {node.maxmemory_policy}: when memory runs out, "
-        "Redis evicts messages and group memberships without an error; set noeviction"
-    ]
+    warnings = []
+    if node.maxmemory_policy not in (None, "noeviction"):
+        warnings.append(
+            f"{node.address} has maxmemory-policy {node.maxmemory_policy}: when memory runs "
+            "out, Redis evicts messages and group memberships without an error; set noeviction"
+        )
+    if node.normal_output_limit is not None:
+        warnings.append(
+            f"{node.address} has client-output-buffer-limit normal {node.normal_output_limit}: "
+            "Redis closes a connection whose reply grows past it before any of it is sent, and "
+            f"what a pop took is lost (one large message, or up to {INBOX_BATCH_SIZE} of a "
+            "process's inbox); set client-output-buffer-limit normal 0 0 0 (the default)"
+        )
+    return warnings
 
 
 async def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:

@@ -31,6 +31,9 @@ class NodeReport:
     version: str | None = None
     rtt_ms: float | None = None
     maxmemory_policy: str | None = None
+    # client-output-buffer-limit for normal clients, as "hard soft seconds" in bytes; None
+    # when unlimited (0 0 0, the default) or when CONFIG GET is not allowed
+    normal_output_limit: str | None = None
 
     def text(self) -> str:
         if not self.reachable:

@@ -310,3 +310,45 @@ def _masters(topology: Topology) -> list[RedisNode]:
     if isinstance(topology, SentinelTopology):
         return [topology.current_master()]
     return list(topology.nodes)
+
+
+def test_an_output_buffer_limit_for_normal_clients_is_a_warning(redis_topology: Topology) -> None:
+    """A reply past the limit closes its connection before any of it is sent: what a pop took
+    is lost, without an error. Unlimited (the default) is no warning."""
+    masters = _masters(redis_topology)
+    clients = [node.client() for node in masters]
+    try:
+        unlimited = probe(parse_url(redis_topology.url))
+        for client in clients:
+            client.config_set("client-output-buffer-limit", "normal 1mb 512kb 10")
+        report = probe(parse_url(redis_topology.url))
+    finally:
+        for client in clients:
+            client.config_set("client-output-buffer-limit", "normal 0 0 0")
+            client.close()
+    assert unlimited.warnings == ()
+    assert report.ok
+    limited = [w for w in report.warnings if "client-output-buffer-limit normal" in w]
+    assert len(limited) == len(masters), report.warnings
+    assert "normal 1048576 524288 10" in limited[0]
+    assert "set client-output-buffer-limit normal 0 0 0" in limited[0]
+
+
+def test_a_user_without_config_get_is_probed_all_the_same(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """Managed services often forbid CONFIG: the check is skipped, the probe still succeeds."""
+    node = redis_sandbox_factory("standalone").nodes[0]
+    admin = node.client()
+    try:
+        admin.execute_command(
+            "ACL", "SETUSER", "app", "on", ">app-pw", "~*", "&*", "+@all", "-config"
+        )
+        admin.config_set("client-output-buffer-limit", "normal 1mb 512kb 10")
+        report = probe(parse_url(f"redis://app:app-pw@{node.host}:{node.port}"))
+    finally:
+        admin.close()
+    assert report.ok, report.problems
+    assert report.warnings == ()
+    assert report.master is not None
+    assert report.master.role == "master"
