@@ -6,12 +6,13 @@ in-flight list, as normal channels have, cost about 5% of throughput: failover.m
 removes the batch as it answers, so a reply cut on its way, on a master that stays up, loses
 the batch. Senders write their recent messages again only after a failover (``_replay``).
 
-Part of the reply arrived before the cut: proof that Redis answered with a batch, so the loss
-is counted (``inbox_batches_lost``) and logged (``inbox_batch_lost``, then at most once a
-minute, with the count). A cut with nothing arrived is not: most often it is a pop blocked on
-an empty inbox whose idle connection dropped, which took nothing. Redis's hard
-``client-output-buffer-limit`` cuts that way too, the whole reply before any of it leaves;
-only ``replies_cut`` (``_lost_replies``), from the third cut in a row, tells of those.
+Part of the reply arrived before the cut (any bytes after the pop went out): proof that
+Redis answered with a batch, so the loss is counted (``inbox_batches_lost``) and logged
+(``inbox_batch_lost``, then at most once a minute, with the count). A cut with nothing
+arrived is not: most often it is a pop blocked on an empty inbox whose idle connection
+dropped, which took nothing. Redis's hard ``client-output-buffer-limit`` cuts that way too,
+the whole reply before any of it leaves; only ``replies_cut`` (``_lost_replies``), from the
+third cut in a row, tells of those.
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ class InboxReader(BlockingReader):
     """Pops the process's inboxes with ``BLMPOP``; counts and logs the batches cut."""
 
     def _reply_lost(self, client: FutureSink) -> None:
-        received = client.protocol.unparsed() if client.protocol is not None else 0
-        if received:  # Redis answered: it removed the batch (nothing arrived: see above)
+        protocol = client.protocol
+        # Bytes came after the pop went out: Redis answered, and removed the batch (nothing
+        # came: see above). The connection carries one request at a time, so they are the
+        # reply's. Not the parser's unparsed bytes: a cut between two of the reply's
+        # elements leaves none (hiredis moves past each complete element).
+        if protocol is not None and protocol.received_at > self._sent_at:
             self._stats.inbox_batches_lost += 1
-            self._say_lost(received)
+            self._say_lost(protocol.buffered())
 
     def _say_lost(self, received: int) -> None:
         count = self._failure_log.due("inbox_batch_lost")

@@ -140,6 +140,11 @@ class RespProtocol(asyncio.Protocol):
         nothing is left to parse, else the figure may be that much over."""
         return self._parser.len() if self._parser.has_data() else 0
 
+    def buffered(self) -> int:
+        """Bytes in the parser's buffer: those of a reply still arriving, and up to 1 KB of
+        replies already parsed (an upper bound of what arrived of the reply in progress)."""
+        return int(self._parser.len())
+
     def backlog(self) -> tuple[int, int]:
         """Bytes the socket accepted so far, and bytes still waiting for it to take them."""
         unsent = self._transport.get_write_buffer_size() if self._transport is not None else 0
