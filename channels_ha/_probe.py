@@ -152,7 +152,8 @@ def _master_problems(node: NodeReport) -> list[str]:
 def _master_warnings(node: NodeReport | None) -> list[str]:
     """What makes Redis drop data without an error: an evicting memory policy (messages and
     group memberships), and an output buffer limit for normal clients (a reply larger than
-    it closes the connection before any of it leaves, and an inbox pop's batch is lost)."""
+    the hard one closes the connection before any of it leaves, and what a pop took is
+    lost)."""
     if node is None:
         return []
     warnings = []
@@ -164,9 +165,10 @@ def _master_warnings(node: NodeReport | None) -> list[str]:
     if node.normal_output_limit is not None:
         warnings.append(
             f"{node.address} has client-output-buffer-limit normal {node.normal_output_limit}: "
-            "Redis closes a connection whose reply grows past it before any of it is sent, and "
-            f"what a pop took is lost (one large message, or up to {INBOX_BATCH_SIZE} of a "
-            "process's inbox); set client-output-buffer-limit normal 0 0 0 (the default)"
+            "Redis closes a connection whose reply waiting to be sent grows past it (the hard "
+            "limit at once, the soft one after its seconds), and what a pop took is lost "
+            f"(one large message, or up to {INBOX_BATCH_SIZE} of a process's inbox); set "
+            "client-output-buffer-limit normal 0 0 0 (the default)"
         )
     return warnings
 
