@@ -41,9 +41,10 @@ CLOSE_WITH_REDIS_GONE_S = 3.0  # a close() that waited for a master would take 1
 
 class CuttingProxy:
     """Forwards connections to a node; every ``every``-th reply that carries MARKER (a pop's,
-    which Redis executed) is dropped instead, and its connection closed on both sides. Under
-    Sentinel, the node is the master, and a second proxy, of a sentinel, names the first as
-    the master (the master must not change meanwhile)."""
+    which Redis executed; ``_cuts`` decides) is dropped instead, after ``hold_s``, and its
+    connection closed on both sides. Under Sentinel, the node is the master, and a second
+    proxy, of a sentinel, names the first as the master (the master must not change
+    meanwhile)."""
 
     def __init__(
         self,
@@ -125,7 +126,7 @@ class CuttingProxy:
     ) -> None:
         try:
             while data := await reader.read(1 << 16):
-                if cutting and MARKER in data and self._due():
+                if cutting and self._cuts(data):
                     self.cut += 1
                     self.cut_seen.set()
                     if self.hold_s:  # (else cut in this step, as the _due() callbacks expect)
@@ -148,6 +149,10 @@ class CuttingProxy:
             pass
         finally:
             writer.close()
+
+    def _cuts(self, data: bytes) -> bool:
+        """Whether this reply (``data``, one read) is cut: one carrying MARKER, if due."""
+        return MARKER in data and self._due()
 
     def _due(self) -> bool:
         if self._cuts_left and next(self._replies) % self._every == 0:
