@@ -63,6 +63,10 @@ logger = logging.getLogger("channels_ha.reader")
 _EMPTY, _POPPED, _RECOVERED = 0, 1, 2  # POP_NORMAL's reply tags
 _BLOCK_MS = int(BLOCKING_POP_TIMEOUT_S * 1000)
 _MAX_RELEASE_CALLS = 4  # at close: a recovery and a deletion, each again after a lost reply
+_UNSURE = (  # in_flight_lost, OVERDUE's reply lost: the list may have outlived the window
+    ", unless the list still held it for the last recovery, whose reply was lost too "
+    "(a later recovery may then bring it back)"
+)
 
 
 @dataclass(frozen=True)
@@ -81,11 +85,12 @@ class _State(enum.Enum):
     POPPING = "popping"
     RECOVERING = "recovering"
     LOST = "lost"
+    OVERDUE = "overdue"
 
 
 # Module names for the members: the hot path compares by identity, no attribute lookups.
 _ACKED, _FRESH, _POPPING = _State.ACKED, _State.FRESH, _State.POPPING
-_RECOVERING, _LOST = _State.RECOVERING, _State.LOST
+_RECOVERING, _LOST, _OVERDUE = _State.RECOVERING, _State.LOST, _State.OVERDUE
 
 
 class NormalReader(BlockingReader):
@@ -109,19 +114,30 @@ class NormalReader(BlockingReader):
     - LOST: the connection of a pop or recovery went before its reply: the batch may be in
       the in-flight list only. Recovered at once, nobody waiting or not, and at close; a
       give-back waits for it (``settled()``), lest it go back behind that batch.
+    - OVERDUE: LOST, its window closed (``_idle``: from the first lost pop, which a
+      recovery does not extend) at a request, a receiver's (with nobody waiting, the window
+      closing writes LOST off). The batch may be there all the same: a receiver's recovery
+      cut since may have found the list empty (that pop took nothing, or a new master never
+      had it) and popped a new batch into it, which outlives the window. So a last recovery
+      goes, and its reply says whether the batch was lost: one brought back was not. As
+      LOST otherwise, with a window of its own.
 
     Transitions. A new connection: ACKED becomes FRESH. A request: ACKED becomes POPPING
     (the deletion at close leaves it ACKED: it pops nothing); FRESH recovers and becomes
     POPPING (with no channel to pop, at close, it stays FRESH: it pops nothing, so a
-    refusal or a lost reply loses nothing); any other state recovers, LOST staying LOST and
-    the rest becoming RECOVERING. A reply handed over: ACKED, from any state. A refused
+    refusal or a lost reply loses nothing); any other state recovers, LOST and OVERDUE
+    staying and the rest becoming RECOVERING; with its window closed, LOST becomes OVERDUE
+    and the others are written off, the recovery popping then as FRESH's (on a list
+    expired, a recovery is a plain pop). A reply handed over: ACKED, from any state (LOST
+    or OVERDUE past the window, bringing nothing back: logged as lost). A refused
     request: POPPING and FRESH become ACKED (an XREAD or the deletion refused leaves
-    ACKED), RECOVERING and LOST stay (see ``_on_error``). A connection lost before
-    the reply: POPPING and RECOVERING become LOST. The in-flight list expired (looked at
-    with nobody waiting, before each recovery, and at a recovery that found nothing):
-    POPPING, RECOVERING and LOST are written off, ACKED (a LOST batch logged as lost).
+    ACKED), RECOVERING, LOST and OVERDUE stay (see ``_on_error``). A connection lost
+    before the reply: POPPING and RECOVERING become LOST; OVERDUE is logged as lost (what
+    its reply said is unknown), then becomes LOST if it could pop a new batch (a receiver's),
+    else is written off. The window closed, looked at with nobody waiting or at close:
+    POPPING, RECOVERING, LOST and OVERDUE are written off, ACKED (LOST and OVERDUE logged).
 
-    Kept apart, as not of this machine: ``_idle``, when those three are recovered with
+    Kept apart, as not of this machine: ``_idle``, when those four are recovered with
     nobody waiting (until the list expires, not after a refusal, paced while no
     master answers unless a give-back waits for the batch: ``_idle_recovery``); ``_held``,
     what the list holds; ``_wake_after``, the ids the next XREAD waits after.
@@ -156,7 +172,7 @@ class NormalReader(BlockingReader):
             streams = [wake_stream(key) for key in keys]
             return pack("XREAD", "BLOCK", _BLOCK_MS, "STREAMS", *streams, *wake_after[1])
         self._pops = True
-        if self._state is not _ACKED and not self._written_off():
+        if self._state is not _ACKED:
             return self._recovery(keys)
         if keys:  # (none: the deletion at close, which pops nothing, so owes nothing)
             self._state = _POPPING
@@ -164,26 +180,30 @@ class NormalReader(BlockingReader):
             self._packed_pop, self._packed_keys = self._pop_request(keys, recover=False), keys
         return self._packed_pop
 
-    def _written_off(self) -> bool:
-        """Whether the batch owed was written off now, its in-flight list expired: the
-        request is then a plain pop. Checked before each recovery, not only with nobody
-        waiting (``_idle_work``): a receiver waiting through recoveries cut each time would
-        otherwise meet the list gone, and the loss go unsaid."""
-        if self._state is _FRESH or not self._idle.expired(time.monotonic()):
-            return False
-        self._write_off()
-        return True
-
     def _recovery(self, keys: list[str]) -> bytes:
         if keys:  # a receiver's: whatever Redis refused before, attempts may follow again
             self._idle.lift()
+        if self._state is not _FRESH and self._idle.expired(time.monotonic()):
+            self._window_closed()
         state = self._state
-        if state is _FRESH:  # nothing owed before it: a pop's stakes, if it pops at all
+        if state is _FRESH or state is _ACKED:  # nothing owed: a pop's stakes, if it pops
             if keys:
                 self._state = _POPPING
-        elif state is not _LOST:
+        elif state is _POPPING or state is _RECOVERING:
             self._state = _RECOVERING
         return self._pop_request(keys, recover=True)
+
+    def _window_closed(self) -> None:
+        """Before a recovery, the window closed: looked at before each, not only with nobody
+        waiting (``_idle_work``), lest a receiver waiting through recoveries cut each time
+        meet the list gone, and the loss go unsaid. A LOST batch gets a last recovery
+        (OVERDUE); anything else is written off. Either way the request stays a recovery:
+        a plain pop would delete a batch that a cut recovery popped, still recoverable."""
+        if self._state is _LOST:
+            self._idle.settle()  # OVERDUE's window: from its first look
+            self._state = _OVERDUE
+        else:
+            self._write_off()
 
     def _pop_request(self, keys: list[str], recover: bool) -> bytes:
         wakes = [wake_stream(key) for key in keys]
@@ -209,9 +229,15 @@ class NormalReader(BlockingReader):
         if self._state is _POPPING:
             self._state = _ACKED  # (nothing else was owed: see _settle)
         else:
-            if tag != _RECOVERED and self._state is _LOST and self._idle.expired(time.monotonic()):
-                self._say_lost()  # the list expired as the recovery went: it found nothing
+            if tag != _RECOVERED and self._past_window():
+                self._say_lost()  # it found nothing: the list had expired, or held none
             self._settle()
+
+    def _past_window(self) -> bool:
+        """Whether a recovery came after the window: OVERDUE's, or LOST's whose window closed
+        as it went (it reached Redis late)."""
+        state = self._state
+        return state is _OVERDUE or (state is _LOST and self._idle.expired(time.monotonic()))
 
     def _describe_request(self) -> str:
         if not self._pending_keys:
@@ -221,12 +247,27 @@ class NormalReader(BlockingReader):
 
     def _reply_lost(self, client: FutureSink) -> None:
         state = self._state
-        if state is _POPPING or state is _RECOVERING or state is _LOST:
+        if state is _OVERDUE:
+            self._overdue_lost()
+        elif state is _POPPING or state is _RECOVERING or state is _LOST:
             self._state = _LOST
-            # A receiver's request could pop a new batch, but not in LOST: the list still
-            # holds the batch owed (written off once it expires: _written_off).
+            # A receiver's request could pop a new batch, but not in LOST: its window runs
+            # from the batch owed, which the list holds until then. (Unless the list was
+            # empty: then OVERDUE recovers what the request popped.)
             could_pop = bool(self._pending_keys) and state is not _LOST
             self._idle.lost(time.monotonic(), self._sent_at if could_pop else None)
+
+    def _overdue_lost(self) -> None:
+        """The last recovery's reply was lost too: whether the batch owed was there is not
+        known, so it is said lost (it may yet come back). A receiver's recovery may have
+        popped a new batch, the list empty, owed as any (LOST, its window from now on);
+        one with nobody waiting could not: nothing else is owed."""
+        if not self._pending_keys:
+            self._write_off(unsure=True)
+            return
+        self._say_lost(unsure=True)
+        self._state = _LOST
+        self._idle.lost(time.monotonic(), self._sent_at)
 
     def _settle(self) -> None:
         """Nothing is owed of the last pop: its reply was handed over, Redis refused it, or
@@ -317,22 +358,24 @@ class NormalReader(BlockingReader):
         where = self._locator.describe()
         return RedisUnavailable(f"No Redis master on {where} to recover a batch: {err}")
 
-    def _write_off(self) -> None:
+    def _write_off(self, unsure: bool = False) -> None:
         """The in-flight list has expired: nothing is left to recover, or to delete."""
-        self._say_lost()
+        self._say_lost(unsure)
         self._held = False
         self._settle()
 
-    def _say_lost(self) -> None:
-        """The in-flight list expired: a batch whose reply was lost (LOST) went with it."""
-        if self._state is not _LOST:
+    def _say_lost(self, unsure: bool = False) -> None:
+        """The in-flight list expired: a batch whose reply was lost (LOST, OVERDUE) went with
+        it; ``unsure``, unless OVERDUE's last recovery, its reply lost, still found it."""
+        if self._state is not _LOST and self._state is not _OVERDUE:
             return
         last = f"; last error: {self._last_error}" if self._last_error else ""
         logger.error(
             "A batch popped from a normal channel whose reply was lost could not be "
-            "recovered before its in-flight list %s expired%s; it is lost",
+            "recovered before its in-flight list %s expired%s; it is lost%s",
             self._in_flight,
             last,
+            _UNSURE if unsure else "",
             extra={"event": "in_flight_lost"},
         )
 
@@ -349,7 +392,8 @@ class NormalReader(BlockingReader):
         give-back needs the same master)."""
         if await super().settled(key):
             return True
-        if self._task is None or self._stopping or self._state is not _LOST:
+        lost = self._state is _LOST or self._state is _OVERDUE
+        if self._task is None or self._stopping or not lost:
             return False
         if not self._idle.open(time.monotonic()):
             return False
@@ -398,7 +442,8 @@ class NormalReader(BlockingReader):
         if self._pending is not None and not self._pending.done():  # unanswered at close
             self.drop_connection("closing with a pop unanswered")  # recovered on a new one
         state = self._state
-        if (state is _LOST or state is _RECOVERING) and self._idle.expired(time.monotonic()):
+        owed = state is _LOST or state is _RECOVERING or state is _OVERDUE
+        if owed and self._idle.expired(time.monotonic()):
             self._write_off()  # (nothing to recover: no master to wait for)
         try:
             for _ in range(_MAX_RELEASE_CALLS):

@@ -22,7 +22,7 @@ from channels_ha import RedisChannelLayer
 from channels_ha.sandbox import Topology
 
 from .test_lost_reply_pace import output_buffer_limit
-from .test_normal_reader import TIMEOUT_S, CuttingProxy, blocked_in_redis, message
+from .test_normal_reader import MARKER, TIMEOUT_S, CuttingProxy, blocked_in_redis, message
 from .test_normal_reader_recovery import EventSeen
 
 pytestmark = pytest.mark.redis_topologies("standalone")
@@ -30,6 +30,13 @@ pytestmark = pytest.mark.redis_topologies("standalone")
 TTL_S = 1.0  # the in-flight list's life: expiry (failover_timeout is not more)
 LATE_S = 1.5  # past TTL_S: a reply held, or a recovery held back, this long
 BIG_TTL_S = 2.0  # the same, with 2 MB messages to move
+# With BIG_TTL_S: how long the reply of a pop that took nothing is held. The recoveries after
+# it go at 1.0, 1.0, 1.03, 1.08, 1.18, 1.38, 1.78, then 2.28 s (paced: 25 ms doubling, up to
+# 0.5 s): the window closes at 2.0 s between two of them, the list of the batch popped at
+# 1.0 s expires at 3.0 s.
+EMPTY_HELD_S = 1.0
+CUT_MARGIN_S = 0.15  # cutting goes on this long past the window, for a request sent before
+EMPTY_POP = b"*2\r\n:0\r\n"  # how POP_NORMAL's reply begins when it took nothing: {0, ids}
 
 
 @asynccontextmanager
@@ -153,3 +160,60 @@ async def test_a_cut_noticed_after_the_list_expired_logs_the_batch(
     proxy.hold_s = LATE_S
     figures = await lost_then_next(proxy, redis_topology, master_client, caplog)
     assert figures == {"cuts": 1, "in_flight_lost": 1, "received": 2}, figures
+
+
+class EmptyPopHeldProxy(CuttingProxy):
+    """Holds the reply of the reader's first pop, which took nothing, ``EMPTY_HELD_S``
+    (``cut_seen`` set as the hold starts), then cuts it; then cuts every reply that carries a
+    message until the window the reader counts from that pop (``BIG_TTL_S``) has closed, and
+    a margin for a request sent just before then."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology, cuts=0)
+        self.hold_s = EMPTY_HELD_S
+        self._cut_until = 0.0
+
+    def _cuts(self, data: bytes) -> bool:
+        if not self._cut_until:
+            if EMPTY_POP not in data:
+                return False  # (the handshake's replies)
+            self._cut_until = time.monotonic() + BIG_TTL_S + CUT_MARGIN_S
+            return True
+        self.hold_s = 0.0
+        return MARKER in data and time.monotonic() < self._cut_until
+
+
+async def test_a_batch_popped_by_a_cut_recovery_is_recovered_after_the_window(
+    redis_topology: Topology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reader's first pop takes nothing and its reply is cut late; message 1, sent
+    meanwhile, is popped by the recovery that follows (the in-flight list was empty), and
+    every reply carrying it is cut until the window counted from the first pop has closed:
+    the next request, the list still there, recovers it, and nothing is said lost (seen:
+    that request was a plain pop, which deleted the list with message 1 in it; logged
+    in_flight_lost, and message 2, sent after message 1 was popped, was received)."""
+    proxy = EmptyPopHeldProxy(redis_topology)
+    prefix = f"popped-anew-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "expiry": BIG_TTL_S, "failover_timeout": BIG_TTL_S}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+        try:
+            with caplog.at_level(logging.INFO, logger="channels_ha"):
+                receiving = asyncio.create_task(first.receive("jobs"))
+                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)  # its reply held
+                proxy.cut_seen.clear()
+                await other.send("jobs", message(1))
+                await asyncio.wait_for(proxy.cut_seen.wait(), EMPTY_HELD_S + TIMEOUT_S)
+                await other.send("jobs", message(2))  # (message 1 is in the in-flight list)
+                received = await asyncio.wait_for(receiving, BIG_TTL_S + TIMEOUT_S)
+        finally:
+            await first.close()
+            await other.close()
+    figures = {
+        "cuts": proxy.cut,
+        "in_flight_lost": len(lost_lines(caplog)),
+        "received": received["n"],
+    }
+    assert figures["cuts"] > 2, figures  # the held reply, the recovery popping message 1, more
+    assert (figures["in_flight_lost"], figures["received"]) == (0, 1), figures
