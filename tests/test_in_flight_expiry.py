@@ -54,6 +54,24 @@ def lost_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
 
 
+@asynccontextmanager
+async def behind(
+    proxy: CuttingProxy, topology: Topology, name: str, ttl_s: float
+) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer]]:
+    """A layer behind ``proxy`` (``expiry`` and ``failover_timeout`` ``ttl_s``) and another
+    sending straight to the server, on one prefix; closed after."""
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        options = {"prefix": prefix, "expiry": ttl_s, "failover_timeout": ttl_s}
+        first = RedisChannelLayer(hosts=[url], **options)
+        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+        try:
+            yield first, other
+        finally:
+            await first.close()
+            await other.close()
+
+
 async def test_each_batch_whose_list_expires_while_a_receiver_waits_is_logged(
     redis_topology: Topology, master_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -115,25 +133,17 @@ async def lost_then_next(
     """A receiver waits on "jobs" of a layer behind ``proxy`` (expiry ``TTL_S``), the pop of
     message 1 loses its reply, and message 2 follows once the loss is logged (or not, after
     a while): the figures."""
-    prefix = f"late-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        options = {"prefix": prefix, "expiry": TTL_S, "failover_timeout": TTL_S}
-        first = RedisChannelLayer(hosts=[url], **options)
-        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
-        try:
-            with caplog.at_level(logging.INFO, logger="channels_ha"):
-                async with watching("in_flight_lost") as lost:
-                    blocked = int(admin.info("clients")["blocked_clients"])
-                    receiving = asyncio.create_task(first.receive("jobs"))
-                    await blocked_in_redis(admin, blocked)
-                    await other.send("jobs", message(1))
-                    with suppress(asyncio.TimeoutError):  # not logged: reported below
-                        await asyncio.wait_for(lost.seen.wait(), LATE_S + TIMEOUT_S)
-                    await other.send("jobs", message(2))
-                    received = await asyncio.wait_for(receiving, TIMEOUT_S)
-        finally:
-            await first.close()
-            await other.close()
+    async with behind(proxy, topology, "late", TTL_S) as (first, other):
+        with caplog.at_level(logging.INFO, logger="channels_ha"):
+            async with watching("in_flight_lost") as lost:
+                blocked = int(admin.info("clients")["blocked_clients"])
+                receiving = asyncio.create_task(first.receive("jobs"))
+                await blocked_in_redis(admin, blocked)
+                await other.send("jobs", message(1))
+                with suppress(asyncio.TimeoutError):  # not logged: reported below
+                    await asyncio.wait_for(lost.seen.wait(), LATE_S + TIMEOUT_S)
+                await other.send("jobs", message(2))
+                received = await asyncio.wait_for(receiving, TIMEOUT_S)
     return {"cuts": proxy.cut, "in_flight_lost": len(lost_lines(caplog)), "received": received["n"]}
 
 
@@ -193,23 +203,15 @@ async def test_a_batch_popped_by_a_cut_recovery_is_recovered_after_the_window(
     that request was a plain pop, which deleted the list with message 1 in it; logged
     in_flight_lost, and message 2, sent after message 1 was popped, was received)."""
     proxy = EmptyPopHeldProxy(redis_topology)
-    prefix = f"popped-anew-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        options = {"prefix": prefix, "expiry": BIG_TTL_S, "failover_timeout": BIG_TTL_S}
-        first = RedisChannelLayer(hosts=[url], **options)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            with caplog.at_level(logging.INFO, logger="channels_ha"):
-                receiving = asyncio.create_task(first.receive("jobs"))
-                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)  # its reply held
-                proxy.cut_seen.clear()
-                await other.send("jobs", message(1))
-                await asyncio.wait_for(proxy.cut_seen.wait(), EMPTY_HELD_S + TIMEOUT_S)
-                await other.send("jobs", message(2))  # (message 1 is in the in-flight list)
-                received = await asyncio.wait_for(receiving, BIG_TTL_S + TIMEOUT_S)
-        finally:
-            await first.close()
-            await other.close()
+    async with behind(proxy, redis_topology, "popped-anew", BIG_TTL_S) as (first, other):
+        with caplog.at_level(logging.INFO, logger="channels_ha"):
+            receiving = asyncio.create_task(first.receive("jobs"))
+            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)  # its reply held
+            proxy.cut_seen.clear()
+            await other.send("jobs", message(1))
+            await asyncio.wait_for(proxy.cut_seen.wait(), EMPTY_HELD_S + TIMEOUT_S)
+            await other.send("jobs", message(2))  # (message 1 is in the in-flight list)
+            received = await asyncio.wait_for(receiving, BIG_TTL_S + TIMEOUT_S)
     figures = {
         "cuts": proxy.cut,
         "in_flight_lost": len(lost_lines(caplog)),
