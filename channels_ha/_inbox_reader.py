@@ -6,7 +6,7 @@ in-flight list, as normal channels have, cost about 5% of throughput: failover.m
 removes the batch as it answers, so a reply cut on its way, on a master that stays up, loses
 the batch. Senders write their recent messages again only after a failover (``_replay``).
 
-Part of the reply arrived before the cut (any bytes after the pop went out): proof that
+Part of the reply arrived before the cut (bytes received after the pop went out): proof that
 Redis answered with a batch, so the loss is counted (``inbox_batches_lost``) and logged
 (``inbox_batch_lost``, then at most once a minute, with the count). A cut with nothing
 arrived is not: most often it is a pop blocked on an empty inbox whose idle connection
@@ -20,8 +20,7 @@ from __future__ import annotations
 import logging
 
 from ._constants import REPLAY_WINDOW_S
-from ._reader import BlockingReader, some_keys
-from ._resp import FutureSink
+from ._reader import BlockingReader, Sent, some_keys
 
 logger = logging.getLogger("channels_ha.reader")
 
@@ -29,13 +28,13 @@ logger = logging.getLogger("channels_ha.reader")
 class InboxReader(BlockingReader):
     """Pops the process's inboxes with ``BLMPOP``; counts and logs the batches cut."""
 
-    def _reply_lost(self, client: FutureSink) -> None:
-        protocol = client.protocol
+    def _reply_lost(self, sent: Sent) -> None:
+        protocol = sent.client.protocol
         # Bytes came after the pop went out: Redis answered, and removed the batch (nothing
         # came: see above). The connection carries one request at a time, so they are the
         # reply's. Not the parser's unparsed bytes: a cut between two of the reply's
         # elements leaves none (hiredis moves past each complete element).
-        if protocol is not None and protocol.received_at > self._sent_at:
+        if protocol is not None and protocol.received_bytes > sent.received:
             self._stats.inbox_batches_lost += 1
             self._say_lost(protocol.buffered())
 

@@ -52,7 +52,7 @@ from ._constants import (
 )
 from ._idle_recovery import IdleRecovery
 from ._keys import wake_stream
-from ._reader import BlockingReader, some_keys
+from ._reader import BlockingReader, Sent, some_keys
 from ._resp import FutureSink, pack
 from ._scripts import POP_NORMAL
 from ._server import REDIRECT_ERRORS, RETRY_ERRORS
@@ -103,8 +103,10 @@ class NormalReader(BlockingReader):
       in-flight list holds nothing, or a batch handed over (``_held``: deleted at close).
       The next request is a plain pop, which acknowledges that batch (or, after an empty
       pop, the XREAD on the wake streams; at close, the deletion).
-    - FRESH: as ACKED, on a new connection. Its first pop recovers all the same: a master
-      that missed the last pops may hold an older batch there (``_handed`` filters it).
+    - FRESH: as ACKED, on a new connection or after a write-off. Its first pop recovers
+      all the same: a master that missed the last pops may hold an older batch there, and
+      a receiver's recovery whose reply was cut may have filled the list anew after the
+      window (``_handed`` filters what was handed over).
       Nothing is owed before it: it pops as a plain pop does if the list holds nothing.
     - POPPING: a pop is out, a plain one or FRESH's recovery (or its reply was never read:
       its connection closed before it went out, or close() collected a refusal; the next
@@ -127,7 +129,7 @@ class NormalReader(BlockingReader):
     POPPING (with no channel to pop, at close, it stays FRESH: it pops nothing, so a
     refusal or a lost reply loses nothing); any other state recovers, LOST and OVERDUE
     staying and the rest becoming RECOVERING; with its window closed, LOST becomes OVERDUE
-    and the others are written off, the recovery popping then as FRESH's (on a list
+    and the others are written off, the recovery popping then as FRESH's does (on a list
     expired, a recovery is a plain pop). A reply handed over: ACKED, from any state (LOST
     or OVERDUE past the window, bringing nothing back: logged as lost). A refused
     request: POPPING and FRESH become ACKED (an XREAD or the deletion refused leaves
@@ -135,7 +137,7 @@ class NormalReader(BlockingReader):
     before the reply: POPPING and RECOVERING become LOST; OVERDUE is logged as lost (what
     its reply said is unknown), then becomes LOST if it could pop a new batch (a receiver's),
     else is written off. The window closed, looked at with nobody waiting or at close:
-    POPPING, RECOVERING, LOST and OVERDUE are written off, ACKED (LOST and OVERDUE logged).
+    POPPING, RECOVERING, LOST and OVERDUE are written off, FRESH (LOST and OVERDUE logged).
 
     Kept apart, as not of this machine: ``_idle``, when those four are recovered with
     nobody waiting (until the list expires, not after a refusal, paced while no
@@ -245,29 +247,29 @@ class NormalReader(BlockingReader):
         keys = some_keys(self._pending_keys)
         return f"a pop or recovery of {keys} (in-flight list {self._in_flight})"
 
-    def _reply_lost(self, client: FutureSink) -> None:
+    def _reply_lost(self, sent: Sent) -> None:
         state = self._state
         if state is _OVERDUE:
-            self._overdue_lost()
+            self._overdue_lost(sent)
         elif state is _POPPING or state is _RECOVERING or state is _LOST:
             self._state = _LOST
             # A receiver's request could pop a new batch, but not in LOST: its window runs
             # from the batch owed, which the list holds until then. (Unless the list was
             # empty: then OVERDUE recovers what the request popped.)
-            could_pop = bool(self._pending_keys) and state is not _LOST
-            self._idle.lost(time.monotonic(), self._sent_at if could_pop else None)
+            could_pop = bool(sent.keys) and state is not _LOST
+            self._idle.lost(time.monotonic(), sent.at if could_pop else None)
 
-    def _overdue_lost(self) -> None:
+    def _overdue_lost(self, sent: Sent) -> None:
         """The last recovery's reply was lost too: whether the batch owed was there is not
         known, so it is said lost (it may yet come back). A receiver's recovery may have
         popped a new batch, the list empty, owed as any (LOST, its window from now on);
         one with nobody waiting could not: nothing else is owed."""
-        if not self._pending_keys:
+        if not sent.keys:
             self._write_off(unsure=True)
             return
         self._say_lost(unsure=True)
         self._state = _LOST
-        self._idle.lost(time.monotonic(), self._sent_at)
+        self._idle.lost(time.monotonic(), sent.at)
 
     def _settle(self) -> None:
         """Nothing is owed of the last pop: its reply was handed over, Redis refused it, or
@@ -359,10 +361,14 @@ class NormalReader(BlockingReader):
         return RedisUnavailable(f"No Redis master on {where} to recover a batch: {err}")
 
     def _write_off(self, unsure: bool = False) -> None:
-        """The in-flight list has expired: nothing is left to recover, or to delete."""
+        """The window closed: the batch owed has expired with its list. FRESH, not ACKED:
+        the next request still recovers, which on an expired list is a plain pop, and on
+        one a receiver's cut recovery filled anew (the list was empty) brings that back,
+        where a plain pop would delete it."""
         self._say_lost(unsure)
         self._held = False
         self._settle()
+        self._state = _FRESH
 
     def _say_lost(self, unsure: bool = False) -> None:
         """The in-flight list expired: a batch whose reply was lost (LOST, OVERDUE) went with
@@ -439,8 +445,12 @@ class NormalReader(BlockingReader):
         self._not_released(f"no master answered within failover_timeout ({timeout_s:g} s){last}")
 
     async def _empty_in_flight(self) -> None:
-        if self._pending is not None and not self._pending.done():  # unanswered at close
+        pending = self._pending
+        if pending is not None and not pending.done():  # unanswered at close
             self.drop_connection("closing with a pop unanswered")  # recovered on a new one
+            # Its loss heard before anything else (the drop takes a loop turn): it decides
+            # what is owed, and a request written meanwhile would go on the dying connection.
+            await asyncio.wait({pending}, timeout=self._settings.reply_timeout_s)
         state = self._state
         owed = state is _LOST or state is _RECOVERING or state is _OVERDUE
         if owed and self._idle.expired(time.monotonic()):

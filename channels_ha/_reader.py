@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ._backoff import Backoff
 from ._connection import connect_to_master, scripts_refused
@@ -49,6 +50,17 @@ DeliverFn = Callable[[str, list[bytes]], None]
 FailFn = Callable[[Exception], None]
 # Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
 UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
+
+
+class Sent(NamedTuple):
+    """A request as it went out. Its loss is judged by this, not by the reader's fields: a
+    later request (close()'s, on the connection being dropped) may have changed them before
+    the loss is heard of."""
+
+    client: FutureSink
+    keys: list[str]  # what it popped (none: a recovery or deletion with nobody waiting)
+    at: float  # time.monotonic() just before it went out (_sent_at, when _pop_once sent it)
+    received: int  # bytes its connection had received by then
 
 
 class BlockingReader:
@@ -238,13 +250,16 @@ class BlockingReader:
         self, client: FutureSink, keys: list[str]
     ) -> tuple[asyncio.Future[object], asyncio.Future[None]]:
         """The pop in flight, and a future of ours that completes when it does."""
+        protocol = client.protocol
+        received = protocol.received_bytes if protocol is not None else 0
+        sent_at = self._sent_at
         pending = client.submit_packed(self._request(keys))
         replied: asyncio.Future[None] = self._loop.create_future()
 
         def settled(future: asyncio.Future[object]) -> None:
             # The exception is read here (and again in _take_reply or in _finish_pending).
             if not future.cancelled() and isinstance(future.exception(), ConnectionLost):
-                self._reply_lost(client)
+                self._reply_lost(Sent(client, keys, sent_at, received))
             if not replied.done():
                 replied.set_result(None)
 
@@ -408,10 +423,10 @@ class BlockingReader:
     def _connected(self) -> None:
         """A new connection is there, before its first request."""
 
-    def _reply_lost(self, client: FutureSink) -> None:
-        """The request in flight lost its connection (``client``'s) before its reply came:
-        called at once, on any path (close() collecting it too), with what arrived of the
-        reply still in the parser."""
+    def _reply_lost(self, sent: Sent) -> None:
+        """The request ``sent`` lost its connection before its reply came: called at once,
+        on any path (close() collecting it too), with what arrived of the reply still in
+        the parser."""
 
     def _idle_work(self) -> bool:
         """Whether to send a request although nobody waits (with no keys to pop)."""

@@ -79,6 +79,7 @@ class RespProtocol(asyncio.Protocol):
         # When bytes last came in, and how many went to the transport: a large reply or
         # request still moving over a slow link is progress, not a hung server.
         self.received_at = 0.0  # time.monotonic()
+        self.received_bytes = 0  # since connected: whether a reply began (any clock's grain)
         self._handed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +92,7 @@ class RespProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_at = time.monotonic()
+        self.received_bytes += len(data)
         self._parser.feed(data)
         try:
             reply = self._parser.gets()

@@ -19,6 +19,9 @@ import pytest
 import redis
 
 from channels_ha import RedisChannelLayer
+from channels_ha._constants import CLOSE_RETURN_TIMEOUT_S
+from channels_ha._keys import KeyLayout
+from channels_ha._normal_reader import NormalReader, _State
 from channels_ha.sandbox import Topology
 
 from .test_lost_reply_pace import output_buffer_limit
@@ -219,3 +222,80 @@ async def test_a_batch_popped_by_a_cut_recovery_is_recovered_after_the_window(
     }
     assert figures["cuts"] > 2, figures  # the held reply, the recovery popping message 1, more
     assert (figures["in_flight_lost"], figures["received"]) == (0, 1), figures
+
+
+async def test_a_batch_in_the_list_when_the_window_closes_with_nobody_waiting_is_recovered(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """The window of a lost batch closes while nobody waits, the connection open (a paced
+    reconnect came first), and the list holds a batch all the same: a receiver's recovery,
+    its reply cut, found the list empty and popped a new one. The write-off lets the next
+    receiver's request recover it (seen: a plain pop, which deleted the list with it)."""
+    prefix = f"idle-off-{uuid.uuid4().hex[:8]}"
+    options = {"prefix": prefix, "expiry": BIG_TTL_S, "failover_timeout": BIG_TTL_S}
+    layer = RedisChannelLayer(hosts=[redis_topology.url], **options)
+    other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
+    try:
+        await other.send("jobs", message(0))  # the reader connected, its list emptied after
+        assert (await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S))["n"] == 0
+        reader = layer._session()._readers[(0, False)]
+        await other.send("jobs", message(1))
+        channel = KeyLayout(prefix).channel("jobs")
+        # What the cut recovery did in Redis (POP_NORMAL): the list emptied, then message 1
+        # popped into it behind the name of its channel.
+        element = master_client.lpop(channel)
+        assert element is not None
+        master_client.delete(reader._in_flight)
+        master_client.rpush(reader._in_flight, channel, element)
+        master_client.pexpire(reader._in_flight, int(BIG_TTL_S * 1000))
+        reader._state = _State.LOST  # and what the reader knows: lost, its window closed
+        reader._idle._until = time.monotonic() - 0.1
+        reader._wanted.set()  # with nobody waiting, the reader looks: the window closed
+        for _ in range(100):  # a few loop turns: the reader's task runs, and writes off
+            if reader._state is not _State.LOST:
+                break
+            await asyncio.sleep(0)
+        assert reader._state is not _State.LOST
+        received = await asyncio.wait_for(layer.receive("jobs"), TIMEOUT_S)
+    finally:
+        await layer.close()
+        await other.close()
+    assert received["n"] == 1
+
+
+async def test_closing_during_a_last_recovery_unanswered_recovers_what_it_popped(
+    redis_topology: Topology,
+) -> None:
+    """A receiver's last recovery (its window closed) finds the list empty and pops message
+    1, and its reply is late; the receiver leaves and the layer closes meanwhile. The
+    recovery's loss is judged as the receiver's it was, so close() recovers the batch and
+    gives it back (seen: taken for close()'s own request, with nobody's channels, and
+    written off: message 1 stayed in the in-flight list until it expired)."""
+    proxy = CuttingProxy(redis_topology)
+    # The reply of the recovery popping message 1: longer than close() waits for it, after
+    # which close() drops the connection itself.
+    proxy.hold_s = CLOSE_RETURN_TIMEOUT_S + 1.0
+    async with behind(proxy, redis_topology, "close-overdue", 10.0) as (first, other):
+        receiving = asyncio.create_task(first.receive("jobs"))
+        reader = await waiting_on_the_wake_stream(first)
+        reader._state = _State.LOST  # a pop lost before, which took nothing; window closed
+        reader._idle._until = time.monotonic() - 0.1
+        await other.send("jobs", message(1))
+        await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)  # the reply, held
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        await first.close()
+        received = await asyncio.wait_for(other.receive("jobs"), TIMEOUT_S)
+    assert received["n"] == 1
+
+
+async def waiting_on_the_wake_stream(layer: RedisChannelLayer) -> NormalReader:
+    """The layer's normal-channel reader, once its pop found nothing and it waits on the
+    channel's wake stream (XREAD)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        reader = layer._session()._readers.get((0, False))
+        if isinstance(reader, NormalReader) and reader._pending is not None and not reader._pops:
+            return reader
+        assert time.monotonic() < deadline, "the reader never waited on the wake stream"
+        await asyncio.sleep(0.01)  # nothing to await: the reader has no hook for it
