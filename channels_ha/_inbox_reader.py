@@ -29,21 +29,16 @@ class InboxReader(BlockingReader):
     """Pops the process's inboxes with ``BLMPOP``; counts and logs the batches cut."""
 
     def _reply_lost(self, sent: Sent) -> None:
-        protocol = sent.client.protocol
-        # Bytes came after the pop went out: Redis answered, and removed the batch (nothing
-        # came: see above). The connection carries one request at a time, so they are the
-        # reply's. Not the parser's unparsed bytes: a cut between two of the reply's
-        # elements leaves none (hiredis moves past each complete element).
-        if protocol is not None and protocol.received_bytes > sent.received:
+        if sent.arrived:  # Redis answered: it removed the batch (nothing came: see above)
             self._stats.inbox_batches_lost += 1
-            self._say_lost(protocol.buffered())
+            self._say_lost(sent.arrived)
 
     def _say_lost(self, received: int) -> None:
         count = self._failure_log.due("inbox_batch_lost")
         if not count:
             return
         logger.warning(
-            "Reply to an inbox pop cut on %s after part of it had arrived (%d bytes at most): "
+            "Reply to an inbox pop cut on %s after part of it had arrived (%d bytes): "
             "up to %d messages of %s, which Redis had already removed (inbox pops are not "
             "acknowledged), are lost, unless a new server run of this master (a failover, a "
             "restart) caused the cut or follows it: each sender then writes again what it "

@@ -53,14 +53,16 @@ UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
 
 
 class Sent(NamedTuple):
-    """A request as it went out. Its loss is judged by this, not by the reader's fields: a
-    later request (close()'s, on the connection being dropped) may have changed them before
-    the loss is heard of."""
+    """A request whose reply was lost, as it went out. Its loss is judged by this, not by
+    the reader's fields: a later request (close()'s, on the connection being dropped) may
+    have changed them before the loss is heard of."""
 
-    client: FutureSink
     keys: list[str]  # what it popped (none: a recovery or deletion with nobody waiting)
     at: float  # time.monotonic() just before it went out (_sent_at, when _pop_once sent it)
-    received: int  # bytes its connection had received by then
+    # Bytes of its reply that arrived before the cut: the connection carries one request at
+    # a time, so all it received since. (Not the parser's unparsed bytes: hiredis moves past
+    # each complete element, and a cut between two leaves none.)
+    arrived: int
 
 
 class BlockingReader:
@@ -113,6 +115,7 @@ class BlockingReader:
         self._pop_deadline = 0.0
         self._pop_heard_at = 0.0  # when the pop went out, or bytes of its reply last came
         self._sent_at = 0.0  # just before the pop went out
+        self._cut_arrived = 0  # bytes of the last reply lost that had arrived (see Sent)
         self._watchdog: asyncio.TimerHandle | None = None
         self._failure_log = LogThrottle(FAILURE_LOG_INTERVAL_S)
         self._last_error: Exception | None = None  # since a pop was last answered
@@ -259,7 +262,9 @@ class BlockingReader:
         def settled(future: asyncio.Future[object]) -> None:
             # The exception is read here (and again in _take_reply or in _finish_pending).
             if not future.cancelled() and isinstance(future.exception(), ConnectionLost):
-                self._reply_lost(Sent(client, keys, sent_at, received))
+                now = protocol.received_bytes if protocol is not None else received
+                self._cut_arrived = now - received
+                self._reply_lost(Sent(keys, sent_at, self._cut_arrived))
             if not replied.done():
                 replied.set_result(None)
 
@@ -315,10 +320,8 @@ class BlockingReader:
     def _reply_cut(self, err: ConnectionLost) -> None:
         """The connection went before the reply came: counted (see ``_lost_replies``), and
         the next request goes on a new connection."""
-        client, self._client = self._client, None
-        protocol = client.protocol if client is not None else None
-        received = protocol.unparsed() if protocol is not None else 0
-        self._lost.lost(self._describe_server(), self._describe_request(), received)
+        self._client = None
+        self._lost.lost(self._describe_server(), self._describe_request(), self._cut_arrived)
         self._last_error = err
 
     def _describe_request(self) -> str:

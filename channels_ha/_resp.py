@@ -79,7 +79,7 @@ class RespProtocol(asyncio.Protocol):
         # When bytes last came in, and how many went to the transport: a large reply or
         # request still moving over a slow link is progress, not a hung server.
         self.received_at = 0.0  # time.monotonic()
-        self.received_bytes = 0  # since connected: whether a reply began (any clock's grain)
+        self.received_bytes = 0  # since connected: how much of a reply arrived before a cut
         self._handed = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -135,17 +135,6 @@ class RespProtocol(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
             self._handed += len(data)
-
-    def unparsed(self) -> int:
-        """Bytes received of a reply not complete yet (one cut midway, once lost). The
-        parser's buffer also keeps up to 1 KB of replies already parsed: none counts when
-        nothing is left to parse, else the figure may be that much over."""
-        return self._parser.len() if self._parser.has_data() else 0
-
-    def buffered(self) -> int:
-        """Bytes in the parser's buffer: those of a reply still arriving, and up to 1 KB of
-        replies already parsed (an upper bound of what arrived of the reply in progress)."""
-        return int(self._parser.len())
 
     def backlog(self) -> tuple[int, int]:
         """Bytes the socket accepted so far, and bytes still waiting for it to take them."""
