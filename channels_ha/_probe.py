@@ -114,24 +114,16 @@ async def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
     )
 
 
-_LIMIT = "client-output-buffer-limit"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def _normal_output_limit(client: Any) -> str | None:
     """The node's ``client-output-buffer-limit`` for normal clients ("hard soft seconds"),
     None when unlimited, or when the user may not run ``CONFIG GET`` (managed services
     often forbid it: a probe must not fail for a check it cannot make)."""
     try:
-        reply = await client.execute_command("CONFIG", "GET", _LIMIT)
+        # A raw reply, as the probe client's are: [name, "normal 0 0 0 replica ... pubsub ..."]
+        reply = await client.execute_command("CONFIG", "GET", "client-output-buffer-limit")
     except redis.exceptions.ResponseError:
         return None
-    pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
-    items = list(pairs)
-    words = next((_text(value).split() for name, value in items if _text(name) == _LIMIT), [])
+    words = str(reply[1]).split() if len(reply) == 2 else []
     if "normal" not in words:
         return None
     start = words.index("normal") + 1
