@@ -25,7 +25,14 @@ from channels_ha._normal_reader import NormalReader, _State
 from channels_ha.sandbox import Topology
 
 from .test_lost_reply_pace import output_buffer_limit
-from .test_normal_reader import MARKER, TIMEOUT_S, CuttingProxy, blocked_in_redis, message
+from .test_normal_reader import (
+    MARKER,
+    TIMEOUT_S,
+    CuttingProxy,
+    behind,
+    blocked_in_redis,
+    message,
+)
 from .test_normal_reader_recovery import EventSeen
 
 pytestmark = pytest.mark.redis_topologies("standalone")
@@ -55,24 +62,6 @@ async def watching(event: str, times: int = 1) -> AsyncIterator[EventSeen]:
 
 def lost_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
-
-
-@asynccontextmanager
-async def behind(
-    proxy: CuttingProxy, topology: Topology, name: str, ttl_s: float
-) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer]]:
-    """A layer behind ``proxy`` (``expiry`` and ``failover_timeout`` ``ttl_s``) and another
-    sending straight to the server, on one prefix; closed after."""
-    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        options = {"prefix": prefix, "expiry": ttl_s, "failover_timeout": ttl_s}
-        first = RedisChannelLayer(hosts=[url], **options)
-        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
-        try:
-            yield first, other
-        finally:
-            await first.close()
-            await other.close()
 
 
 async def test_each_batch_whose_list_expires_while_a_receiver_waits_is_logged(
@@ -136,7 +125,10 @@ async def lost_then_next(
     """A receiver waits on "jobs" of a layer behind ``proxy`` (expiry ``TTL_S``), the pop of
     message 1 loses its reply, and message 2 follows once the loss is logged (or not, after
     a while): the figures."""
-    async with behind(proxy, topology, "late", TTL_S) as (first, other):
+    async with behind(proxy, topology, "late", expiry=TTL_S, failover_timeout=TTL_S) as (
+        first,
+        other,
+    ):
         with caplog.at_level(logging.INFO, logger="channels_ha"):
             async with watching("in_flight_lost") as lost:
                 blocked = int(admin.info("clients")["blocked_clients"])
@@ -206,7 +198,9 @@ async def test_a_batch_popped_by_a_cut_recovery_is_recovered_after_the_window(
     that request was a plain pop, which deleted the list with message 1 in it; logged
     in_flight_lost, and message 2, sent after message 1 was popped, was received)."""
     proxy = EmptyPopHeldProxy(redis_topology)
-    async with behind(proxy, redis_topology, "popped-anew", BIG_TTL_S) as (first, other):
+    async with behind(
+        proxy, redis_topology, "popped-anew", expiry=BIG_TTL_S, failover_timeout=BIG_TTL_S
+    ) as (first, other):
         with caplog.at_level(logging.INFO, logger="channels_ha"):
             receiving = asyncio.create_task(first.receive("jobs"))
             await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)  # its reply held
@@ -275,7 +269,9 @@ async def test_closing_during_a_last_recovery_unanswered_recovers_what_it_popped
     # The reply of the recovery popping message 1: longer than close() waits for it, after
     # which close() drops the connection itself.
     proxy.hold_s = CLOSE_RETURN_TIMEOUT_S + 1.0
-    async with behind(proxy, redis_topology, "close-overdue", 10.0) as (first, other):
+    async with behind(
+        proxy, redis_topology, "close-overdue", expiry=10.0, failover_timeout=10.0
+    ) as (first, other):
         receiving = asyncio.create_task(first.receive("jobs"))
         reader = await waiting_on_the_wake_stream(first)
         reader._state = _State.LOST  # a pop lost before, which took nothing; window closed

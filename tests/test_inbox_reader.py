@@ -21,7 +21,7 @@ from channels_ha._constants import INBOX_BATCH_SIZE
 from channels_ha.sandbox import Topology
 
 from .test_lost_reply_pace import output_buffer_limit
-from .test_normal_reader import TIMEOUT_S, CuttingProxy, blocked_in_redis, message
+from .test_normal_reader import TIMEOUT_S, CuttingProxy, behind, blocked_in_redis, message
 from .test_normal_reader_recovery import EventSeen
 
 pytestmark = pytest.mark.redis_topologies("standalone")
@@ -53,29 +53,22 @@ async def test_an_inbox_batch_cut_mid_reply_is_counted_and_logged_once(
     proxy.passed_bytes = passed_bytes
     lost = EventSeen("inbox_batch_lost")
     logging.getLogger("channels_ha").addHandler(lost)
-    prefix = f"inbox-cut-{uuid.uuid4().hex[:8]}"
     try:
-        async with proxy.running() as url:
-            first = RedisChannelLayer(hosts=[url], prefix=prefix)
-            other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-            try:
-                channel = await first.new_channel()
-                for number in range(WAITING):
-                    await other.send(channel, message(number))
-                with caplog.at_level(logging.WARNING, logger="channels_ha.reader"):
-                    receiving = asyncio.create_task(first.receive(channel))
-                    await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
-                    with suppress(asyncio.TimeoutError):  # not logged: reported below
-                        await asyncio.wait_for(lost.seen.wait(), TIMEOUT_S)
-                    proxy.cut_seen.clear()
-                    await other.send(channel, message(WAITING))  # its pop is cut too
-                    await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
-                    await other.send(channel, message(WAITING + 1))
-                    received = await asyncio.wait_for(receiving, TIMEOUT_S)
-                counted = batches_lost(first)
-            finally:
-                await first.close()
-                await other.close()
+        async with behind(proxy, redis_topology, "inbox-cut") as (first, other):
+            channel = await first.new_channel()
+            for number in range(WAITING):
+                await other.send(channel, message(number))
+            with caplog.at_level(logging.WARNING, logger="channels_ha.reader"):
+                receiving = asyncio.create_task(first.receive(channel))
+                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+                with suppress(asyncio.TimeoutError):  # not logged: reported below
+                    await asyncio.wait_for(lost.seen.wait(), TIMEOUT_S)
+                proxy.cut_seen.clear()
+                await other.send(channel, message(WAITING))  # its pop is cut too
+                await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
+                await other.send(channel, message(WAITING + 1))
+                received = await asyncio.wait_for(receiving, TIMEOUT_S)
+            counted = batches_lost(first)
     finally:
         logging.getLogger("channels_ha").removeHandler(lost)
     lines = lost_lines(caplog)

@@ -21,7 +21,7 @@ import redis
 from channels_ha import RedisChannelLayer
 from channels_ha.sandbox import Topology
 
-from .test_normal_reader import TIMEOUT_S, CuttingProxy, blocked_in_redis, message
+from .test_normal_reader import TIMEOUT_S, CuttingProxy, behind, blocked_in_redis, message
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -166,17 +166,10 @@ async def test_the_pace_starts_over_after_a_reply_and_a_single_cut_is_recovered_
     """Eight replies in a row are cut (the reader's pace grows to 0.5 s), then a reply
     comes: the next single cut is recovered at once, as the first ever was."""
     proxy = ArmedProxy(redis_topology)
-    prefix = f"pace-reset-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        first = RedisChannelLayer(hosts=[url], prefix=prefix)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            single = await receive_after_cut(first, other, proxy, master_client, 1, 1)
-            paced = await receive_after_cut(first, other, proxy, master_client, 8, 2)
-            again = await receive_after_cut(first, other, proxy, master_client, 1, 3)
-        finally:
-            await first.close()
-            await other.close()
+    async with behind(proxy, redis_topology, "pace-reset") as (first, other):
+        single = await receive_after_cut(first, other, proxy, master_client, 1, 1)
+        paced = await receive_after_cut(first, other, proxy, master_client, 8, 2)
+        again = await receive_after_cut(first, other, proxy, master_client, 1, 3)
     figures = {"single": round(single, 2), "paced": round(paced, 2), "again": round(again, 2)}
     assert single < PROMPT_S, figures
     assert again < PROMPT_S, figures
@@ -189,33 +182,26 @@ async def test_a_new_master_announced_starts_the_pace_over(
     master announced (the sentinels' nudge) ends the pause, and the next lost reply
     reconnects at once again."""
     proxy = ArmedProxy(redis_topology)
-    prefix = f"pace-nudge-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        first = RedisChannelLayer(hosts=[url], prefix=prefix)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            blocked = int(master_client.info("clients")["blocked_clients"])
-            receiving = asyncio.create_task(first.receive("jobs"))
-            await blocked_in_redis(master_client, blocked)
-            proxy.armed = 1_000
-            await other.send("jobs", message(1))
-            deadline = time.monotonic() + TIMEOUT_S
-            while proxy.cut < 8:  # paused 25 ms, then twice as long each time: 0.5 s now
-                assert time.monotonic() < deadline, f"{proxy.cut} cuts"
-                await asyncio.sleep(0.01)  # the proxy has no hook to await a count
-            await asyncio.sleep(0.1)  # within the pause after the eighth cut
-            accepted = len(proxy.accepted_at)
-            nudged_at = time.monotonic()
-            first._session()._readers[(0, False)].nudge()
-            while len(proxy.accepted_at) < accepted + 2:
-                assert time.monotonic() < deadline, "no connection after the nudge"
-                await asyncio.sleep(0.01)
-            after = [round(at - nudged_at, 2) for at in proxy.accepted_at[accepted:]]
-            proxy.armed = 0
-            assert (await asyncio.wait_for(receiving, TIMEOUT_S))["n"] == 1
-        finally:
-            await first.close()
-            await other.close()
+    async with behind(proxy, redis_topology, "pace-nudge") as (first, other):
+        blocked = int(master_client.info("clients")["blocked_clients"])
+        receiving = asyncio.create_task(first.receive("jobs"))
+        await blocked_in_redis(master_client, blocked)
+        proxy.armed = 1_000
+        await other.send("jobs", message(1))
+        deadline = time.monotonic() + TIMEOUT_S
+        while proxy.cut < 8:  # paused 25 ms, then twice as long each time: 0.5 s now
+            assert time.monotonic() < deadline, f"{proxy.cut} cuts"
+            await asyncio.sleep(0.01)  # the proxy has no hook to await a count
+        await asyncio.sleep(0.1)  # within the pause after the eighth cut
+        accepted = len(proxy.accepted_at)
+        nudged_at = time.monotonic()
+        first._session()._readers[(0, False)].nudge()
+        while len(proxy.accepted_at) < accepted + 2:
+            assert time.monotonic() < deadline, "no connection after the nudge"
+            await asyncio.sleep(0.01)
+        after = [round(at - nudged_at, 2) for at in proxy.accepted_at[accepted:]]
+        proxy.armed = 0
+        assert (await asyncio.wait_for(receiving, TIMEOUT_S))["n"] == 1
     assert after[1] < 0.2, f"connections at {after} s after the nudge"
 
 
@@ -225,16 +211,9 @@ async def test_replies_cut_says_none_arrived_when_none_did(
     """The proxy drops each cut reply whole: ``replies_cut`` says none of it arrived, not the
     bytes of earlier replies the parser still keeps (seen: "687 bytes of it had arrived")."""
     proxy = ArmedProxy(redis_topology)
-    prefix = f"pace-bytes-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        first = RedisChannelLayer(hosts=[url], prefix=prefix)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            with caplog.at_level(logging.WARNING, logger="channels_ha.reader"):
-                await receive_after_cut(first, other, proxy, master_client, 3, 1)
-        finally:
-            await first.close()
-            await other.close()
+    async with behind(proxy, redis_topology, "pace-bytes") as (first, other):
+        with caplog.at_level(logging.WARNING, logger="channels_ha.reader"):
+            await receive_after_cut(first, other, proxy, master_client, 3, 1)
     events = cut_events(caplog)
     assert len(events) == 1, [r.getMessage() for r in events]
     assert getattr(events[0], "received", None) == 0, events[0].getMessage()

@@ -16,6 +16,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import pytest
 import redis
@@ -159,6 +160,23 @@ class CuttingProxy:
             self._cuts_left -= 1
             return True
         return False
+
+
+@asynccontextmanager
+async def behind(
+    proxy: CuttingProxy, topology: Topology, name: str, **options: Any
+) -> AsyncIterator[tuple[RedisChannelLayer, RedisChannelLayer]]:
+    """A layer behind ``proxy`` (with ``options``) and another sending straight to the
+    server, on one prefix; both closed after."""
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
+    async with proxy.running() as url:
+        first = RedisChannelLayer(hosts=[url], prefix=prefix, **options)
+        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
+        try:
+            yield first, other
+        finally:
+            await first.close()
+            await other.close()
 
 
 def _port_field(port: int) -> bytes:

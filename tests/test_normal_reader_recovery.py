@@ -30,6 +30,7 @@ from .test_normal_reader import (
     TIMEOUT_S,
     CuttingProxy,
     back_in_list,
+    behind,
     blocked_in_redis,
     message,
     nothing_more,
@@ -411,32 +412,28 @@ async def given_up_at_a_cut(
     topology: Topology,
     admin: redis.Redis,
     name: str,
-) -> AsyncIterator[ProxyT]:
-    """A layer behind ``make_proxy`` (failover_timeout GONE_FAILOVER_S, expiry GONE_TTL_S)
-    whose receiver on "jobs" gave up when the proxy cut the reply of the pop taking the
-    message another process sent: yields the proxy, the cut just made; layers closed after."""
+    options: dict[str, float] | None = None,
+) -> AsyncIterator[tuple[ProxyT, RedisChannelLayer]]:
+    """A layer behind ``make_proxy`` (``options``, else failover_timeout GONE_FAILOVER_S
+    and expiry GONE_TTL_S) whose receiver on "jobs" gave up when the proxy cut the reply of
+    the pop taking the message another process sent: yields the proxy, the cut just made,
+    and the layer; layers closed after."""
     receiving: list[asyncio.Task[dict[str, object]]] = []
 
     def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
         receiving[0].cancel()
 
     proxy = make_proxy(topology, give_up)
-    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        options = {"prefix": prefix, "failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
-        first = RedisChannelLayer(hosts=[url], **options)
-        other = RedisChannelLayer(hosts=[topology.url], prefix=prefix)
-        try:
-            blocked = int(admin.info("clients")["blocked_clients"])
-            receiving.append(asyncio.create_task(first.receive("jobs")))
-            await blocked_in_redis(admin, blocked)
-            await other.send("jobs", message(1))
-            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S + RECUT_DELAY_S)
-            await asyncio.gather(*receiving, return_exceptions=True)
-            yield proxy
-        finally:
-            await first.close()
-            await other.close()
+    if options is None:
+        options = {"failover_timeout": GONE_FAILOVER_S, "expiry": GONE_TTL_S}
+    async with behind(proxy, topology, name, **options) as (first, other):
+        blocked = int(admin.info("clients")["blocked_clients"])
+        receiving.append(asyncio.create_task(first.receive("jobs")))
+        await blocked_in_redis(admin, blocked)
+        await other.send("jobs", message(1))
+        await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S + RECUT_DELAY_S)
+        await asyncio.gather(*receiving, return_exceptions=True)
+        yield proxy, first
 
 
 async def test_a_lost_recovery_reply_does_not_outlive_the_in_flight_list(
@@ -449,9 +446,10 @@ async def test_a_lost_recovery_reply_does_not_outlive_the_in_flight_list(
     recovery for a new pop, connected again after the list had gone, recovered nothing and
     said nothing: the batch lost, unlogged)."""
     with caplog.at_level(logging.INFO, logger="channels_ha"):
-        async with given_up_at_a_cut(
-            RecuttingProxy, redis_topology, master_client, "recut"
-        ) as proxy:
+        async with given_up_at_a_cut(RecuttingProxy, redis_topology, master_client, "recut") as (
+            proxy,
+            _,
+        ):
             cut_at, cut_wall = time.monotonic(), time.time()
             await asyncio.sleep(GONE_TTL_S + 0.5)  # the list expired 0.5 s ago
             proxy.turn_away = False  # the master is back
@@ -495,9 +493,10 @@ async def test_recovery_replies_cut_each_time_are_not_retried_in_a_loop(
     lost too, though the master answers: with nobody waiting, the reader tries again less
     and less often, as when no master answers (seen: a connection and a recovery after
     another, hundreds a second, until the list expired)."""
-    async with given_up_at_a_cut(
-        EveryReplyCutProxy, redis_topology, master_client, "cut-each"
-    ) as proxy:
+    async with given_up_at_a_cut(EveryReplyCutProxy, redis_topology, master_client, "cut-each") as (
+        proxy,
+        _,
+    ):
         cut_at = time.monotonic()
         await asyncio.sleep(CUT_WATCHED_S)  # what is measured: connections meanwhile
         watched = [at - cut_at for at in proxy.accepted_at if 0 < at - cut_at < CUT_WATCHED_S]
@@ -562,28 +561,11 @@ async def test_a_batch_lost_at_close_names_the_lost_reply(
     """Every reply carrying the batch is cut, the receiver gave up at the first, and close()
     makes its calls: in_flight_lost names the lost reply as the last error (seen: "the last:
     None", a lost reply recorded no error)."""
-    receiving: list[asyncio.Task[dict[str, object]]] = []
-
-    def give_up() -> None:  # in the cut's step: the reader finds nobody waiting
-        receiving[0].cancel()
-
-    proxy = EveryReplyCutProxy(redis_topology, on_cut=give_up)
-    prefix = f"lost-named-{uuid.uuid4().hex[:8]}"
-    async with proxy.running() as url:
-        first = RedisChannelLayer(hosts=[url], prefix=prefix)
-        other = RedisChannelLayer(hosts=[redis_topology.url], prefix=prefix)
-        try:
-            blocked = int(master_client.info("clients")["blocked_clients"])
-            receiving.append(asyncio.create_task(first.receive("jobs")))
-            await blocked_in_redis(master_client, blocked)
-            await other.send("jobs", message(1))
-            await asyncio.wait_for(proxy.cut_seen.wait(), TIMEOUT_S)
-            await asyncio.gather(*receiving, return_exceptions=True)
-            with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
-                await first.close()
-        finally:
+    async with given_up_at_a_cut(
+        EveryReplyCutProxy, redis_topology, master_client, "lost-named", options={}
+    ) as (_, first):
+        with caplog.at_level(logging.ERROR, logger="channels_ha.reader"):
             await first.close()
-            await other.close()
     lost = [r.getMessage() for r in caplog.records if getattr(r, "event", "") == "in_flight_lost"]
     assert len(lost) == 1, lost
     assert "the last: connection" in lost[0], lost
