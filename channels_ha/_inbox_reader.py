@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 
 from ._constants import REPLAY_WINDOW_S
-from ._reader import BlockingReader, Sent, some_keys
+from ._lost_replies import Sent
+from ._reader import BlockingReader, some_keys
 
 logger = logging.getLogger("channels_ha.reader")
 

@@ -15,6 +15,7 @@ is logged at the first (``_inbox_reader``).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from ._backoff import Backoff
 from ._constants import FAILURE_LOG_INTERVAL_S, RECONNECT_BACKOFF_MAX_S
@@ -24,6 +25,19 @@ logger = logging.getLogger("channels_ha.reader")
 
 _PACED_FROM = 2  # the first loss reconnects at once
 _LOGGED_FROM = 3  # a failover can cut two in a row
+
+
+class Sent(NamedTuple):
+    """A request whose reply was lost, as it went out. Its loss is judged by this, not by
+    the reader's fields: a later request (close()'s, on the connection being dropped) may
+    have changed them before the loss is heard of."""
+
+    keys: list[str]  # what it popped (none: a recovery or deletion with nobody waiting)
+    at: float  # time.monotonic() just before it went out (_sent_at, when _pop_once sent it)
+    # Bytes of its reply that arrived before the cut: the connection carries one request at
+    # a time, so all it received since. (Not the parser's unparsed bytes: hiredis moves past
+    # each complete element, and a cut between two leaves none.)
+    arrived: int
 
 
 class LostReplies:

@@ -40,19 +40,17 @@ import asyncio
 import enum
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from ._constants import (
     BLOCKING_POP_TIMEOUT_S,
-    HANDED_OVER_REMEMBERED,
-    HANDED_OVER_REMEMBERED_BYTES,
     IDLE_RECOVERY_PAUSE_MAX_S,
 )
 from ._idle_recovery import IdleRecovery
+from ._in_flight import HandedOver
 from ._keys import wake_stream
-from ._reader import BlockingReader, Sent, some_keys
+from ._lost_replies import Sent
+from ._reader import BlockingReader, some_keys
 from ._resp import FutureSink, pack
 from ._scripts import POP_NORMAL
 from ._server import REDIRECT_ERRORS, RETRY_ERRORS
@@ -67,14 +65,6 @@ _UNSURE = (  # in_flight_lost, OVERDUE's reply lost: the list may have outlived 
     ", unless the list still held it for the last recovery, whose reply was lost too "
     "(a later recovery may then bring it back)"
 )
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A normal-channel reader's in-flight list, and how long it outlives the last pop."""
-
-    key: str
-    ttl_ms: int
 
 
 class _State(enum.Enum):
@@ -157,7 +147,7 @@ class NormalReader(BlockingReader):
         self._look: asyncio.TimerHandle | None = None  # the next look of the idle recovery
         self._wake_after: tuple[list[str], list[bytes]] | None = None  # after an empty pop
         self._packed_keys: list[str] | None = None  # those of _packed_pop
-        self._handed = _HandedOver()
+        self._handed = HandedOver()
         self._recovered: asyncio.Future[None] | None = None  # see settled()
         self._given_back = 0  # give-backs waiting for the recovery (see settled())
 
@@ -500,25 +490,3 @@ class NormalReader(BlockingReader):
             self._in_flight,
             extra={"event": "in_flight_lost"},
         )
-
-
-class _HandedOver:
-    """The elements handed over last: a bounded number, and bytes (the newest batch is kept
-    whatever its size). Elements are unique: they carry their sender and sequence number."""
-
-    def __init__(self) -> None:
-        self._elements: deque[bytes] = deque()
-        self._bytes = 0
-
-    def remember(self, elements: list[bytes]) -> None:
-        for element in elements:
-            self._elements.append(element)
-            self._bytes += len(element)
-        kept = self._elements
-        while len(kept) > max(HANDED_OVER_REMEMBERED, len(elements)) or (
-            self._bytes > HANDED_OVER_REMEMBERED_BYTES and len(kept) > len(elements)
-        ):
-            self._bytes -= len(kept.popleft())
-
-    def unseen(self, elements: list[bytes]) -> list[bytes]:
-        return [element for element in elements if element not in self._elements]

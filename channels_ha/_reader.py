@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 from ._backoff import Backoff
 from ._connection import connect_to_master, scripts_refused
@@ -28,7 +27,7 @@ from ._constants import (
     UNBLOCK_RETRY_FIRST_S,
     UNBLOCK_RETRY_MAX_S,
 )
-from ._lost_replies import LostReplies
+from ._lost_replies import LostReplies, Sent
 from ._resp import FutureSink, pack
 from ._server import (
     REDIRECT_ERRORS,
@@ -50,19 +49,6 @@ DeliverFn = Callable[[str, list[bytes]], None]
 FailFn = Callable[[Exception], None]
 # Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
 UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
-
-
-class Sent(NamedTuple):
-    """A request whose reply was lost, as it went out. Its loss is judged by this, not by
-    the reader's fields: a later request (close()'s, on the connection being dropped) may
-    have changed them before the loss is heard of."""
-
-    keys: list[str]  # what it popped (none: a recovery or deletion with nobody waiting)
-    at: float  # time.monotonic() just before it went out (_sent_at, when _pop_once sent it)
-    # Bytes of its reply that arrived before the cut: the connection carries one request at
-    # a time, so all it received since. (Not the parser's unparsed bytes: hiredis moves past
-    # each complete element, and a cut between two leaves none.)
-    arrived: int
 
 
 class BlockingReader:

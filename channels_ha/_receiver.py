@@ -16,7 +16,7 @@ from ._buffers import ChannelBuffer, Item
 from ._core import LayerCore
 from ._delivery import Deliveries
 from ._give_back import GiveBack
-from ._normal_reader import InFlight
+from ._in_flight import InFlight
 from ._reader import BlockingReader
 from ._shard import ShardConnections
 from ._slots import slot_of

@@ -18,10 +18,11 @@ from typing import Any
 
 from ._cluster import ClusterRouter
 from ._constants import FAILOVER_HOLD_MAX_S, INBOX_BATCH_SIZE, SENTINEL_WATCH_DELAY_S
+from ._in_flight import InFlight
 from ._inbox_reader import InboxReader
 from ._keys import KeyLayout
 from ._link import CommandLink
-from ._normal_reader import InFlight, NormalReader
+from ._normal_reader import NormalReader
 from ._reader import BlockingReader, DeliverFn, FailFn, KeysFn
 from ._recheck import MasterRecheck
 from ._resp import Endpoint
