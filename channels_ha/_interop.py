@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from ._config import NodeAddress, RedisConfig, SentinelConfig
 from ._redis_kwargs import client_kwargs, connection_kwargs, sentinel_kwargs
+from ._settings_time import stop_at_settings_import
 from ._sources import load_config
 from .exceptions import ConfigurationError
 
@@ -56,17 +57,19 @@ def channel_layers(
     """A ``CHANNEL_LAYERS`` setting; the config is read from the environment when omitted.
 
     channels_redis layers get ``hosts`` (one entry); any other backend gets ``config``.
+    Raises ConfigurationError (in settings.py: stops the process with the message).
     """
-    config = load_config() if config is None else config
-    if backend.startswith(_CHANNELS_REDIS):
-        ours: dict[str, Any] = {"hosts": [config.to_channels_redis_host()]}
-    else:
-        ours = {"config": config}
-    for key in ours.keys() & layer_options.keys():
-        raise ConfigurationError(
-            f"Invalid channel layer options for {backend}: '{key}' is built from the Redis "
-            "configuration; expected it to be left out of the layer options."
-        )
+    with stop_at_settings_import("channel_layers"):
+        config = load_config() if config is None else config
+        if backend.startswith(_CHANNELS_REDIS):
+            ours: dict[str, Any] = {"hosts": [config.to_channels_redis_host()]}
+        else:
+            ours = {"config": config}
+        for key in ours.keys() & layer_options.keys():
+            raise ConfigurationError(
+                f"Invalid channel layer options for {backend}: '{key}' is built from the Redis "
+                "configuration; expected it to be left out of the layer options."
+            )
     return {alias: {"BACKEND": backend, "CONFIG": {**ours, **layer_options}}}
 
 
@@ -81,16 +84,35 @@ def caches(
 
     ``cache_params`` are Django's own keys (``TIMEOUT``, ``KEY_PREFIX``, ``VERSION``,
     ``OPTIONS``...); the config goes into ``OPTIONS``, so the cache and the channel layer
-    share one validated configuration.
+    share one validated configuration. A bad ``OPTIONS`` key raises ConfigurationError now
+    (in settings.py: stops the process with the message), not at the first cache call.
     """
-    config = load_config() if config is None else config
-    options: Mapping[str, Any] = cache_params.pop("OPTIONS", None) or {}
-    for key in {"config", "LOCATION"} & {*options, *cache_params}:
-        raise ConfigurationError(
-            f"Invalid cache options for {backend}: '{key}' is built from the Redis "
-            "configuration; expected it to be left out."
-        )
-    return {alias: {"BACKEND": backend, **cache_params, "OPTIONS": {**options, "config": config}}}
+    with stop_at_settings_import("caches"):
+        config = load_config() if config is None else config
+        options = cache_params.pop("OPTIONS", None) or {}
+        if isinstance(options, Mapping):
+            for key in {"config", "LOCATION"} & {*options, *cache_params}:
+                raise ConfigurationError(
+                    f"Invalid cache options for {backend}: '{key}' is built from the Redis "
+                    "configuration; expected it to be left out."
+                )
+            options = {**options, "config": config}
+        entry = {"BACKEND": backend, **cache_params, "OPTIONS": options}
+        _check_cache_entry(entry)
+    return {alias: entry}
+
+
+def _check_cache_entry(entry: Mapping[str, Any]) -> None:
+    """Raises what the OPTIONS of a channels-ha cache entry would raise at its first call.
+    Pure: TLS files are read when the cache is built (a Docker build running collectstatic
+    imports the settings without them), and checked by channels_ha.E003."""
+    from django.utils.module_loading import import_string
+
+    from .cache import RedisCache, cache_config
+
+    backend = import_string(entry["BACKEND"])
+    if isinstance(backend, type) and issubclass(backend, RedisCache):
+        cache_config("", entry["OPTIONS"])
 
 
 def _pairs(nodes: tuple[NodeAddress, ...]) -> list[tuple[str, int]]:

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from ._config import RedisConfig
 from ._options import IGNORED_KEYS, KNOWN_KEYS, Source, build_config, check_keys
+from ._settings_time import stop_at_settings_import
 from ._url import parse_url, redact_url, url_options
 from .exceptions import ConfigurationError
 
@@ -176,9 +177,13 @@ def load_config(
     connection_config: str | Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> RedisConfig:
-    """The validated configuration from code values or the environment (``os.environ``)."""
-    source = select_source(url=url, connection_config=connection_config, environ=environ)
-    config = source.parse()
+    """The validated configuration from code values or the environment (``os.environ``).
+
+    Raises ConfigurationError; called while Django imports the settings module, stops the
+    process with the message instead (``_settings_time``)."""
+    with stop_at_settings_import("load_config"):
+        source = select_source(url=url, connection_config=connection_config, environ=environ)
+        config = source.parse()
     _announce(source, config)
     return config
 

@@ -346,13 +346,30 @@ class RedisCache(DjangoRedisCache):
     _options: dict[str, Any]  # set by Django's __init__
 
     def __init__(self, server: Any, params: dict[str, Any]) -> None:
-        _require_options_dict(params.get("OPTIONS", {}))  # before Django's .get() on it
+        #: Why this entry cannot work (a bad OPTIONS key, an unreadable TLS file), or None.
+        #: Raised at the first cache call, not here: Django's own system checks build every
+        #: cache, and raising would end ``manage.py check`` in a traceback before
+        #: channels_ha.E003 could report it (``channels_ha.caches()`` raises it at once).
+        self.configuration_error: ConfigurationError | None = None
+        options = params.get("OPTIONS", {})
+        try:
+            _require_options_dict(options)
+        except ConfigurationError as err:
+            self.configuration_error = err
+            params = {**params, "OPTIONS": {}}  # (Django's __init__ calls .get() on it)
         super().__init__(server, params)
-        self._config = cache_config(server, self._options)
-        read_tls_files(self._config)  # else a bad file is retried as if Redis were away
+        if self.configuration_error is not None:
+            return
+        try:
+            self._config = cache_config(server, self._options)
+            read_tls_files(self._config)  # else a bad file is retried as if Redis were away
+        except ConfigurationError as err:
+            self.configuration_error = err
 
     @cached_property
     def _cache(self) -> Any:
+        if self.configuration_error is not None:
+            raise self.configuration_error
         pattern = self.key_prefix.translate(_GLOB_SPECIALS) + ":*"
         serializer = self._options.get("serializer")
         client = RedisCacheClient(self._config, pattern, serializer=serializer)

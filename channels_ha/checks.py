@@ -54,8 +54,8 @@ _ENV_HINT = (
     "docs/configuration.md."
 )
 _BUILD_HINT = (
-    "Build the setting with channels_ha.{function}(), which validates the Redis configuration, "
-    "and pass only the documented options."
+    "Pass only the documented options (docs/configuration.md); channels_ha.{function}() "
+    "builds the setting from the validated Redis configuration."
 )
 _SETTING_HINT = (
     "Build it from the validated configuration: CHANNEL_LAYERS = channels_ha.channel_layers() "
@@ -124,12 +124,18 @@ def _cache_errors(skip_env: bool) -> list[CheckMessage]:
         location = entry.get("LOCATION", "")
         if skip_env and not (location or (params.get("OPTIONS") or {}).get("config")):
             continue  # it reads the environment, and E001 says what is wrong there
-        problem = _build_problem(import_string(entry["BACKEND"]), location, params)
+        problem = _build_problem(_build_cache, entry["BACKEND"], location, params)
         if problem is not None:
             hint = _BUILD_HINT.format(function="caches")
             obj = f"CACHES[{alias!r}]"
             errors.append(Error(problem, hint=hint, obj=obj, id="channels_ha.E003"))
     return errors
+
+
+def _build_cache(backend: str, location: Any, params: dict[str, Any]) -> None:
+    error = import_string(backend)(location, params).configuration_error
+    if error is not None:
+        raise error
 
 
 def _build_problem(build: Callable[..., object], *args: Any) -> str | None:
