@@ -1,7 +1,9 @@
 """``channels-ha check``: validate the Redis configuration and print its redacted summary.
 
 A thin shell over ``_sources`` (and, with ``--connect``, the live probe): exit 0 when the
-configuration is valid, 1 with a one-paragraph message on stderr when not, never a traceback.
+configuration is valid (and, with ``--connect``, the probe ok), 1 with a one-paragraph message
+on stderr when not, never a traceback. With ``--json`` stdout is one JSON document, the probe's
+report under ``probe``, so a pipe into a JSON reader works with and without ``--connect``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import sys
 from typing import Any
 
 from ._config import RedisConfig
-from ._sources import CONFIG_VARIABLE, URL_VARIABLE, ConfigSource, select_source
+from ._probe_report import ProbeReport
+from ._sources import CONFIG_VARIABLE, URL_VARIABLE, select_source
 from .exceptions import ConfigurationError
 
 __all__ = ["add_check_command", "run_check"]
@@ -30,7 +33,11 @@ def add_check_command(commands: Any) -> None:
     )
     parser.add_argument("--url", help="a Redis URL to check instead of the environment")
     parser.add_argument("--config", help=f"a {CONFIG_VARIABLE} JSON object to check instead")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print the summary (and the probe\'s report, as "probe") as one JSON document',
+    )
     parser.add_argument("--connect", action="store_true", help="also probe the servers live")
     parser.set_defaults(run=run_check)
 
@@ -44,22 +51,29 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"channels-ha check: {err}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        print(json.dumps(config.summary_dict(), indent=2))
-    else:
-        print(_headline(source))
-        print(config.summary())
-    return _probe(config) if args.connect else EXIT_OK
-
-
-def _headline(source: ConfigSource) -> str:
+        return _print_json(config, args.connect)
     ignored = "".join(f" ({name} is also set and ignored)" for name in source.ignored)
-    return f"Redis configuration from {source.name}{ignored} is valid:"
-
-
-def _probe(config: RedisConfig) -> int:
-    """Run the live probe; its report decides the exit status."""
-    from ._probe import probe
-
-    report = probe(config)
+    print(f"Redis configuration from {source.name}{ignored} is valid:")
+    print(config.summary(), flush=True)  # shown while the probe waits for slow nodes
+    if not args.connect:
+        return EXIT_OK
+    report = _probe(config)
     print(report.to_text())
     return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _print_json(config: RedisConfig, connect: bool) -> int:
+    """One document: the summary, and the probe's report (redacted, as every report) under
+    ``probe``; two documents in a row would make ``json.load`` fail with "Extra data"."""
+    facts = config.summary_dict()
+    report = _probe(config) if connect else None
+    if report is not None:
+        facts["probe"] = report.to_dict()
+    print(json.dumps(facts, indent=2))
+    return EXIT_INVALID if report is not None and not report.ok else EXIT_OK
+
+
+def _probe(config: RedisConfig) -> ProbeReport:
+    from ._probe import probe
+
+    return probe(config)

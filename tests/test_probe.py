@@ -131,6 +131,26 @@ def test_check_connect_exit_status(
     assert capsys.readouterr().out.rstrip().endswith("status: OK")
 
 
+def test_check_json_connect_is_one_json_document(
+    redis_standalone: Topology, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Seen: ``check --json --connect`` printed the JSON summary, then the text report, so
+    ``json.load`` failed ("Extra data"). With --json the probe's report is a ``probe`` key of
+    the one document, and the exit status still says whether it is ok."""
+    assert main(["check", "--json", "--connect", "--url", redis_standalone.url]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["mode"] == "single"  # the summary's keys stay where --json alone puts them
+    assert (facts["probe"]["ok"], facts["probe"]["master"]["role"]) == (True, "master")
+    url = f"redis://:hunter2pw@127.0.0.1:{_closed_port()}/0"
+    assert main(["check", "--json", "--connect", "--url", url]) == 1
+    out = capsys.readouterr().out
+    facts = json.loads(out)
+    assert facts["probe"]["ok"] is False
+    assert facts["probe"]["problems"]
+    assert facts["data_nodes"]["password_set"] is True
+    assert "hunter2pw" not in out
+
+
 def test_no_sentinel_reachable_is_not_a_disagreement(capsys: pytest.CaptureFixture[str]) -> None:
     """Seen with every sentinel frozen: "0 of 3 reachable, DISAGREE on the master". Nobody
     answered, so nobody disagreed."""
