@@ -95,3 +95,17 @@ def test_passwords_never_printed(redis_sandbox_factory: TopologyFactory) -> None
     assert "status: OK" in output
     assert "data-secret" not in output
     assert "sentinel-secret" not in output
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "-0"])
+def test_a_timeout_that_bounds_nothing_is_refused(
+    timeout: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen: --timeout 0, -1 or nan were taken, and every node was then "unreachable". Such a
+    value is a CommandError naming --timeout, before anything is asked."""
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    in_memory = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=in_memory), pytest.raises(CommandError) as caught:
+        call_command("channels_ha", "status", "--timeout", timeout)
+    assert "--timeout" in str(caught.value)
+    assert "a finite number of seconds > 0" in str(caught.value)

@@ -8,7 +8,9 @@ unless every report is ok.
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -33,7 +35,10 @@ class Command(BaseCommand):
         status.add_argument("--alias", default="default", help="the CHANNEL_LAYERS alias")
         status.add_argument("--json", action="store_true", help="print the report as JSON")
         status.add_argument(
-            "--timeout", type=float, default=PROBE_TIMEOUT_S, help="seconds per step"
+            "--timeout",
+            type=_timeout,
+            default=PROBE_TIMEOUT_S,
+            help=f"seconds per step, > 0 (default {PROBE_TIMEOUT_S:g})",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -46,6 +51,21 @@ class Command(BaseCommand):
         self.stdout.write(_json(alias, reports) if options["json"] else _text(reports))
         if not all(report.ok for report in reports):
             raise CommandError(f"the Redis behind channel layer {alias!r} is not ok")
+
+
+def _timeout(text: str) -> float:
+    """A finite number of seconds > 0: 0, a negative number or NaN would bound every step to
+    nothing (each node then reported "unreachable"), infinity would bound nothing. Django
+    words the error as ``argument --timeout: ...`` (a CommandError from call_command)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds > 0, such as {PROBE_TIMEOUT_S:g}, got {text!r}"
+        )
+    return seconds
 
 
 def _json(alias: str, reports: list[ProbeReport]) -> str:
