@@ -188,6 +188,21 @@ def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
         raise source.error(f"{problem}; expected one of {', '.join(known)}")
     parameters: dict[str, Any] = dict(pairs)
     check_keys(parameters, known, source, noun="query parameter")
+    _once_each(pairs, source)
     for name in _PASSWORD_QUERY_KEYS & parameters.keys():  # hidden from here on
         parameters[name] = SecretStr(parameters[name])
     return parameters
+
+
+def _once_each(pairs: list[tuple[str, str]], source: Source) -> None:
+    """A parameter given twice is an error: redis-py's ``from_url`` takes the first value, so
+    a URL shared with a Django cache or Celery would mean two things (``?db=1&db=2``: two
+    databases). Only the name is shown; the values may be passwords."""
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            raise source.error(
+                f"'{name}': query parameter given twice; expected it once (redis-py, reading "
+                "the same URL for a cache or Celery, would take the first value)"
+            )
+        seen.add(name)

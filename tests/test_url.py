@@ -336,3 +336,26 @@ def test_bad_boolean_parameter() -> None:
 def test_unix_url_with_host() -> None:
     """unix:// takes a path, not a host."""
     assert "'unix_socket_path': expected no host" in _error("unix://localhost/run/r.sock")
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("redis://h/0?db=1&db=2", "db"),
+        ("redis://h?socket_timeout=1&socket_timeout=5", "socket_timeout"),
+        ("redis://h?db=1&d%62=2", "db"),  # names are compared decoded, as they are read
+        (
+            "redis+sentinel://:hunter2@s/m?sentinel_password=hunter3&sentinel_password=hunter4",
+            "sentinel_password",
+        ),
+        ("rediss://h?ssl_cert_reqs=none&max_connections=5&ssl_cert_reqs=required", "ssl_cert_reqs"),
+    ],
+)
+def test_a_repeated_query_parameter_is_refused(url: str, name: str) -> None:
+    """Seen: ?db=1&db=2 meant database 2 here and 1 in redis-py's from_url (which takes the
+    first), so a URL shared with a Django cache or Celery meant two databases. A repeated
+    parameter is an error naming it, its values (passwords) not shown."""
+    message = _error(url)
+    assert f"'{name}': query parameter given twice" in message
+    for secret in ("hunter2", "hunter3", "hunter4"):
+        assert secret not in message
