@@ -7,6 +7,7 @@ echo the URL only in redacted form and never echo a value taken from it.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -38,6 +39,8 @@ QUERY_KEYS = (
 )
 SENTINEL_QUERY_KEYS = (*QUERY_KEYS, "sentinel_username", "sentinel_password")
 _PASSWORD_QUERY_KEYS = {name for name in SENTINEL_QUERY_KEYS if "password" in name}
+logger = logging.getLogger("channels_ha.config")
+_plus_noted: set[str] = set()  # password parameters whose '+' was already warned about
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
 _MISPLACED_AT = (
     "an '@' after the host part; if a password holds '/', '?', '#' or '&', percent-encode "
@@ -191,6 +194,7 @@ def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
     _once_each(pairs, source)
     for name in _PASSWORD_QUERY_KEYS & parameters.keys():  # hidden from here on
         parameters[name] = SecretStr(parameters[name])
+    _note_plus(query)
     return parameters
 
 
@@ -206,3 +210,22 @@ def _once_each(pairs: list[tuple[str, str]], source: Source) -> None:
                 "the same URL for a cache or Celery, would take the first value)"
             )
         seen.add(name)
+
+
+def _note_plus(query: str) -> None:
+    """Warns, once per parameter and process, of a password parameter holding a literal '+'.
+
+    A query value reads '+' as a space, in redis-py's ``from_url`` too, so that is kept; but
+    the userinfo keeps a '+', and a base64 password put in both places (a templated
+    ``:$(REDIS_PASSWORD)@...?sentinel_password=$(REDIS_PASSWORD)``) then works on the data
+    nodes and fails on the sentinels. A password meant with a space can be written %20."""
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        name = unquote(name)
+        if name in _PASSWORD_QUERY_KEYS and "+" in value and name not in _plus_noted:
+            _plus_noted.add(name)
+            logger.warning(
+                "Redis URL query parameter '%s' holds a '+', read as a space as in any URL "
+                "query (and redis-py); if the password has a '+', write it %%2B.",
+                name,
+            )

@@ -6,9 +6,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from channels_ha import parse_url
+from channels_ha import RedisConfig, parse_url
+from channels_ha._config import SentinelConfig
+from channels_ha._sources import parse_connection_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md"
 ELECTION_S = 1.0  # the page's "about a second"
@@ -21,10 +24,29 @@ def example(name: str) -> Any:
     return yaml.safe_load(match.group(1))
 
 
-def redis_url() -> str:
+def redis_config(password: str = "generatedpassword") -> RedisConfig:
+    """The Deployment's Redis configuration once Kubernetes expanded ``$(REDIS_PASSWORD)``."""
     container = example("deployment")["spec"]["template"]["spec"]["containers"][0]
-    (value,) = [e["value"] for e in container["env"] if e["name"] == "REDIS_URL"]
-    return str(value).replace("$(REDIS_PASSWORD)", "generatedpassword")
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env.keys() & {"REDIS_URL", "REDIS_CONNECTION_CONFIG"}, env.keys()
+    if "REDIS_CONNECTION_CONFIG" in env:
+        text = str(env["REDIS_CONNECTION_CONFIG"]).replace("$(REDIS_PASSWORD)", password)
+        return parse_connection_config(text, source="REDIS_CONNECTION_CONFIG")
+    return parse_url(str(env["REDIS_URL"]).replace("$(REDIS_PASSWORD)", password))
+
+
+@pytest.mark.parametrize("password", ["generatedpassword", "ab+c/d==", "p@ss:w%rd?#&x"])
+def test_any_password_reaches_both_hops(password: str) -> None:
+    """Seen: the Deployment expanded the secret into a URL, at the data nodes' place and as
+    ?sentinel_password=: a base64 password's '/' broke the URL, its '+' reached the sentinels
+    as a space. Expanded as it is (Kubernetes cannot percent-encode), any password without
+    '"' or '\\' must reach the data nodes and the sentinels unchanged."""
+    config = redis_config(password)
+    assert isinstance(config, SentinelConfig)
+    assert config.password is not None
+    assert config.sentinel_password is not None
+    assert config.password.get_secret_value() == password
+    assert config.sentinel_password.get_secret_value() == password
 
 
 def test_failover_is_shorter_than_failover_timeout() -> None:
@@ -32,13 +54,13 @@ def test_failover_is_shorter_than_failover_timeout() -> None:
     sentinel = example("redis-values")["sentinel"]
     assert sentinel["enabled"]
     assert sentinel["masterSet"] == "mymaster"
-    config = parse_url(redis_url())
+    config = redis_config()
     assert sentinel["downAfterMilliseconds"] / 1000 + ELECTION_S < config.failover_timeout_s
 
 
 def test_deployment_configuration_is_valid() -> None:
     """The Deployment's REDIS_URL is a valid Sentinel URL with auth on both hops."""
-    summary = parse_url(redis_url()).summary_dict()
+    summary = redis_config().summary_dict()
     assert summary["mode"] == "sentinel"
     assert summary["data_nodes"]["auth"]
     assert summary["sentinels"]["auth"]
@@ -49,7 +71,7 @@ def test_probes_outlast_a_failover() -> None:
     container = example("deployment")["spec"]["template"]["spec"]["containers"][0]
     readiness, liveness = container["readinessProbe"], container["livenessProbe"]
     patience_s = readiness["periodSeconds"] * readiness["failureThreshold"]
-    assert patience_s >= parse_url(redis_url()).failover_timeout_s
+    assert patience_s >= redis_config().failover_timeout_s
     assert readiness["httpGet"]["path"] == "/healthz"
     assert liveness["httpGet"]["path"] == "/livez"
     assert "--workers" in container["command"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from channels_ha import _url
 from channels_ha._config import (
     ClusterConfig,
     NodeAddress,
@@ -359,3 +362,34 @@ def test_a_repeated_query_parameter_is_refused(url: str, name: str) -> None:
     assert f"'{name}': query parameter given twice" in message
     for secret in ("hunter2", "hunter3", "hunter4"):
         assert secret not in message
+
+
+def test_a_plus_in_a_query_password_is_read_as_a_space_and_warned_about(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a query value '+' means a space (as in redis-py's from_url), in the userinfo it stays
+    a '+': a base64 password put in both places worked for the data nodes and failed on the
+    sentinels. The space is kept, and logged once as a warning naming the parameter (never
+    its value); %2B is a '+' and not warned about."""
+    monkeypatch.setattr(_url, "_plus_noted", set())
+    url = "redis+sentinel://:ab+cd@s/m?sentinel_password=ab+cd"
+    with caplog.at_level(logging.WARNING, logger="channels_ha.config"):
+        config = parse_url(url)
+        parse_url(url)
+    assert isinstance(config, SentinelConfig)
+    assert config.password is not None
+    assert config.sentinel_password is not None
+    assert config.password.get_secret_value() == "ab+cd"
+    assert config.sentinel_password.get_secret_value() == "ab cd"
+    (record,) = [r for r in caplog.records if "sentinel_password" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "%2B" in record.getMessage()
+    assert "ab+cd" not in record.getMessage()
+    assert "ab cd" not in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="channels_ha.config"):
+        encoded = parse_url("redis+sentinel://:ab+cd@s/m?sentinel_password=ab%2Bcd&db=1")
+    assert isinstance(encoded, SentinelConfig)
+    assert encoded.sentinel_password is not None
+    assert encoded.sentinel_password.get_secret_value() == "ab+cd"
+    assert caplog.records == []
