@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from . import _redis_kwargs
+from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 
 __all__ = [
     "DEFAULT_FAILOVER_TIMEOUT_S",
@@ -169,12 +170,31 @@ Port = Annotated[int, _number(_PORT), _require(lambda p: 1 <= p <= 65535, _PORT)
 Seconds = Annotated[
     float, _number(_SECONDS), _require(lambda s: math.isfinite(s) and s >= 0, _SECONDS)
 ]
-PositiveSeconds = Annotated[
-    float,
-    _number(_POSITIVE_SECONDS),
-    _require(lambda s: math.isfinite(s) and s > 0, _POSITIVE_SECONDS),
-]
 Database = Annotated[int, _number(_DB), _require(lambda d: d >= 0, _DB)]
+
+
+def _timeout(default: str) -> str:
+    """What a socket timeout must be; ``default`` says what leaving it out means. 0 is refused:
+    the layer took it for its default, redis-py (in the cache) would time out every read at
+    once, and some read it as "no timeout"."""
+    return f"a duration in seconds > 0 (leave it out for {default})"
+
+
+def _is_positive(seconds: float) -> bool:
+    return math.isfinite(seconds) and seconds > 0
+
+
+def _positive(expectation: str) -> AfterValidator:
+    return _require(_is_positive, expectation)
+
+
+_REPLY = _timeout(f"the default, {DEFAULT_REPLY_TIMEOUT_S:g} s")
+_CONNECT = _timeout(f"the default, {DEFAULT_CONNECT_TIMEOUT_S:g} s")
+_SENTINEL = _timeout("the data nodes' value")
+ReplyTimeout = Annotated[float, _number(_REPLY), _positive(_REPLY)]
+ConnectTimeout = Annotated[float, _number(_CONNECT), _positive(_CONNECT)]
+SentinelTimeout = Annotated[float, _number(_SENTINEL), _positive(_SENTINEL)]
+PositiveSeconds = Annotated[float, _number(_POSITIVE_SECONDS), _positive(_POSITIVE_SECONDS)]
 Name = Annotated[str, _require(bool, "a non-empty string")]
 
 
@@ -346,8 +366,8 @@ class _BaseConfig(_Frozen):
     password: OptionalPassword = None
     db: Database = 0
     tls: TLSConfig | None = None
-    socket_timeout_s: Seconds | None = None
-    socket_connect_timeout_s: Seconds | None = None
+    socket_timeout_s: ReplyTimeout | None = None  # None: DEFAULT_REPLY_TIMEOUT_S
+    socket_connect_timeout_s: ConnectTimeout | None = None  # None: DEFAULT_CONNECT_TIMEOUT_S
     socket_keepalive: bool = False
     health_check_interval_s: Seconds = 0.0
     failover_timeout_s: PositiveSeconds = DEFAULT_FAILOVER_TIMEOUT_S
@@ -372,13 +392,23 @@ class _BaseConfig(_Frozen):
             "data_nodes": _security(self.tls, self.username, self.password),
             "sentinels": self._sentinel_security(),
             "timeouts_s": self._timeouts(),
+            "timeouts_defaulted": [
+                name
+                for name, value in (
+                    ("socket", self.socket_timeout_s),
+                    ("socket_connect", self.socket_connect_timeout_s),
+                )
+                if value is None
+            ],
             "socket_keepalive": self.socket_keepalive,
         }
 
-    def _timeouts(self) -> dict[str, float | None]:
+    def _timeouts(self) -> dict[str, float]:
+        """The values the layer and the cache use, defaults included (channels_redis, fed by
+        ``channel_layers(backend=...)``, gets only those set: redis-py then waits forever)."""
         return {
-            "socket": self.socket_timeout_s,
-            "socket_connect": self.socket_connect_timeout_s,
+            "socket": _or(self.socket_timeout_s, DEFAULT_REPLY_TIMEOUT_S),
+            "socket_connect": _or(self.socket_connect_timeout_s, DEFAULT_CONNECT_TIMEOUT_S),
             "health_check_interval": self.health_check_interval_s,
             "failover": self.failover_timeout_s,
         }
@@ -406,13 +436,17 @@ def _hop_text(facts: dict[str, Any]) -> str:
     return f"TLS {tls}; auth {auth}"
 
 
-def _seconds_text(value: float | None) -> str:
-    return "not set" if value is None else f"{value:g} s"
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _seconds_text(facts: dict[str, Any], name: str) -> str:
+    default = " (default)" if name in facts["timeouts_defaulted"] else ""
+    return f"{facts['timeouts_s'][name]:g} s{default}"
 
 
 def _summary_text(facts: dict[str, Any]) -> str:
     """Render :meth:`_BaseConfig.summary_dict` for a terminal."""
-    timeouts = facts["timeouts_s"]
     lines = [f"mode: {facts['mode']}", f"nodes: {', '.join(facts['nodes'])}"]
     if facts["master_name"] is not None:
         lines.append(f"master name: {facts['master_name']}")
@@ -420,9 +454,9 @@ def _summary_text(facts: dict[str, Any]) -> str:
     if facts["sentinels"] is not None:
         lines.append(f"sentinels: {_hop_text(facts['sentinels'])}")
     lines.append(
-        f"timeouts: socket {_seconds_text(timeouts['socket'])}, "
-        f"connect {_seconds_text(timeouts['socket_connect'])}, "
-        f"failover {_seconds_text(timeouts['failover'])}"
+        f"timeouts: socket {_seconds_text(facts, 'socket')}, "
+        f"connect {_seconds_text(facts, 'socket_connect')}, "
+        f"failover {_seconds_text(facts, 'failover')}"
     )
     return "\n".join(lines)
 
@@ -461,8 +495,8 @@ class SentinelConfig(_BaseConfig):
     sentinel_username: Username | None = None
     sentinel_password: OptionalPassword = None
     sentinel_tls: TLSConfig | None = None
-    sentinel_socket_timeout_s: Seconds | None = None  # None: same as socket_timeout_s
-    sentinel_socket_connect_timeout_s: Seconds | None = None  # None: same as the data nodes'
+    sentinel_socket_timeout_s: SentinelTimeout | None = None  # None: same as socket_timeout_s
+    sentinel_socket_connect_timeout_s: SentinelTimeout | None = None  # None: the data nodes'
 
     def node_labels(self) -> list[str]:
         """The sentinels' addresses."""

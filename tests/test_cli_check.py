@@ -52,7 +52,7 @@ def test_environment_summary_is_redacted(
         "db: 0\n"
         "data nodes: TLS no; auth yes (default user, password set)\n"
         "sentinels: TLS no; auth no\n"
-        "timeouts: socket 10 s, connect not set, failover 30 s\n"
+        "timeouts: socket 10 s, connect 2 s (default), failover 30 s\n"
     )
 
 

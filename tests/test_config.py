@@ -76,7 +76,7 @@ def test_summary_text_shows_both_hops_without_secrets() -> None:
         "auth yes (user app, password set)\n"
         "sentinels: TLS yes (verify optional, hostname checked); "
         "auth yes (default user, password set)\n"
-        "timeouts: socket not set, connect not set, failover 30 s"
+        "timeouts: socket 5 s (default), connect 2 s (default), failover 30 s"
     )
 
 
@@ -242,3 +242,54 @@ def test_node_address_rejects_what_is_no_host_name() -> None:
     for host in ("a..b", "x" * 64, "h\x00ost", "a:b"):
         with pytest.raises(pydantic.ValidationError, match="a host name"):
             NodeAddress(host=host, port=1)
+
+
+def test_the_summary_gives_the_timeouts_the_layer_and_the_cache_use() -> None:
+    """Seen: check printed "socket not set, connect not set" (and configuration.md said
+    redis-py then waits indefinitely) while the layer and the cache use 5 s and 2 s. The
+    summary gives the values they use, set or default, and says which are defaults."""
+    from channels_ha._specs import _settings
+    from channels_ha.cache import RedisCacheClient
+
+    for options, socket_s, connect_s, text in [
+        ({}, 5.0, 2.0, "timeouts: socket 5 s (default), connect 2 s (default), failover 30 s"),
+        (
+            {"socket_timeout": 0.5, "socket_connect_timeout": 0.25},
+            0.5,
+            0.25,
+            "timeouts: socket 0.5 s, connect 0.25 s, failover 30 s",
+        ),
+    ]:
+        config = parse_connection_config({"address": "h:6379", **options})
+        layer = _settings(config, "name")
+        cache = RedisCacheClient(config, "*")._config
+        assert (layer.reply_timeout_s, layer.connect_timeout_s) == (socket_s, connect_s)
+        assert (cache.socket_timeout_s, cache.socket_connect_timeout_s) == (socket_s, connect_s)
+        timeouts = config.summary_dict()["timeouts_s"]
+        assert (timeouts["socket"], timeouts["socket_connect"]) == (socket_s, connect_s)
+        assert text in config.summary()
+
+
+SENTINEL = {"sentinels": ["s:26379"], "master_name": "m"}
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({"socket_timeout": 0}, "socket_timeout"),
+        ({"socket_connect_timeout": 0.0}, "socket_connect_timeout"),
+        ({"socket_timeout": -1}, "socket_timeout"),
+        ({**SENTINEL, "sentinel_kwargs": {"socket_timeout": 0}}, "sentinel_kwargs.socket_timeout"),
+        (
+            {**SENTINEL, "sentinel_kwargs": {"socket_connect_timeout": 0}},
+            "sentinel_kwargs.socket_connect_timeout",
+        ),
+    ],
+)
+def test_a_socket_timeout_of_zero_is_refused(options: dict[str, object], key: str) -> None:
+    """Seen: socket_timeout=0 was taken, printed "socket 0 s", and became 5 s in the layer
+    (``or`` the default) while redis-py, in the cache, would time out every read at once. A
+    timeout is > 0, or left out for the default."""
+    with pytest.raises(ConfigurationError) as caught:
+        parse_connection_config(options, source="REDIS_CONNECTION_CONFIG")
+    assert f"'{key}': expected a duration in seconds > 0 (leave it out for " in str(caught.value)

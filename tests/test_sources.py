@@ -405,11 +405,16 @@ def test_two_ways_to_locate_a_single_node() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["socket_timeout", "socket_connect_timeout", "health_check_interval"]
+    ("key", "expectation"),
+    [
+        ("socket_timeout", "> 0 (leave it out for the default, 5 s)"),
+        ("socket_connect_timeout", "> 0 (leave it out for the default, 2 s)"),
+        ("health_check_interval", ">= 0"),
+    ],
 )
-def test_negative_timeouts(key: str) -> None:
+def test_negative_timeouts(key: str, expectation: str) -> None:
     """Negative durations are rejected with the expected range."""
-    assert f"'{key}': expected a duration in seconds >= 0, got -1" in _error({key: -1})
+    assert f"'{key}': expected a duration in seconds {expectation}, got -1" in _error({key: -1})
 
 
 def test_failover_timeout_must_be_positive() -> None:
