@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import uuid
@@ -24,6 +25,7 @@ from ._constants import (
 )
 from ._core import LayerCore
 from ._keys import KeyLayout
+from ._options import did_you_mean
 from ._session import Session
 from ._shard import ShardSpec
 from ._specs import shard_spec
@@ -82,7 +84,10 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         replica_acks: int = 0,
         replica_ack_timeout: float = 1.0,
         replay_max_bytes: int = REPLAY_MAX_BYTES,
+        **unknown: object,
     ) -> None:
+        if unknown:  # Channels builds the layer as BACKEND(**CONFIG): a typo lands here
+            raise _unknown_option(next(iter(unknown)))
         _check_options(
             expiry, group_expiry, capacity, replica_acks, failover_timeout, replica_ack_timeout
         )
@@ -293,6 +298,18 @@ def _describe(config: RedisConfig) -> str:
 def _require_message(message: object) -> None:
     if not isinstance(message, dict):
         raise TypeError(f"message must be a dict, not {type(message).__name__}")
+
+
+def _unknown_option(name: str) -> ConfigurationError:
+    """A misspelt option named, with the closest known one, instead of Python's "__init__()
+    got an unexpected keyword argument", which names neither the setting nor the options."""
+    parameters = inspect.signature(RedisChannelLayer.__init__).parameters.values()
+    known = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self"]
+    known += [p.name for p in parameters if p.kind is p.KEYWORD_ONLY]
+    return ConfigurationError(
+        f"Channel layer option {name!r} is unknown{did_you_mean(name, known)}; expected one "
+        f"of {', '.join(known)}."
+    )
 
 
 def _check_options(

@@ -28,7 +28,15 @@ from ._config import (
 )
 from .exceptions import ConfigurationError
 
-__all__ = ["IGNORED_KEYS", "KNOWN_KEYS", "TLS_KEYS", "Source", "build_config", "check_keys"]
+__all__ = [
+    "IGNORED_KEYS",
+    "KNOWN_KEYS",
+    "TLS_KEYS",
+    "Source",
+    "build_config",
+    "check_keys",
+    "did_you_mean",
+]
 
 SINGLE_KEYS = ("address", "host", "port", "unix_socket_path")
 SENTINEL_KEYS = (
@@ -178,11 +186,16 @@ def check_keys(
         if key in ignored:
             _note_ignored(f"{prefix}{key}", ignored[key])
         elif key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            hint = did_you_mean(key, known, prefix)
             raise source.error(
                 f"'{prefix}{key}': unknown {noun}{hint}; expected one of {', '.join(known)}"
             )
+
+
+def did_you_mean(key: object, known: Sequence[str], prefix: str = "") -> str:
+    """`` (did you mean '<closest>'?)`` for a misspelt key, or nothing when none is close."""
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 def _note_ignored(key: str, why: str) -> None:

@@ -46,6 +46,7 @@ from redis.sentinel import MasterNotFoundError
 from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._interop import SyncClient, close_sync_client, sync_client
+from ._options import did_you_mean
 from ._server import DATA_LOGIN, SENTINEL_LOGIN
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError, RedisCommandError, RedisUnavailable
@@ -125,7 +126,8 @@ def cache_config(location: Any, options: Mapping[str, Any]) -> RedisConfig:
     for key in options:
         if key not in OPTIONS:
             raise ConfigurationError(
-                f"Invalid cache OPTIONS: unknown key {key!r}; expected one of {', '.join(OPTIONS)}."
+                f"Invalid cache OPTIONS: unknown key {key!r}{did_you_mean(key, OPTIONS)}; "
+                f"expected one of {', '.join(OPTIONS)}."
                 " Connection options (db, socket_timeout, ssl_*...) belong in the Redis "
                 "configuration (REDIS_CONNECTION_CONFIG, REDIS_URL or the config object)."
             )

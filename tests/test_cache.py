@@ -404,6 +404,17 @@ def test_location_url_and_environment(
     assert cache_config([redis_topology.url], {}) == parse_url(redis_topology.url)
 
 
+def test_a_misspelt_option_gets_a_suggestion() -> None:
+    """As for Redis keys and layer options: the unknown OPTIONS key named, the closest one
+    suggested, the known ones listed."""
+    with pytest.raises(ConfigurationError) as caught:
+        cache_config("redis://h", {"failover_timout": 5})
+    assert str(caught.value).startswith(
+        "Invalid cache OPTIONS: unknown key 'failover_timout' (did you mean 'failover_timeout'?); "
+        "expected one of config, serializer, failover_timeout."
+    )
+
+
 def test_caches_rejects_what_it_builds() -> None:
     """caches() refuses LOCATION or OPTIONS['config'] next to the configuration it adds."""
     with pytest.raises(ConfigurationError, match="'LOCATION' is built"):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import re
 import threading
 import time
 
+import channels_redis.core
 import pytest
 import redis
 from asgiref.sync import async_to_sync
@@ -376,6 +378,27 @@ def test_bad_options_are_clear_errors(options: dict[str, object], fragment: str)
     options.setdefault("hosts", ["redis://127.0.0.1:1"])
     with pytest.raises(ConfigurationError, match=re.escape(fragment)):
         RedisChannelLayer(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("option", "suggestion"),
+    [("capcity", "capacity"), ("hots", "hosts"), ("failover_timout", "failover_timeout")],
+)
+def test_a_misspelt_option_is_named_with_a_suggestion(option: str, suggestion: str) -> None:
+    """Seen: CONFIG {"capcity": 10} gave E002 with Python's bare "__init__() got an unexpected
+    keyword argument". A ConfigurationError names the option, suggests the closest one and
+    lists them all, channels_redis's included."""
+    with pytest.raises(ConfigurationError) as caught:
+        RedisChannelLayer(hosts=["redis://127.0.0.1:1"], **{option: 10})
+    message = str(caught.value)
+    assert message.startswith(
+        f"Channel layer option '{option}' is unknown (did you mean '{suggestion}'?); "
+        "expected one of hosts, prefix, expiry,"
+    )
+    for name in inspect.signature(channels_redis.core.RedisChannelLayer).parameters:
+        assert name in message  # and accepted, as the next test shows for the odd ones
+    with pytest.raises(ConfigurationError, match="'on_disconnect' is unknown; expected one of"):
+        RedisChannelLayer(on_disconnect=None)
 
 
 def test_channels_redis_option_forms_are_accepted() -> None:
