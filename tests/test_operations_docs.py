@@ -5,6 +5,7 @@ Examples are fenced blocks (or a table) after an ``<!-- example: KIND -->`` comm
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from django.conf import global_settings
+from django.core.asgi import get_asgi_application
 from django.core.management import call_command
 from django.test import AsyncClient, override_settings
 
@@ -126,16 +128,21 @@ def _asgi_application(monkeypatch: pytest.MonkeyPatch) -> Any:
     return _run("asgi")["application"]
 
 
-async def _get(application: Any, path: str) -> int:
+async def _get(application: Any, path: str, host: bytes | None = None) -> int:
     sent: list[dict[str, Any]] = []
+    requested = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
+        if requested.is_set():  # Django then listens for a disconnect: there is none
+            await asyncio.Event().wait()
+        requested.set()
         return {"type": "http.request", "body": b""}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "path": path, "method": "GET", "headers": [], "query_string": b""}
+    headers = [] if host is None else [(b"host", host)]
+    scope = {"type": "http", "path": path, "method": "GET", "headers": headers, "query_string": b""}
     await application(scope, receive, send)
     status: int = sent[0]["status"]
     return status
@@ -157,6 +164,25 @@ async def test_kubernetes_probes_hit_the_asgi_example(
     with override_settings(CHANNEL_LAYERS=channel_layers(parse_url(redis_standalone.url))):
         for probe in (ready, live):
             assert await _get(application, probe["httpGet"]["path"]) == 200
+
+
+async def test_a_probe_by_pod_ip_is_refused_by_django_but_not_by_the_asgi_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the page says of the Host header: a kubelet asks for http://<pod IP>:<port>/...,
+    so Host is the pod's IP. Through Django, CommonMiddleware (in every startproject) answers
+    400 (DisallowedHost) for a Host not in ALLOWED_HOSTS before the urls.py view runs; the
+    asgi.py example answers before Django."""
+    pod = b"10.1.2.3:8000"
+    with override_settings(MIDDLEWARE=["django.middleware.common.CommonMiddleware"]):
+        application = _asgi_application(monkeypatch)
+        django_app = get_asgi_application()
+        assert await _get(django_app, "/livez", host=b"localhost") == 200  # in ALLOWED_HOSTS
+        assert await _get(django_app, "/livez", host=pod) == 400
+        assert await _get(application, "/livez", host=pod) == 200
+    said = _part("health").partition("<!-- example: kubernetes -->")[0]
+    assert "ALLOWED_HOSTS" in said
+    assert "HealthCheckMiddleware" in said
 
 
 # -- outputs ---------------------------------------------------------------------------------
