@@ -2,7 +2,8 @@
 
 The envelope names the sender and its sequence number (so receivers can drop the duplicate a
 retry may create) and the local channels the body is for (so one copy per process serves a
-whole group). It starts with the expiry time as 13 ASCII digits, which the PUSH script reads.
+whole group). It starts with the expiry time as 13 ASCII digits (ms), which the PUSH script
+reads: the layer refuses an ``expiry`` that would overflow them (see MAX_EXPIRY_S).
 """
 
 from __future__ import annotations

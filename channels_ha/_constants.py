@@ -8,9 +8,16 @@ DEFAULT_EXPIRY_S = 60
 DEFAULT_GROUP_EXPIRY_S = 86_400
 DEFAULT_CAPACITY = 100
 DEFAULT_SERIALIZER_FORMAT = "msgpack"
-# The largest duration option (expiry, timeouts) accepted, about 31,700 years ("never"
-# still fits): in milliseconds it stays within the 2**53 that Lua's numbers hold exactly.
+# The largest duration option (group_expiry, timeouts) accepted, about 31,700 years: a
+# "never" of 10**10 fits, and in milliseconds it stays within the 2**53 that Lua's numbers
+# hold exactly.
 MAX_OPTION_S = 1e12
+# The largest expiry accepted, about 31 years. Each message carries its expiry time in 13
+# digits of milliseconds (see _codec, and PUSH's purge), which end at 10**13 ms (the year
+# 2286): an expiry above about 8.2e9 s overflowed them, and every message was dropped as
+# malformed. This one fits until the year 2255; the field stays as it is, so that processes
+# of different versions still read each other's messages.
+MAX_EXPIRY_S = 1e9
 
 # How long an operation waits for a usable master before RedisUnavailable.
 DEFAULT_FAILOVER_TIMEOUT_S = 30.0

@@ -20,6 +20,7 @@ from ._constants import (
     DEFAULT_GROUP_EXPIRY_S,
     DEFAULT_PREFIX,
     DEFAULT_SERIALIZER_FORMAT,
+    MAX_EXPIRY_S,
     MAX_OPTION_S,
     REPLAY_MAX_BYTES,
 )
@@ -321,9 +322,16 @@ def _check_options(
     replica_ack_timeout: float,
 ) -> None:
     """Rejects what would otherwise fail at the first send, or never: NaN compares false with
-    every limit, infinity overflows the millisecond timeouts, True passes for 1."""
+    every limit, infinity overflows the millisecond timeouts, True passes for 1, and an
+    expiry overflowing a message's 13 digits lost every message (see MAX_EXPIRY_S)."""
     seconds = f"a positive number of seconds, finite and at most {MAX_OPTION_S:,.0f}"
-    _require_number("expiry", expiry, seconds)
+    _require_number(
+        "expiry",
+        expiry,
+        f"a positive number of seconds, finite and at most {MAX_EXPIRY_S:,.0f} (about 31 "
+        "years: a message carries its expiry time in 13 digits of milliseconds)",
+        MAX_EXPIRY_S,
+    )
     _require_number("group_expiry", group_expiry, seconds)
     if group_expiry % 1:  # Redis keeps a group for whole seconds (EXPIRE)
         raise ConfigurationError(
@@ -337,11 +345,13 @@ def _check_options(
     _require_count("replica_acks", replica_acks, minimum=0)
 
 
-def _require_number(name: str, value: object, expectation: str) -> None:
+def _require_number(
+    name: str, value: object, expectation: str, maximum: float = MAX_OPTION_S
+) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not 0 < value <= MAX_OPTION_S  # False for NaN too
+        or not 0 < value <= maximum  # False for NaN too
     ):
         raise ConfigurationError(
             f"Channel layer option {name!r} must be {expectation} (got {value!r})."

@@ -16,6 +16,7 @@ from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
 from channels_ha import ConfigurationError, ForeignChannel, RedisChannelLayer
+from channels_ha._constants import MAX_EXPIRY_S, MAX_OPTION_S
 from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import Topology
 
@@ -356,6 +357,11 @@ async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topolog
         ({"failover_timeout": float("nan")}, "'failover_timeout' must be a positive number"),
         ({"replica_ack_timeout": -1}, "'replica_ack_timeout' must be a positive number"),
         ({"group_expiry": 10**30}, "'group_expiry' must be a positive number"),
+        (
+            {"expiry": 10**10},
+            "'expiry' must be a positive number of seconds, finite and at most "
+            "1,000,000,000 (about 31 years",
+        ),
         ({"expiry": True}, "'expiry' must be a positive number"),
         ({"capacity": float("nan")}, "'capacity' must be a positive integer (got nan)"),
         ({"capacity": 2.5}, "'capacity' must be a positive integer"),
@@ -416,6 +422,42 @@ def test_channels_redis_option_forms_are_accepted() -> None:
     assert layer.get_capacity("chat.a") == 10
     for empty in ("", [], None):  # not given: the environment's Redis, as channels_redis's default
         assert len(RedisChannelLayer(hosts=empty).configs) == 1  # type: ignore[arg-type]
+
+
+LONGEST_WAIT_S = 10.0  # for a message that arrives, which takes milliseconds
+
+
+@pytest.mark.redis_topologies("standalone")
+async def test_every_expiry_accepted_delivers_messages(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """An expiry is either refused when the layer is built, or its messages arrive: up to
+    10**12 s was accepted, and from about 8.2e9 s on every message's expiry time overflowed
+    its 13 digits, so that each was dropped as malformed (8.5e9, 1e10, 1e12: none of 3 arrived).
+    The longest group_expiry, 10**12 s, keeps its members too."""
+    accepted, refusals = [], []
+    for expiry in (60, MAX_EXPIRY_S, 8.5e9, 10**10, 10**12):
+        try:
+            layer = make_layer(redis_topology, expiry=expiry, group_expiry=int(MAX_OPTION_S))
+        except ConfigurationError as err:
+            refusals.append(str(err))
+            continue
+        accepted.append(expiry)
+        channel = await layer.new_channel()
+        await layer.group_add("room", channel)
+        for to in (channel, "long-lived"):
+            await layer.send(to, {"type": "direct", "expiry": expiry})
+        await layer.group_send("room", {"type": "grouped", "expiry": expiry})
+        received = [
+            await asyncio.wait_for(layer.receive(on), LONGEST_WAIT_S)
+            for on in (channel, "long-lived", channel)
+        ]
+        assert [m["type"] for m in received] == ["direct", "direct", "grouped"], expiry
+        assert layer.statistics().malformed_dropped == 0, expiry
+    assert accepted == [60, MAX_EXPIRY_S]
+    for refusal in refusals:
+        assert refusal.startswith("Channel layer option 'expiry' must be"), refusal
+        assert "at most 1,000,000,000" in refusal, refusal
 
 
 async def test_connections_stay_bounded_in_a_burst(
