@@ -3,7 +3,11 @@
 The epoch marks stay: deleting them would look like data loss to every process watching
 them. The other processes cannot be told, and their re-assertions must not bring back the
 memberships it deletes: a group is deleted as if each member were discarded, its records
-kept (see GROUP_FLUSH), and the discard records stay.
+kept (see GROUP_FLUSH), and the discard records stay. So do the inbox limits: they are
+what each process says its inbox may hold, not messages, and they expire by themselves
+once it stops publishing them. A process trusts its last publication for seconds; deleted,
+senders went by one channel's capacity meanwhile (7 of 10 sends to the channels of a
+process refused with ChannelFull after another process's flush, for up to 3 s).
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ async def _flush_node(
             group = layout.group_of(key)
             if group is not None:
                 deletes.append(_flush_group(core, group, link))
-            elif key not in kept and not layout.is_group_discards(key):
+            elif not (key in kept or layout.is_group_discards(key) or layout.is_inbox_limit(key)):
                 deletes.append(link.submit("UNLINK", key, key=key))
         await asyncio.gather(*deletes)
         if cursor == b"0":

@@ -83,6 +83,10 @@ class KeyLayout:
         tag = non_local_name.rpartition(".")[2]
         return f"{self.prefix}:l:{{{tag}}}:{non_local_name}"
 
+    def is_inbox_limit(self, key: str) -> bool:
+        """Whether ``key`` is a process's inbox limit (which ``flush()`` keeps)."""
+        return key.startswith(f"{self.prefix}:l:{{")
+
     def group(self, group: str) -> str:
         """The sorted set of a group's member channels, scored by time of joining."""
         return f"{self.prefix}:g:{{{group}}}"

@@ -340,6 +340,30 @@ async def test_a_master_restarted_empty_is_given_the_limit_again_at_once(
     await receive_each(receiver, channels)
 
 
+# -- flush() and FLUSHALL ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flusher", ["sender", "receiver"])
+async def test_a_flush_keeps_the_inbox_limits(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis, flusher: str
+) -> None:
+    """flush() deletes messages and groups, not the limits processes published for their
+    inboxes, whichever process flushes: each trusts its last publication for seconds, and
+    senders went by one channel's capacity until its next refresh, up to 3 s later (89 of
+    100 sends below capacity refused with ChannelFull)."""
+    receiver = make_layer(redis_topology, capacity=CAPACITY)
+    sender = make_layer(redis_topology, prefix=receiver.prefix, capacity=CAPACITY)
+    first = await warm_up(receiver, sender)
+    channels = [await receiver.new_channel() for _ in range(NEW_CHANNELS)]
+    async with receiving(receiver, channels):
+        await applied(receiver, first)  # the raised limit, just published: trusted for 7 s
+    await (sender if flusher == "sender" else receiver).flush()
+    published = master_client.get(limit_key(receiver, first))
+    refused = await send_to_each(sender, channels)
+    assert refused == 0, f"{refused} of {PER_CHANNEL * NEW_CHANNELS} refused ({published})"
+    await receive_each(receiver, channels)
+
+
 def _set_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats").get("cmdstat_set", {"calls": 0})
     return int(stats["calls"])
