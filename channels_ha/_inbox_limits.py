@@ -12,7 +12,8 @@ sends to 50 new channels at 2 of their capacity of 10, while the limit waited fo
 upkeep tick). It is lowered only at the tick: lowering at once could refuse senders for
 what the inbox already holds. A master restarted empty lost it: it is published again as
 soon as the session meets the new server run (seen: 95 of 100 such sends refused, for up to
-the 3 s until the next refresh).
+the 3 s until the next refresh), or its epoch check notices the loss (a FLUSHALL).
+``flush()`` keeps it.
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ class InboxLimits:
         for part in self._totals.gone():
             part.close()
         self._submit(self._totals.due(time.monotonic(), self))
+
+    def publishes_on(self, shard: ShardConnections) -> bool:
+        """Whether this event loop has channels whose inbox is on ``shard``: what it
+        published there must be published again should the shard lose it."""
+        index, shard_of = shard.spec.index, self._core.shard_index
+        return any(shard_of(inbox) == index for inbox in self._limits)
 
     def republish(self, shard: ShardConnections) -> None:
         """``shard`` may have lost data (a master restarted empty): every limit of its

@@ -51,6 +51,8 @@ class Resync:
         # Publishes the inbox limits of a shard again (``InboxLimits.republish``), set by the
         # session: they need the connections, which need this.
         self.republish_limits: Callable[[ShardConnections], None] = _nothing
+        # Whether this session publishes inbox limits on a shard (``InboxLimits.publishes_on``).
+        self.publishes_limits: Callable[[ShardConnections], bool] = _never
 
     def server_seen(self, shard: ShardConnections, info: ServerInfo) -> None:
         stats = shard.stats
@@ -127,10 +129,15 @@ class Resync:
             )
 
     async def check_epochs(self, shards: list[ShardConnections]) -> None:
-        """The upkeep's epoch check: a loss no connection noticed (a FLUSHALL, say)."""
+        """The upkeep's epoch check: a loss no connection noticed (a FLUSHALL, say). Where
+        the session has nothing to re-assert, replay or publish again, it is skipped. The
+        inbox limits count: a process that only receives trusts its last publication for
+        seconds, and senders to its channels were refused meanwhile (90 of 100 below
+        capacity, until its next refresh up to 3 s later); one GET a second per master."""
+        core = self.core
         for shard in shards:
-            if self.core.memberships or self.core.recent[shard.spec.index]:
-                await self._check_epochs_of(shard)  # (else nothing to re-assert or replay)
+            if core.memberships or core.recent[shard.spec.index] or self.publishes_limits(shard):
+                await self._check_epochs_of(shard)
 
     async def _check_epochs_of(self, shard: ShardConnections) -> None:
         try:
@@ -152,3 +159,7 @@ class Resync:
 
 def _nothing(shard: ShardConnections) -> None:
     pass
+
+
+def _never(shard: ShardConnections) -> bool:
+    return False

@@ -66,6 +66,7 @@ class Session:
         ]
         self.inbox_limits = InboxLimits(core, self._shards, steps, lambda: self.closed)
         self.resync.republish_limits = self.inbox_limits.republish
+        self.resync.publishes_limits = self.inbox_limits.publishes_on
         self.deliveries = Deliveries(core, self.inbox_limits)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self.give_back = GiveBack(core, self._shards, self.deliveries, self._readers)

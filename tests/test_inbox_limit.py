@@ -364,6 +364,35 @@ async def test_a_flush_keeps_the_inbox_limits(
     await receive_each(receiver, channels)
 
 
+async def test_a_flushall_is_noticed_by_a_process_that_only_receives(
+    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+) -> None:
+    """A FLUSHALL deletes the published limits too. A process with channels and nothing
+    else (no memberships, no recent sends) notices it at its next epoch check, a second at
+    most, and publishes them again, as after a master restarted empty: it skipped the check,
+    and senders were refused until its next refresh, up to 3 s later (90 of 100 sends below
+    capacity refused two ticks after the FLUSHALL)."""
+    topology = redis_sandbox_factory("standalone")
+    receiver = make_layer(topology, capacity=CAPACITY)
+    sender = make_layer(topology, prefix=receiver.prefix, capacity=CAPACITY)
+    channels = [await receiver.new_channel() for _ in range(NEW_CHANNELS)]
+    client = topology.nodes[0].client()
+    key = limit_key(receiver, channels[0])
+    async with receiving(receiver, channels):
+        deadline = time.monotonic() + TICK_TIMEOUT_S
+        while client.get(key) != str(CAPACITY * NEW_CHANNELS).encode():
+            assert time.monotonic() < deadline, "the limit was never published"
+            await asyncio.sleep(0.01)  # polling Redis, which has no event for this
+    client.flushall()
+    for _ in range(2):  # the second tick's epoch check read the master after the FLUSHALL
+        await next_tick(receiver)
+    await marked(receiver)  # what that check submitted (on the same link) is applied
+    published = client.get(key)
+    refused = await send_to_each(sender, channels)
+    assert refused == 0, f"{refused} of {PER_CHANNEL * NEW_CHANNELS} refused ({published})"
+    await receive_each(receiver, channels)
+
+
 def _set_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats").get("cmdstat_set", {"calls": 0})
     return int(stats["calls"])
