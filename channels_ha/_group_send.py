@@ -27,6 +27,7 @@ from ._scripts import GROUP_PUSH
 from ._sequence import SendSequences
 from ._shard import ShardConnections
 from ._slots import slot_of
+from .exceptions import RedisCommandError
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -93,7 +94,7 @@ class GroupSender:
     ) -> list[int] | None:
         """One round trip instead of two: the PUSH of a remembered plan, done by the server
         only if the group's membership token is still the one the plan was made from. None
-        when it is not (nothing was pushed)."""
+        when it is not, or when Redis refused it for memory (nothing was pushed)."""
         core = self.core
         (((index, _), (keys, args)),) = self._push_arguments(plan.targets, body, now, seqs).items()
         header = self._pusher.header(now)
@@ -107,7 +108,19 @@ class GroupSender:
         )  # fmt: skip
         # A replay writes the plain PUSH: the token may be gone by then.
         unguarded = functools.partial(push_request, keys, header, args)
-        return await self._pusher.push(index, packed, group_key, unguarded, (keys, header, args))
+        try:
+            return await self._pusher.push(
+                index, packed, group_key, unguarded, (keys, header, args)
+            )
+        except RedisCommandError as err:
+            # Past maxmemory Redis refuses GROUP_PUSH before it checks the token, and the
+            # plan may be stale (the group emptied elsewhere): a group_send to nobody must
+            # not fail there (channels_redis reads the members with plain commands). As
+            # stale: the members are read (GROUP_MEMBERS runs there), and a PUSH to any is
+            # refused in turn.
+            if not str(err).startswith("OOM"):
+                raise
+            return None
 
     def _group_targets(self, members: list[str]) -> list[Target]:
         """One target per process inbox and one per normal channel of the members."""

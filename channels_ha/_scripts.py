@@ -3,7 +3,11 @@
 Every key a script touches arrives in KEYS and all of them share one hash tag, so the same
 scripts run on Redis Cluster. The ``#!lua`` shebang makes Redis refuse the scripts outright on a
 read-only replica (instead of failing at the first write), which is what a demoted master is
-right after a failover: the request is then retried on the new master.
+right after a failover: the request is then retried on the new master. It also makes Redis
+refuse them past ``maxmemory`` (OOM, with noeviction), except those flagged ``allow-oom``:
+the ones that remove data or write a little bookkeeping beside it (leaving a group,
+flush(), reading a group, popping), as plain commands would go on there. The ones that add
+messages or members (PUSH, GROUP_PUSH, GROUP_ADD, RETURN) are refused with Redis's OOM error.
 """
 
 from __future__ import annotations
@@ -214,10 +218,11 @@ return push_targets(2, 2)
 #       token is missing.
 # Returns: [token or nil (no such group), members oldest first]. The token lives exactly as
 # long as the group (PTTL: TTL rounds, and 0 would be refused by SET); a group emptied here
-# loses it.
+# loses it. Allowed past maxmemory: a group_send to a group without members must not fail
+# there (channels_redis's reads it with plain commands); the token it may write is 16 bytes.
 GROUP_MEMBERS = Script(
     "group_members",
-    """#!lua
+    """#!lua flags=allow-oom
 local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local members = redis.call('ZRANGE', KEYS[1], 0, -1)
 local ttl = redis.call('PTTL', KEYS[1])
@@ -302,9 +307,11 @@ return reply
 # KEYS: [1] the group's sorted set, [2] its membership token, [3] its discards.
 # ARGV: [1] the channel, [2] a new token, [3] now (s), [4] how long the record holds (s).
 # Returns: 1 if the channel was a member, else 0.
+# Allowed past maxmemory, as channels_redis's ZREM is: a consumer that disconnects leaves its
+# groups (the record and the token are a few bytes per channel).
 GROUP_DISCARD = Script(
     "group_discard",
-    "#!lua"
+    "#!lua flags=allow-oom"
     + _RECORD_DISCARDS
     + """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
@@ -329,9 +336,10 @@ return removed
 # ARGV: [1] now (s), [2] how long the records hold (s: the group expiry), [3] the most
 #       members to discard.
 # Returns: the members left (0 when the group is gone).
+# Allowed past maxmemory, as channels_redis's flush() is: it frees more than its records take.
 GROUP_FLUSH = Script(
     "group_flush",
-    "#!lua"
+    "#!lua flags=allow-oom"
     + _RECORD_DISCARDS
     + """
 redis.call('DEL', KEYS[2])

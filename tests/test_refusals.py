@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -154,6 +154,58 @@ async def test_a_password_for_a_server_without_one_is_accepted_as_redis_py_does(
         assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "hello"}
     finally:
         await layer.close()
+
+
+async def test_out_of_memory_refuses_what_adds_data_not_what_removes_it(
+    redis_topology: Topology, make_layer: LayerFactory
+) -> None:
+    """Past maxmemory (noeviction), Redis refuses writes that may grow its memory. Leaving a
+    group, flush() and a group_send to a group without members go on, as in channels_redis
+    4.3 (they refused with OOM, so a consumer's disconnect raised); sending and joining
+    fail with Redis's OOM error."""
+    assert isinstance(redis_topology, StandaloneTopology)
+    layer = make_layer(redis_topology)
+    kicker = make_layer(redis_topology, prefix=layer.prefix)  # another process
+    channel, other = await layer.new_channel(), await layer.new_channel()
+    for group in ("room", "kicked-from", "flushed"):
+        await layer.group_add(group, channel)
+    await layer.group_add("room", other)
+    for group in ("kicked-from", "room"):  # plans of their members, kept
+        await layer.group_send(group, {"type": "planned"})
+    for receiving in (channel, channel, other):
+        assert (await asyncio.wait_for(layer.receive(receiving), 5))["type"] == "planned"
+    outcomes: dict[str, str] = {}
+
+    async def attempt(name: str, operation: Awaitable[None]) -> None:
+        try:
+            await operation
+        except RedisCommandError as err:
+            outcomes[name] = str(err).split(" ", 1)[0]
+        else:
+            outcomes[name] = "ok"
+
+    async with out_of_memory(redis_topology):
+        await attempt("group_discard", layer.group_discard("room", other))
+        await attempt("discard by another", kicker.group_discard("kicked-from", channel))
+        await attempt("group_send, emptied", layer.group_send("kicked-from", {"type": "x"}))
+        await attempt("group_send, no group", layer.group_send("nobody", {"type": "x"}))
+        await attempt("send", layer.send(channel, {"type": "x"}))
+        await attempt("group_send", layer.group_send("room", {"type": "x"}))
+        await attempt("group_add", layer.group_add("room", other))
+        await attempt("flush", kicker.flush())
+    assert outcomes == {
+        "group_discard": "ok",
+        "discard by another": "ok",
+        "group_send, emptied": "ok",
+        "group_send, no group": "ok",
+        "send": "OOM",
+        "group_send": "OOM",
+        "group_add": "OOM",
+        "flush": "ok",
+    }
+    await layer.group_send("flushed", {"type": "after.flush"})  # the flush emptied it
+    await layer.send(channel, {"type": "after.oom"})
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "after.oom"
 
 
 @asynccontextmanager
