@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from ._config import NodeAddress, RedisConfig, SentinelConfig
 from ._redis_kwargs import client_kwargs, connection_kwargs, sentinel_kwargs
+from ._redis_py_sentinel import RuledSentinel
 from ._settings_time import stop_at_settings_import
 from ._sources import load_config
 from .exceptions import ConfigurationError
@@ -127,12 +128,15 @@ def _master_kwargs(config: SentinelConfig, ssl_connection: type[Any]) -> dict[st
     return kwargs
 
 
-def _sentinel_master(module: Any, config: SentinelConfig, **extra: Any) -> Any:
+def _sentinel_master(
+    module: Any, config: SentinelConfig, manager_class: Any = None, **extra: Any
+) -> Any:
     """``master_for`` through ``redis.sentinel`` or ``redis.asyncio.sentinel`` (both untyped).
 
-    ``extra`` (e.g. ``retry``) applies to the sentinel connections and the master's alike.
+    ``manager_class`` replaces the module's ``Sentinel``; ``extra`` (e.g. ``retry``) applies
+    to the sentinel connections and the master's alike.
     """
-    manager = module.Sentinel(
+    manager = (manager_class or module.Sentinel)(
         _pairs(config.sentinels), sentinel_kwargs={**sentinel_kwargs(config), **extra}
     )
     kwargs = _master_kwargs(config, module.SentinelManagedSSLConnection)
@@ -162,7 +166,8 @@ def sync_client(config: RedisConfig, *, retry: Retry | None = None) -> SyncClien
         nodes = _cluster_nodes(redis.cluster, config.startup_nodes)
         return redis.cluster.RedisCluster(startup_nodes=nodes, **client_kwargs(config), **extra)
     if config.mode == "sentinel":
-        client: redis.Redis = _sentinel_master(redis.sentinel, config, **extra)
+        # The layer's rule for sentinels that refuse the configuration (see _redis_py_sentinel)
+        client: redis.Redis = _sentinel_master(redis.sentinel, config, RuledSentinel, **extra)
         return client
     return redis.Redis(**_single_kwargs(config), **client_kwargs(config), **extra)
 

@@ -23,6 +23,13 @@ from ._resp import (
     open_client,
     pack,
 )
+from ._sentinel_refusals import (
+    SentinelRefusal,
+    configuration_refused,
+    refusal_kind,
+    refusal_message,
+    refusal_text,
+)
 from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
@@ -136,13 +143,19 @@ class SentinelLocator:
     connect_timeout_s: float = 2.0
 
     async def locate(self) -> Endpoint:
-        answers = await asyncio.gather(
-            *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
-        )
+        """The master the best answer names. When no sentinel names one and most of them
+        turn the configuration away (refused credentials, an unknown master name: see
+        ``_sentinel_refusals``), RedisCommandError at once: no failover cures that."""
+        answers = await self._answers()
         views = [answer for answer in answers if isinstance(answer, _View)]
         if not views:
+            refusals = [answer for answer in answers if isinstance(answer, SentinelRefusal)]
+            if configuration_refused(refusals, len(self.sentinels)):
+                raise RedisCommandError(
+                    refusal_message(refusals, len(self.sentinels), self.master_name)
+                )
             errors = "; ".join(
-                f"{sentinel.describe()}: {answer}"
+                f"{sentinel.describe()}: {self._said(answer)}"
                 for sentinel, answer in zip(self.sentinels, answers, strict=True)
             )
             raise ConnectionLost(f"no sentinel gave a master address ({errors})")
@@ -157,9 +170,7 @@ class SentinelLocator:
         that already works is moved only on this stricter answer (see ``_recheck``): while a
         failover runs the sentinels disagree, or flag it, and while a master is down they
         flag that."""
-        answers = await asyncio.gather(
-            *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
-        )
+        answers = await self._answers()
         views = [answer for answer in answers if isinstance(answer, _View)]
         if len(views) * 2 <= len(self.sentinels):
             raise ConnectionLost(f"{len(views)} of {len(self.sentinels)} sentinels answered")
@@ -175,24 +186,45 @@ class SentinelLocator:
         """The data node at ``host:port``, reached with this configuration's TLS settings."""
         return _with_address(self.master_template, host, port)
 
-    async def _ask(self, sentinel: Endpoint) -> _View:
-        """The master as ``sentinel`` sees it."""
+    async def _answers(self) -> list[_View | SentinelRefusal | BaseException]:
+        """Every sentinel's answer, asked at once, in their order."""
+        return await asyncio.gather(
+            *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
+        )
+
+    async def _ask(self, sentinel: Endpoint) -> _View | SentinelRefusal:
+        """The master as ``sentinel`` sees it, or how it turned the configuration away."""
         client = await open_client(sentinel, self.connect_timeout_s)
+        replies: list[object] = []
         try:
             auth = self.sentinel_credentials.auth_command()
             commands = [auth] if auth else []
             commands.append(("SENTINEL", "MASTER", self.master_name))
-            replies = await all_replies(
-                client, commands, self.connect_timeout_s, endpoint=sentinel, sentinel=True
+            await all_replies(
+                client,
+                commands,
+                self.connect_timeout_s,
+                endpoint=sentinel,
+                before_errors=replies.extend,
             )
+        except RedisCommandError:
+            refusal = _refusal_among(sentinel, replies)
+            if refusal is None:
+                raise
+            return refusal
         finally:
             assert client.protocol is not None
             await client.protocol.aclose()
         view = _pairs(replies[-1])
         if "ip" not in view:
-            raise ConnectionLost(f"sentinel does not know master {self.master_name!r}")
+            return SentinelRefusal(sentinel.describe(), "master")
         flags = set(view.get("flags", "").split(","))
         return _View(int(view.get("config-epoch", "0")), view["ip"], int(view["port"]), flags)
+
+    def _said(self, answer: _View | SentinelRefusal | BaseException) -> str:
+        if isinstance(answer, SentinelRefusal):
+            return refusal_text(answer, self.master_name)
+        return str(answer)
 
     def describe(self) -> str:
         names = ", ".join(s.describe() for s in self.sentinels)
@@ -226,6 +258,15 @@ def _pairs(reply: object) -> dict[str, str]:
         return {}
     items = [item.decode() if isinstance(item, bytes) else str(item) for item in reply]
     return dict(zip(items[::2], items[1::2], strict=False))
+
+
+def _refusal_among(sentinel: Endpoint, replies: list[object]) -> SentinelRefusal | None:
+    """The refusal among a sentinel's replies (the first error reply), if it is one."""
+    error = next((reply for reply in replies if isinstance(reply, RedisCommandError)), None)
+    kind = None if error is None else refusal_kind(str(error))
+    if kind is None:
+        return None
+    return SentinelRefusal(sentinel.describe(), kind, str(error).split(" ", 1)[0])
 
 
 def give_up(
@@ -276,12 +317,11 @@ async def all_replies(
     timeout_s: float,
     *,
     endpoint: Endpoint,
-    sentinel: bool = False,
     before_errors: Callable[[list[object]], None] | None = None,
 ) -> list[object]:
-    """Pipelines the commands; raises the first error once every reply is in. ``sentinel``:
-    the endpoint is a sentinel, whose credentials are settings of their own;
-    ``before_errors`` sees the replies first, to raise a better explanation of them."""
+    """Pipelines the commands; raises the first error once every reply is in.
+    ``before_errors`` sees the replies first, to raise a better explanation of them (or to
+    keep them: a sentinel's refusal is read from its reply)."""
     try:  # all encoded before any is sent: no reply left without a reader
         packed = [pack(*command) for command in commands]
     except (TypeError, ValueError) as err:  # UnicodeEncodeError included; its repr is secret
@@ -297,22 +337,18 @@ async def all_replies(
         before_errors(replies)
     for reply in replies:
         if isinstance(reply, RedisCommandError):
-            raise _explain_handshake_error(reply, endpoint, sentinel) from reply
+            raise _explain_handshake_error(reply, endpoint) from reply
         if isinstance(reply, BaseException):
             raise reply
     return replies
 
 
-# Which settings a refused login points at; the cache words its refusals the same way.
+# Which settings a refused login points at; the cache words its refusals the same way (a
+# sentinel's: see _sentinel_refusals).
 DATA_LOGIN = "check 'username'/'password'"
-SENTINEL_LOGIN = (
-    "check 'sentinel_username'/'sentinel_password' (or sentinel_kwargs 'username'/'password')"
-)
 
 
-def _explain_handshake_error(
-    err: RedisCommandError, endpoint: Endpoint, sentinel: bool = False
-) -> Exception:
+def _explain_handshake_error(err: RedisCommandError, endpoint: Endpoint) -> Exception:
     text = str(err)
     if text.startswith("NOPERM"):  # names the user and the command, never a password
         return RedisCommandError(
@@ -322,10 +358,9 @@ def _explain_handshake_error(
             "SLOTS)."
         )
     if text.startswith(("WRONGPASS", "NOAUTH")) or "AUTH" in text:
-        who, check = ("Sentinel", SENTINEL_LOGIN) if sentinel else ("Redis", DATA_LOGIN)
         return RedisCommandError(
-            f"{who} at {endpoint.describe()} refused the credentials from the configuration "
-            f"({text.split(' ', 1)[0]}); {check}."
+            f"Redis at {endpoint.describe()} refused the credentials from the configuration "
+            f"({text.split(' ', 1)[0]}); {DATA_LOGIN}."
         )
     if text.startswith(("LOADING", "MASTERDOWN", "BUSY")):
         return ConnectionLost(f"{endpoint.describe()} is not ready: {text}")

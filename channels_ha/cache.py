@@ -14,7 +14,8 @@ flushes the whole database; an operation that cannot reach a master within the f
 timeout raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error; and one that
 Redis refuses for its credentials or its ACL raises :class:`channels_ha.RedisCommandError` at
 once, naming the settings to fix, as the channel layer does, instead of redis-py's
-``AuthenticationError`` or ``NoPermissionError``.
+``AuthenticationError`` or ``NoPermissionError``; so does one the sentinels turn away (a
+refused sentinel password, an unknown master name), by the layer's rule.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError
 
 from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._interop import SyncClient, close_sync_client, sync_client
 from ._options import did_you_mean
-from ._server import DATA_LOGIN, SENTINEL_LOGIN
+from ._redis_py_sentinel import SentinelsRefused
+from ._server import DATA_LOGIN
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError, RedisCommandError, RedisUnavailable
 
@@ -313,9 +314,9 @@ def _refusal(err: Exception) -> str | None:
     """What Redis refused and which settings to check, or None for an error worth retrying.
 
     A refusal met while finding the master comes wrapped: Cluster chains the last startup
-    node's error as the cause; Sentinel keeps each sentinel's error only in the text of
-    ``MasterNotFoundError``. No message here holds a password: Redis never echoes one, and
-    redis-py redacts it in the reprs that text is made of.
+    node's error as the cause; sentinels that turn the configuration away give
+    ``SentinelsRefused``, by the channel layer's rule (see ``_sentinel_refusals``). No message
+    here holds a password: Redis never echoes one.
     """
     cause = err if isinstance(err, _REFUSED) else err.__cause__
     if isinstance(cause, AuthenticationError):
@@ -328,8 +329,9 @@ def _refusal(err: Exception) -> str | None:
             f"the user ('username', else Redis's default user) needs {_CACHE_COMMANDS} "
             "on the cache's keys"
         )
-    if isinstance(err, MasterNotFoundError) and AuthenticationError.__name__ in str(err):
-        return f"a sentinel refused the credentials from the configuration; {SENTINEL_LOGIN}"
+    if isinstance(err, SentinelsRefused):  # "The sentinels refused...": after a colon here
+        message = str(err).rstrip(".")
+        return message[:1].lower() + message[1:]
     return None
 
 
