@@ -49,6 +49,7 @@ from ._probe_report import (
     SentinelReport,
 )
 from ._redis_kwargs import sentinel_kwargs
+from ._sentinel_refusals import ADVICE, redis_py_refusal, refusal_text, what_refused
 from ._server import info_field, too_old
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError
@@ -216,6 +217,10 @@ async def _ask_sentinel(
             view = reply_pairs(await client.execute_command("SENTINEL", "MASTER", name))
             replicas = await client.execute_command("SENTINEL", "REPLICAS", name)
     except PROBE_FAILURES as err:
+        refusal = redis_py_refusal(str(node), err)
+        if refusal is not None:  # it answered: the configuration is what it turned away
+            text = refusal_text(refusal, name)
+            return SentinelReport(str(node), reachable=True, error=text, refused=refusal.kind)
         return SentinelReport(str(node), reachable=False, error=describe_error(err))
     return SentinelReport(
         str(node),
@@ -240,24 +245,57 @@ def _sentinel_verdict(
     agree: bool,
     master: NodeReport | None,
 ) -> tuple[list[str], list[str]]:
-    """Problems (the layer cannot work now) and warnings (a failover may not work)."""
-    reachable = [sentinel for sentinel in sentinels if sentinel.reachable]
-    if not reachable or master is None:
-        return [f"no sentinel answered for master {config.master_name!r}"], []
+    """Problems (the layer cannot work now) and warnings (a failover may not work).
+
+    A sentinel that refused the credentials, or knows no such master, answered: it is told
+    apart from one that did not, and the settings to check are named."""
+    answering = [sentinel for sentinel in sentinels if sentinel.master is not None]
+    if not answering or master is None:
+        return [_no_master_named(config, sentinels)], []
     problems = [] if agree else ["the sentinels name different masters"]
-    warnings = [
-        f"sentinel {s.address} is unreachable: {s.error}" for s in sentinels if s not in reachable
-    ]
-    quorum = max(sentinel.quorum or 0 for sentinel in reachable)
-    if len(reachable) < quorum:
-        warnings.append(f"{len(reachable)} sentinels reachable, fewer than the quorum {quorum}")
+    warnings = [f"sentinel {s.address} {_failed(s)}" for s in sentinels if s not in answering]
+    quorum = max(sentinel.quorum or 0 for sentinel in answering)
+    if len(answering) < quorum:
+        warnings.append(
+            f"{len(answering)} sentinels name the master, fewer than the quorum {quorum}"
+        )
     warnings += [
-        f"{reachable[0].address} sees replica {r.address} with flags {r.flags}, link {r.link}"
-        for r in reachable[0].replicas
+        f"{answering[0].address} sees replica {r.address} with flags {r.flags}, link {r.link}"
+        for r in answering[0].replicas
         if r.flags != "slave" or r.link != "ok"
     ]
-    warnings += _failover_too_slow(config, reachable)
+    warnings += _failover_too_slow(config, answering)
     return problems + _master_problems(master), warnings + _master_warnings(master)
+
+
+def _failed(sentinel: SentinelReport) -> str:
+    """Why a sentinel named no master: it refused (reachable), or did not answer."""
+    if sentinel.refused:
+        return f"is reachable but {sentinel.error}"
+    return f"is unreachable: {sentinel.error}"
+
+
+def _no_master_named(config: SentinelConfig, sentinels: tuple[SentinelReport, ...]) -> str:
+    """The problem when no sentinel named a master: none answered, or those that did turned
+    the configuration away (how many, how, and which settings to check)."""
+    name, total = config.master_name, len(sentinels)
+    refused = Counter(sentinel.refused for sentinel in sentinels if sentinel.refused)
+    if not refused:
+        return f"no sentinel answered for master {name!r}"
+    how = [
+        f"{count} of {total} {_said(what_refused(kind, name), count)}"
+        for kind, count in refused.items()
+    ]
+    unreachable = total - sum(refused.values())
+    if unreachable:
+        how.append(f"{unreachable} of {total} unreachable")
+    advice = "; ".join(ADVICE[kind] for kind in refused)
+    return f"no sentinel named master {name!r}: {', '.join(how)}; {advice}"
+
+
+def _said(said: str, count: int) -> str:
+    """What ``count`` sentinels did: "refused authentication", "do not know master 'x'"."""
+    return said if count == 1 else said.replace("does not", "do not", 1)
 
 
 def _failover_too_slow(config: SentinelConfig, reachable: list[SentinelReport]) -> list[str]:

@@ -31,6 +31,13 @@ from ._probe_io import (
 )
 from ._probe_report import MasterReport
 from ._redis_kwargs import sentinel_kwargs
+from ._sentinel_refusals import (
+    SentinelRefusal,
+    configuration_refused,
+    redis_py_refusal,
+    refusal_message,
+    refusal_text,
+)
 from ._server import _View, info_field
 
 __all__ = ["MASTER_PROBE_TIMEOUT_S", "probe_master"]
@@ -122,14 +129,21 @@ async def _master_via_sentinels(config: SentinelConfig, deadline: float) -> Mast
     finally:
         await settle_tasks(asks)
     views: list[_View] = []
+    refusals: list[SentinelRefusal] = []
     errors: list[str] = []
     for node, ask in zip(config.sentinels, asks, strict=True):
         answer = ask.result() if ask in answered else f"sentinel {node}: no answer in time"
         if isinstance(answer, _View):
             views.append(answer)
+        elif isinstance(answer, SentinelRefusal):
+            refusals.append(answer)
+            refused = refusal_text(answer, config.master_name)
+            errors.append(f"sentinel {node} is reachable but {refused}")
         else:
             errors.append(answer)
     if not views:
+        if configuration_refused(refusals, len(config.sentinels)):  # what the layer raises
+            errors = [refusal_message(refusals, len(config.sentinels), config.master_name)]
         return MasterReport("sentinel", ok=False, error="; ".join(errors))
     best = max(views, key=lambda view: view.rank(views))
     address = node_address(best.host, best.port)
@@ -138,8 +152,8 @@ async def _master_via_sentinels(config: SentinelConfig, deadline: float) -> Mast
 
 
 async def _sentinel_answers(
-    asks: list[asyncio.Task[_View | str]], cutoff: float
-) -> set[asyncio.Task[_View | str]]:
+    asks: list[asyncio.Task[_View | SentinelRefusal | str]], cutoff: float
+) -> set[asyncio.Task[_View | SentinelRefusal | str]]:
     """The asks that ended by ``cutoff``, or later until one names a master: each ask ends by
     the probe's deadline on its own."""
     answered, waiting = await asyncio.wait(asks, timeout=max(0.0, cutoff - _now()))
@@ -149,8 +163,11 @@ async def _sentinel_answers(
     return answered
 
 
-async def _sentinel_view(config: SentinelConfig, node: NodeAddress, deadline: float) -> _View | str:
-    """The master as sentinel ``node`` sees it, with its configuration epoch; or what failed."""
+async def _sentinel_view(
+    config: SentinelConfig, node: NodeAddress, deadline: float
+) -> _View | SentinelRefusal | str:
+    """The master as sentinel ``node`` sees it, with its configuration epoch; or what of the
+    configuration it refused; or what failed."""
 
     def kwargs_for(left: float) -> dict[str, Any]:
         return {
@@ -166,9 +183,10 @@ async def _sentinel_view(config: SentinelConfig, node: NodeAddress, deadline: fl
                 await _by(deadline, client.execute_command("SENTINEL", "MASTER", name))
             )
     except PROBE_FAILURES as err:
-        return f"sentinel {node}: {describe_error(err)}"
+        refusal = redis_py_refusal(str(node), err)
+        return refusal or f"sentinel {node}: {describe_error(err)}"
     if "ip" not in view:
-        return f"sentinel {node} knows no master {name!r}"
+        return SentinelRefusal(str(node), "master")
     flags = frozenset(view.get("flags", "").split(","))
     return _View(int(view.get("config-epoch", "0")), view["ip"], int(view["port"]), flags)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._sentinel_refusals import RefusalKind
+
 __all__ = [
     "ClusterReport",
     "MasterReport",
@@ -52,7 +54,9 @@ class ReplicaView:
 
 @dataclass(frozen=True)
 class SentinelReport:
-    """One sentinel: reachable or not, and its view of the monitored master."""
+    """One sentinel: reachable or not, and its view of the monitored master; or, reachable,
+    what of the configuration it refused (``refused``: "credentials", "permission" or
+    "master", an unknown master name; ``error`` says it and what to check)."""
 
     address: str
     reachable: bool
@@ -63,10 +67,13 @@ class SentinelReport:
     down_after_ms: int | None = None
     other_sentinels: int | None = None
     replicas: tuple[ReplicaView, ...] = ()
+    refused: RefusalKind | None = None
 
     def text(self) -> str:
         if not self.reachable:
             return f"{self.address}: unreachable ({self.error})"
+        if self.refused:
+            return f"{self.address}: reachable but {self.error}"
         return (
             f"{self.address}: master {self.master} ({self.master_flags}), quorum {self.quorum}, "
             f"{self.other_sentinels} other sentinels, {len(self.replicas)} replicas"

@@ -166,6 +166,62 @@ def test_no_sentinel_reachable_is_not_a_disagreement(capsys: pytest.CaptureFixtu
     assert "problem: no sentinel answered for master 'mymaster'" in out
 
 
+@pytest.mark.parametrize(
+    ("change", "said", "check"),
+    [
+        (
+            {"sentinel_password": "wrong-secret"},
+            "refused authentication",
+            "check 'sentinel_username'/'sentinel_password'",
+        ),
+        ({"master_name": "nomaster"}, "does not know master 'nomaster'", "check the master name"),
+    ],
+    ids=["password", "master-name"],
+)
+def test_sentinels_that_refuse_are_reachable_but_refusing(
+    redis_sandbox_factory: TopologyFactory, change: dict[str, str], said: str, check: str
+) -> None:
+    """Seen: a wrong sentinel_password gave every sentinel as "unreachable
+    (AuthenticationError: ...)" and "problem: no sentinel answered", a wrong master name
+    "unreachable (ResponseError: No such master with that name)", while all three answered.
+    They are reachable, and turned the configuration away: the report says how, and what to
+    check."""
+    topology = redis_sandbox_factory("sentinel", sentinel_password="sentinel-secret")
+    config = parse_connection_config({**topology.connection_config, **change})
+    report = probe(config)
+    text = report.to_text()
+    assert not report.ok
+    assert "sentinels: 3 of 3 reachable, none names a master\n" in text
+    for sentinel in report.sentinels:
+        assert f"  {sentinel.address}: reachable but {said}" in text, text
+    name = config.master_name
+    plural = said.replace("does not", "do not")
+    (problem,) = report.problems
+    assert problem.startswith(f"no sentinel named master {name!r}: 3 of 3 {plural}; {check}")
+    assert "unreachable" not in text
+    assert "no sentinel answered" not in text
+    assert [(s.reachable, s.refused is not None) for s in report.sentinels] == [(True, True)] * 3
+    assert "secret" not in text + json.dumps(report.to_dict())
+
+
+def test_one_refusing_sentinel_is_a_warning(redis_sandbox_factory: TopologyFactory) -> None:
+    """A sentinel refusing the password while the others name the master (a rotation or a
+    restart under way) leaves the probe ok, with a warning that says so."""
+    topology = redis_sandbox_factory("sentinel", sentinel_password="sentinel-secret")
+    assert isinstance(topology, SentinelTopology)
+    admin = topology.sentinels[0].client()
+    admin.execute_command("ACL", "SETUSER", "default", "resetpass", ">rotated-secret")
+    admin.close()
+    report = probe(parse_connection_config(topology.connection_config))
+    assert report.ok, report.to_text()
+    refusing = report.sentinels[0]
+    (warning,) = [w for w in report.warnings if refusing.address in w]
+    assert warning.startswith(f"sentinel {refusing.address} is reachable but refused auth")
+    assert "check 'sentinel_username'/'sentinel_password'" in warning
+    assert (refusing.reachable, refusing.refused, refusing.master) == (True, "credentials", None)
+    assert report.sentinels_agree is True
+
+
 def _closed_port() -> int:
     """A local port nothing listens on (connections are refused at once)."""
     with socket.socket() as probe_socket:

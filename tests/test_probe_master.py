@@ -48,6 +48,18 @@ def test_no_sentinel_answers(redis_standalone: StandaloneTopology) -> None:
     assert report.error.startswith(f"sentinel {node.host}:{node.port}: ResponseError")
 
 
+def test_sentinels_not_knowing_the_master_name_say_so(redis_sentinel: SentinelTopology) -> None:
+    """Seen: "ResponseError: No such master with that name" from each sentinel. The error is
+    the channel layer's own for it: what the sentinels refused and the setting to check."""
+    config = parse_connection_config({**redis_sentinel.connection_config, "master_name": "x"})
+    report = probe_master(config)
+    assert (report.ok, report.master) == (False, None)
+    assert report.error is not None
+    assert report.error.startswith("The sentinels refused the configuration (3 of 3"), report
+    assert "no master 'x' known" in report.error
+    assert "check the master name" in report.error
+
+
 def test_a_hung_master_is_bounded(redis_sandbox_factory: TopologyFactory) -> None:
     """A paused master fails the probe within its timeout instead of hanging."""
     topology = redis_sandbox_factory("standalone")
