@@ -7,7 +7,7 @@ cause. A sentinel that is unreachable or slow may be restarting, and is waited f
 shared by the channel layer (``_server``) and the Django cache (``_redis_py_sentinel``):
 
     the configuration is wrong when no sentinel named a master and more than half of the
-    configured sentinels refused it (or knew no such master);
+    configured sentinels refused its credentials or its user a command;
 
 the caller then raises :class:`~channels_ha.RedisCommandError` at once. Fewer refusals are
 waited out: in a rolling restart one sentinel at a time is new, and may not know the master
@@ -109,8 +109,11 @@ def refusal_text(refusal: SentinelRefusal, master_name: str) -> str:
 
 def configuration_refused(refusals: Sequence[SentinelRefusal], sentinels: int) -> bool:
     """Whether ``refusals``, when no sentinel named a master, mean a wrong configuration:
-    more than half of the ``sentinels`` configured refused it (see the module's rule)."""
-    return 2 * len(refusals) > sentinels
+    more than half of the ``sentinels`` configured refused it (see the module's rule).
+    Not knowing the master does not count: sentinels that an operator sets up after they
+    start (``SENTINEL MONITOR``) know none until then, and the deployment is coming up, not
+    wrong; it is waited out, and named if no master comes."""
+    return 2 * sum(refusal.kind != "master" for refusal in refusals) > sentinels
 
 
 def refusal_message(refusals: Sequence[SentinelRefusal], sentinels: int, master_name: str) -> str:
