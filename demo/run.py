@@ -18,13 +18,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from channels_ha import ChannelsHAError, load_config
-from channels_ha.sandbox._lifecycle import signals_held, stopped_by_signals
+from channels_ha.sandbox._lifecycle import owned_directory, signals_held, stopped_by_signals
 
 from .control import ControlServer
 from .workers import REPO_ROOT, LaunchError, Worker, listening_sockets
@@ -34,6 +33,7 @@ SUPERVISE_INTERVAL_S = 0.5  # how soon a crashed worker is noticed
 PREPARE_TIMEOUT_S = 60.0
 WORKERS_READY_TIMEOUT_S = 30.0
 REDIS_VARIABLES = ("REDIS_URL", "REDIS_CONNECTION_CONFIG")  # either one: the user's Redis
+PRIVATE_PREFIX = "channels-ha-demo-"  # + pid: the launcher's files (the sandbox's control socket)
 
 logger = logging.getLogger("demo")
 
@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> None:
         sockets = listening_sockets(args.host, args.port, args.workers)
         cleanup.callback(_close_all, sockets)
         url = _url(sockets[0])  # before the workers take the sockets over
-        private = Path(tempfile.mkdtemp(prefix=f"channels-ha-demo-{os.getpid()}-"))
+        private = owned_directory(PRIVATE_PREFIX)  # a killed launcher's are removed first
         cleanup.callback(shutil.rmtree, private, ignore_errors=True)
         env = _worker_env(args)
         print("channels-ha demo")

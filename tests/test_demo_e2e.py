@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -25,6 +26,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from channels_ha.sandbox import StandaloneTopology
 from demo.process import RunningDemo
 
 CLIENTS_PER_WORKER = 2
@@ -187,3 +189,27 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_killed_launchers_files_are_removed_by_the_next_one(
+    tmp_path: Path, redis_standalone: StandaloneTopology
+) -> None:
+    """Seen: a launcher killed by SIGKILL (or SIGHUP) left its directory, control socket
+    included, for good. The next launcher removes it, and only the directories of dead
+    launchers: one whose owner lives (this test's process) stays."""
+    redis_env = {"REDIS_URL": redis_standalone.url}  # the user's Redis: a quicker start
+    killed = RunningDemo(tmp_path / "first.sqlite3", redis_env=redis_env).start()
+    assert killed.pid is not None
+    left = list(Path(tempfile.gettempdir()).glob(f"channels-ha-demo-{killed.pid}-*"))
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.stop()  # reaps it
+    living = Path(tempfile.mkdtemp(prefix=f"channels-ha-demo-{os.getpid()}-"))
+    try:
+        assert len(left) == 1, left
+        assert left[0].is_dir()  # nothing ran on SIGKILL
+        with RunningDemo(tmp_path / "second.sqlite3", redis_env=redis_env) as second:
+            assert second.url
+            assert not left[0].exists()
+            assert living.is_dir()
+    finally:
+        shutil.rmtree(living, ignore_errors=True)

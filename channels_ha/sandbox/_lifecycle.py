@@ -1,4 +1,5 @@
-"""Keeping child processes tied to their launcher, and stopping cleanly on Ctrl-C or SIGTERM.
+"""Keeping child processes tied to their launcher, stopping cleanly on Ctrl-C or SIGTERM, and
+removing what a launcher killed outright left behind.
 
 Shared by the sandbox (redis-server children, ``channels-ha sandbox``) and the demo's
 launcher (its ASGI workers).
@@ -9,10 +10,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 
 _PR_SET_PDEATHSIG = 1
@@ -33,6 +37,36 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return hook
+
+
+def owned_directory(prefix: str, label: str = "") -> Path:
+    """A fresh temporary directory ``<prefix><pid>-<label>...`` of this process, made after
+    removing those of ``prefix`` whose owner is dead.
+
+    A launcher killed by SIGKILL, or by SIGHUP (its terminal closed), runs no cleanup: its
+    children die with it (:func:`die_with_parent`), its directory stays, sockets and logs
+    included. The next launcher of the same kind removes it.
+    """
+    sweep_orphans(prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{label}"))
+
+
+def sweep_orphans(prefix: str) -> None:
+    """Remove the ``<prefix><pid>-...`` directories whose owner ``<pid>`` is no longer alive."""
+    for path in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        owner = path.name.removeprefix(prefix).partition("-")[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to judge
+        return True
+    return True
 
 
 class _Stop(BaseException):

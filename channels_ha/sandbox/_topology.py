@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import shutil
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from urllib.parse import quote
 
 from ._certs import TLSFiles, make_tls_files
 from ._defaults import HOST, TOPOLOGY_READY_TIMEOUT_S
+from ._lifecycle import owned_directory
 from ._ops import Op, await_until, wait_until
 from ._ports import allocate_port, release_port
 from ._process import Directive, RedisNode
@@ -225,26 +224,7 @@ _PREFIX = "channels-ha-sandbox-"
 
 def _make_directory(kind: str) -> Path:
     """A fresh temporary directory named after this process, after sweeping dead owners' ones."""
-    _sweep_orphans()
-    return Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-{kind}-"))
-
-
-def _sweep_orphans() -> None:
-    """Remove directories left by sandbox owners that were killed before they could clean up."""
-    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
-        owner = path.name.removeprefix(_PREFIX).partition("-")[0]
-        if owner.isdigit() and not _alive(int(owner)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive, and not ours to judge
-        return True
-    return True
+    return owned_directory(_PREFIX, f"{kind}-")
 
 
 def addresses(nodes: list[RedisNode]) -> Iterator[str]:
