@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from ._config import RedisConfig
+from ._constants import DEFAULT_PREFIX
 from ._probe_report import ProbeReport
 from ._sources import CONFIG_VARIABLE, URL_VARIABLE, select_source
 from .exceptions import ConfigurationError
@@ -39,6 +40,12 @@ def add_check_command(commands: Any) -> None:
         help='print the summary (and the probe\'s report, as "probe") as one JSON document',
     )
     parser.add_argument("--connect", action="store_true", help="also probe the servers live")
+    parser.add_argument(
+        "--prefix",
+        default=DEFAULT_PREFIX,
+        help=f"the channel layer's key prefix, under which --connect tries a write that "
+        f"writes nothing (default: {DEFAULT_PREFIX})",
+    )
     parser.set_defaults(run=run_check)
 
 
@@ -51,29 +58,29 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"channels-ha check: {err}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
-        return _print_json(config, args.connect)
+        return _print_json(config, args.connect, args.prefix)
     ignored = "".join(f" ({name} is also set and ignored)" for name in source.ignored)
     print(f"Redis configuration from {source.name}{ignored} is valid:")
     print(config.summary(), flush=True)  # shown while the probe waits for slow nodes
     if not args.connect:
         return EXIT_OK
-    report = _probe(config)
+    report = _probe(config, args.prefix)
     print(report.to_text())
     return EXIT_OK if report.ok else EXIT_INVALID
 
 
-def _print_json(config: RedisConfig, connect: bool) -> int:
+def _print_json(config: RedisConfig, connect: bool, prefix: str) -> int:
     """One document: the summary, and the probe's report (redacted, as every report) under
     ``probe``; two documents in a row would make ``json.load`` fail with "Extra data"."""
     facts = config.summary_dict()
-    report = _probe(config) if connect else None
+    report = _probe(config, prefix) if connect else None
     if report is not None:
         facts["probe"] = report.to_dict()
     print(json.dumps(facts, indent=2))
     return EXIT_INVALID if report is not None and not report.ok else EXIT_OK
 
 
-def _probe(config: RedisConfig) -> ProbeReport:
+def _probe(config: RedisConfig, prefix: str) -> ProbeReport:
     from ._probe import probe
 
-    return probe(config)
+    return probe(config, prefix=prefix)

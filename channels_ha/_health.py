@@ -1,5 +1,8 @@
 """The health check: does a writable master answer, and what has the channel layer seen?
 
+Writable means it takes a write (``_probe_write``), not only that it answers ROLE and PING: a
+master out of memory, or short of ``min-replicas-to-write``, refuses every send.
+
 :mod:`channels_ha.health` (the Django views and the ASGI middleware) is a thin shell over
 :func:`check_health`. The probe blocks (it runs an event loop of its own) within one
 deadline, so it runs in a small thread pool of its own, and requests that arrive while a probe
@@ -96,17 +99,18 @@ def _forget(key: tuple[str, float], done: Future[list[MasterReport]]) -> None:
 
 def _probe_alias(alias: str, timeout_s: float) -> list[MasterReport]:
     """One master probe per shard, all within one deadline (blocking: runs in a thread)."""
-    from ._settings import alias_configs
+    from ._settings import alias_configs, alias_prefix
 
     deadline = time.monotonic() + timeout_s
-    return [_probe_until(config, deadline) for config in alias_configs(alias)]
+    prefix = alias_prefix(alias)
+    return [_probe_until(config, deadline, prefix) for config in alias_configs(alias)]
 
 
-def _probe_until(config: RedisConfig, deadline: float) -> MasterReport:
+def _probe_until(config: RedisConfig, deadline: float, prefix: str) -> MasterReport:
     left = deadline - time.monotonic()
     if left <= 0:
         return MasterReport(config.mode, ok=False, error="not probed: the health timeout ran out")
-    return probe_master(config, left)
+    return probe_master(config, left, prefix)
 
 
 def layer_statistics(alias: str) -> LayerStatistics | None:

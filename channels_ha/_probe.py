@@ -27,7 +27,7 @@ from ._config import (
     SingleNodeConfig,
     split_host_port,
 )
-from ._constants import INBOX_BATCH_SIZE
+from ._constants import DEFAULT_PREFIX, INBOX_BATCH_SIZE
 from ._probe_io import (
     PROBE_FAILURES,
     all_at_once,
@@ -48,9 +48,11 @@ from ._probe_report import (
     ReplicaView,
     SentinelReport,
 )
+from ._probe_write import WriteCheck, check_write, probe_key, write_command
 from ._redis_kwargs import sentinel_kwargs
 from ._sentinel_refusals import ADVICE, redis_py_refusal, refusal_text, what_refused
 from ._server import info_field, too_old
+from ._slots import tag_for_slot
 from ._tls import read_tls_files
 from .exceptions import ConfigurationError
 
@@ -61,10 +63,14 @@ PROBE_TIMEOUT_S = 2.0
 _SLOTS = 16384
 
 
-def probe(config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeReport:
+def probe(
+    config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S, prefix: str = DEFAULT_PREFIX
+) -> ProbeReport:
     """Connect to every node the configuration names and report what answers.
 
-    Blocking, like the health view's probe. The sentinels (or the startup nodes, then the
+    A master that refuses writes (the write of a key under the layer's ``prefix`` that writes
+    nothing, see ``_probe_write``: out of memory, ``min-replicas-to-write`` unmet) is a
+    problem. Blocking, like the health view's probe. The sentinels (or the startup nodes, then the
     cluster's masters) are asked at once, so a probe with every sentinel frozen ends after one
     ``timeout_s``, not one per sentinel. A TLS file redis-py could not use (or a wrong
     ``ssl_password``) is the one problem, by name.
@@ -73,22 +79,24 @@ def probe(config: RedisConfig, timeout_s: float = PROBE_TIMEOUT_S) -> ProbeRepor
         read_tls_files(config)
     except ConfigurationError as err:
         return ProbeReport(config.mode, problems=(str(err),))
-    return run_blocking(_probe(config, timeout_s))
+    return run_blocking(_probe(config, timeout_s, prefix))
 
 
-async def _probe(config: RedisConfig, timeout_s: float) -> ProbeReport:
+async def _probe(config: RedisConfig, timeout_s: float, prefix: str) -> ProbeReport:
     if isinstance(config, SentinelConfig):
-        return await _probe_sentinel(config, timeout_s)
+        return await _probe_sentinel(config, timeout_s, prefix)
     if isinstance(config, ClusterConfig):
-        return await _probe_cluster(config, timeout_s)
-    return await _probe_single(config, timeout_s)
+        return await _probe_cluster(config, timeout_s, prefix)
+    return await _probe_single(config, timeout_s, prefix)
 
 
 # -- one data node ---------------------------------------------------------------------------
 
 
-async def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
-    """PING (timed on an open connection), ROLE and version of one node."""
+async def _probe_node(kwargs: dict[str, Any], label: str, key: str) -> NodeReport:
+    """PING (timed on an open connection), ROLE and version of one node; on a master, the
+    write of ``key`` too."""
+    write = WriteCheck(None)
     try:
         async with probe_client(kwargs) as client:
             await client.execute_command("PING")  # opens the connection: not part of the timing
@@ -96,6 +104,8 @@ async def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
             await client.execute_command("PING")
             rtt_ms = round((time.perf_counter() - started) * 1000, 3)
             role = str((await client.execute_command("ROLE"))[0])
+            if role == "master":
+                write = await check_write(client.execute_command(*write_command(key)))
             version = info_field(await client.execute_command("INFO", "server"), "redis_version")
             memory = await client.execute_command("INFO", "memory")
             policy = info_field(memory, "maxmemory_policy")
@@ -112,6 +122,8 @@ async def _probe_node(kwargs: dict[str, Any], label: str) -> NodeReport:
         rtt_ms=rtt_ms,
         maxmemory_policy=policy,
         normal_output_limit=output_limit,
+        writable=write.writable,
+        write_error=write.detail,
     )
 
 
@@ -139,6 +151,8 @@ def _master_problems(node: NodeReport) -> list[str]:
         return [f"{node.address} is a {node.role}, not a master: writes would fail"]
     if too_old(node.version):
         return [f"{node.address} runs Redis {node.version}; channels-ha needs 7.0 or newer"]
+    if node.writable is False:
+        return [f"the master {node.address} refuses writes ({node.write_error}): sends fail"]
     return []
 
 
@@ -150,6 +164,10 @@ def _master_warnings(node: NodeReport | None) -> list[str]:
     if node is None:
         return []
     warnings = []
+    if node.writable is None and node.write_error is not None:
+        warnings.append(
+            f"{node.address}: whether it takes writes was not checked: {node.write_error}"
+        )
     if node.maxmemory_policy not in (None, "noeviction"):
         warnings.append(
             f"{node.address} has maxmemory-policy {node.maxmemory_policy}: when memory runs "
@@ -166,8 +184,9 @@ def _master_warnings(node: NodeReport | None) -> list[str]:
     return warnings
 
 
-async def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeReport:
-    master = await _probe_node(single_kwargs(config, timeout_s), config.node_labels()[0])
+async def _probe_single(config: SingleNodeConfig, timeout_s: float, prefix: str) -> ProbeReport:
+    kwargs = single_kwargs(config, timeout_s)
+    master = await _probe_node(kwargs, config.node_labels()[0], probe_key(prefix))
     return ProbeReport(
         "single",
         problems=tuple(_master_problems(master)),
@@ -179,7 +198,7 @@ async def _probe_single(config: SingleNodeConfig, timeout_s: float) -> ProbeRepo
 # -- sentinel --------------------------------------------------------------------------------
 
 
-async def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeReport:
+async def _probe_sentinel(config: SentinelConfig, timeout_s: float, prefix: str) -> ProbeReport:
     """Every sentinel at once, then the master most of them name."""
     kwargs = bounded_kwargs(sentinel_kwargs(config), timeout_s)
     sentinels = tuple(
@@ -190,7 +209,8 @@ async def _probe_sentinel(config: SentinelConfig, timeout_s: float) -> ProbeRepo
     if named:
         label = named.most_common(1)[0][0]
         address = NodeAddress(**split_host_port(label, 0))
-        master = await _probe_node(data_kwargs(config, address, timeout_s), label)
+        kwargs = data_kwargs(config, address, timeout_s)
+        master = await _probe_node(kwargs, label, probe_key(prefix))
     agree = len(named) == 1 if named else None  # None: no sentinel named a master
     problems, warnings = _sentinel_verdict(config, sentinels, agree is True, master)
     return ProbeReport(
@@ -328,15 +348,16 @@ class _ClusterNode:
     flags: frozenset[str]
     master_id: str
     slots: int
+    first_slot: int | None  # where the write check's key goes
 
 
-async def _probe_cluster(config: ClusterConfig, timeout_s: float) -> ProbeReport:
+async def _probe_cluster(config: ClusterConfig, timeout_s: float, prefix: str) -> ProbeReport:
     view, unreachable = await _first_view(config, timeout_s)
     if view is None:
         return ProbeReport(
             "cluster", problems=(f"no startup node answered: {'; '.join(unreachable)}",)
         )
-    problems, warnings, cluster = await _cluster_report(config, *view, timeout_s)
+    problems, warnings, cluster = await _cluster_report(config, *view, timeout_s, prefix)
     warnings = (*(f"startup node {entry} is unreachable" for entry in unreachable), *warnings)
     return ProbeReport("cluster", problems, warnings, cluster=cluster)
 
@@ -379,9 +400,16 @@ def _cluster_node(line: str) -> _ClusterNode:
     fields = line.split()
     host, _, port = fields[1].split("@")[0].rpartition(":")
     flags = frozenset(fields[2].split(","))
+    slots = fields[8:]
     return _ClusterNode(
-        fields[0], node_address(host, port), flags, fields[3], _slot_count(fields[8:])
+        fields[0], node_address(host, port), flags, fields[3], _slot_count(slots), _first(slots)
     )
+
+
+def _first(ranges: list[str]) -> int | None:
+    """The first slot of ``CLUSTER NODES`` ranges; None for a node without one."""
+    owned = [entry for entry in ranges if not entry.startswith("[")]
+    return int(owned[0].partition("-")[0]) if owned else None
 
 
 def _slot_count(ranges: list[str]) -> int:
@@ -395,15 +423,20 @@ def _slot_count(ranges: list[str]) -> int:
 
 
 async def _cluster_report(
-    config: ClusterConfig, state: str, nodes: list[_ClusterNode], timeout_s: float
+    config: ClusterConfig, state: str, nodes: list[_ClusterNode], timeout_s: float, prefix: str
 ) -> tuple[tuple[str, ...], tuple[str, ...], ClusterReport]:
     """Problems, warnings and the cluster section, from one node's ``CLUSTER NODES``; the
-    masters it names are asked at once."""
+    masters it names are asked at once, each writing a key in a slot it owns."""
     owners = [node for node in nodes if node.slots]
     covered = sum(node.slots for node in owners)
     masters = tuple(
         await all_at_once(
-            _probe_node(data_kwargs(config, n.address, timeout_s), str(n.address)) for n in owners
+            _probe_node(
+                data_kwargs(config, n.address, timeout_s),
+                str(n.address),
+                probe_key(prefix, None if n.first_slot is None else tag_for_slot(n.first_slot)),
+            )
+            for n in owners
         )
     )
     cluster = ClusterReport(state, covered, masters, _replica_labels(nodes))

@@ -1,6 +1,8 @@
 """The health view's probe: is there a writable master, answering in time?
 
-It asks only what a health check needs and keeps every step within one overall deadline. The
+It asks only what a health check needs and keeps every step within one overall deadline: the
+master's ROLE, a PING, and a write that writes nothing but is refused as sends are (see
+``_probe_write``: a master out of memory answers ROLE and PING all the same). The
 sentinels (or the startup nodes) are asked at once, and the master is picked by the layer's
 own rule (newest configuration epoch): a health check must not fail, taking every pod out of
 its Service, because one sentinel hangs while the channel layer keeps working.
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._config import ClusterConfig, NodeAddress, RedisConfig, SentinelConfig
+from ._constants import DEFAULT_PREFIX
 from ._probe_io import (
     PROBE_FAILURES,
     T,
@@ -30,6 +33,7 @@ from ._probe_io import (
     single_kwargs,
 )
 from ._probe_report import MasterReport
+from ._probe_write import WriteCheck, check_write, probe_key, write_command
 from ._redis_kwargs import sentinel_kwargs
 from ._sentinel_refusals import (
     SentinelRefusal,
@@ -46,24 +50,28 @@ __all__ = ["MASTER_PROBE_TIMEOUT_S", "probe_master"]
 MASTER_PROBE_TIMEOUT_S = 1.5
 
 
-def probe_master(config: RedisConfig, timeout_s: float = MASTER_PROBE_TIMEOUT_S) -> MasterReport:
-    """Whether a writable master answers ROLE and PING, all within ``timeout_s``.
+def probe_master(
+    config: RedisConfig, timeout_s: float = MASTER_PROBE_TIMEOUT_S, prefix: str = DEFAULT_PREFIX
+) -> MasterReport:
+    """Whether a master answers ROLE and PING and takes a write (under the layer's key
+    ``prefix``), all within ``timeout_s``.
 
     Blocking: it runs an event loop of its own (best called from a thread without one). The
     sentinels (or the cluster's startup nodes) are asked at once, so one that hangs costs
     the probe part of its time, not all of it; every connection is closed before it returns.
+    On Cluster the write is not tried: the probe asks one node, not every master.
     """
-    return run_blocking(_master_report(config, timeout_s))
+    return run_blocking(_master_report(config, timeout_s, probe_key(prefix)))
 
 
-async def _master_report(config: RedisConfig, timeout_s: float) -> MasterReport:
+async def _master_report(config: RedisConfig, timeout_s: float, key: str) -> MasterReport:
     deadline = _now() + timeout_s
     if isinstance(config, SentinelConfig):
-        return await _master_via_sentinels(config, deadline)
+        return await _master_via_sentinels(config, deadline, key)
     if isinstance(config, ClusterConfig):
         return await _cluster_state(config, deadline)
     kwargs_for = functools.partial(single_kwargs, config)
-    return await _check_master("single", config.node_labels()[0], kwargs_for, deadline)
+    return await _check_master("single", config.node_labels()[0], kwargs_for, deadline, key)
 
 
 #: Share of the probe's time the sentinels all get to answer; then the answers in hand decide
@@ -106,19 +114,35 @@ async def _role_and_rtt(client: Any, deadline: float) -> tuple[str, float]:
 
 
 async def _check_master(
-    mode: str, label: str, kwargs_for: Callable[[float], dict[str, Any]], deadline: float
+    mode: str,
+    label: str,
+    kwargs_for: Callable[[float], dict[str, Any]],
+    deadline: float,
+    key: str,
 ) -> MasterReport:
-    """ROLE and PING of the node ``kwargs_for(time left)`` connects to."""
+    """ROLE, PING and, on a master, the write of ``key``, on the node ``kwargs_for(time
+    left)`` connects to."""
+    write = WriteCheck(None)
     try:
         async with probe_client(kwargs_for(_remaining(deadline))) as client:
             role, rtt_ms = await _role_and_rtt(client, deadline)
+            if role == "master":
+                write = await check_write(
+                    _by(deadline, client.execute_command(*write_command(key)))
+                )
     except PROBE_FAILURES as err:
         return MasterReport(mode, ok=False, master=label, error=describe_error(err))
-    error = None if role == "master" else f"{label} is a {role}, not a master"
-    return MasterReport(mode, ok=error is None, master=label, role=role, rtt_ms=rtt_ms, error=error)
+    error = None
+    if role != "master":
+        error = f"{label} is a {role}, not a master"
+    elif write.writable is False:
+        error = f"{label} refuses writes: {write.detail}"
+    return MasterReport(
+        mode, error is None, label, role, rtt_ms, writable=write.writable, error=error
+    )
 
 
-async def _master_via_sentinels(config: SentinelConfig, deadline: float) -> MasterReport:
+async def _master_via_sentinels(config: SentinelConfig, deadline: float, key: str) -> MasterReport:
     """Asks every sentinel at once where the master is, believes the newest configuration
     among the answers (the layer's rule), then asks that master."""
     asks = [
@@ -148,7 +172,7 @@ async def _master_via_sentinels(config: SentinelConfig, deadline: float) -> Mast
     best = max(views, key=lambda view: view.rank(views))
     address = node_address(best.host, best.port)
     kwargs_for = functools.partial(data_kwargs, config, address)
-    return await _check_master("sentinel", str(address), kwargs_for, deadline)
+    return await _check_master("sentinel", str(address), kwargs_for, deadline, key)
 
 
 async def _sentinel_answers(

@@ -36,6 +36,10 @@ class NodeReport:
     # client-output-buffer-limit for normal clients, as "hard soft seconds" in bytes; None
     # when unlimited (0 0 0, the default) or when CONFIG GET is not allowed
     normal_output_limit: str | None = None
+    # whether a master took the write check (see _probe_write); None when it was not made,
+    # write_error then saying why (None too for a node that is no master)
+    writable: bool | None = None
+    write_error: str | None = None
 
     def text(self) -> str:
         if not self.reachable:
@@ -135,7 +139,9 @@ class MasterReport:
     """A fast answer to "is there a writable master right now?", the health check's question.
 
     ``master`` is the master's address; on Cluster it is the node that answered, and ``ok``
-    means that node sees every slot served (``cluster_state:ok``).
+    means that node sees every slot served (``cluster_state:ok``). ``writable``: whether the
+    master took the write check (``_probe_write``); None when it was not made (on Cluster,
+    on a node that is no master, or for a user the ACL forbids it).
     """
 
     mode: str
@@ -143,6 +149,7 @@ class MasterReport:
     master: str | None = None
     role: str | None = None
     rtt_ms: float | None = None
+    writable: bool | None = None
     cluster_state: str | None = None
     error: str | None = None
 

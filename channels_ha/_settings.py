@@ -18,6 +18,7 @@ from .exceptions import ConfigurationError
 __all__ = [
     "Family",
     "alias_configs",
+    "alias_prefix",
     "backend_family",
     "layer_configs",
     "layer_hosts",
@@ -108,6 +109,17 @@ def layer_configs(alias: str, entry: Mapping[str, Any]) -> list[RedisConfig]:
     if backend_family(entry.get("BACKEND")) == "channels_redis":
         return [parse_hosts_entry(_CHANNELS_REDIS_DEFAULT_HOST, source=f"{where} hosts")]
     return [load_config()]
+
+
+def alias_prefix(alias: str) -> str:
+    """The key prefix of channel layer ``alias``: its ``prefix`` option, or the default
+    (which channels_redis shares) when it sets none or is not a Redis layer."""
+    from ._constants import DEFAULT_PREFIX
+
+    entry = setting("CHANNEL_LAYERS").get(alias)
+    options = entry.get("CONFIG") if isinstance(entry, Mapping) else None
+    prefix = options.get("prefix") if isinstance(options, Mapping) else None
+    return prefix if isinstance(prefix, str) and prefix else DEFAULT_PREFIX
 
 
 def alias_configs(alias: str) -> list[RedisConfig]:

@@ -1,9 +1,10 @@
 """Health probes for Kubernetes: Django views and an ASGI middleware.
 
 Thin shells over :func:`channels_ha._health.check_health`. ``/healthz`` (readiness) answers
-200 when a writable master of the channel layer's Redis answers ROLE and PING within the
-timeout, 503 otherwise, with a JSON body; ``/livez`` (liveness) answers 200 without touching
-Redis, so a Redis outage makes pods unready instead of restarting them.
+200 when a master of the channel layer's Redis answers ROLE and PING and takes a write (one
+that writes nothing) within the timeout, 503 otherwise, with a JSON body; ``/livez``
+(liveness) answers 200 without touching Redis, so a Redis outage, or a master refusing
+writes, makes pods unready instead of restarting them.
 
 The views are async: the probe runs in a worker thread bounded by its timeout, so under ASGI it
 neither blocks the event loop nor queues behind other sync views on Django's single

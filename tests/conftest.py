@@ -8,7 +8,7 @@ import os
 import threading
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,7 +19,7 @@ import redis
 from channels_ha import RedisChannelLayer, parse_url
 from channels_ha._buffers import ChannelBuffer
 from channels_ha._interop import close_sync_client, sync_client
-from channels_ha.sandbox import Topology, Traffic
+from channels_ha.sandbox import ClusterTopology, RedisNode, SentinelTopology, Topology, Traffic
 
 LayerFactory = Callable[..., RedisChannelLayer]
 T = TypeVar("T")
@@ -153,3 +153,39 @@ def _sockets() -> set[str]:
         if link.startswith("socket:"):
             found.add(link)
     return found
+
+
+# Settings under which a master answers ROLE and PING but refuses every write, and the error
+# code it refuses them with: out of memory under noeviction, fewer replicas than required.
+WRITE_REFUSALS = {
+    "oom": ({"maxmemory-policy": "noeviction", "maxmemory": "1"}, "OOM"),
+    "noreplicas": ({"min-replicas-to-write": "5"}, "NOREPLICAS"),
+}
+
+
+@contextmanager
+def refusing_writes(nodes: Iterable[RedisNode], refusal: str) -> Iterator[str]:
+    """``nodes`` refuse writes for ``refusal`` (a key of WRITE_REFUSALS) inside the block,
+    their settings restored after; yields the error code the refusals start with."""
+    settings, code = WRITE_REFUSALS[refusal]
+    clients = [node.client() for node in nodes]
+    saved = [{name: client.config_get(name)[name] for name in settings} for client in clients]
+    try:
+        for client in clients:
+            for name, value in settings.items():
+                client.config_set(name, value)
+        yield code
+    finally:
+        for client, before in zip(clients, saved, strict=True):
+            for name in reversed(list(before)):  # maxmemory back before the policy
+                client.config_set(name, before[name])
+            client.close()
+
+
+def masters_of(topology: Topology) -> list[RedisNode]:
+    """The masters of ``topology`` now: every one of a cluster's, the one of a Sentinel set."""
+    if isinstance(topology, ClusterTopology):
+        return topology.masters()
+    if isinstance(topology, SentinelTopology):
+        return [topology.current_master()]
+    return list(topology.nodes)

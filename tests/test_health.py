@@ -15,10 +15,11 @@ from channels.layers import get_channel_layer
 from django.test import AsyncClient, override_settings
 
 from channels_ha import channel_layers, parse_url
-from channels_ha._health import check_health
+from channels_ha._health import HEALTH_TIMEOUT_S, check_health
 from channels_ha.health import HealthCheckMiddleware
 from channels_ha.sandbox import SentinelTopology, StandaloneTopology, Topology, TopologyFactory
 from tests import django_settings
+from tests.conftest import refusing_writes
 
 MODES = {"standalone": "single", "tls": "single", "sentinel": "sentinel", "cluster": "cluster"}
 Probe = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
@@ -240,3 +241,28 @@ async def test_concurrent_checks_share_one_probe(
     assert {result.status_code for result in results} == {200}
     assert client.info("stats")["total_connections_received"] == before + 1
     client.close()
+
+
+@pytest.mark.parametrize("refusal", ["oom", "noreplicas"])
+@pytest.mark.parametrize("probe", [_view, _asgi], ids=["view", "asgi"])
+async def test_503_while_the_master_refuses_writes(
+    probe: Probe, refusal: str, redis_standalone: StandaloneTopology, layers_for: Any
+) -> None:
+    """Seen: 200 "ok" while every send failed (OOM under noeviction; NOREPLICAS, sends
+    raising RedisUnavailable after failover_timeout): ROLE and PING still answered. Now 503
+    naming the refusal, within the bound; /livez stays 200 (a restart cures no Redis)."""
+    layers_for(redis_standalone)
+    assert (await probe())[0] == 200
+    with refusing_writes(redis_standalone.nodes, refusal) as code:
+        started = time.monotonic()
+        status, body = await probe()
+        took = time.monotonic() - started
+        live = await probe("/livez")
+    assert (status, body["status"]) == (503, "unavailable"), body
+    (shard,) = body["shards"]
+    assert (shard["ok"], shard["role"], shard["writable"]) == (False, "master", False)
+    assert shard["error"].startswith(f"{_master(redis_standalone)} refuses writes: {code} ")
+    assert took < HEALTH_TIMEOUT_S + 0.5
+    assert live == (200, {"status": "alive"})
+    status, body = await probe()
+    assert (status, body["shards"][0]["writable"]) == (200, True)

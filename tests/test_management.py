@@ -14,6 +14,7 @@ from django.test import override_settings
 from channels_ha import channel_layers, parse_url
 from channels_ha.sandbox import StandaloneTopology, Topology, TopologyFactory
 from tests import django_settings
+from tests.conftest import refusing_writes
 
 MODES = {"standalone": "single", "tls": "single", "sentinel": "sentinel", "cluster": "cluster"}
 
@@ -109,3 +110,21 @@ def test_a_timeout_that_bounds_nothing_is_refused(
         call_command("channels_ha", "status", "--timeout", timeout)
     assert "--timeout" in str(caught.value)
     assert "a finite number of seconds > 0" in str(caught.value)
+
+
+def test_status_fails_while_the_master_refuses_writes(
+    redis_standalone: StandaloneTopology,
+) -> None:
+    """As the health check: a master out of memory answers ROLE and PING but refuses every
+    send; the report names the refusal as a problem and the command exits 1."""
+    out = StringIO()
+    layers = channel_layers(parse_url(redis_standalone.url))
+    with (
+        refusing_writes(redis_standalone.nodes, "oom"),
+        override_settings(CHANNEL_LAYERS=layers),
+        pytest.raises(CommandError) as caught,
+    ):
+        call_command("channels_ha", "status", stdout=out)
+    assert caught.value.returncode == 1
+    assert "refuses writes (OOM command not allowed when used memory" in out.getvalue()
+    assert out.getvalue().endswith("status: FAILED\n")

@@ -11,18 +11,18 @@ import pytest
 from channels_ha._cli import main
 from channels_ha._config import ClusterConfig, RedisConfig, SentinelConfig
 from channels_ha._probe import probe
-from channels_ha._probe_report import ProbeReport
+from channels_ha._probe_report import NodeReport, ProbeReport
 from channels_ha._sources import parse_connection_config
 from channels_ha._url import parse_url
 from channels_ha.sandbox import (
     ClusterTopology,
-    RedisNode,
     SentinelTopology,
+    StandaloneTopology,
     Topology,
     TopologyFactory,
 )
 
-from .conftest import nothing_left_open
+from .conftest import masters_of, nothing_left_open, refusing_writes
 
 #: The probe's bound on each step in the tests that freeze nodes.
 FROZEN_TIMEOUT_S = 0.5
@@ -359,7 +359,7 @@ def test_failover_slower_than_the_timeout_is_a_warning(redis_sentinel: SentinelT
 
 def test_an_evicting_memory_policy_is_a_warning(redis_topology: Topology) -> None:
     """Under maxmemory with an evicting policy Redis drops messages and groups silently."""
-    masters = _masters(redis_topology)
+    masters = masters_of(redis_topology)
     clients = [node.client() for node in masters]
     try:
         for client in clients:
@@ -380,18 +380,10 @@ def test_an_evicting_memory_policy_is_a_warning(redis_topology: Topology) -> Non
     assert "set noeviction" in evicting[0]
 
 
-def _masters(topology: Topology) -> list[RedisNode]:
-    if isinstance(topology, ClusterTopology):
-        return topology.masters()
-    if isinstance(topology, SentinelTopology):
-        return [topology.current_master()]
-    return list(topology.nodes)
-
-
 def test_an_output_buffer_limit_for_normal_clients_is_a_warning(redis_topology: Topology) -> None:
     """A reply past the limit closes its connection before any of it is sent: what a pop took
     is lost, without an error. Unlimited (the default) is no warning."""
-    masters = _masters(redis_topology)
+    masters = masters_of(redis_topology)
     clients = [node.client() for node in masters]
     try:
         unlimited = probe(parse_url(redis_topology.url))
@@ -428,3 +420,70 @@ def test_a_user_without_config_get_is_probed_all_the_same(
     assert report.warnings == ()
     assert report.master is not None
     assert report.master.role == "master"
+
+
+@pytest.mark.parametrize("refusal", ["oom", "noreplicas"])
+def test_a_master_refusing_writes_is_a_problem(redis_topology: Topology, refusal: str) -> None:
+    """Seen: status OK while every send failed (maxmemory reached under noeviction, or
+    min-replicas-to-write unmet): ROLE and PING still answer. The write check is refused as
+    sends are, on every master (on Cluster, a key in a slot each one owns)."""
+    masters = masters_of(redis_topology)
+    healthy = probe(parse_url(redis_topology.url))
+    with refusing_writes(masters, refusal) as code:
+        report = probe(parse_url(redis_topology.url))
+    assert healthy.ok, healthy.problems
+    assert [m.writable for m in _master_reports(healthy)] == [True] * len(masters)
+    assert not report.ok
+    refused = [p for p in report.problems if "refuses writes" in p]
+    assert len(refused) == len(masters), report.problems
+    assert f"refuses writes ({code} " in refused[0]
+    assert refused[0].endswith("): sends fail")
+    assert [m.writable for m in _master_reports(report)] == [False] * len(masters)
+    assert "problem: the master" in report.to_text()
+    for node in masters:  # the check wrote nothing
+        client = node.client()
+        assert client.keys("asgi:probe*") == []
+        client.close()
+
+
+def _master_reports(report: ProbeReport) -> list[NodeReport]:
+    if report.cluster is not None:
+        return list(report.cluster.masters)
+    return [] if report.master is None else [report.master]
+
+
+def test_a_user_who_may_not_write_the_probe_key_is_a_warning(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """A user the ACL keeps to the layer's own prefix: the check under that prefix is made;
+    under another prefix it cannot be, which is a warning, not a failure."""
+    node = redis_sandbox_factory("standalone").nodes[0]
+    admin = node.client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pw", "~myapp:*", "+@all")
+    finally:
+        admin.close()
+    config = parse_url(f"redis://app:app-pw@{node.host}:{node.port}")
+    own = probe(config, prefix="myapp")
+    other = probe(config)
+    assert (own.ok, own.warnings) == (True, ()), own
+    assert own.master is not None
+    assert own.master.writable is True
+    assert other.ok, other.problems
+    assert other.master is not None
+    assert (other.master.writable, other.warnings) == (None, (other.warnings[0],))
+    assert "whether it takes writes was not checked" in other.warnings[0]
+    assert "NOPERM" in other.warnings[0]
+
+
+def test_check_connect_with_a_master_refusing_writes(
+    redis_standalone: StandaloneTopology, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``channels-ha check --connect`` names the refusal and exits 1."""
+    with refusing_writes(redis_standalone.nodes, "oom"):
+        status = main(["check", "--connect", "--url", redis_standalone.url])
+    out = capsys.readouterr().out
+    assert status == 1, out
+    assert "problem: the master 127.0.0.1:" in out
+    assert "refuses writes (OOM command not allowed" in out
+    assert out.rstrip().endswith("status: FAILED")

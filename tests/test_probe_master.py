@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from channels_ha import parse_url
 from channels_ha._probe_master import MASTER_PROBE_TIMEOUT_S, probe_master
 from channels_ha._sources import parse_connection_config
@@ -15,7 +17,7 @@ from channels_ha.sandbox import (
     TopologyFactory,
 )
 
-from .conftest import nothing_left_open
+from .conftest import masters_of, nothing_left_open, refusing_writes
 
 
 def test_ok_on_every_topology(redis_topology: Topology) -> None:
@@ -143,3 +145,54 @@ def test_a_frozen_startup_node_is_not_an_outage(redis_sandbox_factory: TopologyF
     assert (report.ok, report.error, report.cluster_state) == (True, None, "ok"), report
     assert report.master != f"{replica.host}:{replica.port}"
     assert took < MASTER_PROBE_TIMEOUT_S / 2, f"the probe took {took:.2f} s"
+
+
+@pytest.mark.parametrize("refusal", ["oom", "noreplicas"])
+@pytest.mark.parametrize("kind", ["standalone", "sentinel"])
+def test_a_master_refusing_writes_is_not_ok(
+    kind: str, refusal: str, request: pytest.FixtureRequest
+) -> None:
+    """Seen: ok (so 200) while every send failed, the master out of memory or short of
+    replicas: ROLE and PING still answer. The write check is refused as sends are, within the
+    bound, and leaves no key."""
+    topology: Topology = request.getfixturevalue(f"redis_{kind}")
+    (master,) = masters_of(topology)
+    config = parse_url(topology.url)
+    assert probe_master(config).writable is True
+    with refusing_writes([master], refusal) as code:
+        started = time.monotonic()
+        report = probe_master(config)
+        took = time.monotonic() - started
+    assert (report.ok, report.role, report.writable) == (False, "master", False), report
+    assert report.error == f"{master.host}:{master.port} refuses writes: {code} " + (
+        "command not allowed when used memory > 'maxmemory'."
+        if code == "OOM"
+        else "Not enough good replicas to write."
+    )
+    assert took < MASTER_PROBE_TIMEOUT_S
+    client = master.client()
+    assert client.keys("asgi:probe*") == []
+    client.close()
+    assert probe_master(config).ok
+
+
+def test_the_write_check_uses_the_layers_prefix(redis_sandbox_factory: TopologyFactory) -> None:
+    """A user the ACL keeps to the layer's prefix takes the write under it; under a prefix it
+    may not write, the check is not made, and that fails nothing (the layer works)."""
+    node = redis_sandbox_factory("standalone").nodes[0]
+    admin = node.client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pw", "~myapp:*", "+@all")
+    finally:
+        admin.close()
+    config = parse_url(f"redis://app:app-pw@{node.host}:{node.port}")
+    assert probe_master(config, prefix="myapp").writable is True
+    other = probe_master(config)
+    assert (other.ok, other.writable, other.error) == (True, None, None)
+
+
+def test_cluster_is_not_write_checked(redis_cluster: ClusterTopology) -> None:
+    """On Cluster the probe asks one node whether every slot is served; it tries no write
+    (that would take every master: ``status`` does it)."""
+    report = probe_master(parse_url(redis_cluster.url))
+    assert (report.ok, report.writable) == (True, None)

@@ -17,7 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ..._probe import PROBE_TIMEOUT_S, probe
 from ..._probe_report import ProbeReport
-from ..._settings import alias_configs
+from ..._settings import alias_configs, alias_prefix
 from ...exceptions import ConfigurationError
 
 
@@ -47,7 +47,8 @@ class Command(BaseCommand):
             configs = alias_configs(alias)
         except ConfigurationError as err:
             raise CommandError(str(err)) from err
-        reports = [probe(config, options["timeout"]) for config in configs]
+        prefix = alias_prefix(alias)  # the write check's key is the layer's
+        reports = [probe(config, options["timeout"], prefix) for config in configs]
         self.stdout.write(_json(alias, reports) if options["json"] else _text(reports))
         if not all(report.ok for report in reports):
             raise CommandError(f"the Redis behind channel layer {alias!r} is not ok")
