@@ -59,6 +59,12 @@ class Health:
 
 async def check_health(alias: str = "default", timeout_s: float = HEALTH_TIMEOUT_S) -> Health:
     """Probe the master(s) behind channel layer ``alias`` and add what the layer has seen."""
+    from ._settings import require_alias
+
+    try:
+        require_alias(alias)
+    except ConfigurationError as err:  # a typo in urls.py or asgi.py: never another Redis
+        return _failure(alias, str(err))
     statistics = layer_statistics(alias)
     # Shielded: a caller that gives up must not cancel a probe other callers share.
     probing = asyncio.shield(asyncio.wrap_future(_shared_probe(alias, timeout_s)))

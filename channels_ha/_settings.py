@@ -23,6 +23,7 @@ __all__ = [
     "layer_configs",
     "layer_hosts",
     "layer_options",
+    "require_alias",
     "require_config",
     "setting",
 ]
@@ -111,6 +112,24 @@ def layer_configs(alias: str, entry: Mapping[str, Any]) -> list[RedisConfig]:
     return [load_config()]
 
 
+def require_alias(alias: str) -> Mapping[str, Any]:
+    """The ``CHANNEL_LAYERS`` entry of ``alias``; a ConfigurationError naming the aliases
+    there are when it has none. A typo in an alias must not send the health check (or
+    ``status``) to the environment's Redis, or localhost's, which may answer for another."""
+    layers = setting("CHANNEL_LAYERS")
+    entry = layers.get(alias)
+    if isinstance(entry, Mapping):
+        return entry
+    if alias in layers:
+        raise ConfigurationError(
+            f"Invalid CHANNEL_LAYERS[{alias!r}]: expected a dict with a 'BACKEND', "
+            f"got {type(entry).__name__}."
+        )
+    known = ", ".join(repr(name) for name in layers)
+    there = f"its aliases are {known}" if known else "CHANNEL_LAYERS is not set"
+    raise ConfigurationError(f"CHANNEL_LAYERS has no alias {alias!r}: {there}.")
+
+
 def alias_prefix(alias: str) -> str:
     """The key prefix of channel layer ``alias``: its ``prefix`` option, or the default
     (which channels_redis shares) when it sets none or is not a Redis layer."""
@@ -123,12 +142,11 @@ def alias_prefix(alias: str) -> str:
 
 
 def alias_configs(alias: str) -> list[RedisConfig]:
-    """The Redis behind a channel layer alias; the environment's when it is not a Redis layer."""
+    """The Redis behind a channel layer alias; the environment's when it is a layer that does
+    not use Redis (such as the in-memory one); a ConfigurationError for an unknown alias."""
     from ._sources import load_config
 
-    entry = setting("CHANNEL_LAYERS").get(alias)
-    if not isinstance(entry, Mapping):
-        return [load_config()]
+    entry = require_alias(alias)
     if backend_family(entry.get("BACKEND")) not in ("channels_ha", "channels_redis"):
         return [load_config()]
     return layer_configs(alias, entry)

@@ -2,9 +2,9 @@
 
 Thin shells over :func:`channels_ha._health.check_health`. ``/healthz`` (readiness) answers
 200 when a master of the channel layer's Redis answers ROLE and PING and takes a write (one
-that writes nothing) within the timeout, 503 otherwise, with a JSON body; ``/livez``
-(liveness) answers 200 without touching Redis, so a Redis outage, or a master refusing
-writes, makes pods unready instead of restarting them.
+that writes nothing) within the timeout, 503 otherwise (an alias ``CHANNEL_LAYERS`` lacks
+included), with a JSON body; ``/livez`` (liveness) answers 200 without touching Redis, so a
+Redis outage, or a master refusing writes, makes pods unready instead of restarting them.
 
 The views are async: the probe runs in a worker thread bounded by its timeout, so under ASGI it
 neither blocks the event loop nor queues behind other sync views on Django's single

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from channels.layers import channel_layers as channel_layers_manager
 from channels.layers import get_channel_layer
-from django.test import AsyncClient, override_settings
+from django.test import AsyncClient, RequestFactory, override_settings
 
 from channels_ha import channel_layers, parse_url
 from channels_ha._health import HEALTH_TIMEOUT_S, check_health
-from channels_ha.health import HealthCheckMiddleware
+from channels_ha.health import HealthCheckMiddleware, health_view
 from channels_ha.sandbox import SentinelTopology, StandaloneTopology, Topology, TopologyFactory
 from tests import django_settings
 from tests.conftest import refusing_writes
@@ -55,7 +55,7 @@ async def _view(path: str = "/healthz") -> tuple[int, dict[str, Any]]:
 
 
 async def _asgi(
-    path: str = "/healthz", method: str = "GET", scope_type: str = "http"
+    path: str = "/healthz", method: str = "GET", scope_type: str = "http", **options: Any
 ) -> tuple[int, dict[str, Any]]:
     """Calls the middleware around an app that answers 418, as the ASGI server would."""
     sent: list[dict[str, Any]] = []
@@ -71,7 +71,7 @@ async def _asgi(
         sent.append(message)
 
     scope = {"type": scope_type, "path": path, "method": method, "headers": []}
-    await HealthCheckMiddleware(inner)(scope, receive, send)
+    await HealthCheckMiddleware(inner, **options)(scope, receive, send)
     body = sent[1]["body"]
     return sent[0]["status"], json.loads(body) if body else {}
 
@@ -266,3 +266,35 @@ async def test_503_while_the_master_refuses_writes(
     assert live == (200, {"status": "alive"})
     status, body = await probe()
     assert (status, body["shards"][0]["writable"]) == (200, True)
+
+
+async def test_an_unknown_alias_is_503_not_another_redis(
+    redis_standalone: StandaloneTopology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen: a typo in the alias answered 200 from REDIS_URL's Redis (or localhost's), not the
+    layer's. Now 503 naming the alias and the ones there are, from the view and the
+    middleware; the right alias still answers 200."""
+    monkeypatch.setenv("REDIS_URL", redis_standalone.url)  # a Redis that would answer
+    layers = {
+        **channel_layers(parse_url(redis_standalone.url), alias="chat"),
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer"},
+    }
+    request = RequestFactory().get("/healthz")
+    with override_settings(CHANNEL_LAYERS=layers):
+        view = await health_view(request, alias="caht")
+        status, body = await _asgi(alias="caht")
+        right = await _asgi(alias="chat")
+        await channel_layers_manager.backends["chat"].close()
+    expected = "CHANNEL_LAYERS has no alias 'caht': its aliases are 'chat', 'default'."
+    assert (view.status_code, json.loads(view.content)["error"]) == (503, expected)
+    assert (status, body) == (
+        503,
+        {"status": "unavailable", "alias": "caht", "error": expected, "shards": []},
+    )
+    assert right[0] == 200
+    with override_settings(CHANNEL_LAYERS={}):
+        status, body = await _asgi()
+    assert (status, body["error"]) == (
+        503,
+        "CHANNEL_LAYERS has no alias 'default': CHANNEL_LAYERS is not set.",
+    )

@@ -128,3 +128,15 @@ def test_status_fails_while_the_master_refuses_writes(
     assert caught.value.returncode == 1
     assert "refuses writes (OOM command not allowed when used memory" in out.getvalue()
     assert out.getvalue().endswith("status: FAILED\n")
+
+
+def test_status_of_an_unknown_alias(
+    redis_standalone: StandaloneTopology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in --alias is an error naming the aliases there are, not a report on the
+    environment's Redis (which here would say OK)."""
+    monkeypatch.setenv("REDIS_URL", redis_standalone.url)
+    layers = channel_layers(parse_url(redis_standalone.url), alias="chat")
+    with override_settings(CHANNEL_LAYERS=layers), pytest.raises(CommandError) as caught:
+        call_command("channels_ha", "status", "--alias", "caht", stdout=StringIO())
+    assert str(caught.value) == "CHANNEL_LAYERS has no alias 'caht': its aliases are 'chat'."

@@ -2,8 +2,9 @@
 
 A thin shell over :func:`channels_ha.probe`: the report of ``channels-ha check --connect``, for
 each shard of the channel layer ``--alias`` (the environment's configuration when that alias is
-not a Redis layer); ``--json`` prints ``{"ok", "alias", "shards": [report, ...]}``. Exits 1
-unless every report is ok.
+a layer that does not use Redis; an error when ``CHANNEL_LAYERS`` has no such alias, as for the
+health check); ``--json`` prints ``{"ok", "alias", "shards": [report, ...]}``. Exits 1 unless
+every report is ok.
 """
 
 from __future__ import annotations
