@@ -7,6 +7,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._core import Counters
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -31,6 +35,7 @@ class ChannelBuffer:
     __slots__ = (
         "capacity",
         "channel",
+        "counters",
         "dropped",
         "handed_over",
         "items",
@@ -42,9 +47,12 @@ class ChannelBuffer:
         "warned_at",
     )
 
-    def __init__(self, channel: str, capacity: int, shard: int, waiting_key: str) -> None:
+    def __init__(
+        self, channel: str, capacity: int, shard: int, waiting_key: str, counters: Counters
+    ) -> None:
         self.channel = channel
         self.capacity = capacity
+        self.counters = counters  # the layer's: what expires here is counted where it goes
         # The route, worked out once: receive() runs for every message.
         self.shard = shard
         self.specific = "!" in channel
@@ -90,7 +98,8 @@ class ChannelBuffer:
             self.items.appendleft(item)
 
     def take_fresh(self) -> Item | None:
-        """The oldest unexpired buffered message, if any (expired ones are dropped)."""
+        """The oldest unexpired buffered message, if any (expired ones are dropped, and
+        counted: the sweep never sees them)."""
         if not self.items:
             return None
         now = now_ms()
@@ -98,6 +107,7 @@ class ChannelBuffer:
             item = self.items.popleft()
             if item[0] > now:
                 return item
+            self.counters.expired += 1
         return None
 
     def abandon(self, waiter: asyncio.Future[Item]) -> None:
@@ -115,6 +125,15 @@ class ChannelBuffer:
         before = len(self.items)
         self.items = deque(item for item in self.items if item[0] > now)
         return before - len(self.items)
+
+    def take_fresh_all(self) -> list[Item]:
+        """Every unexpired buffered message, in order; the expired ones are dropped and
+        counted."""
+        now = now_ms()
+        items = [item for item in self.items if item[0] > now]
+        self.counters.expired += len(self.items) - len(items)
+        self.items.clear()
+        return items
 
     def take_all(self) -> list[Item]:
         items = list(self.items)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from ._buffers import ChannelBuffer, Item, now_ms
+from ._buffers import ChannelBuffer, now_ms
 from ._codec import decode_element, encode_element
 from ._core import LayerCore
 from ._inbox_limits import InboxLimits
@@ -63,7 +63,8 @@ class Deliveries:
             waiting_key = core.keys.inbox(target)
         else:
             target = waiting_key = channel
-        buffer = ChannelBuffer(channel, capacity, core.shard_index(target), waiting_key)
+        shard = core.shard_index(target)
+        buffer = ChannelBuffer(channel, capacity, shard, waiting_key, core.stats)
         self._buffers[channel] = buffer
         if buffer.specific:
             self._limits.added(target, capacity)
@@ -216,7 +217,7 @@ class Deliveries:
                 continue
             target = target_of(channel)
             key = core.keys.inbox(target) if "!" in channel else core.keys.channel(channel)
-            items = _fresh(buffer.take_all())
+            items = buffer.take_fresh_all()
             for expires, body in items:
                 seq = numbers[key] = numbers.get(key, 0) + 1
                 element = encode_element(expires, returner, seq, channel, body)
@@ -265,8 +266,3 @@ class Deliveries:
     def buffered(self) -> int:
         """Asked from other threads too (statistics() for metrics and health): a snapshot."""
         return sum(len(buffer.items) for buffer in tuple(self._buffers.values()))
-
-
-def _fresh(items: list[Item]) -> list[Item]:
-    now = now_ms()
-    return [item for item in items if item[0] > now]

@@ -119,15 +119,21 @@ class GiveBack:
 
     def retry(self) -> None:
         """Tries again the RETURNs that failed, less the messages expired meanwhile."""
-        retry, self._unreturned = self._unreturned, []
+        fresh = self._unexpired()
+        if fresh:
+            self._spawn(self._give_back(fresh))
+
+    def _unexpired(self) -> list[Return]:
+        """The RETURNs that failed, taken, less their messages expired meanwhile (counted)."""
+        failed, self._unreturned = self._unreturned, []
         now = now_ms()
         fresh = [
             (index, key, alive, return_id)
-            for index, key, elements, return_id in retry
+            for index, key, elements, return_id in failed
             if (alive := [e for e in elements if expires_of(e) > now])
         ]
-        if fresh:
-            self._spawn(self._give_back(fresh))
+        self.core.stats.expired += _messages(failed) - _messages(fresh)
+        return fresh
 
     async def push_front(self, index: int, key: str, elements: list[bytes], return_id: str) -> None:
         """One RETURN: the list and its expiry in one step, and applied once however often
@@ -161,7 +167,7 @@ class GiveBack:
         if self.tasks:
             await asyncio.wait(set(self.tasks))
         if self._unreturned:
-            lost = sum(len(elements) for _, _, elements, _ in self._unreturned)
+            lost = _messages(self._unreturned)
             self._unreturned.clear()
             logger.error(
                 "%d message(s) popped for receivers that left could not be given back to "
@@ -169,3 +175,7 @@ class GiveBack:
                 lost,
                 extra={"event": "return_lost", "messages": lost},
             )
+
+
+def _messages(returns: list[Return]) -> int:
+    return sum(len(elements) for _, _, elements, _ in returns)

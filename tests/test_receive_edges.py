@@ -18,6 +18,8 @@ import pytest
 import redis
 
 from channels_ha import RedisChannelLayer, RedisUnavailable
+from channels_ha._buffers import now_ms
+from channels_ha._codec import encode_element
 from channels_ha.sandbox import Topology
 
 from .conftest import LayerFactory, receivers_waiting
@@ -128,6 +130,62 @@ async def test_buffers_of_failed_receivers_are_swept(layer: RedisChannelLayer) -
     deliveries.sweep()
     assert not set(channels) & set(deliveries.channels())
     assert deliveries.inbox_limits() == {}
+
+
+# -- messages that expire in this process ------------------------------------------------------
+
+EXPIRY_S = 1  # the shortest expiry the layer takes
+
+
+async def buffered_to_expire(layer: RedisChannelLayer) -> str:
+    """A process-specific channel with one message buffered here, expired by now."""
+    a, b = await layer.new_channel(), await layer.new_channel()
+    await layer.send(b, {"type": "old"})
+    await layer.send(a, {"type": "wake"})
+    await layer.receive(a)  # the inbox pop brings b's message along
+    assert layer.statistics().buffered == 1
+    await asyncio.sleep(EXPIRY_S + 0.1)  # the behaviour under test is the passage of time
+    return b
+
+
+async def test_a_message_expired_in_the_buffer_is_counted_once(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """receive() skips a buffered message that expired: counted then, and not again by the
+    sweep (seen: statistics().expired 0, since only the 10 s sweep counted)."""
+    layer = make_layer(redis_topology, expiry=EXPIRY_S)
+    b = await buffered_to_expire(layer)
+    await layer.send(b, {"type": "new"})
+    assert (await asyncio.wait_for(layer.receive(b), TIMEOUT_S))["type"] == "new"
+    layer._session().deliveries.sweep()
+    assert layer.statistics().expired == 1
+
+
+async def test_a_message_expired_before_its_give_back_is_counted(
+    make_layer: LayerFactory, redis_topology: Topology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() gives back what is buffered, less what expired: counted as expired, neither
+    returned nor logged lost (seen: expired 0)."""
+    layer = make_layer(redis_topology, expiry=EXPIRY_S)
+    await buffered_to_expire(layer)
+    with caplog.at_level("INFO", logger="channels_ha"):
+        await layer.close()
+    assert layer.statistics().expired == 1
+    assert not [r for r in caplog.records if "Returned" in r.getMessage()]
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "return_lost"]
+
+
+async def test_a_failed_give_back_expired_before_its_retry_is_counted(
+    layer: RedisChannelLayer,
+) -> None:
+    """A RETURN that failed is tried again at the next sweep, less what expired meanwhile:
+    counted as expired, and not tried (seen: expired 0)."""
+    give_back = layer._session().give_back
+    expired = encode_element(now_ms() - 1, "returner", 1, "edge-retry", b"body")
+    give_back._unreturned.append((0, layer._core.keys.channel("edge-retry"), [expired], "id"))
+    give_back.retry()
+    assert not give_back.tasks
+    assert layer.statistics().expired == 1
 
 
 # -- order across cancelled receives on a normal channel ---------------------------------------
