@@ -263,6 +263,11 @@ class Deliveries:
         for buffer in self._buffers.values():
             buffer.take_all()
 
+    def discard(self) -> int:
+        """At close, once nothing will give back: drops what is still buffered; returns how
+        many messages were still fresh (lost), the expired ones counted as such."""
+        return sum(len(buffer.take_fresh_all()) for buffer in self._buffers.values())
+
     def buffered(self) -> int:
         """Asked from other threads too (statistics() for metrics and health): a snapshot."""
         return sum(len(buffer.items) for buffer in tuple(self._buffers.values()))

@@ -166,12 +166,12 @@ class GiveBack:
             task.cancel()
         if self.tasks:
             await asyncio.wait(set(self.tasks))
-        if self._unreturned:
-            lost = _messages(self._unreturned)
-            self._unreturned.clear()
+        # What failed to go back, and what a cancelled close() left buffered.
+        lost = _messages(self._unexpired()) + self._deliveries.discard()
+        if lost:
             logger.error(
-                "%d message(s) popped for receivers that left could not be given back to "
-                "Redis before close(); they are lost",
+                "%d message(s) popped and not delivered could not be given back to Redis "
+                "before close() (or close() was cancelled); they are lost",
                 lost,
                 extra={"event": "return_lost", "messages": lost},
             )

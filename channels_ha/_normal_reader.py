@@ -150,6 +150,7 @@ class NormalReader(BlockingReader):
         self._handed = HandedOver()
         self._recovered: asyncio.Future[None] | None = None  # see settled()
         self._given_back = 0  # give-backs waiting for the recovery (see settled())
+        self._emptied = False  # the in-flight list's release at close is over (see _release)
 
     def _connected(self) -> None:
         if self._state is _ACKED:
@@ -420,10 +421,15 @@ class NormalReader(BlockingReader):
         if self._look is not None:
             self._look.cancel()
             self._look = None
+        if self._hurried:
+            self._cut_short()
+            return
         emptying = self._loop.create_task(self._empty_in_flight())
         try:
             await asyncio.wait({emptying}, timeout=self._settings.failover_timeout_s)
         finally:
+            # Over by itself (done, or said why not) even if close() was cancelled meanwhile.
+            self._emptied = emptying.done()
             emptying.cancel()  # (past failover_timeout, or close() itself cancelled)
             await asyncio.wait({emptying})  # it leaves no connection behind
             self._wake_settled()
@@ -433,6 +439,11 @@ class NormalReader(BlockingReader):
         last = f"; last error: {self._last_error}" if self._last_error else ""
         timeout_s = self._settings.failover_timeout_s
         self._not_released(f"no master answered within failover_timeout ({timeout_s:g} s){last}")
+
+    def _cut_short(self) -> None:
+        """close() was cancelled (or the event loop shut down) before the recovery."""
+        if not self._emptied:
+            self._not_released("close() was cancelled")
 
     async def _empty_in_flight(self) -> None:
         pending = self._pending

@@ -93,7 +93,9 @@ class BlockingReader:
         self._pops = True  # whether the request in flight can bring messages
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None  # the task close() or abort() stopped
         self._stopping = False
+        self._hurried = False  # abort(): nothing more is waited for from Redis
         self._backoff = Backoff()
         self._lost = LostReplies()  # paces reconnecting after replies lost in a row
         self._loop = asyncio.get_running_loop()  # a reader belongs to one session, one loop
@@ -199,6 +201,9 @@ class BlockingReader:
             try:
                 await self._finish_pending()
                 await self._release()
+            except asyncio.CancelledError:  # abort(), or the event loop shutting down
+                self._cut_short()
+                raise
             finally:
                 await self._disconnect()
 
@@ -424,6 +429,10 @@ class BlockingReader:
     async def _release(self) -> None:
         """At the end, after the request in flight is collected, before disconnecting."""
 
+    def _cut_short(self) -> None:
+        """The end was cancelled before ``_release`` was over: what it would have recovered
+        is not (a subclass logs it)."""
+
     async def _start_over(self) -> None:
         """After an unexpected error: collects the pop in flight (its reply may hold messages
         Redis removed already), then leaves the connection, whose state is unknown."""
@@ -465,7 +474,7 @@ class BlockingReader:
     async def _finish_pending(self) -> None:
         """Collects the reply of a pop in flight, so that no popped message is lost."""
         pending = self._pending
-        if pending is None or pending.cancelled():
+        if pending is None or pending.cancelled() or self._hurried:
             return
         if pending.done() and pending.exception() is not None:
             return
@@ -477,17 +486,40 @@ class BlockingReader:
     async def _disconnect(self) -> None:
         client, self._client = self._client, None
         if client is not None and client.protocol is not None:
-            await client.protocol.aclose()
+            try:
+                await client.protocol.aclose()
+            except asyncio.CancelledError:  # (abort()): not waiting for a clean close either
+                client.protocol.abort()
+                raise
 
     async def close(self) -> None:
-        """Stops popping; messages popped meanwhile are still delivered. Idempotent."""
+        """Stops popping; messages popped meanwhile are still delivered. Idempotent: a call
+        after another (or after abort()) waits for the same end."""
+        ending = self._stop()
+        if ending is not None:
+            # asyncio.wait, unlike gather, does not cancel the task if this caller is cancelled.
+            await asyncio.wait({ending})
+
+    def abort(self) -> None:
+        """close() itself was cancelled: ends without waiting for Redis any more. The
+        connection goes at once, with the reply of a pop in flight (a normal channel's batch
+        stays in the in-flight list, logged lost; an inbox pop's, if any of it had arrived,
+        is logged too), and nothing is recovered. close() then waits a loop turn or two."""
+        self._hurried = True
+        self.drop_connection("the channel layer's close() was cancelled")
+        ending_already = self._stopping
+        ending = self._stop()
+        if ending is not None and ending_already and not ending.done():
+            ending.cancel()  # its end may be waiting for a reply, or for a master
+
+    def _stop(self) -> asyncio.Task[None] | None:
+        """Cancels the loop, once (not its end: that collects the pop in flight); the task."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        if not self._stopping:
-            task.cancel()
-        # asyncio.wait, unlike gather, does not cancel the task if this caller is cancelled.
-        await asyncio.wait({task})
+        if task is not None:
+            self._ending = task
+            if not self._stopping:
+                task.cancel()
+        return self._ending
 
 
 def some_keys(keys: list[str], shown: int = 3) -> str:

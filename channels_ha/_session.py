@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 from ._constants import (
     CLOSE_RETURN_TIMEOUT_S,
@@ -50,6 +51,7 @@ class Session:
         seqs = SendSequences(self.sender, core.dedupe_memory_s / 2)
         self._loop = asyncio.get_running_loop()
         self._closing: asyncio.Future[None] | None = None
+        self._hurried = False  # close() was cancelled: the rest of it waits for no reply
         # Closed because its event loop is shutting down: a consumer's clean-up running
         # after that must not open a new session that nothing would close.
         self.ended_with_loop = False
@@ -128,18 +130,35 @@ class Session:
             raise
 
     async def aclose(self) -> None:
-        """Stops readers, returns undelivered messages, closes connections. Idempotent."""
+        """Stops readers, returns undelivered messages, closes connections. Idempotent: a
+        call made meanwhile waits for the same end.
+
+        Cancelled (a shutdown hook's own timeout), it stops waiting for Redis: the readers
+        drop their connections and recover nothing, nothing more is given back, and what was
+        not is logged lost; the receivers still waiting fail, and every task and connection
+        goes all the same, in a loop turn or two. That end runs in a task of its own, so
+        that cancelling close() once more cannot leave anything behind.
+        """
         if self._closing is not None:
             await asyncio.shield(self._closing)
             return
-        self._closing = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        closing = self._closing = loop.create_future()
+        closer = asyncio.current_task()
         try:
-            await self._shutdown()
+            await self._wind_down(closer)
+        except asyncio.CancelledError:
+            self._hurry()
+            raise
         finally:
-            self._closing.set_result(None)
+            ending = loop.create_task(self._end(closer))
+            ending.add_done_callback(lambda _: closing.set_result(None))
+            await asyncio.shield(ending)
 
-    async def _shutdown(self) -> None:
-        if asyncio.current_task() is not self._keeper:
+    async def _wind_down(self, closer: asyncio.Task[Any] | None) -> None:
+        """What close() waits for, bounded as a whole (see docs/failover.md): the pops in
+        flight collected, a lost reply's batch recovered, the messages given back."""
+        if closer is not self._keeper:
             self._keeper.cancel()
             await asyncio.wait({self._keeper})
         self.inbox_limits.close()  # its channels stop counting in the process's limits
@@ -149,24 +168,48 @@ class Session:
         await asyncio.gather(*(shard.close_readers() for shard in self._shards))
         # What the readers popped has been handed over; nothing more will come to those
         # still waiting, and a receive() must not hang on a closed session.
+        self._fail_waiters()
+        # Each RETURN waits for a master as any request does, up to failover_timeout: a
+        # close() during a failover still gives back what the readers popped (seen with a
+        # fixed 2 s: every popped message lost, unlogged). What fails is logged at the end.
+        # (And the returns started by receivers that just left get to finish.)
+        returns_end_s = self.core.failover_timeout_s + CLOSE_RETURN_TIMEOUT_S
+        await self.give_back.give_back_all(returns_end_s)
+
+    def _hurry(self) -> None:
+        """close() was cancelled: whatever it was waiting for, the rest waits for no reply."""
+        self._hurried = True
+        for shard in self._shards:
+            for reader in shard.readers():
+                reader.abort()
+
+    def _fail_waiters(self) -> None:
         closed = RedisUnavailable("the channel layer was closed while receive() waited")
         for shard in self._shards:
             self.deliveries.fail_waiters(shard.spec.index, closed)
-        # Each RETURN waits for a master as any request does, up to failover_timeout: a
-        # close() during a failover still gives back what the readers popped (seen with a
-        # fixed 2 s: every popped message lost, unlogged). What fails is logged below.
-        # If close() itself is cancelled meanwhile (a shutdown hook's own timeout), the rest
-        # still runs: tasks cancelled, connections closed, what was not given back logged.
-        try:  # (and the returns started by receivers that just left get to finish)
-            returns_end_s = self.core.failover_timeout_s + CLOSE_RETURN_TIMEOUT_S
-            await self.give_back.give_back_all(returns_end_s)
-        finally:
-            await self._finish_shutdown()
 
-    async def _finish_shutdown(self) -> None:
+    async def _end(self, closer: asyncio.Task[Any] | None) -> None:
+        try:
+            await self._close_all(closer)
+        except asyncio.CancelledError:  # (the event loop shutting down meanwhile)
+            self._hurry()
+            await self._close_all(closer)
+            raise
+
+    async def _close_all(self, closer: asyncio.Task[Any] | None) -> None:
+        """Every step of the wind-down again (each does nothing if done: a cancellation may
+        have skipped some), then what must run whatever happened before."""
+        if closer is not self._keeper:  # (the keeper, closing at the loop's end, waits here)
+            self._keeper.cancel()
+            await asyncio.wait({self._keeper})
+        self.inbox_limits.close()
+        await self.resync.cancel()
+        await asyncio.gather(*(shard.close_readers() for shard in self._shards))
+        self._fail_waiters()
         await self.give_back.stop()  # nothing will try again: what is left is logged lost
         # At once, as their readers: each may wait CLOSE_RETURN_TIMEOUT_S for its replies.
-        closing = [shard.close(CLOSE_RETURN_TIMEOUT_S) for shard in self._shards]
+        drain_s = 0.0 if self._hurried else CLOSE_RETURN_TIMEOUT_S
+        closing = [shard.close(drain_s) for shard in self._shards]
         for result in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(result, BaseException):
                 raise result  # (a bug: the others closed all the same)
