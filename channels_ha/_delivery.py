@@ -141,10 +141,16 @@ class Deliveries:
         that failed); their waiters leave the buffers, which the sweep can then forget."""
         for buffer in self._buffers.values():
             if buffer.shard == index and specific in (None, buffer.specific):
-                while buffer.waiters:
-                    waiter = buffer.waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_exception(error)
+                _fail(buffer, error)
+
+    def fail_list(self, key: str, error: Exception) -> None:
+        """Hands ``error`` to the receivers waiting on the normal channel whose list is
+        ``key`` (Redis refused to pop that list alone)."""
+        keys = self._core.keys
+        for channel in [c for c in self._normal_waiting if keys.channel(c) == key]:
+            buffer = self._buffers.get(channel)
+            if buffer is not None:
+                _fail(buffer, error)
 
     # -- delivering --------------------------------------------------------------------------
 
@@ -271,3 +277,11 @@ class Deliveries:
     def buffered(self) -> int:
         """Asked from other threads too (statistics() for metrics and health): a snapshot."""
         return sum(len(buffer.items) for buffer in tuple(self._buffers.values()))
+
+
+def _fail(buffer: ChannelBuffer, error: Exception) -> None:
+    """Fails every receiver waiting on ``buffer``; their waiters leave it."""
+    while buffer.waiters:
+        waiter = buffer.waiters.popleft()
+        if not waiter.done():
+            waiter.set_exception(error)

@@ -58,7 +58,7 @@ from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.reader")
 
-_EMPTY, _POPPED, _RECOVERED = 0, 1, 2  # POP_NORMAL's reply tags
+_EMPTY, _POPPED, _RECOVERED, _REFUSED = 0, 1, 2, 3  # POP_NORMAL's reply tags
 _BLOCK_MS = int(BLOCKING_POP_TIMEOUT_S * 1000)
 _MAX_RELEASE_CALLS = 4  # at close: a recovery and a deletion, each again after a lost reply
 _UNSURE = (  # in_flight_lost, OVERDUE's reply lost: the list may have outlived the window
@@ -208,7 +208,7 @@ class NormalReader(BlockingReader):
         if not self._pops or not isinstance(reply, list):
             return  # an XREAD's: entries, or nil (its time ran out, or wake() unblocked it)
         tag = reply[0]
-        self._held = tag != _EMPTY
+        self._held = tag in (_POPPED, _RECOVERED)
         if tag == _POPPED:
             self._handed.remember(reply[2])
             self._hand_over_batch(reply[1], reply[2])
@@ -217,6 +217,8 @@ class NormalReader(BlockingReader):
             self._handed.remember(fresh)
             if fresh:
                 self._hand_over_batch(reply[1], fresh)
+        elif tag == _REFUSED:
+            self._refused(reply[1], reply[2])
         elif self._pending_keys:  # (none: a recovery or a deletion with nobody waiting)
             self._wake_after = (self._pending_keys, reply[1])  # the keys of this pop
         if self._state is _POPPING:
@@ -225,6 +227,14 @@ class NormalReader(BlockingReader):
             if tag != _RECOVERED and self._past_window():
                 self._say_lost()  # it found nothing: the list had expired, or held none
             self._settle()
+
+    def _refused(self, key: bytes, error: bytes) -> None:
+        """Redis refused the pop of one channel's list (a key of another type there): the
+        pop took nothing; only that channel's receivers fail, the others' pop goes on."""
+        err = RedisCommandError(error.decode(errors="replace"))
+        self._last_error = err
+        logger.error("Blocking pop of %s failed: %s", key.decode(errors="replace"), err)
+        self._fail(err, key.decode())
 
     def _past_window(self) -> bool:
         """Whether a recovery came after the window: OVERDUE's, or LOST's whose window closed

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ._backoff import Backoff
 from ._connection import connect_to_master, scripts_refused
@@ -46,7 +47,14 @@ logger = logging.getLogger("channels_ha.reader")
 
 KeysFn = Callable[[], list[str]]
 DeliverFn = Callable[[str, list[bytes]], None]
-FailFn = Callable[[Exception], None]
+
+
+class FailFn(Protocol):
+    """Fails the receivers waiting on what the reader pops, or only on the list ``key``."""
+
+    def __call__(self, error: Exception, key: str | None = None) -> None: ...
+
+
 # Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
 UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
 

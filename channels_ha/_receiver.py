@@ -97,8 +97,11 @@ class Receiver:
     def _start_reader(self, index: int, specific: bool) -> BlockingReader:
         shard, deliveries = self._shards[index], self.deliveries
 
-        def fail(error: Exception) -> None:
-            deliveries.fail_waiters(index, error, specific)
+        def fail(error: Exception, key: str | None = None) -> None:
+            if key is None:
+                deliveries.fail_waiters(index, error, specific)
+            else:
+                deliveries.fail_list(key, error)
 
         core = self.core
         if specific:

@@ -387,7 +387,10 @@ return 1
 # KEYS: [1] the reader's in-flight list, then n channel lists, then their n wake streams.
 # ARGV: [1] count, [2] in-flight ttl (ms), [3] '1' to recover (the first call on a connection).
 # Returns: {1, list, elements} popped; {2, list, elements} the in-flight batch, recovered
-# (kept: its reply may be lost too); {0, ids} nothing, with each wake stream's last id.
+# (kept: its reply may be lost too); {0, ids} nothing, with each wake stream's last id;
+# {3, list, error} nothing, Redis refused the pop of that list (WRONGTYPE: something else
+# wrote a key there; NOPERM for that key): only that channel's receivers fail, as they would
+# with a pop of their own.
 # Allowed past maxmemory, as a plain pop is: it moves what it pops, and frees the last batch.
 POP_NORMAL = Script(
     "pop_normal",
@@ -401,7 +404,8 @@ redis.call('DEL', KEYS[1])  -- acknowledged: this call comes after the last one'
 -- The first list with messages, in order, as LMPOP would take it; one key at a time, since
 -- Lua cannot pass more than ~8,000 arguments to one call (unpack).
 for i = 2, n + 1 do
-  local popped = redis.call('LPOP', KEYS[i], ARGV[1])
+  local popped = redis.pcall('LPOP', KEYS[i], ARGV[1])
+  if type(popped) == 'table' and popped.err then return {3, KEYS[i], popped.err} end
   if popped then
     redis.call('RPUSH', KEYS[1], KEYS[i], unpack(popped))
     redis.call('PEXPIRE', KEYS[1], ARGV[2])

@@ -88,3 +88,21 @@ async def test_a_foreign_key_fails_only_the_receivers_of_its_reader(
         await asyncio.wait_for(layer.receive("poisoned"), RECEIVE_TIMEOUT_S)
     await layer.send(specific, {"type": "still waited for"})
     assert await asyncio.wait_for(waiting, RECEIVE_TIMEOUT_S) == {"type": "still waited for"}
+
+
+async def test_a_foreign_key_fails_only_the_receivers_of_its_channel(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """A key of another type under a normal channel's name fails that channel's receive()
+    only: a receiver already waiting on another normal channel, popped by the same reader
+    in the same request, goes on waiting and gets its message (seen: WRONGTYPE for it too,
+    and for every normal channel's receiver of the process while one waited on the key)."""
+    master_client.set(KeyLayout(layer.prefix).channel("poisoned"), "not a list")
+    healthy = asyncio.create_task(layer.receive("healthy"))
+    await receivers_waiting(layer, "healthy")
+    for _ in range(2):  # and again: a receiver trying once more fails alone as well
+        with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+            await asyncio.wait_for(layer.receive("poisoned"), RECEIVE_TIMEOUT_S)
+    assert not healthy.done()
+    await layer.send("healthy", {"type": "still waited for"})
+    assert await asyncio.wait_for(healthy, RECEIVE_TIMEOUT_S) == {"type": "still waited for"}
