@@ -47,7 +47,7 @@ from ._constants import (
     IDLE_RECOVERY_PAUSE_MAX_S,
 )
 from ._idle_recovery import IdleRecovery
-from ._in_flight import HandedOver
+from ._in_flight import HandedOver, log_expired, log_not_released
 from ._keys import wake_stream
 from ._lost_replies import Sent
 from ._reader import BlockingReader, some_keys
@@ -61,10 +61,6 @@ logger = logging.getLogger("channels_ha.reader")
 _EMPTY, _POPPED, _RECOVERED, _REFUSED = 0, 1, 2, 3  # POP_NORMAL's reply tags
 _BLOCK_MS = int(BLOCKING_POP_TIMEOUT_S * 1000)
 _MAX_RELEASE_CALLS = 4  # at close: a recovery and a deletion, each again after a lost reply
-_UNSURE = (  # in_flight_lost, OVERDUE's reply lost: the list may have outlived the window
-    ", unless the list still held it for the last recovery, whose reply was lost too "
-    "(a later recovery may then bring it back)"
-)
 
 
 class _State(enum.Enum):
@@ -374,17 +370,8 @@ class NormalReader(BlockingReader):
     def _say_lost(self, unsure: bool = False) -> None:
         """The in-flight list expired: a batch whose reply was lost (LOST, OVERDUE) went with
         it; ``unsure``, unless OVERDUE's last recovery, its reply lost, still found it."""
-        if self._state is not _LOST and self._state is not _OVERDUE:
-            return
-        last = f"; last error: {self._last_error}" if self._last_error else ""
-        logger.error(
-            "A batch popped from a normal channel whose reply was lost could not be "
-            "recovered before its in-flight list %s expired%s; it is lost%s",
-            self._in_flight,
-            last,
-            _UNSURE if unsure else "",
-            extra={"event": "in_flight_lost"},
-        )
+        if self._state is _LOST or self._state is _OVERDUE:
+            log_expired(self._in_flight, self._last_error, unsure)
 
     def nudge(self) -> None:
         super().nudge()
@@ -501,13 +488,4 @@ class NormalReader(BlockingReader):
             self._client = None
 
     def _not_released(self, reason: str) -> None:
-        if self._owes_nothing():  # all of it handed over: the list expires by itself
-            logger.info("Could not delete %s at close (%s)", self._in_flight, reason)
-            return
-        logger.error(
-            "A batch popped from a normal channel whose reply was lost could not be "
-            "recovered before close() (%s); it stays in %s until it expires, and is lost",
-            reason,
-            self._in_flight,
-            extra={"event": "in_flight_lost"},
-        )
+        log_not_released(self._in_flight, reason, owed=not self._owes_nothing())

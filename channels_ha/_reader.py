@@ -17,7 +17,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from ._backoff import Backoff
 from ._connection import connect_to_master, scripts_refused
@@ -25,8 +24,6 @@ from ._constants import (
     BLOCKING_POP_TIMEOUT_S,
     CLOSE_RETURN_TIMEOUT_S,
     FAILURE_LOG_INTERVAL_S,
-    UNBLOCK_RETRY_FIRST_S,
-    UNBLOCK_RETRY_MAX_S,
 )
 from ._lost_replies import LostReplies, Sent
 from ._resp import FutureSink, pack
@@ -41,22 +38,14 @@ from ._server import (
 )
 from ._stats import ShardStats
 from ._throttle import LogThrottle
+from ._unblock import UnblockFn, unblock
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.reader")
 
 KeysFn = Callable[[], list[str]]
 DeliverFn = Callable[[str, list[bytes]], None]
-
-
-class FailFn(Protocol):
-    """Fails the receivers waiting on what the reader pops, or only on the list ``key``."""
-
-    def __call__(self, error: Exception, key: str | None = None) -> None: ...
-
-
-# Sends CLIENT UNBLOCK for a reader connected to this server (None: cannot reach it now).
-UnblockFn = Callable[[ServerInfo], "asyncio.Future[object] | None"]
+FailFn = Callable[[Exception, "str | None"], None]  # every receiver waiting, or of one list
 
 
 class BlockingReader:
@@ -222,7 +211,7 @@ class BlockingReader:
             try:
                 client = await self._connection()
             except (RedisUnavailable, RedisCommandError) as err:
-                self._fail(err)  # the receivers waiting hear of it now, not after a pause
+                self._fail(err, None)  # the receivers waiting hear of it now, not after a pause
                 await self._not_connected(err)
                 return
             keys = self._keys()  # seconds may have passed: a channel may be giving back now
@@ -337,7 +326,7 @@ class BlockingReader:
             self._client = None
         else:  # about the command (WRONGTYPE, NOPERM...): the connection itself is fine
             logger.error("Blocking pop failed: %s", err)
-            self._fail(err)
+            self._fail(err, None)
             # Only receivers that call again see this again: a short pause, not the growing
             # one of reconnecting, which nothing would reset while the connection is kept.
             self._backoff.reset()
@@ -438,8 +427,7 @@ class BlockingReader:
         """At the end, after the request in flight is collected, before disconnecting."""
 
     def _cut_short(self) -> None:
-        """The end was cancelled before ``_release`` was over: what it would have recovered
-        is not (a subclass logs it)."""
+        """The end was cancelled before ``_release`` was over (a subclass logs the loss)."""
 
     async def _start_over(self) -> None:
         """After an unexpected error: collects the pop in flight (its reply may hold messages
@@ -454,30 +442,10 @@ class BlockingReader:
 
     # -- stopping ------------------------------------------------------------------------
 
-    def _unblock(self, retry_in_s: float = UNBLOCK_RETRY_FIRST_S) -> None:
-        """Ends the request in flight early. CLIENT UNBLOCK goes over another connection and
-        can reach the server before the request it means (answering 0: nothing blocked), as
-        when keys change right after a pop was answered: it is then sent again, with a
-        growing pause, for as long as that request is unanswered (at most the pop limit,
-        which the watchdog enforces), rather than leaving it blocked for its timeout."""
-        pending = self._pending
-        if pending is None or self._server is None:
-            return
-        unblocked = self._unblock_via(self._server)
-        if unblocked is None:
-            return
-
-        def again() -> None:
-            if self._pending is pending and not pending.done():
-                self._unblock(min(2 * retry_in_s, UNBLOCK_RETRY_MAX_S))
-
-        def answered(future: asyncio.Future[object]) -> None:
-            if future.cancelled() or future.exception() is not None or future.result() != 0:
-                return
-            if self._pending is pending and not pending.done() and not self._loop.is_closed():
-                self._loop.call_later(retry_in_s, again)
-
-        unblocked.add_done_callback(answered)
+    def _unblock(self) -> None:
+        """Ends the request in flight early (see ``_unblock``)."""
+        if self._pending is not None and self._server is not None:
+            unblock(self._unblock_via, self._server, self._pending, lambda: self._pending)
 
     async def _finish_pending(self) -> None:
         """Collects the reply of a pop in flight, so that no popped message is lost."""
@@ -492,33 +460,26 @@ class BlockingReader:
             self._hand_over(pending.result())
 
     async def _disconnect(self) -> None:
-        client, self._client = self._client, None
+        client = self._client  # kept while it closes: abort() drops it, no clean close waited
         if client is not None and client.protocol is not None:
-            try:
-                await client.protocol.aclose()
-            except asyncio.CancelledError:  # (abort()): not waiting for a clean close either
-                client.protocol.abort()
-                raise
+            await client.protocol.aclose()
+        self._client = None
 
     async def close(self) -> None:
-        """Stops popping; messages popped meanwhile are still delivered. Idempotent: a call
-        after another (or after abort()) waits for the same end."""
+        """Stops popping; messages popped meanwhile are still delivered. Idempotent."""
         ending = self._stop()
         if ending is not None:
             # asyncio.wait, unlike gather, does not cancel the task if this caller is cancelled.
             await asyncio.wait({ending})
 
     def abort(self) -> None:
-        """close() itself was cancelled: ends without waiting for Redis any more. The
-        connection goes at once, with the reply of a pop in flight (a normal channel's batch
-        stays in the in-flight list, logged lost; an inbox pop's, if any of it had arrived,
-        is logged too), and nothing is recovered. close() then waits a loop turn or two."""
+        """close() itself was cancelled: ends without waiting for Redis. The connection goes
+        at once, with the reply of a pop in flight (logged lost), and nothing is recovered."""
         self._hurried = True
         self.drop_connection("the channel layer's close() was cancelled")
-        ending_already = self._stopping
         ending = self._stop()
-        if ending is not None and ending_already and not ending.done():
-            ending.cancel()  # its end may be waiting for a reply, or for a master
+        if ending is not None and self._stopping:  # (not cancelled by _stop(): in its end,
+            ending.cancel()  # it may be waiting for a reply, or for a master)
 
     def _stop(self) -> asyncio.Task[None] | None:
         """Cancels the loop, once (not its end: that collects the pop in flight); the task."""
