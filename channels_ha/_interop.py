@@ -23,7 +23,7 @@ from redis.retry import Retry
 from ._config import NodeAddress, RedisConfig, SentinelConfig
 from ._redis_kwargs import client_kwargs, connection_kwargs, sentinel_kwargs
 from ._redis_py_sentinel import RuledSentinel
-from ._settings_time import stop_at_settings_import
+from ._settings_time import reported_at_settings_import
 from ._sources import load_config
 from .exceptions import ConfigurationError
 
@@ -58,9 +58,9 @@ def channel_layers(
     """A ``CHANNEL_LAYERS`` setting; the config is read from the environment when omitted.
 
     channels_redis layers get ``hosts`` (one entry); any other backend gets ``config``.
-    Raises ConfigurationError (in settings.py: stops the process with the message).
+    Raises ConfigurationError (in settings.py, uncaught, printed as its message alone).
     """
-    with stop_at_settings_import("channel_layers"):
+    with reported_at_settings_import("channel_layers"):
         config = load_config() if config is None else config
         if backend.startswith(_CHANNELS_REDIS):
             ours: dict[str, Any] = {"hosts": [config.to_channels_redis_host()]}
@@ -86,9 +86,9 @@ def caches(
     ``cache_params`` are Django's own keys (``TIMEOUT``, ``KEY_PREFIX``, ``VERSION``,
     ``OPTIONS``...); the config goes into ``OPTIONS``, so the cache and the channel layer
     share one validated configuration. A bad ``OPTIONS`` key raises ConfigurationError now
-    (in settings.py: stops the process with the message), not at the first cache call.
+    (in settings.py, uncaught, printed as its message alone), not at the first cache call.
     """
-    with stop_at_settings_import("caches"):
+    with reported_at_settings_import("caches"):
         config = load_config() if config is None else config
         options = cache_params.pop("OPTIONS", None) or {}
         if isinstance(options, Mapping):
@@ -106,13 +106,12 @@ def caches(
 def _check_cache_entry(entry: Mapping[str, Any]) -> None:
     """Raises what the OPTIONS of a channels-ha cache entry would raise at its first call.
     Pure: TLS files are read when the cache is built (a Docker build running collectstatic
-    imports the settings without them), and checked by channels_ha.E003."""
-    from django.utils.module_loading import import_string
+    imports the settings without them), and checked by channels_ha.E003. Another backend,
+    a subclass included, is not imported here: it may need the app registry, not ready
+    while settings load."""
+    if entry["BACKEND"] == DEFAULT_CACHE_BACKEND:
+        from .cache import cache_config
 
-    from .cache import RedisCache, cache_config
-
-    backend = import_string(entry["BACKEND"])
-    if isinstance(backend, type) and issubclass(backend, RedisCache):
         cache_config("", entry["OPTIONS"])
 
 

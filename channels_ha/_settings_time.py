@@ -1,12 +1,15 @@
 """A configuration error met while Django imports the settings module: a message, not a traceback.
 
 ``load_config()``, ``channel_layers()`` and ``caches()`` are called at the top of settings.py,
-so that a typo stops the process at startup instead of failing the first WebSocket. Raised
-there, a ConfigurationError reaches the user as a traceback from whatever imported the
-settings (manage.py, uvicorn, gunicorn, Celery), its message on the last line. So there, and
-only there, it becomes a SystemExit carrying the message: the process stops with status 1
-and the message alone. Called from anywhere else (a test, a script), the functions raise
-ConfigurationError as documented.
+so that a typo stops the process at startup instead of failing the first WebSocket. There the
+ConfigurationError is still raised, as anywhere: settings may catch it (a fallback layer for
+a Docker build), and a server that boots workers tells a failed boot from an exit by the
+exception (gunicorn stops on "Worker failed to boot", and would boot a worker again and
+again after a SystemExit). But left uncaught, it would reach the user as ~40 lines of
+traceback through manage.py or uvicorn, the message on the last line. So it is raised
+without the parser's frames, and the first time one is raised there this process's
+``sys.excepthook`` learns to print such an error, uncaught, as its message alone; every
+other exception goes to the hook that was there before.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
 
 from .exceptions import ConfigurationError
 
 _MAX_FRAMES = 200  # the import of a settings module is never deeper than this
+
+
+class _SettingsError(ConfigurationError):
+    """A ConfigurationError raised while settings were imported (the hook prints it)."""
 
 
 def settings_module_loading() -> str | None:
@@ -39,15 +47,34 @@ def settings_module_loading() -> str | None:
 
 
 @contextmanager
-def stop_at_settings_import(function: str) -> Iterator[None]:
-    """Re-raises a ConfigurationError as SystemExit(message) while settings are imported."""
+def reported_at_settings_import(function: str) -> Iterator[None]:
+    """Raises a ConfigurationError met while settings are imported so that, uncaught, it
+    prints as its message and where it came from (see the module's docstring)."""
     try:
         yield
+    except _SettingsError:
+        raise  # (an inner call already made it one)
     except ConfigurationError as err:
         module = settings_module_loading()
         if module is None:
             raise
-        raise SystemExit(
+        _install_hook()
+        raise _SettingsError(
             f"{err}\n(channels_ha.{function}() in the settings module {module}; "
             "`channels-ha check` shows what the environment parses to.)"
         ) from None
+
+
+def _install_hook() -> None:
+    previous = sys.excepthook
+    if getattr(previous, "_channels_ha", False):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        if isinstance(error, _SettingsError):
+            print(error, file=sys.stderr)
+        else:
+            previous(kind, error, trace)
+
+    hook._channels_ha = True  # type: ignore[attr-defined]
+    sys.excepthook = hook

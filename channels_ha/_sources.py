@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from ._config import RedisConfig
 from ._options import IGNORED_KEYS, KNOWN_KEYS, Source, build_config, check_keys
-from ._settings_time import stop_at_settings_import
+from ._settings_time import reported_at_settings_import
 from ._url import parse_url, redact_url, url_options
 from .exceptions import ConfigurationError
 
@@ -179,9 +179,9 @@ def load_config(
 ) -> RedisConfig:
     """The validated configuration from code values or the environment (``os.environ``).
 
-    Raises ConfigurationError; called while Django imports the settings module, stops the
-    process with the message instead (``_settings_time``)."""
-    with stop_at_settings_import("load_config"):
+    Raises ConfigurationError; raised while Django imports the settings module and left
+    uncaught, it prints as its message alone (``_settings_time``)."""
+    with reported_at_settings_import("load_config"):
         source = select_source(url=url, connection_config=connection_config, environ=environ)
         config = source.parse()
     _announce(source, config)

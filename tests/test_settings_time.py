@@ -1,5 +1,6 @@
-"""A bad Redis configuration met while Django imports settings.py: one clear message and
-status 1, never a traceback or a password; anywhere else, ConfigurationError as documented."""
+"""A bad Redis configuration met while Django imports settings.py: ConfigurationError, as
+anywhere, which settings may catch; uncaught, one clear message and status 1, never a
+traceback or a password."""
 
 from __future__ import annotations
 
@@ -87,6 +88,43 @@ def test_settings_split_over_modules_are_recognised(tmp_path: Path) -> None:
     (package / "production.py").write_text("from .base import *  # noqa: F403\n")
     result = _manage(tmp_path, "mysite.settings.production", "check", REDIS_URL=BAD_URL)
     _clean_failure(result, "unknown query parameter", "mysite.settings.production")
+
+
+def test_settings_can_catch_the_error_and_fall_back(tmp_path: Path) -> None:
+    """A settings module may catch it (a fallback layer for a Docker build): it is the
+    ConfigurationError it is anywhere, not an exit (seen with an earlier SystemExit: the
+    settings never loaded, status 1)."""
+    body = (
+        "try:\n"
+        "    CHANNEL_LAYERS = channels_ha.channel_layers()\n"
+        "except channels_ha.ConfigurationError:\n"
+        '    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}\n'
+        "    print('falling back')\n"
+    )
+    (tmp_path / "mysite_settings.py").write_text(SETTINGS_HEAD + body)
+    show = "from django.conf import settings; print(settings.CHANNEL_LAYERS['default']['BACKEND'])"
+    result = _manage(tmp_path, "mysite_settings", "shell", "-c", show, REDIS_URL=BAD_URL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "falling back", result.stdout
+    assert lines[-1] == "channels.layers.InMemoryChannelLayer", result.stdout
+
+
+def test_caches_leaves_a_custom_backend_unimported(tmp_path: Path) -> None:
+    """A backend of the project's own may import models, which the app registry cannot give
+    while settings load: caches() leaves importing it to Django (seen: AppRegistryNotReady
+    at settings import)."""
+    (tmp_path / "mycache.py").write_text(
+        "from django.contrib.contenttypes.models import ContentType  # noqa: F401\n"
+        "from channels_ha.cache import RedisCache\n\n\n"
+        "class MyCache(RedisCache):\n"
+        "    pass\n"
+    )
+    (tmp_path / "mysite_settings.py").write_text(
+        SETTINGS_HEAD + 'CACHES = channels_ha.caches(backend="mycache.MyCache")\n'
+    )
+    result = _manage(tmp_path, "mysite_settings", "check", REDIS_URL="redis://127.0.0.1:9/0")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_sound_variable_passes(tmp_path: Path) -> None:
