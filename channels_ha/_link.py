@@ -142,7 +142,12 @@ class CommandLink:
         """Queues a request made elsewhere (the Cluster router's); ``asking`` prefixes ASKING."""
         if asking:
             # slot -2: an internal request that a router drops instead of re-routing.
-            self.submit_request(Request(pack("ASKING"), self._settings.failover_timeout_s, -2))
+            asking_request = Request(pack("ASKING"), self._settings.failover_timeout_s, -2)
+            # Nobody awaits it: its error (the target's link failed; the real request's
+            # caller hears of that) is read here, or asyncio logs "Future exception was never
+            # retrieved" for each one (seen: 22 for one send while an ASK target was down).
+            asking_request.future.add_done_callback(_read_outcome)
+            self.submit_request(asking_request)
         if self._usable and self._holding is None:
             if not self._write(request):
                 self._lost_unwritten(deque([request]))
@@ -369,3 +374,9 @@ class CommandLink:
         await self._watch.close()
         if self._protocol is not None:
             await self._protocol.aclose()
+
+
+def _read_outcome(future: asyncio.Future[object]) -> None:
+    """Marks the outcome of a future nobody awaits as read."""
+    if not future.cancelled():
+        future.exception()

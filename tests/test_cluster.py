@@ -548,6 +548,31 @@ async def test_an_ask_target_that_owns_no_slot_keeps_one_link_through_map_reads(
     assert retired_nodes(caplog) == [address]
 
 
+async def test_an_ask_target_that_died_leaves_no_unread_error_behind(
+    cluster: ClusterTopology, make_layer: LayerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A send redirected with ASK to a node that died fails at failover_timeout; the ASKING
+    written before each attempt fails with it, and nobody awaits that one: it must leave no
+    "Future exception was never retrieved" behind (seen: 21 for one send with
+    failover_timeout 3)."""
+    layer = make_layer(cluster, failover_timeout=3)
+    channel = "ask.orphan"
+    await layer.send(channel, {"type": "before"})
+    slot = slot_of(KeyLayout(layer.prefix).channel(channel))
+    target = await cluster.aadd_master()
+    await cluster.amigrate_slot(slot, target, finish=False)
+    await layer.send(channel, {"type": "asked"})  # ASK to the target, which answers
+    target.kill()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with pytest.raises(RedisUnavailable):
+            await layer.send(channel, {"type": "during"})
+        await layer.close()
+        gc.collect()  # an unread exception is reported when its future is collected
+        await asyncio.sleep(0)
+    unread = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert not unread, f"{len(unread)} exceptions never retrieved"
+
+
 RESHARD_RETIRE_WAIT_S = 20.0  # a master a reshard emptied loses the link within this
 
 
