@@ -111,14 +111,19 @@ class SlotMap:
     owners: tuple[str | None, ...]
     masters: frozenset[str]
     first_slots: Mapping[str, int]  # each master's first slot (where its epoch key lives)
+    # Each master's replicas: who else can say whether a master that answers late still
+    # owns its slots (a router may know no other master).
+    replicas: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, owners: Sequence[str | None]) -> SlotMap:
+    def of(
+        cls, owners: Sequence[str | None], replicas: Mapping[str, frozenset[str]] | None = None
+    ) -> SlotMap:
         first_slots: dict[str, int] = {}
         for slot, owner in enumerate(owners):
             if owner is not None:
                 first_slots.setdefault(owner, slot)
-        return cls(tuple(owners), frozenset(first_slots), first_slots)
+        return cls(tuple(owners), frozenset(first_slots), first_slots, dict(replicas or {}))
 
 
 @dataclass(eq=False)

@@ -6,7 +6,9 @@ connection still moves: a large request draining into a slow link, or a large re
 is progress, not a hang. Past ``SUSPECT_AFTER_S`` the deployment is asked whether the server
 is still the master; a late reply meanwhile may come from a frozen master that just woke up
 and does not know yet that it was replaced, so it and the replies after it are held until the
-deployment has answered (see :meth:`ReplyWatch.hold`).
+deployment has answered (see :meth:`ReplyWatch.hold`). If nobody can answer (no sentinel, no
+other Cluster node), they are taken after ``reply_timeout``, as a single node's would be:
+leaving would only write the requests to the same server again.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ logger = logging.getLogger("channels_ha.link")
 
 SUSPECT_AFTER_S = 0.5  # a reply this late: check that the server is still the master
 SUSPECT_INTERVAL_S = 0.25  # and check again this often until reply_timeout
+# Questions to the deployment beyond one per SUSPECT_INTERVAL_S: a doubt that began while
+# one was under way asks again at once.
+_MORE_ASKS = 8
 
 
 class ReplyWatch:
@@ -156,25 +161,40 @@ class ReplyWatch:
             still_master = await self._ask_deployment()
         finally:
             self._verifying = None
-        if still_master:
-            self._release_doubt()
-        elif still_master is False or self.doubt is not None:
-            # Moved, or unknown while late replies wait: writing again is safe (receivers
-            # and the PUSH script drop the copy), accepting a doomed reply is not.
+        if still_master is False:
+            # Writing again is safe (receivers and the PUSH script drop the copy), accepting
+            # a doomed reply is not.
             self._drop("the master moved while this one stopped answering")
+        elif self.doubt is not None:
+            # Still the master, or nobody could tell for reply_timeout: then the replies are
+            # taken as a single node's are. Dropping the connection would write the requests
+            # to the same server again, where they ran already, and be late again (seen on a
+            # Cluster with nobody else to ask: a 0.7 s command run 9 times, never answered).
+            self._release_doubt()
 
     async def _ask_deployment(self) -> bool | None:
-        """Whether this server is still the master, asked after any doubt began."""
+        """Whether this server is still the master, asked after any doubt began; None if
+        nobody could tell. While late replies are held, a failed question is asked again
+        every ``SUSPECT_INTERVAL_S`` until ``reply_timeout`` after the doubt began."""
         assert self._verify is not None
-        while True:
+        for _ in range(int(self._settings.reply_timeout_s / SUSPECT_INTERVAL_S) + _MORE_ASKS):
             asked_at = time.monotonic()
             try:
                 still_master = await self._verify()
             except (ConnectionLost, RedisCommandError) as err:
                 logger.debug("Could not check where the master is: %s", err)
-                return None
+                if not self._unsettled_doubt():
+                    return None
+                await asyncio.sleep(SUSPECT_INTERVAL_S)  # pacing the questions
+                continue
             if self.doubt is None or self._doubt_since < asked_at:
                 return still_master
+        return None
+
+    def _unsettled_doubt(self) -> bool:
+        """Whether late replies are held, for less than ``reply_timeout`` yet."""
+        held_s = time.monotonic() - self._doubt_since
+        return self.doubt is not None and held_s < self._settings.reply_timeout_s
 
     def _release_doubt(self) -> None:
         doubt, self.doubt = self.doubt, None

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from typing import cast
+from collections.abc import Mapping
+from typing import NamedTuple, cast
 
 from redis.crc import key_slot
 
@@ -50,21 +51,32 @@ def redirect_target(reply: str) -> str:
     return reply.split()[2]
 
 
-async def read_owners(
-    candidates: list[Endpoint], settings: ServerSettings
-) -> tuple[Owners, float | None]:
-    """The owners most ``candidates`` name, and how long it took most of them to answer
-    (None: they never did, see ``_ask_all``). Raises ConnectionLost if none gave a map."""
+Replicas = Mapping[str, frozenset[str]]  # each master's replicas (``host:port``)
+
+
+class MapRead(NamedTuple):
+    """What a read of the slot map from several nodes found."""
+
+    owners: Owners  # the owners most nodes named
+    quorum_s: float | None  # how long it took most of them to answer (None: they never did)
+    replicas: Replicas  # each master's replicas, as any answer named them
+
+
+async def read_owners(candidates: list[Endpoint], settings: ServerSettings) -> MapRead:
+    """The owners most ``candidates`` name, how long it took most of them to answer (see
+    ``_ask_all``), and the replicas the answers name. Raises ConnectionLost if none gave a
+    map."""
     answers, quorum_s = await _ask_all(candidates, settings)
-    maps = [
-        parse_slots(endpoint, answer)
-        for endpoint, answer in answers.items()
-        if isinstance(answer, list)
-    ]
-    if not maps:
+    replies = [(where, answer) for where, answer in answers.items() if isinstance(answer, list)]
+    if not replies:
         errors = "; ".join(f"{where.describe()}: {answer}" for where, answer in answers.items())
         raise ConnectionLost(f"no cluster node gave its slot map ({errors})")
-    return _majority(maps), quorum_s
+    maps = [parse_slots(where, reply) for where, reply in replies]
+    replicas: dict[str, set[str]] = {}
+    for where, reply in replies:
+        for master, named in parse_replicas(where, reply).items():
+            replicas.setdefault(master, set()).update(named)
+    return MapRead(_majority(maps), quorum_s, {m: frozenset(r) for m, r in replicas.items()})
 
 
 async def _ask_all(
@@ -138,9 +150,24 @@ def parse_slots(asked: Endpoint, reply: list[list[object]]) -> Owners:
     """``CLUSTER SLOTS`` as the owner (``host:port``) of each slot."""
     owners: Owners = [None] * SLOTS
     for start, end, master, *_ in reply:
-        host, port = cast(list[bytes], master)[:2]
         first, last = cast(int, start), cast(int, end)
-        owners[first : last + 1] = [node_address(host.decode() or asked.host, int(port))] * (
-            last - first + 1
-        )
+        owners[first : last + 1] = [_node_of(asked, master)] * (last - first + 1)
     return owners
+
+
+def parse_replicas(asked: Endpoint, reply: list[list[object]]) -> dict[str, set[str]]:
+    """``CLUSTER SLOTS`` as the replicas of each master: the nodes that can tell whether a
+    master still owns its slots when no other master is known (a replica that took over
+    says so)."""
+    replicas: dict[str, set[str]] = {}
+    for _, _, master, *others in reply:
+        named = replicas.setdefault(_node_of(asked, master), set())
+        named.update(_node_of(asked, replica) for replica in others)
+    return replicas
+
+
+def _node_of(asked: Endpoint, entry: object) -> str:
+    """A node entry of ``CLUSTER SLOTS`` (``[host, port, id, ...]``) as ``host:port``; an
+    empty host is the asked node's (a node that does not know its own address)."""
+    host, port = cast(list[bytes], entry)[:2]
+    return node_address(host.decode() or asked.host, int(port))

@@ -650,3 +650,80 @@ async def test_a_send_a_woken_old_master_acknowledged_is_written_again(
         victim.resume()
     assert received["type"] == "acknowledged"
     assert [r for r in caplog.records if getattr(r, "event", None) == "replayed"]
+
+
+SLOW_COMMAND_S = 0.7  # over SUSPECT_AFTER_S: its reply is late, and held until checked
+
+
+async def slow_then_counted(router: ClusterRouter, key: str) -> tuple[list[object], float]:
+    """A command slower than SUSPECT_AFTER_S, and an INCR of ``key`` written right behind
+    it (its reply held with the slow one's); their replies, and how long they took."""
+    started = time.monotonic()
+    slow = router.submit("DEBUG", "SLEEP", str(SLOW_COMMAND_S), key=key)
+    counted = router.submit("INCR", key, key=key)
+    replies = await asyncio.wait_for(asyncio.gather(slow, counted), 20)
+    return replies, time.monotonic() - started
+
+
+async def test_a_slow_command_is_answered_when_the_router_knows_one_node(
+    cluster: ClusterTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given only the slot's master, the router asks the other masters of its slot map
+    whether that master still owns the slot, and takes the late reply. Seen: nobody else
+    was asked, so the connection was dropped and the commands written again, late again,
+    until failover_timeout (the INCR ran 9 times, RedisUnavailable after 6.4 s)."""
+    key = "{slow}counted"
+    master = await cluster.anode_for_slot(slot_of(key))
+    stats = ShardStats()
+    settings = ServerSettings(failover_timeout_s=6.0)
+    router = ClusterRouter(
+        [Endpoint(master.host, master.port)], settings, stats, lambda _: None, lambda: None
+    )
+    try:
+        await router.submit("SET", key, "0", key=key)
+        with caplog.at_level(logging.INFO, logger="channels_ha"):
+            replies, took = await slow_then_counted(router, key)
+    finally:
+        await router.close(1.0)
+    assert replies == [b"OK", 1], "the INCR ran again"
+    assert took < SLOW_COMMAND_S + 1.0, f"answered after {took:.1f} s"
+    assert stats.reconnects == 0
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "connection_dropped"]
+
+
+async def test_a_slow_command_is_answered_once_when_nobody_else_answers(
+    cluster: ClusterTopology,
+) -> None:
+    """No other node gives its slot map (each refuses CLUSTER SLOTS, as a node cut off
+    would fail to answer): nobody can say whether the master still owns the slot, and the
+    late replies are taken after reply_timeout, as a single node's would be, not dropped
+    and written again (seen: RedisUnavailable at failover_timeout, the INCR run at every
+    attempt)."""
+    key = "{slow}counted"
+    master = await cluster.anode_for_slot(slot_of(key))
+    others = [node for node in cluster.nodes if node is not master]
+    stats = ShardStats()
+    settings = ServerSettings(reply_timeout_s=1.5, failover_timeout_s=6.0)
+    router = ClusterRouter(
+        [Endpoint(master.host, master.port)], settings, stats, lambda _: None, lambda: None
+    )
+    try:
+        await router.submit("SET", key, "0", key=key)
+        await set_default_user(others, "-cluster|slots")
+        replies, took = await slow_then_counted(router, key)
+    finally:
+        await set_default_user(others, "+cluster|slots")
+        await router.close(1.0)
+    assert replies == [b"OK", 1], "the INCR ran again"
+    assert took < SLOW_COMMAND_S + settings.reply_timeout_s + 1.0, f"answered after {took:.1f} s"
+    assert stats.reconnects == 0
+
+
+async def set_default_user(nodes: list[RedisNode], *rules: str) -> None:
+    """``ACL SETUSER default`` with ``rules`` on each of ``nodes``."""
+    for node in nodes:
+        client = node.async_client()
+        try:
+            await client.execute_command("ACL", "SETUSER", "default", *rules)
+        finally:
+            await client.aclose()
