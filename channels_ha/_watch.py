@@ -11,7 +11,10 @@ Two windows lose writes during a Sentinel failover, and announcements close both
   it (``+failover-state-send-slaveof-noone``), so writes can wait for the new master instead.
 
 Only the sentinel leading a failover announces its steps, and any of them may lead, so the
-watch subscribes on every sentinel (one connection each per process).
+watch subscribes on every sentinel (one connection each per process). A sentinel may refuse
+(a Redis 7 ACL user, as ``sentinel_username``, has no channel permission unless granted one):
+the layer still works, noticing failovers later by other means (replies that stop coming, the
+sentinels asked every 10 s), so the refusal is reported, and tried again once a minute.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ._constants import RECONNECT_BACKOFF_MAX_S
-from ._resp import Endpoint, FutureSink, open_connection, pack
+from ._resp import Endpoint, FutureSink, ReplyError, open_connection, pack
 from ._server import Credentials
+from ._throttle import LogThrottle
 from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError
 
@@ -38,6 +42,14 @@ FAILOVER_ABORTS = (
     "+failover-end-for-timeout",
 )
 WATCH_PING_INTERVAL_S = 5.0  # how often a quiet subscription checks its sentinel answers
+# A sentinel that refused the subscription is asked again this often (its permissions change
+# only when an operator grants them), and the refusal logged at most this often.
+REFUSED_RETRY_S = 60.0
+CHANNELS = (SWITCH_MASTER, FAILOVER_STARTS, *FAILOVER_ABORTS)
+
+
+class _Refused(RedisCommandError):
+    """A sentinel answered SUBSCRIBE with an error (a user without the channel permission)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,11 @@ class _Subscription(FutureSink):
         elif kind == b"subscribe":
             if not self._subscribed.done():
                 self._subscribed.set_result(None)
+        elif isinstance(reply, ReplyError) and not self._waiting:
+            # SUBSCRIBE refused (NOPERM): no future waits for its reply. Given to the reply
+            # queue, it raised IndexError in data_received, at every attempt.
+            if not self._subscribed.done():
+                self._subscribed.set_exception(_Refused(str(reply)))
         else:
             super().on_reply(reply)
 
@@ -102,6 +119,7 @@ class SentinelWatch:
         self._tasks: list[asyncio.Task[None]] = []
         self._listening: set[Endpoint] = set()
         self._all_listening = asyncio.Event()
+        self._refusals = LogThrottle(REFUSED_RETRY_S)
 
     async def subscribed(self) -> None:
         """Waits until every sentinel has confirmed the subscription (what a test that
@@ -116,11 +134,40 @@ class SentinelWatch:
     async def _watch(self, sentinel: Endpoint) -> None:
         """Keeps one sentinel subscribed, for as long as the watch runs."""
         while True:
+            pause_s = RECONNECT_BACKOFF_MAX_S  # the sentinel is gone: pace retries
             try:
                 await self._listen(sentinel)
+            except _Refused as err:
+                self._refused(sentinel, err)
+                pause_s = REFUSED_RETRY_S
             except (ConnectionLost, RedisCommandError) as err:
                 logger.debug("Sentinel watch on %s ended: %s", sentinel.describe(), err)
-            await asyncio.sleep(RECONNECT_BACKOFF_MAX_S)  # the sentinel is gone: pace retries
+            await asyncio.sleep(pause_s)
+
+    def _refused(self, sentinel: Endpoint, err: _Refused) -> None:
+        """Says, at most once a minute, which user lacks which permission: a refusal
+        repeats at every attempt, on every sentinel, until an operator grants it."""
+        count = self._refusals.due()
+        if not count:
+            return
+        username = self._credentials.username
+        user = f"sentinel_username {username!r}" if username else "the default user"
+        grant = " ".join(f"&{channel}" for channel in CHANNELS)
+        logger.warning(
+            "Sentinel %s refuses to let %s subscribe to its failover announcements (%s). "
+            "Without them failovers are noticed later (by replies that stop coming, and by "
+            "asking the sentinels every 10 s) and writes are not held during a handover. "
+            "Grant the channels on every sentinel: ACL SETUSER %s %s (or allchannels); "
+            "trying again every %d s (refusals since the last line: %d)",
+            sentinel.describe(),
+            user,
+            err,
+            username or "default",
+            grant,
+            REFUSED_RETRY_S,
+            count,
+            extra={"event": "sentinel_watch_refused", "refusals": count},
+        )
 
     async def _listen(self, sentinel: Endpoint) -> None:
         subscription = _Subscription(self._message)
@@ -145,7 +192,7 @@ class SentinelWatch:
         commands.append(("CLIENT", "SETNAME", self._client_name))
         for command in commands:
             await within(subscription.call(*command), self._connect_timeout_s)
-        subscribed = subscription.subscribe(SWITCH_MASTER, FAILOVER_STARTS, *FAILOVER_ABORTS)
+        subscribed = subscription.subscribe(*CHANNELS)
         await within(subscribed, self._connect_timeout_s)
 
     async def _stay_subscribed(self, subscription: _Subscription) -> None:
