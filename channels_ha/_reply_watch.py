@@ -6,9 +6,8 @@ connection still moves: a large request draining into a slow link, or a large re
 is progress, not a hang. Past ``SUSPECT_AFTER_S`` the deployment is asked whether the server
 is still the master; a late reply meanwhile may come from a frozen master that just woke up
 and does not know yet that it was replaced, so it and the replies after it are held until the
-deployment has answered (see :meth:`ReplyWatch.hold`). If nobody can answer (no sentinel, no
-other Cluster node), they are taken after ``reply_timeout``, as a single node's would be:
-leaving would only write the requests to the same server again.
+deployment has answered (see :meth:`ReplyWatch.hold`), asked again while nobody can tell,
+until ``reply_timeout``; then the connection is left, as for a master replaced.
 """
 
 from __future__ import annotations
@@ -161,16 +160,15 @@ class ReplyWatch:
             still_master = await self._ask_deployment()
         finally:
             self._verifying = None
-        if still_master is False:
-            # Writing again is safe (receivers and the PUSH script drop the copy), accepting
-            # a doomed reply is not.
-            self._drop("the master moved while this one stopped answering")
-        elif self.doubt is not None:
-            # Still the master, or nobody could tell for reply_timeout: then the replies are
-            # taken as a single node's are. Dropping the connection would write the requests
-            # to the same server again, where they ran already, and be late again (seen on a
-            # Cluster with nobody else to ask: a 0.7 s command run 9 times, never answered).
+        if still_master:
             self._release_doubt()
+        elif still_master is False or self.doubt is not None:
+            # Moved, or nobody could tell for reply_timeout while late replies wait (a
+            # partition that leaves this client only the master): writing again is safe
+            # (receivers and the PUSH script drop the copy), accepting a reply that a
+            # demotion may discard is not. (With nobody else at all to ask, the deployment
+            # is this server, and says so: a Cluster of one master, see _still_owner.)
+            self._drop("the master moved while this one stopped answering")
 
     async def _ask_deployment(self) -> bool | None:
         """Whether this server is still the master, asked after any doubt began; None if

@@ -9,6 +9,7 @@ arrived exactly once, with no exception raised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -691,32 +692,31 @@ async def test_a_slow_command_is_answered_when_the_router_knows_one_node(
     assert not [r for r in caplog.records if getattr(r, "event", None) == "connection_dropped"]
 
 
-async def test_a_slow_command_is_answered_once_when_nobody_else_answers(
+async def test_late_replies_nobody_can_vouch_for_are_not_taken(
     cluster: ClusterTopology,
 ) -> None:
-    """No other node gives its slot map (each refuses CLUSTER SLOTS, as a node cut off
-    would fail to answer): nobody can say whether the master still owns the slot, and the
-    late replies are taken after reply_timeout, as a single node's would be, not dropped
-    and written again (seen: RedisUnavailable at failover_timeout, the INCR run at every
-    attempt)."""
+    """Guard: no other node gives its slot map (each refuses CLUSTER SLOTS, as nodes cut
+    off by a partition would not answer): whether the master still owns the slot is not
+    known for reply_timeout, and its late replies are not taken. The connection is left
+    and the requests written again (the layer's own writes are deduplicated; this raw INCR
+    is not), where a demoted master's acknowledgement could lose a message."""
     key = "{slow}counted"
     master = await cluster.anode_for_slot(slot_of(key))
     others = [node for node in cluster.nodes if node is not master]
     stats = ShardStats()
-    settings = ServerSettings(reply_timeout_s=1.5, failover_timeout_s=6.0)
+    settings = ServerSettings(reply_timeout_s=1.0, failover_timeout_s=3.0)
     router = ClusterRouter(
         [Endpoint(master.host, master.port)], settings, stats, lambda _: None, lambda: None
     )
     try:
         await router.submit("SET", key, "0", key=key)
         await set_default_user(others, "-cluster|slots")
-        replies, took = await slow_then_counted(router, key)
+        with contextlib.suppress(RedisUnavailable):
+            await slow_then_counted(router, key)
     finally:
         await set_default_user(others, "+cluster|slots")
         await router.close(1.0)
-    assert replies == [b"OK", 1], "the INCR ran again"
-    assert took < SLOW_COMMAND_S + settings.reply_timeout_s + 1.0, f"answered after {took:.1f} s"
-    assert stats.reconnects == 0
+    assert stats.reconnects >= 1, "late replies taken with nobody to vouch for the master"
 
 
 async def set_default_user(nodes: list[RedisNode], *rules: str) -> None:
