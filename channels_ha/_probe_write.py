@@ -54,6 +54,10 @@ async def check_write(reply: Awaitable[Any]) -> WriteCheck:
         await reply
     except redis.exceptions.NoPermissionError as err:
         return WriteCheck(None, f"the user may not write the probe key ({_reply_text(err)})")
+    except (redis.exceptions.AskError, redis.exceptions.MovedError) as err:
+        # (Response errors too.) The probe key's slot is migrating (a reshard moves a
+        # master's lowest slots first) or the map read moved on: the layer follows these.
+        return WriteCheck(None, f"the probe key's slot is moving ({_reply_text(err)})")
     except redis.exceptions.ResponseError as err:
         return WriteCheck(False, _reply_text(err))
     return WriteCheck(True)

@@ -9,7 +9,9 @@ again after a SystemExit). But left uncaught, it would reach the user as ~40 lin
 traceback through manage.py or uvicorn, the message on the last line. So it is raised
 without the parser's frames, and the first time one is raised there this process's
 ``sys.excepthook`` learns to print such an error, uncaught, as its message alone; every
-other exception goes to the hook that was there before.
+other exception goes to the hook that was there before. A child process of multiprocessing
+(uvicorn's ``--workers`` and ``--reload``) prints its errors without the hook: there it is a
+traceback whose last line is ``channels_ha.exceptions.ConfigurationError:`` and the message.
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ from .exceptions import ConfigurationError
 _MAX_FRAMES = 200  # the import of a settings module is never deeper than this
 
 
-class _SettingsError(ConfigurationError):
-    """A ConfigurationError raised while settings were imported (the hook prints it)."""
+_MARK = "_channels_ha_settings"  # on an error raised while settings were imported
 
 
 def settings_module_loading() -> str | None:
@@ -52,17 +53,19 @@ def reported_at_settings_import(function: str) -> Iterator[None]:
     prints as its message and where it came from (see the module's docstring)."""
     try:
         yield
-    except _SettingsError:
-        raise  # (an inner call already made it one)
     except ConfigurationError as err:
         module = settings_module_loading()
-        if module is None:
+        if module is None or getattr(err, _MARK, False):  # (an inner call made it one)
             raise
         _install_hook()
-        raise _SettingsError(
+        # A ConfigurationError by name in any traceback that prints it all the same (a
+        # multiprocessing child, uvicorn's --workers or --reload, gunicorn's log).
+        error = ConfigurationError(
             f"{err}\n(channels_ha.{function}() in the settings module {module}; "
             "`channels-ha check` shows what the environment parses to.)"
-        ) from None
+        )
+        setattr(error, _MARK, True)
+        raise error from None
 
 
 def _install_hook() -> None:
@@ -71,7 +74,7 @@ def _install_hook() -> None:
         return
 
     def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
-        if isinstance(error, _SettingsError):
+        if isinstance(error, ConfigurationError) and getattr(error, _MARK, False):
             print(error, file=sys.stderr)
         else:
             previous(kind, error, trace)

@@ -15,7 +15,8 @@ timeout raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error
 Redis refuses for its credentials or its ACL raises :class:`channels_ha.RedisCommandError` at
 once, naming the settings to fix, as the channel layer does, instead of redis-py's
 ``AuthenticationError`` or ``NoPermissionError``; so does one the sentinels turn away (a
-refused sentinel password, an unknown master name), by the layer's rule.
+refused sentinel password or ACL), by the layer's rule. A master name no sentinel knows is
+waited for, as by the layer (a deployment coming up), and named when the time is out.
 """
 
 from __future__ import annotations

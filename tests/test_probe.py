@@ -487,3 +487,37 @@ def test_check_connect_with_a_master_refusing_writes(
     assert "problem: the master 127.0.0.1:" in out
     assert "refuses writes (OOM command not allowed" in out
     assert out.rstrip().endswith("status: FAILED")
+
+
+def test_a_master_whose_probe_slot_is_migrating_is_not_a_problem(
+    redis_cluster: ClusterTopology,
+) -> None:
+    """Seen: status FAILED on a healthy Cluster during a reshard ("refuses writes (ASK ...)"):
+    the probe writes in the master's first slot, the one a reshard moves first, and Redis
+    answers ASK for a key that is not there. The layer follows ASK; the check is not made."""
+    by_id = {}
+    for node in redis_cluster.nodes:
+        client = node.client()
+        try:
+            line = next(
+                entry.split()
+                for entry in client.execute_command("CLUSTER", "NODES").decode().splitlines()
+                if "myself" in entry.split()[2]
+            )
+        finally:
+            client.close()
+        if "master" in line[2] and len(line) > 8:
+            by_id[line[0]] = (node, int(line[8].split("-")[0]))
+    (source_id, (source, slot)), (target_id, (target, _)) = sorted(by_id.items())[:2]
+    clients = {"source": source.client(), "target": target.client()}
+    try:
+        clients["target"].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        clients["source"].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        report = probe(parse_url(redis_cluster.url))
+    finally:
+        for client in clients.values():
+            client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+            client.close()
+    assert report.ok, report.problems
+    writable = {m.address: m.writable for m in _master_reports(report)}
+    assert writable[f"{source.host}:{source.port}"] is None, writable
