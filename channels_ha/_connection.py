@@ -79,9 +79,12 @@ async def connect_to_master(
 
     A master that was frozen accepts connections but answers only when it wakes up, by then
     perhaps replaced (yet still saying ``master`` until the sentinels demote it): a
-    connection that took long, or during which a new master was announced, is checked
-    against the deployment again before it is used. With ``patience_s`` (the locator's
-    server is only a hint), connecting and the handshake get that long together.
+    connection that took long from the moment the master was named, or during which a new
+    master was announced, is checked against the deployment again before it is used. The
+    time spent asking the sentinels does not count: it says nothing of the master, and the
+    answer is as fresh as the last sentinel's (a frozen sentinel cost every connection its
+    timeout twice over). With ``patience_s`` (the locator's server is only a hint),
+    connecting and the handshake get that long together.
     """
     try:
         return await _connect_to_master(
@@ -104,9 +107,8 @@ async def _connect_to_master(
     patience_s: float | None,
 ) -> tuple[RespProtocol, ServerInfo]:
     switches = announcements.switches if announcements else 0
-    started = time.monotonic()
     memory = _master_memory(locator, settings)
-    protocol, info, remember = await _reach_master(
+    protocol, info, remember, named_at = await _reach_master(
         locator, settings, load_scripts, memory, patience_s
     )
     try:
@@ -114,7 +116,7 @@ async def _connect_to_master(
             raise ConnectionLost(
                 f"a new master was announced while connecting to {info.endpoint.describe()}"
             )
-        if time.monotonic() - started > SLOW_CONNECT_S:
+        if time.monotonic() - named_at > SLOW_CONNECT_S:
             await _still_located(locator, info.endpoint)
     except BaseException:
         protocol.abort()
@@ -140,24 +142,27 @@ async def _reach_master(
     load_scripts: bool,
     memory: Remembered[KnownMaster] | None,
     patience_s: float | None,
-) -> tuple[RespProtocol, ServerInfo, Callable[[], None]]:
+) -> tuple[RespProtocol, ServerInfo, Callable[[], None], float]:
     """A connection to the master the sentinels named last, if it still looks as it did;
     else to the one the locator names now. And what to remember of it once it is in use:
-    what the sentinels said (a hint that served stays as it is, its age counting on)."""
+    what the sentinels said (a hint that served stays as it is, its age counting on); and
+    when (monotonic) the master it reached was named: before trying a hint, or once the
+    locator answered."""
     known = None if memory is None else memory.get()
     if known is not None and memory is not None and isinstance(locator, SentinelLocator):
+        named_at = time.monotonic()
         connection = await _connect_known(known, locator, settings, load_scripts)
         if connection is not None:
-            return (*connection, _nothing)
+            return (*connection, _nothing, named_at)
         memory.forget(known)
     endpoint = await locator.locate()
-    connecting_at = time.monotonic()
+    named_at = time.monotonic()
     replication = memory is not None
     protocol, info = await _connect(endpoint, settings, load_scripts, replication, patience_s)
     if memory is None:
-        return protocol, info, _nothing
-    learned = _worth_remembering(info, time.monotonic() - connecting_at)
-    return protocol, info, functools.partial(_keep_or_forget, memory, learned)
+        return protocol, info, _nothing, named_at
+    learned = _worth_remembering(info, time.monotonic() - named_at)
+    return protocol, info, functools.partial(_keep_or_forget, memory, learned), named_at
 
 
 def _nothing() -> None:
@@ -251,6 +256,10 @@ def _until(deadline: float | None, timeout_s: float) -> float:
 
 
 async def _still_located(locator: Locator, endpoint: Endpoint) -> None:
+    """Raises ConnectionLost unless the deployment still names ``endpoint``: a master slow to
+    answer may have been frozen and replaced meanwhile, and says ``master`` until it is
+    demoted. The locator's best answer is used, as for any connection (the newest epoch
+    among most sentinels), so a stale master that only a minority still names loses."""
     current = await locator.locate()
     if (current.host, current.port) != (endpoint.host, endpoint.port):
         raise ConnectionLost(f"the master moved while connecting to {endpoint.describe()}")

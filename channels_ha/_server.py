@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ._answer_window import answers_in_window
 from ._hints import DeploymentHints
 from ._resp import (
     Arg,
@@ -34,6 +35,10 @@ from ._timeouts import within
 from .exceptions import ConnectionLost, RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.server")
+
+# Once most sentinels answered, one of them naming a master, the others get this long: a
+# frozen or black-holed sentinel would hold every connection for its timeout.
+SENTINEL_ANSWER_WINDOW_S = 0.25
 
 
 # Error replies that mean "not executed here; find the current master and try there": a
@@ -134,6 +139,15 @@ class SentinelLocator:
     one that led it), and the old master stays writable until it is demoted: a client that
     asked a sentinel not yet up to date would write where the writes get discarded. Each
     answer carries the configuration epoch it comes from; the highest one wins.
+
+    A frozen or black-holed sentinel (one in the pod of a master whose node failed) answers
+    nothing until the timeout, and every connection would wait for it. So once most
+    sentinels answered, one of them naming a master, the others get
+    ``SENTINEL_ANSWER_WINDOW_S`` (see ``_answer_window``), as the Cluster slot map does;
+    among the answers in by then the newest epoch still wins. A sentinel still silent then is
+    frozen, cut off or overloaded, not the leader of a failover that just happened: that one
+    is alive and answers in milliseconds (and tells the others its configuration within a
+    second or two).
     """
 
     sentinels: Sequence[Endpoint]
@@ -146,17 +160,17 @@ class SentinelLocator:
         """The master the best answer names. When no sentinel names one and most of them
         turn the configuration away (refused credentials, an unknown master name: see
         ``_sentinel_refusals``), RedisCommandError at once: no failover cures that."""
-        answers = await self._answers()
-        views = [answer for answer in answers if isinstance(answer, _View)]
+        answers = await self._answers(SENTINEL_ANSWER_WINDOW_S)
+        views = [answer for answer in answers.values() if isinstance(answer, _View)]
         if not views:
-            refusals = [answer for answer in answers if isinstance(answer, SentinelRefusal)]
+            refusals = [a for a in answers.values() if isinstance(a, SentinelRefusal)]
             if configuration_refused(refusals, len(self.sentinels)):
                 raise RedisCommandError(
                     refusal_message(refusals, len(self.sentinels), self.master_name)
                 )
             errors = "; ".join(
-                f"{sentinel.describe()}: {self._said(answer)}"
-                for sentinel, answer in zip(self.sentinels, answers, strict=True)
+                f"{self.sentinels[index].describe()}: {self._said(answer)}"
+                for index, answer in sorted(answers.items())
             )
             raise ConnectionLost(f"no sentinel gave a master address ({errors})")
         best = max(views, key=lambda view: view.rank(views))
@@ -169,9 +183,10 @@ class SentinelLocator:
         ``locate`` picks the best of differing answers, as a connection must; a connection
         that already works is moved only on this stricter answer (see ``_recheck``): while a
         failover runs the sentinels disagree, or flag it, and while a master is down they
-        flag that."""
-        answers = await self._answers()
-        views = [answer for answer in answers if isinstance(answer, _View)]
+        flag that. Every sentinel is waited for: nothing waits on this answer, and a slow
+        one that disagrees is a reason to stay."""
+        answers = await self._answers(None)
+        views = [answer for answer in answers.values() if isinstance(answer, _View)]
         if len(views) * 2 <= len(self.sentinels):
             raise ConnectionLost(f"{len(views)} of {len(self.sentinels)} sentinels answered")
         named = sorted({f"{view.host}:{view.port}" for view in views})
@@ -186,11 +201,19 @@ class SentinelLocator:
         """The data node at ``host:port``, reached with this configuration's TLS settings."""
         return _with_address(self.master_template, host, port)
 
-    async def _answers(self) -> list[_View | SentinelRefusal | BaseException]:
-        """Every sentinel's answer, asked at once, in their order."""
-        return await asyncio.gather(
-            *(self._ask(sentinel) for sentinel in self.sentinels), return_exceptions=True
+    async def _answers(
+        self, window_s: float | None
+    ) -> dict[int, _View | SentinelRefusal | BaseException]:
+        """The sentinels' answers (by their index), asked at once: with ``window_s``, those
+        in by then once most sentinels answered and one named a master; else every one."""
+        asks = {index: self._ask(sentinel) for index, sentinel in enumerate(self.sentinels)}
+        if window_s is None:
+            replies = await asyncio.gather(*asks.values(), return_exceptions=True)
+            return dict(zip(asks, replies, strict=True))
+        answers, _ = await answers_in_window(
+            asks, lambda answer: isinstance(answer, _View), window_s
         )
+        return answers
 
     async def _ask(self, sentinel: Endpoint) -> _View | SentinelRefusal:
         """The master as ``sentinel`` sees it, or how it turned the configuration away."""

@@ -7,7 +7,6 @@ from its peers. So the slot map is asked of every reachable node, and the majori
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections import Counter
 from collections.abc import Mapping
@@ -15,6 +14,7 @@ from typing import NamedTuple, cast
 
 from redis.crc import key_slot
 
+from ._answer_window import answers_in_window
 from ._resp import Endpoint, open_client
 from ._server import ServerSettings, all_replies
 from .exceptions import ConnectionLost
@@ -84,38 +84,13 @@ async def _ask_all(
 ) -> tuple[dict[Endpoint, object], float | None]:
     """Each candidate's ``CLUSTER SLOTS`` reply or error, and how long it took most of
     them to answer, with a map among the answers (None: they never did); those still
-    due ``_MAP_ANSWER_WINDOW_S`` later are left out (their reads cancelled). Not fewer:
+    due ``_MAP_ANSWER_WINDOW_S`` later are left out (see ``_answer_window``). Not fewer:
     the majority of maps is what outvotes a restarted master still claiming its old
     slots."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    asked = {asyncio.ensure_future(ask_slots(node, settings)): node for node in candidates}
-    answers: dict[Endpoint, object] = {}
-    pending, closes_at = set(asked), None
-    try:
-        while pending:
-            timeout = None if closes_at is None else max(closes_at - loop.time(), 0.0)
-            done, pending = await asyncio.wait(
-                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                break  # the window closed
-            for task in done:
-                error = task.exception()
-                answers[asked[task]] = error if error is not None else task.result()
-            mapped = any(not isinstance(answer, BaseException) for answer in answers.values())
-            if closes_at is None and mapped and 2 * len(answers) > len(candidates):
-                closes_at = loop.time() + _MAP_ANSWER_WINDOW_S
-    finally:
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
-            for task in pending:
-                if not task.cancelled():
-                    task.exception()  # retrieved: no "never retrieved" log line
-    quorum_s = None if closes_at is None else closes_at - _MAP_ANSWER_WINDOW_S - started
-    return answers, quorum_s
+    asks = {node: ask_slots(node, settings) for node in dict.fromkeys(candidates)}
+    # Any reply is a map (errors are raised, not returned).
+    answers, quorum_s = await answers_in_window(asks, lambda _: True, _MAP_ANSWER_WINDOW_S)
+    return dict(answers), quorum_s
 
 
 async def ask_slots(endpoint: Endpoint, settings: ServerSettings) -> list[list[object]]:
