@@ -155,6 +155,7 @@ class SentinelLocator:
     sentinel_credentials: Credentials
     master_template: Endpoint  # TLS settings for the data node; host and port are replaced
     connect_timeout_s: float = 2.0
+    reply_timeout_s: float = 2.0  # how long a sentinel's reply may take (see _specs)
 
     async def locate(self) -> Endpoint:
         """The master the best answer names. When no sentinel names one and most of them
@@ -226,7 +227,7 @@ class SentinelLocator:
             await all_replies(
                 client,
                 commands,
-                self.connect_timeout_s,
+                self.reply_timeout_s,
                 endpoint=sentinel,
                 before_errors=replies.extend,
             )

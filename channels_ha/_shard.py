@@ -46,6 +46,8 @@ class SentinelWatchSpec:
     sentinels: tuple[Endpoint, ...]
     master_name: str
     credentials: Credentials
+    connect_timeout_s: float  # the sentinels' (sentinel_kwargs), else the data nodes'
+    reply_timeout_s: float  # likewise, as SentinelLocator asks them
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,8 @@ class ShardConnections:
             spec.sentinels,
             spec.master_name,
             spec.credentials,
-            self.spec.settings.connect_timeout_s,
+            spec.connect_timeout_s,
+            spec.reply_timeout_s,
             events,
             client_name=f"{self.spec.settings.client_name}:sentinel-watch",
         )

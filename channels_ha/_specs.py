@@ -98,12 +98,19 @@ def _sentinel_shard(config: SentinelConfig, index: int, settings: ServerSettings
     credentials = Credentials(
         config.sentinel_username, password.get_secret_value() if password else None
     )
+    connect_timeout_s = config.sentinel_socket_connect_timeout_s or settings.connect_timeout_s
+    # A sentinel's reply waits sentinel_kwargs' socket_timeout, else the connect timeout: the
+    # data nodes' socket_timeout is sized for large replies, a sentinel's come from memory.
+    reply_timeout_s = config.sentinel_socket_timeout_s or connect_timeout_s
     locator = SentinelLocator(
         sentinels=sentinels,
         master_name=config.master_name,
         sentinel_credentials=credentials,
         master_template=Endpoint("", 0, ssl_context=master_context),
-        connect_timeout_s=config.sentinel_socket_connect_timeout_s or settings.connect_timeout_s,
+        connect_timeout_s=connect_timeout_s,
+        reply_timeout_s=reply_timeout_s,
     )
-    watch = SentinelWatchSpec(sentinels, config.master_name, credentials)
+    watch = SentinelWatchSpec(
+        sentinels, config.master_name, credentials, connect_timeout_s, reply_timeout_s
+    )
     return ShardSpec(index, locator, settings, watch)

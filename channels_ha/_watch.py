@@ -107,6 +107,7 @@ class SentinelWatch:
         master_name: str,
         credentials: Credentials,
         connect_timeout_s: float,
+        reply_timeout_s: float,
         events: FailoverEvents,
         client_name: str = "channels-ha",
     ) -> None:
@@ -114,6 +115,7 @@ class SentinelWatch:
         self._master_name = master_name
         self._credentials = credentials
         self._connect_timeout_s = connect_timeout_s
+        self._reply_timeout_s = reply_timeout_s  # also bounds the PING of a quiet subscription
         self._events = events
         self._client_name = client_name
         self._tasks: list[asyncio.Task[None]] = []
@@ -191,9 +193,9 @@ class SentinelWatch:
         commands = [auth] if auth else []
         commands.append(("CLIENT", "SETNAME", self._client_name))
         for command in commands:
-            await within(subscription.call(*command), self._connect_timeout_s)
+            await within(subscription.call(*command), self._reply_timeout_s)
         subscribed = subscription.subscribe(*CHANNELS)
-        await within(subscribed, self._connect_timeout_s)
+        await within(subscribed, self._reply_timeout_s)
 
     async def _stay_subscribed(self, subscription: _Subscription) -> None:
         """Waits until the connection ends; a sentinel that stops answering PING (frozen,
@@ -202,7 +204,7 @@ class SentinelWatch:
             done, _ = await asyncio.wait({subscription.lost}, timeout=WATCH_PING_INTERVAL_S)
             if done:
                 return
-            await within(subscription.call("PING"), self._connect_timeout_s)
+            await within(subscription.call("PING"), self._reply_timeout_s)
 
     def _message(self, channel: bytes, data: bytes) -> None:
         event, parts = channel.decode(), data.decode(errors="replace").split()

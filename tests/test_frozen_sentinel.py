@@ -11,7 +11,9 @@ a send after a master's kill 5.1 s after the sentinels named the new master (0.0
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Any
 
 import pytest
 
@@ -108,6 +110,64 @@ async def test_a_reconnect_after_a_failover_is_not_held_by_a_frozen_sentinel(
     assert message["type"] == "after"
     assert send_s < NOT_HELD_S, f"the send took {send_s:.2f} s after the new master was named"
     assert receive_s < NOT_HELD_S, f"received {receive_s:.2f} s after the new master was named"
+
+
+async def test_the_sentinel_timeouts_bound_what_the_layer_asks_sentinels(
+    redis_sandbox_factory: TopologyFactory,
+) -> None:
+    """sentinel_kwargs socket_timeout bounds a sentinel's reply, to the layer as to the
+    cache: the subscription to failover announcements and the periodic check, which waits
+    for every sentinel (the data nodes' connect timeout bounded the watch before, and the
+    connect timeout every reply)."""
+    topology = _sentinel(redis_sandbox_factory)
+    reply_timeout_s = 0.3
+    config: dict[str, Any] = {
+        **topology.connection_config,
+        "sentinel_kwargs": {"socket_timeout": reply_timeout_s, "socket_connect_timeout": 1.5},
+    }
+    layer = RedisChannelLayer(hosts=[config], prefix="sentinel-timeouts")
+    frozen = topology.sentinels[2]
+    ended = _WatchEnded(frozen.port)
+    sentinel_log = logging.getLogger("channels_ha.sentinel")
+    sentinel_log.addHandler(ended)
+    sentinel_log.setLevel(logging.DEBUG)
+    try:
+        await layer.send("timeouts", {"type": "first"})  # the watch begins 1 s later
+        frozen.pause()
+        shard = _shard(layer)
+        await asyncio.wait_for(shard._watch_begun.wait(), SENTINEL_WATCH_DELAY_S + 5)
+        begun_at = time.monotonic()  # its first attempt on the frozen sentinel starts now
+        await asyncio.wait_for(ended.event.wait(), RECEIVE_S)
+        watch_s = ended.at - begun_at
+        started = time.monotonic()
+        await _locator(layer).agreed()  # most answer and agree; the frozen one times out
+        agreed_s = time.monotonic() - started
+    finally:
+        frozen.resume()
+        sentinel_log.removeHandler(ended)
+        sentinel_log.setLevel(logging.NOTSET)
+        await layer.close()
+    assert watch_s < CONNECT_TIMEOUT_S / 2, f"the watch gave up after {watch_s:.2f} s"
+    assert agreed_s < CONNECT_TIMEOUT_S / 2, f"the check took {agreed_s:.2f} s"
+    watch = shard.spec.watch  # and connecting to a sentinel (not testable without a black hole)
+    assert watch is not None
+    assert (watch.connect_timeout_s, watch.reply_timeout_s) == (1.5, reply_timeout_s)
+
+
+class _WatchEnded(logging.Handler):
+    """Notes when the watch's subscription on the sentinel at ``port`` ends (its log line)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(logging.DEBUG)
+        self._port = f":{port} "
+        self.event = asyncio.Event()  # set in the event loop's thread, where the watch logs
+        self.at = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith("Sentinel watch on") and self._port in text and not self.event.is_set():
+            self.at = time.monotonic()
+            self.event.set()
 
 
 async def test_the_window_opens_once_most_answered_one_usably() -> None:
