@@ -102,11 +102,12 @@ class InboxLimits:
             part.close()
         self._submit(self._totals.due(time.monotonic(), self))
 
-    def publishes_on(self, shard: ShardConnections) -> bool:
-        """Whether this event loop has channels whose inbox is on ``shard``: what it
-        published there must be published again should the shard lose it."""
-        index, shard_of = shard.spec.index, self._core.shard_index
-        return any(shard_of(inbox) == index for inbox in self._limits)
+    def keys_on(self, shard: ShardConnections) -> list[str]:
+        """The limit keys of this event loop's inboxes on ``shard``: what it published
+        there must be published again should their masters lose it."""
+        core = self._core
+        index, shard_of = shard.spec.index, core.shard_index
+        return [core.keys.inbox_limit(inbox) for inbox in self._limits if shard_of(inbox) == index]
 
     def republish(self, shard: ShardConnections) -> None:
         """``shard`` may have lost data (a master restarted empty): every limit of its

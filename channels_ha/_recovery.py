@@ -201,9 +201,15 @@ def log_failure(future: asyncio.Future[Any]) -> None:
         logger.warning("Background Redis operation failed: %s", error)
 
 
-async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -> bool:
+async def watch_epochs(
+    core: LayerCore,
+    shard: ShardConnections,
+    seen: Epochs,
+    marks: list[tuple[str, str]] | None = None,
+) -> bool:
     """Notices a master that lost its data even without a connection that saw it restart;
-    True when one did.
+    True when one did. ``marks``: (master, epoch key) of the masters to read, by default
+    every master of the shard.
 
     On Cluster (or with several hosts, or in a process that sends without receiving) a
     process talks only to the masters it uses, so a master restarted empty can go unnoticed
@@ -211,7 +217,8 @@ async def watch_epochs(core: LayerCore, shard: ShardConnections, seen: Epochs) -
     master's epoch every second notices it: a changed or missing epoch means the data began
     again.
     """
-    marks = shard.epoch_keys(core.keys)
+    if marks is None:
+        marks = shard.epoch_keys(core.keys)
     values = await asyncio.gather(*(shard.link.submit("GET", k, key=k) for _, k in marks))
     lost = False
     for (node, key), value in zip(marks, values, strict=True):

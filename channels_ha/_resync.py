@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from ._core import LayerCore
+from ._epoch_reads import EpochReads
 from ._epochs import Epochs
 from ._recovery import (
     Reassertion,
@@ -21,12 +22,10 @@ from ._recovery import (
     forget_ended,
     log_failure,
     reassert,
-    watch_epochs,
 )
 from ._server import ServerInfo
 from ._shard import ShardConnections
 from ._upkeep_steps import UpkeepSteps
-from .exceptions import RedisCommandError, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -51,8 +50,7 @@ class Resync:
         # Publishes the inbox limits of a shard again (``InboxLimits.republish``), set by the
         # session: they need the connections, which need this.
         self.republish_limits: Callable[[ShardConnections], None] = _nothing
-        # Whether this session publishes inbox limits on a shard (``InboxLimits.publishes_on``).
-        self.publishes_limits: Callable[[ShardConnections], bool] = _never
+        self.epoch_reads = EpochReads(core, self.epochs, steps, self.after_loss)
 
     def server_seen(self, shard: ShardConnections, info: ServerInfo) -> None:
         stats = shard.stats
@@ -128,28 +126,14 @@ class Resync:
                 extra={"event": "replayed", "messages": len(requests)},
             )
 
-    async def check_epochs(self, shards: list[ShardConnections]) -> None:
-        """The upkeep's epoch check: a loss no connection noticed (a FLUSHALL, say). Where
-        the session has nothing to re-assert, replay or publish again, it is skipped. The
-        inbox limits count: a process that only receives trusts its last publication for
-        seconds, and senders to its channels were refused meanwhile (90 of 100 below
-        capacity, until its next refresh up to 3 s later); one GET a second per master."""
-        core = self.core
-        for shard in shards:
-            if core.memberships or core.recent[shard.spec.index] or self.publishes_limits(shard):
-                await self._check_epochs_of(shard)
-
-    async def _check_epochs_of(self, shard: ShardConnections) -> None:
-        try:
-            lost = await watch_epochs(self.core, shard, self.epochs)
-        except (RedisUnavailable, RedisCommandError) as err:
-            logger.debug("Epoch check failed: %s", err)
-            return
-        if lost:
-            self.after_loss(shard)
+    def check_epochs(self, shards: list[ShardConnections]) -> None:
+        """The upkeep's epoch check: a loss no connection noticed (a FLUSHALL, say). Started
+        here, read in the background, one read per master (see ``_epoch_reads``)."""
+        self.epoch_reads.start(shards)
 
     async def cancel(self) -> None:
-        """Cancels the re-assertions under way (at close)."""
+        """Cancels the epoch reads and the re-assertions under way (at close)."""
+        await self.epoch_reads.cancel()
         reassertions = set(self.reassertions)
         for task in reassertions:
             task.cancel()  # what they submitted is settled (or failed) by the links' close
@@ -159,7 +143,3 @@ class Resync:
 
 def _nothing(shard: ShardConnections) -> None:
     pass
-
-
-def _never(shard: ShardConnections) -> bool:
-    return False

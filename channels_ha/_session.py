@@ -68,7 +68,7 @@ class Session:
         ]
         self.inbox_limits = InboxLimits(core, self._shards, steps, lambda: self.closed)
         self.resync.republish_limits = self.inbox_limits.republish
-        self.resync.publishes_limits = self.inbox_limits.publishes_on
+        self.resync.epoch_reads.limit_keys = self.inbox_limits.keys_on
         self.deliveries = Deliveries(core, self.inbox_limits)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
         self.give_back = GiveBack(core, self._shards, self.deliveries, self._readers)
@@ -122,7 +122,7 @@ class Session:
             tick_s = min(EPOCH_CHECK_INTERVAL_S, self.core.refresh_interval_s)
             while True:
                 await asyncio.sleep(tick_s)
-                await self.upkeep.tick()
+                self.upkeep.tick()
         except asyncio.CancelledError:
             if self._closing is None:  # cancelled by the loop's shutdown, not by close()
                 self.ended_with_loop = True

@@ -4,6 +4,11 @@ Each tick checks the epochs (a loss no connection noticed), lowers and refreshes
 limits (raising one does not wait for it, see ``_inbox_limits``), refreshes the memberships
 when due, and sweeps: this event loop's buffers and give-backs, and the process-wide
 records, which any event loop's session sweeps when due.
+
+A tick waits for no reply: each step submits its requests and returns, and what needs the
+replies (the epoch reads, a re-assertion's) goes on in the background. So no step holds
+another past its period, whatever a master does: the inbox limits live 10 s, and a tick that
+waited for a frozen master's epoch let them lapse (senders refused far below capacity).
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ class Upkeep:
         self._steps = steps
         self._swept_at = time.monotonic()
 
-    async def tick(self) -> None:
-        """One tick. Each step is guarded on its own: a bug in one must not stop the others
-        (memberships would lapse at group_expiry, buffers would never be swept)."""
+    def tick(self) -> None:
+        """One tick, which waits for nothing. Each step is guarded on its own: a bug in one
+        must not stop the others (memberships would lapse at group_expiry, buffers would
+        never be swept)."""
         step = self._steps.step
         with step("epoch check"):
-            await self._resync.check_epochs(self._shards)
+            self._resync.check_epochs(self._shards)
         with step("inbox limits"):
             self.publish_inbox_limits()
         if self.core.refresh_due():

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from channels_ha import RedisChannelLayer
+from channels_ha import RedisChannelLayer, _epoch_reads
 from channels_ha._buffers import now_ms
 from channels_ha._reader import BlockingReader
 
@@ -92,7 +92,7 @@ async def test_a_failing_upkeep_step_does_not_stop_the_others(
     a minute rather than once a tick."""
     session = layer._session()
 
-    async def broken(shards: object) -> None:
+    def broken(shards: object) -> None:
         raise RuntimeError("injected bug")
 
     ticks: list[int] = []
@@ -163,3 +163,23 @@ async def test_a_reader_that_ends_anyway_is_started_again(
     assert received == {"type": "waiting"}
     (restart,) = events(caplog, "reader_restarted")
     assert restart.exc_info is not None
+
+
+async def test_a_failing_epoch_read_is_reported_and_read_again(
+    layer: RedisChannelLayer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The epoch reads run apart from the tick (a master that does not answer must not hold
+    it up): a bug in one is still reported as the epoch check's, and the next tick reads
+    again."""
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)  # something to re-assert: every tick reads
+    patched, calls = raising_once(_epoch_reads.watch_epochs)
+    monkeypatch.setattr(_epoch_reads, "watch_epochs", patched)
+    with caplog.at_level(logging.ERROR, logger="channels_ha.layer"):
+        deadline = asyncio.get_running_loop().time() + UPKEEP_TIMEOUT_S * 2
+        while len(calls) < 2:
+            assert asyncio.get_running_loop().time() < deadline, f"{len(calls)} epoch reads"
+            await asyncio.sleep(0.01)  # polling: the upkeep has no hook to await
+    (failure,) = events(caplog, "upkeep_failed")
+    assert getattr(failure, "step", None) == "epoch check"
+    assert failure.exc_info is not None

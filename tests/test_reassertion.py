@@ -20,7 +20,7 @@ from channels_ha._recovery import forget_ended, reassert_from
 from channels_ha._scripts import GROUP_ADD, GROUP_DISCARD
 from channels_ha.sandbox import RedisNode, SentinelTopology, Topology, TopologyFactory
 
-from .conftest import LayerFactory
+from .conftest import LayerFactory, receivers_waiting
 
 pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
@@ -32,7 +32,7 @@ async def refresh(layer: RedisChannelLayer) -> None:
     """Runs the layer's periodic membership refresh now, and waits for it to end."""
     session = layer._session()
     session.core._last_refresh = float("-inf")
-    await session.upkeep.tick()
+    session.upkeep.tick()
     await reassertions_done(layer)
 
 
@@ -175,6 +175,7 @@ async def test_a_record_back_after_the_join_that_cleared_it_was_lost_is_ignored(
     await link.submit("ZADD", discards, record, channel, key=discards)  # as it was
     await link.submit("ZREM", group, channel, key=group)
     receiving = asyncio.create_task(consumer.receive(channel))
+    await receivers_waiting(consumer, channel)  # live: the tick re-asserts it (and waits for none)
     await refresh(consumer)
     await kicker.group_send("room", {"type": "after.loss"})
     assert await arrives(receiving) == "after.loss"
