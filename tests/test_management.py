@@ -4,6 +4,7 @@ topology, as text or JSON, failing when Redis is not ok."""
 from __future__ import annotations
 
 import json
+import math
 from io import StringIO
 
 import pytest
@@ -110,6 +111,35 @@ def test_a_timeout_that_bounds_nothing_is_refused(
         call_command("channels_ha", "status", "--timeout", timeout)
     assert "--timeout" in str(caught.value)
     assert "a finite number of seconds > 0" in str(caught.value)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, math.nan, math.inf, "0", None, True], ids=repr)
+def test_a_timeout_that_bounds_nothing_is_refused_from_call_command(
+    timeout: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """call_command("channels_ha", "status", timeout=...) skips argparse and its check: 0 or
+    nan was taken and every node reported unreachable. The command checks it again."""
+    monkeypatch.setenv("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0")
+    in_memory = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    with override_settings(CHANNEL_LAYERS=in_memory), pytest.raises(CommandError) as caught:
+        call_command("channels_ha", "status", timeout=timeout, stdout=StringIO())
+    assert "--timeout" in str(caught.value)
+    assert "a finite number of seconds > 0" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("timeout", [0.2, 1, "0.2"], ids=repr)
+def test_a_timeout_from_call_command_is_taken(
+    timeout: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A valid one goes through: the probe runs, and finds nothing listening."""
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    in_memory = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    out = StringIO()
+    with override_settings(CHANNEL_LAYERS=in_memory), pytest.raises(CommandError) as caught:
+        call_command("channels_ha", "status", "--json", timeout=timeout, stdout=out)
+    assert "is not ok" in str(caught.value)
+    assert json.loads(out.getvalue())["ok"] is False
 
 
 def test_status_fails_while_the_master_refuses_writes(

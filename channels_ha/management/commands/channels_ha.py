@@ -48,26 +48,40 @@ class Command(BaseCommand):
             configs = alias_configs(alias)
         except ConfigurationError as err:
             raise CommandError(str(err)) from err
+        timeout = _seconds(options["timeout"])
+        if timeout is None:  # call_command's keyword options skip argparse, and its type=
+            raise CommandError(f"argument --timeout: {_expected(options['timeout'])}")
         prefix = alias_prefix(alias)  # the write check's key is the layer's
-        reports = [probe(config, options["timeout"], prefix) for config in configs]
+        reports = [probe(config, timeout, prefix) for config in configs]
         self.stdout.write(_json(alias, reports) if options["json"] else _text(reports))
         if not all(report.ok for report in reports):
             raise CommandError(f"the Redis behind channel layer {alias!r} is not ok")
 
 
 def _timeout(text: str) -> float:
-    """A finite number of seconds > 0: 0, a negative number or NaN would bound every step to
-    nothing (each node then reported "unreachable"), infinity would bound nothing. Django
-    words the error as ``argument --timeout: ...`` (a CommandError from call_command)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(
-            f"expected a finite number of seconds > 0, such as {PROBE_TIMEOUT_S:g}, got {text!r}"
-        )
+    """``--timeout`` on the command line (see ``_seconds``). Django words the error as
+    ``argument --timeout: ...`` (a CommandError from call_command)."""
+    seconds = _seconds(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(_expected(text))
     return seconds
+
+
+def _seconds(value: object) -> float | None:
+    """``value`` as a finite number of seconds > 0, else None: 0, a negative number or NaN
+    would bound every step to nothing (each node then reported "unreachable"), infinity would
+    bound nothing. A number, or its text as on the command line; not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _expected(value: object) -> str:
+    return f"expected a finite number of seconds > 0, such as {PROBE_TIMEOUT_S:g}, got {value!r}"
 
 
 def _json(alias: str, reports: list[ProbeReport]) -> str:
