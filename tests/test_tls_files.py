@@ -234,7 +234,8 @@ def _wrong_in_url(options: dict[str, Any]) -> None:
 def _wrong_in_cache(options: dict[str, Any]) -> None:
     django_settings.setup()
     config = parse_connection_config({**options, "ssl_password": WRONG_PASS_PHRASE})
-    RedisCache("", {"OPTIONS": {"config": config}})
+    # Built, as Django's own checks build every cache, and raising at its first call.
+    RedisCache("", {"OPTIONS": {"config": config}}).get("key")
 
 
 def _wrong_in_sentinel_kwargs(options: dict[str, Any]) -> None:
@@ -262,8 +263,9 @@ WRONG_PASS_PHRASES = {
 def test_a_wrong_ssl_password_is_named_and_not_echoed(
     files: dict[str, str], build: Any, setting: str
 ) -> None:
-    """A pass phrase that does not decrypt the key is a ConfigurationError when the layer or
-    cache is built, naming the setting and the key file, showing neither pass phrase."""
+    """A pass phrase that does not decrypt the key is a ConfigurationError when the layer is
+    built (the cache: at its first call), naming the setting and the key file, showing
+    neither pass phrase."""
     options = {"host": "127.0.0.1", "port": 1, "ssl": True, "ssl_ca_certs": files["ca"]}
     options |= {"ssl_certfile": files["cert"], "ssl_keyfile": files["enc"]}
     with pytest.raises(ConfigurationError) as raised:
