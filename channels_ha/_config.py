@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from . import _redis_kwargs
+from ._config_summary import summary_text
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 
 __all__ = [
@@ -415,50 +416,15 @@ class _BaseConfig(_Frozen):
 
     def summary(self) -> str:
         """The summary as a few lines of text for operators (``channels-ha check``)."""
-        return _summary_text(self.summary_dict())
+        return summary_text(self.summary_dict())
 
     def to_channels_redis_host(self) -> dict[str, Any]:
         """One ``hosts`` entry for channels_redis; it holds the password in clear text."""
         return _redis_kwargs.channels_redis_host(cast("RedisConfig", self))
 
 
-def _hop_text(facts: dict[str, Any]) -> str:
-    """``TLS yes (verify required, hostname checked); auth yes (user alice, password)``."""
-    tls = "no"
-    if facts["tls_options"] is not None:
-        options = facts["tls_options"]
-        hostname = "hostname checked" if options["check_hostname"] else "hostname not checked"
-        tls = f"yes (verify {options['verify']}, {hostname})"
-    auth = "no"
-    if facts["auth"]:
-        user = f"user {facts['username']}" if facts["username"] else "default user"
-        auth = f"yes ({user}, {'password set' if facts['password_set'] else 'no password'})"
-    return f"TLS {tls}; auth {auth}"
-
-
 def _or(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-def _seconds_text(facts: dict[str, Any], name: str) -> str:
-    default = " (default)" if name in facts["timeouts_defaulted"] else ""
-    return f"{facts['timeouts_s'][name]:g} s{default}"
-
-
-def _summary_text(facts: dict[str, Any]) -> str:
-    """Render :meth:`_BaseConfig.summary_dict` for a terminal."""
-    lines = [f"mode: {facts['mode']}", f"nodes: {', '.join(facts['nodes'])}"]
-    if facts["master_name"] is not None:
-        lines.append(f"master name: {facts['master_name']}")
-    lines += [f"db: {facts['db']}", f"data nodes: {_hop_text(facts['data_nodes'])}"]
-    if facts["sentinels"] is not None:
-        lines.append(f"sentinels: {_hop_text(facts['sentinels'])}")
-    lines.append(
-        f"timeouts: socket {_seconds_text(facts, 'socket')}, "
-        f"connect {_seconds_text(facts, 'socket_connect')}, "
-        f"failover {_seconds_text(facts, 'failover')}"
-    )
-    return "\n".join(lines)
 
 
 class SingleNodeConfig(_BaseConfig):
