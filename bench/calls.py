@@ -38,7 +38,7 @@ async def point_to_point(layer: Any, count: int, profile: cProfile.Profile) -> i
     consumer = Consumer(layer, channel)
     async with receiving([consumer]):
         await warm_up(layer, channel, consumer, SETTLE_S)
-        before = consumer.received
+        before = consumer.distinct
         profile.enable()
         for seq in range(count):
             await layer.send(channel, message(seq))

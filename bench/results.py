@@ -33,6 +33,8 @@ class Measurement:
     redis_cpu_us: float | None = None
     errors: Mapping[str, int] = field(default_factory=dict)  # exception or "lost" -> count
     connections: Mapping[str, int] = field(default_factory=dict)  # process role -> peak
+    # The same on the sentinels, all of them together (empty on other topologies).
+    sentinel_connections: Mapping[str, int] = field(default_factory=dict)
     status: str = "ok"  # "ok", "timeout" or "failed: <why>"
     # One awaited Redis round trip per message: compared with the RTT ceiling row.
     rtt_bound: bool = False
@@ -59,6 +61,7 @@ class Summary:
     redis_cpu_us: float | None
     errors: Counter[str]
     connections: dict[str, int]
+    sentinel_connections: dict[str, int]
     runs: int
     failures: Counter[str]  # status -> count, for runs that did not finish
     rtt_bound: bool
@@ -90,6 +93,7 @@ def summarise(group: list[Measurement]) -> Summary:
         redis_cpu_us=_median(m.redis_cpu_us for m in finished),
         errors=sum((Counter(m.errors) for m in group), Counter()),
         connections=_peaks(m.connections for m in group),
+        sentinel_connections=_peaks(m.sentinel_connections for m in group),
         runs=len(group),
         failures=Counter(m.status for m in group if not m.ok),
         rtt_bound=first.rtt_bound,

@@ -9,6 +9,7 @@ run fails. A row that times out or raises becomes a measurement saying so.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +74,13 @@ def _layers(workload: Workload, target: Target, plan: Plan) -> tuple[str, ...]:
 
 
 async def run_row(row: Row, context: RowContext) -> Measurement:
-    """One measurement; a timeout or an error is the measurement's status."""
+    """One measurement; a timeout or an error is the measurement's status.
+
+    The layers of earlier runs in this process are collected first: channels_redis on
+    Sentinel leaves connections to the sentinels open after closing (98 after W2's burst),
+    until its clients are collected, and this run would count them as its own.
+    """
+    gc.collect()
     try:
         return await asyncio.wait_for(row.run(context), context.sizes.timeout_s)
     except asyncio.TimeoutError:

@@ -4,7 +4,9 @@ Ratios say how many times better a layer did than channels_redis core and pubsub
 run: throughput divided by theirs, or their p50 latency divided by this one's. Rows bounded by
 one awaited round trip per message also show their share of the raw round-trip ceiling, the
 ``RTT ceiling`` rows of the same topology. Rows measured in one process show the CPU spent
-per message by that process and by Redis, which share the machine's cores.
+per message by that process and by Redis, which share the machine's cores. A ratio is left
+out where either row had errors: a rate made of the few sends that got through (core in W2)
+compares with nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _line(summary: Summary, references: list[Summary | None], ceiling: Summary |
         _share(summary, ceiling),
         _cpu(summary),
         _errors(summary.errors),
-        _connections(summary.connections),
+        _connections(summary.connections, summary.sentinel_connections),
         _runs(summary),
     ]
     return "| " + " | ".join(cells) + " |"
@@ -67,8 +69,12 @@ def _ms(value: float | None) -> str:
 
 
 def _ratio(summary: Summary, reference: Summary | None) -> str:
-    if reference is None or reference is summary or summary.note or reference.note:
-        return ""  # a noted row (say, a producer behind its schedule) compares with nothing
+    """Left out where either row has a note (say, a producer behind its schedule) or errors
+    (failed, lost or duplicated messages): its result then measures something else."""
+    if reference is None or reference is summary:
+        return ""
+    if summary.note or reference.note or summary.errors or reference.errors:
+        return ""
     if summary.latency and reference.latency:
         return _times(reference.p50_ms or 0.0, summary.p50_ms or 0.0)
     if summary.rate is None or reference.rate is None:
@@ -101,20 +107,32 @@ def _errors(errors: Counter[str]) -> str:
     return ", ".join(f"{kind} {count:,}" for kind, count in errors.most_common())
 
 
-def _connections(peaks: dict[str, int]) -> str:
-    """``process 3``, or ``sender 1 · receivers 3 each`` for numbered roles (receiver-2)."""
-    grouped: dict[str, list[int]] = {}
+def _connections(peaks: dict[str, int], sentinel_peaks: dict[str, int]) -> str:
+    """``process 3``, or ``sender 1 · 4 receivers 3 each`` for numbered roles (receiver-2);
+    on Sentinel ``process 2 + 3 sentinels``: the masters' count, then the sentinels'."""
+    grouped: dict[str, list[tuple[int, int | None]]] = {}
     for role, count in peaks.items():
-        grouped.setdefault(role.split("-")[0], []).append(count)
+        counts = (count, sentinel_peaks.get(role))
+        grouped.setdefault(role.split("-")[0], []).append(counts)
     return " · ".join(_role(role, counts) for role, counts in grouped.items())
 
 
-def _role(role: str, counts: Iterable[int]) -> str:
+def _role(role: str, counts: list[tuple[int, int | None]]) -> str:
+    data = _spread(count for count, _ in counts)
+    sentinels = [count for _, count in counts if count is not None]
+    if sentinels:
+        spread = _spread(sentinels)
+        text = f"{data} + {spread} sentinel{'' if spread == '1' else 's'}"
+    else:
+        text = data
+    if len(counts) == 1:
+        return f"{role} {text}"
+    return f"{len(counts)} {role}s {text} each"
+
+
+def _spread(counts: Iterable[int]) -> str:
     values = sorted(counts)
-    if len(values) == 1:
-        return f"{role} {values[0]}"
-    spread = f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
-    return f"{len(values)} {role}s {spread} each"
+    return f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
 
 
 def _runs(summary: Summary) -> str:

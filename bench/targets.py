@@ -41,6 +41,10 @@ class Target:
             return list(masters())
         return [self.topology.nodes[0]]
 
+    def sentinels(self) -> list[RedisNode]:
+        """The sentinels, on Sentinel; none elsewhere."""
+        return list(getattr(self.topology, "sentinels", []))
+
     def master(self) -> RedisNode:
         """The master the reference rows measure (the first one on Cluster)."""
         return self.masters()[0]

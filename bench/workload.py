@@ -73,14 +73,26 @@ class RowContext:
         return {"layer": self.layer, "url": self.target.url, "prefix": self.prefix}
 
     def sampler(self) -> ConnectionSampler:
-        return ConnectionSampler(self.target.masters())
+        """Counts connections to the masters, and apart to the sentinels if any."""
+        return ConnectionSampler(self.target.masters(), self.target.sentinels())
 
     def cpu_window(self) -> CpuWindow:
         return CpuWindow(self.target.masters())
 
-    def result(self, cpu: CpuPerMessage | None = None, **fields: Any) -> Measurement:
+    def result(
+        self,
+        cpu: CpuPerMessage | None = None,
+        sampler: ConnectionSampler | None = None,
+        **fields: Any,
+    ) -> Measurement:
+        """This run's measurement: ``fields``, the CPU per message and the connections the
+        sampler counted, if given."""
         if cpu is not None:
             fields.update(cpu_us=cpu.process_us, redis_cpu_us=cpu.redis_us)
+        if sampler is not None:
+            fields.update(
+                connections=sampler.peaks(), sentinel_connections=sampler.sentinel_peaks()
+            )
         measurement = Measurement(
             topology=self.target.kind,
             row=self.row.label,

@@ -51,14 +51,15 @@ async def paced(ctx: RowContext) -> Measurement:
                 errors = await _send_paced(layer, channel, ctx.sizes, started)
                 expected = WARM_UP_MESSAGES + ctx.sizes.latency_messages - errors.total()
                 lost = await settle([consumer], expected, ctx.sizes.settle_s)
-                await asyncio.to_thread(sampler.sample)
+                await sampler.last_sample()
     p50, p99 = latencies.percentiles_ms()
+    delivered = consumer.distinct - WARM_UP_MESSAGES
     return ctx.result(
         p50_ms=p50,
         p99_ms=p99,
-        errors=with_lost(errors, lost),
-        connections=sampler.peaks(),
-        note=_saturation(len(latencies.samples), consumer.last_at - started, ctx.sizes),
+        errors=with_lost(errors, lost, consumer.duplicates),
+        sampler=sampler,
+        note=_saturation(delivered, consumer.last_at - started, ctx.sizes),
     )
 
 

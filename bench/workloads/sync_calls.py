@@ -37,7 +37,8 @@ async def sync_group_sends(ctx: RowContext) -> Measurement:
             expected = WARM_UP_MESSAGES + calls - errors.total()
             lost = await settle([consumer], expected, ctx.sizes.settle_s)
     p50, p99 = _percentiles_ms(durations)
-    return ctx.result(p50_ms=p50, p99_ms=p99, errors=with_lost(errors, lost))
+    errors_column = with_lost(errors, lost, consumer.duplicates)
+    return ctx.result(p50_ms=p50, p99_ms=p99, errors=errors_column)
 
 
 def _call_each(layer: Any, count: int, durations: list[float]) -> Counter[str]:

@@ -9,7 +9,6 @@ another).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections import Counter
@@ -21,11 +20,11 @@ from ..workload import Row, RowContext, Sizes, Workload
 from ._common import (
     WARM_UP_MESSAGES,
     Consumer,
-    message,
     one_warm_consumer,
     receiving,
     send_each,
     settle,
+    warm_up_message,
     with_lost,
 )
 
@@ -40,13 +39,12 @@ async def one_process(ctx: RowContext) -> Measurement:
         await send_each(layer, channel, count, errors)
         expected = WARM_UP_MESSAGES + count - errors.total()
         lost = await settle([consumer], expected, ctx.sizes.settle_s)
-        delivered = consumer.received - WARM_UP_MESSAGES
+        delivered = consumer.distinct - WARM_UP_MESSAGES
         spent = cpu.per_message(delivered)
-        await asyncio.to_thread(sampler.sample)
+        await sampler.last_sample()
     rate = delivered / (consumer.last_at - started) if delivered else None
-    return ctx.result(
-        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu=spent
-    )
+    errors_column = with_lost(errors, lost, consumer.duplicates)
+    return ctx.result(rate=rate, errors=errors_column, cpu=spent, sampler=sampler)
 
 
 async def two_processes(ctx: RowContext) -> Measurement:
@@ -58,17 +56,18 @@ async def two_processes(ctx: RowContext) -> Measurement:
             with ctx.sampler() as sampler:
                 sampler.watch("producer", os.getpid())
                 sampler.watch("consumer", worker.pid)
-                for seq in range(WARM_UP_MESSAGES):
-                    await layer.send(channel, message(seq))
+                for number in range(WARM_UP_MESSAGES):
+                    await layer.send(channel, warm_up_message(number))
                 await worker.pipe.receive("warm")
                 errors: Counter[str] = Counter()
                 started = time.monotonic()
                 await send_each(layer, channel, count, errors)
-                delivered, last_at = await worker.pipe.receive("done")
-                await asyncio.to_thread(sampler.sample)
+                delivered, duplicated, last_at = await worker.pipe.receive("done")
+                await sampler.last_sample()
     lost = max(count - errors.total() - delivered, 0)
     rate = delivered / (last_at - started) if delivered else None
-    return ctx.result(rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks())
+    errors_column = with_lost(errors, lost, duplicated)
+    return ctx.result(rate=rate, errors=errors_column, sampler=sampler)
 
 
 async def consume_in_worker(
@@ -83,7 +82,8 @@ async def consume_in_worker(
                 raise RuntimeError("warm-up messages were lost")
             pipe.send("warm")
             await settle([consumer], WARM_UP_MESSAGES + count, settle_s)
-            pipe.send("done", (consumer.received - WARM_UP_MESSAGES, consumer.last_at))
+            delivered = consumer.distinct - WARM_UP_MESSAGES
+            pipe.send("done", (delivered, consumer.duplicates, consumer.last_at))
             await pipe.receive("close")  # connections stay open until the parent counted them
 
 

@@ -39,12 +39,12 @@ async def burst(ctx: RowContext) -> Measurement:
         await asyncio.to_thread(sampler.sample)  # and one with what the burst left open
         expected = WARM_UP_MESSAGES + count - errors.total()
         lost = await settle([consumer], expected, ctx.sizes.settle_s)
-        delivered = consumer.received - WARM_UP_MESSAGES
+        delivered = consumer.distinct - WARM_UP_MESSAGES
         spent = cpu.per_message(delivered)
+        await sampler.last_sample()
     rate = delivered / (consumer.last_at - started) if delivered else None
-    return ctx.result(
-        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu=spent
-    )
+    errors_column = with_lost(errors, lost, consumer.duplicates)
+    return ctx.result(rate=rate, errors=errors_column, cpu=spent, sampler=sampler)
 
 
 def rows(sizes: Sizes) -> list[Row]:

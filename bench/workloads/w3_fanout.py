@@ -15,11 +15,12 @@ import time
 from collections import Counter
 from typing import Any
 
+from ..connections import ConnectionSampler
 from ..layers import open_layer
 from ..processes import Pipe, Worker, started_workers
 from ..results import Measurement
 from ..workload import Row, RowContext, Sizes, Workload
-from ._common import Consumer, message, receiving, settle, with_lost
+from ._common import Consumer, duplicates, message, receiving, settle, with_lost
 
 GROUP = "bench-group"
 
@@ -59,14 +60,13 @@ async def one_process(ctx: RowContext) -> Measurement:
             started = time.monotonic()
             errors = await send_all(layer, sends)
             lost = await settle(consumers, 1 + sends - errors.total(), settle_s)
-            delivered = sum(consumer.received - 1 for consumer in consumers)
+            delivered = sum(consumer.distinct - 1 for consumer in consumers)
             spent = cpu.per_message(delivered)
-            await asyncio.to_thread(sampler.sample)
+            await sampler.last_sample()
     last_at = max(consumer.last_at for consumer in consumers)
     rate = delivered / (last_at - started) if delivered else None
-    return ctx.result(
-        rate=rate, errors=with_lost(errors, lost), connections=sampler.peaks(), cpu=spent
-    )
+    errors_column = with_lost(errors, lost, duplicates(consumers))
+    return ctx.result(rate=rate, errors=errors_column, cpu=spent, sampler=sampler)
 
 
 async def many_processes(ctx: RowContext) -> Measurement:
@@ -77,19 +77,20 @@ async def many_processes(ctx: RowContext) -> Measurement:
     every = [options] * sizes.fanout_processes
     async with started_workers(receive_in_worker, every, sizes.timeout_s) as workers:
         await _all(workers, "ready")
-        started, errors, reports, peaks = await _send_to_workers(ctx, workers)
+        started, errors, reports, sampler = await _send_to_workers(ctx, workers)
     delivered = sum(report[0] for report in reports)
+    duplicated = sum(report[1] for report in reports)
     expected = share * sizes.fanout_processes * (sizes.fanout_sends - errors.total())
-    rate = delivered / (max(report[1] for report in reports) - started) if delivered else None
+    rate = delivered / (max(report[2] for report in reports) - started) if delivered else None
     lost = max(expected - delivered, 0)
-    return ctx.result(rate=rate, errors=with_lost(errors, lost), connections=peaks)
+    return ctx.result(rate=rate, errors=with_lost(errors, lost, duplicated), sampler=sampler)
 
 
 async def _send_to_workers(
     ctx: RowContext, workers: list[Worker]
-) -> tuple[float, Counter[str], list[Any], dict[str, int]]:
+) -> tuple[float, Counter[str], list[Any], ConnectionSampler]:
     """The warm-up, then the timed group_sends; returns when they started, their failures,
-    the workers' reports and the connection peaks."""
+    the workers' reports and the connection sampler (stopped)."""
     async with ctx.open_layer() as layer:
         with ctx.sampler() as sampler:
             sampler.watch("sender", os.getpid())
@@ -100,8 +101,8 @@ async def _send_to_workers(
             started = time.monotonic()
             errors = await send_all(layer, ctx.sizes.fanout_sends)
             reports = await _all(workers, "done")
-            await asyncio.to_thread(sampler.sample)
-    return started, errors, reports, sampler.peaks()
+            await sampler.last_sample()
+    return started, errors, reports, sampler
 
 
 async def _all(workers: list[Worker], tag: str) -> list[Any]:
@@ -121,8 +122,9 @@ async def receive_in_worker(
             raise RuntimeError("the warm-up group_send did not reach every member")
         pipe.send("warm")
         await settle(consumers, 1 + sends, settle_s)
-        delivered = sum(consumer.received - 1 for consumer in consumers)
-        pipe.send("done", (delivered, max(consumer.last_at for consumer in consumers)))
+        delivered = sum(consumer.distinct - 1 for consumer in consumers)
+        last_at = max(consumer.last_at for consumer in consumers)
+        pipe.send("done", (delivered, duplicates(consumers), last_at))
         await pipe.receive("close")  # connections stay open until the parent counted them
 
 

@@ -33,12 +33,33 @@ BUSIEST_SAMPLE_S = 0.5
 
 @asynccontextmanager
 async def fresh_topology(kind: str) -> AsyncIterator[Topology]:
-    """A new topology of ``kind`` for one run; stopped whatever happens."""
-    topology = await asyncio.to_thread(start_topology, kind)
+    """A new topology of ``kind`` for one run; stopped whatever happens, a cancellation (the
+    row's timeout) while it starts included."""
+    topology = await _started(kind)
     try:
         yield topology
     finally:
         await asyncio.to_thread(topology.stop)
+
+
+async def _started(kind: str) -> Topology:
+    """Starts the topology in a thread. Cancelled, it waits for the thread, which cannot be
+    interrupted, and stops what it started: otherwise a row timing out here would leave its
+    Redis servers running for the rest of the benchmark."""
+    starting = asyncio.ensure_future(asyncio.to_thread(start_topology, kind))
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await _stop_once_started(starting)
+        raise
+
+
+async def _stop_once_started(starting: asyncio.Future[Topology]) -> None:
+    try:
+        topology = await starting
+    except Exception:  # it failed to start: start_topology stopped what it had started
+        return
+    await asyncio.to_thread(topology.stop)
 
 
 async def failover_under_load(ctx: RowContext) -> Measurement:
