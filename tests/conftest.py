@@ -189,3 +189,13 @@ def masters_of(topology: Topology) -> list[RedisNode]:
     if isinstance(topology, SentinelTopology):
         return [topology.current_master()]
     return list(topology.nodes)
+
+
+def user_kept_to_prefix(node: RedisNode, prefix: str = "myapp") -> str:
+    """A URL of ``node`` for a user the ACL keeps to the keys under ``prefix`` (a layer's own)."""
+    admin = node.client()
+    try:
+        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pw", f"~{prefix}:*", "+@all")
+    finally:
+        admin.close()
+    return f"redis://app:app-pw@{node.host}:{node.port}"

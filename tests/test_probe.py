@@ -22,7 +22,7 @@ from channels_ha.sandbox import (
     TopologyFactory,
 )
 
-from .conftest import masters_of, nothing_left_open, refusing_writes
+from .conftest import masters_of, nothing_left_open, refusing_writes, user_kept_to_prefix
 
 #: The probe's bound on each step in the tests that freeze nodes.
 FROZEN_TIMEOUT_S = 0.5
@@ -457,13 +457,7 @@ def test_a_user_who_may_not_write_the_probe_key_is_a_warning(
 ) -> None:
     """A user the ACL keeps to the layer's own prefix: the check under that prefix is made;
     under another prefix it cannot be, which is a warning, not a failure."""
-    node = redis_sandbox_factory("standalone").nodes[0]
-    admin = node.client()
-    try:
-        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pw", "~myapp:*", "+@all")
-    finally:
-        admin.close()
-    config = parse_url(f"redis://app:app-pw@{node.host}:{node.port}")
+    config = parse_url(user_kept_to_prefix(redis_sandbox_factory("standalone").nodes[0]))
     own = probe(config, prefix="myapp")
     other = probe(config)
     assert (own.ok, own.warnings) == (True, ()), own

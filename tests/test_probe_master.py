@@ -17,7 +17,7 @@ from channels_ha.sandbox import (
     TopologyFactory,
 )
 
-from .conftest import masters_of, nothing_left_open, refusing_writes
+from .conftest import masters_of, nothing_left_open, refusing_writes, user_kept_to_prefix
 
 
 def test_ok_on_every_topology(redis_topology: Topology) -> None:
@@ -179,13 +179,7 @@ def test_a_master_refusing_writes_is_not_ok(
 def test_the_write_check_uses_the_layers_prefix(redis_sandbox_factory: TopologyFactory) -> None:
     """A user the ACL keeps to the layer's prefix takes the write under it; under a prefix it
     may not write, the check is not made, and that fails nothing (the layer works)."""
-    node = redis_sandbox_factory("standalone").nodes[0]
-    admin = node.client()
-    try:
-        admin.execute_command("ACL", "SETUSER", "app", "on", ">app-pw", "~myapp:*", "+@all")
-    finally:
-        admin.close()
-    config = parse_url(f"redis://app:app-pw@{node.host}:{node.port}")
+    config = parse_url(user_kept_to_prefix(redis_sandbox_factory("standalone").nodes[0]))
     assert probe_master(config, prefix="myapp").writable is True
     other = probe_master(config)
     assert (other.ok, other.writable, other.error) == (True, None, None)

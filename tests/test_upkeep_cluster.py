@@ -21,9 +21,10 @@ from channels_ha._delivery import inbox_of
 from channels_ha._inbox_totals import LIMIT_REFRESH_S, LIMIT_TTL_MS
 from channels_ha._keys import KeyLayout
 from channels_ha._slots import slot_of
-from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
+from channels_ha.sandbox import ClusterTopology, TopologyFactory
 
 from .conftest import LayerFactory
+from .test_cluster import layer_connections
 
 CAPACITY = 10
 CHANNELS = 20  # per receiving process
@@ -49,16 +50,6 @@ def cluster(redis_sandbox_factory: TopologyFactory) -> ClusterTopology:
 
 def limit_key(layer: RedisChannelLayer, channel: str) -> str:
     return KeyLayout(layer.prefix).inbox_limit(inbox_of(channel))
-
-
-async def layer_connections(node: RedisNode, layer: RedisChannelLayer) -> int:
-    """How many connections ``layer`` (by its client name) holds to ``node``."""
-    name = layer._session()._shards[0].spec.settings.client_name
-    client = node.async_client()
-    try:
-        return sum(entry["name"] == name for entry in await client.client_list())
-    finally:
-        await client.aclose()
 
 
 async def ticks(layer: RedisChannelLayer, count: int) -> None:
