@@ -128,6 +128,12 @@ def parse_hosts_entry(entry: object, *, source: str = "hosts entry") -> RedisCon
     )
 
 
+# Keys that say where Redis is; a configuration with none of them means localhost:6379.
+_LOCATING_KEYS = frozenset(
+    {"address", "host", "port", "unix_socket_path", "sentinels", "startup_nodes"}
+)
+
+
 @dataclass(frozen=True)
 class ConfigSource:
     """The value chosen by the precedence rules, and the names of those it overrode."""
@@ -140,8 +146,25 @@ class ConfigSource:
     def parse(self) -> RedisConfig:
         """Parse the chosen value; errors name this source."""
         if self.kind == "connection_config":
-            return parse_connection_config(self.value, source=self.name)
+            config = parse_connection_config(self.value, source=self.name)
+            self._check_names_a_redis()
+            return config
         return parse_url(str(self.value), source=self.name)
+
+    def _check_names_a_redis(self) -> None:
+        """A configuration naming no Redis means localhost:6379; beside a URL it overrides,
+        that is a leftover (an empty ``{}`` templated into a manifest), not a choice: the
+        URL would be ignored, and the app would reach a Redis that is not there."""
+        if not self.ignored:
+            return
+        options = json.loads(self.value) if isinstance(self.value, str) else self.value
+        if not _LOCATING_KEYS & set(options):
+            ignored = " and ".join(self.ignored)
+            raise Source(self.name).error(
+                f"names no Redis (no {', '.join(sorted(_LOCATING_KEYS))}), which means "
+                f"localhost:6379, while {ignored} is set and would be ignored; expected the "
+                "address here, or this variable unset (blank counts as unset)"
+            )
 
 
 def select_source(

@@ -538,6 +538,32 @@ def test_connection_config_wins_over_url() -> None:
     assert isinstance(load_config(environ=environ), SentinelConfig)
 
 
+@pytest.mark.parametrize("leftover", ["{}", '{"db": 2, "password": "hunter2"}'])
+def test_a_connection_config_naming_no_redis_does_not_override_a_url(leftover: str) -> None:
+    """Seen: REDIS_CONNECTION_CONFIG='{}' (an empty template) beside a sound REDIS_URL meant
+    localhost:6379, the URL ignored, said only by an INFO line. With a URL it would override,
+    a configuration that names no Redis is an error naming both, showing no password; alone,
+    {} is still the local default (see test_empty_object_is_the_local_default)."""
+    environ = {
+        "REDIS_URL": "redis://:s3cret@redis.example:6379/0",
+        "REDIS_CONNECTION_CONFIG": leftover,
+    }
+    with pytest.raises(ConfigurationError) as raised:
+        load_config(environ=environ)
+    message = str(raised.value)
+    assert message.startswith(
+        "Invalid Redis configuration in REDIS_CONNECTION_CONFIG: names no Redis"
+    )
+    assert "while REDIS_URL is set and would be ignored" in message
+    assert "s3cret" not in message
+    assert "hunter2" not in message
+    with pytest.raises(ConfigurationError, match="argument url is set"):
+        load_config(url="redis://a:1", connection_config={})
+    assert load_config(environ={**environ, "REDIS_CONNECTION_CONFIG": '{"host": "b"}'}) == (
+        SingleNodeConfig(address="b:6379")
+    )
+
+
 def test_code_values_replace_the_environment() -> None:
     """Values passed in code are used even when the variables are set."""
     environ = {"REDIS_URL": "redis://env", "REDIS_CONNECTION_CONFIG": EXAMPLE}
