@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ._core import LayerCore
 from ._epochs import Epochs, Mark
-from ._recovery import watch_epochs
+from ._recovery import watch_epoch
 from ._shard import ShardConnections
 from ._upkeep_steps import UpkeepSteps
 from .exceptions import RedisCommandError, RedisUnavailable
@@ -78,7 +78,7 @@ class EpochReads:
     async def _read(self, shard: ShardConnections, node: str, key: str) -> None:
         with self._steps.step("epoch check"):
             try:
-                lost = await watch_epochs(self._core, shard, self._epochs, [(node, key)])
+                lost = await watch_epoch(self._core, shard, self._epochs, node, key)
             except (RedisUnavailable, RedisCommandError) as err:
                 logger.debug("Epoch check failed: %s", err)
                 return

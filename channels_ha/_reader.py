@@ -416,8 +416,8 @@ class BlockingReader:
 
     def _reply_lost(self, sent: Sent) -> None:
         """The request ``sent`` lost its connection before its reply came: called at once,
-        on any path (close() collecting it too), with what arrived of the reply still in
-        the parser."""
+        on any path (close() collecting it too); ``sent.arrived`` is how much of the reply
+        had come."""
 
     def _idle_work(self) -> bool:
         """Whether to send a request although nobody waits (with no keys to pop)."""

@@ -201,15 +201,11 @@ def log_failure(future: asyncio.Future[Any]) -> None:
         logger.warning("Background Redis operation failed: %s", error)
 
 
-async def watch_epochs(
-    core: LayerCore,
-    shard: ShardConnections,
-    seen: Epochs,
-    marks: list[tuple[str, str]] | None = None,
+async def watch_epoch(
+    core: LayerCore, shard: ShardConnections, seen: Epochs, node: str, key: str
 ) -> bool:
-    """Notices a master that lost its data even without a connection that saw it restart;
-    True when one did. ``marks``: (master, epoch key) of the masters to read, by default
-    every master of the shard.
+    """Notices that the master ``node`` of ``shard`` lost its data even without a connection
+    that saw it restart; True when it did. ``key``: its epoch key.
 
     On Cluster (or with several hosts, or in a process that sends without receiving) a
     process talks only to the masters it uses, so a master restarted empty can go unnoticed
@@ -217,25 +213,20 @@ async def watch_epochs(
     master's epoch every second notices it: a changed or missing epoch means the data began
     again.
     """
-    if marks is None:
-        marks = shard.epoch_keys(core.keys)
-    values = await asyncio.gather(*(shard.link.submit("GET", k, key=k) for _, k in marks))
-    lost = False
-    for (node, key), value in zip(marks, values, strict=True):
-        if value is None:
-            shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
-        last_key, last_value = seen.get((shard.spec.index, node), (None, None))
-        if last_key == key and last_value is not None and value != last_value:
-            lost = True
-            # Noticed here first, the connection's own epoch check will find nothing new:
-            # group_send must wait for the memberships from here.
-            began_s = time.time() if value is None else int(cast(bytes, value)) / 1000
-            note_data_loss(shard, began_s)
-        seen[(shard.spec.index, node)] = (key, value)  # after: as in _compare
-    if lost:
-        logger.warning(
-            "A master of %s lost its data; re-asserting group memberships",
-            shard.spec.locator.describe(),
-            extra={"event": "data_lost"},
-        )
-    return lost
+    value = await shard.link.submit("GET", key, key=key)
+    if value is None:
+        shard.link.submit("SET", key, now_ms(), "NX", key=key).add_done_callback(log_failure)
+    last_key, last_value = seen.get((shard.spec.index, node), (None, None))
+    seen[(shard.spec.index, node)] = (key, value)  # (as in _compare)
+    if last_key != key or last_value is None or value == last_value:
+        return False
+    # Noticed here first, the connection's own epoch check will find nothing new:
+    # group_send must wait for the memberships from here.
+    began_s = time.time() if value is None else int(cast(bytes, value)) / 1000
+    note_data_loss(shard, began_s)
+    logger.warning(
+        "A master of %s lost its data; re-asserting group memberships",
+        shard.spec.locator.describe(),
+        extra={"event": "data_lost"},
+    )
+    return True

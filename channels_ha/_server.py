@@ -159,7 +159,7 @@ class SentinelLocator:
 
     async def locate(self) -> Endpoint:
         """The master the best answer names. When no sentinel names one and most of them
-        turn the configuration away (refused credentials, an unknown master name: see
+        turn the configuration away (refused credentials or commands: see
         ``_sentinel_refusals``), RedisCommandError at once: no failover cures that."""
         answers = await self._answers(SENTINEL_ANSWER_WINDOW_S)
         views = [answer for answer in answers.values() if isinstance(answer, _View)]

@@ -158,7 +158,19 @@ class Session:
     async def _wind_down(self, closer: asyncio.Task[Any] | None) -> None:
         """What close() waits for, bounded as a whole (see docs/failover.md): the pops in
         flight collected, a lost reply's batch recovered, the messages given back."""
-        if closer is not self._keeper:
+        await self._stop_readers(closer)
+        # Each RETURN waits for a master as any request does, up to failover_timeout: a
+        # close() during a failover still gives back what the readers popped (seen with a
+        # fixed 2 s: every popped message lost, unlogged). What fails is logged at the end.
+        # (And the returns started by receivers that just left get to finish.)
+        returns_end_s = self.core.failover_timeout_s + CLOSE_RETURN_TIMEOUT_S
+        await self.give_back.give_back_all(returns_end_s)
+
+    async def _stop_readers(self, closer: asyncio.Task[Any] | None) -> None:
+        """The background work and the readers stopped, the receivers still waiting failed.
+        Each step does nothing once done: ``_close_all`` runs them again, as a cancellation
+        may have skipped some."""
+        if closer is not self._keeper:  # (the keeper, closing at the loop's end, waits here)
             self._keeper.cancel()
             await asyncio.wait({self._keeper})
         self.inbox_limits.close()  # its channels stop counting in the process's limits
@@ -169,12 +181,6 @@ class Session:
         # What the readers popped has been handed over; nothing more will come to those
         # still waiting, and a receive() must not hang on a closed session.
         self._fail_waiters()
-        # Each RETURN waits for a master as any request does, up to failover_timeout: a
-        # close() during a failover still gives back what the readers popped (seen with a
-        # fixed 2 s: every popped message lost, unlogged). What fails is logged at the end.
-        # (And the returns started by receivers that just left get to finish.)
-        returns_end_s = self.core.failover_timeout_s + CLOSE_RETURN_TIMEOUT_S
-        await self.give_back.give_back_all(returns_end_s)
 
     def _hurry(self) -> None:
         """close() was cancelled: whatever it was waiting for, the rest waits for no reply."""
@@ -197,15 +203,9 @@ class Session:
             raise
 
     async def _close_all(self, closer: asyncio.Task[Any] | None) -> None:
-        """Every step of the wind-down again (each does nothing if done: a cancellation may
-        have skipped some), then what must run whatever happened before."""
-        if closer is not self._keeper:  # (the keeper, closing at the loop's end, waits here)
-            self._keeper.cancel()
-            await asyncio.wait({self._keeper})
-        self.inbox_limits.close()
-        await self.resync.cancel()
-        await asyncio.gather(*(shard.close_readers() for shard in self._shards))
-        self._fail_waiters()
+        """The readers' stop again (a cancellation may have skipped it), then what must run
+        whatever happened before."""
+        await self._stop_readers(closer)
         await self.give_back.stop()  # nothing will try again: what is left is logged lost
         # At once, as their readers: each may wait CLOSE_RETURN_TIMEOUT_S for its replies.
         drain_s = 0.0 if self._hurried else CLOSE_RETURN_TIMEOUT_S

@@ -145,26 +145,22 @@ class ConfigSource:
 
     def parse(self) -> RedisConfig:
         """Parse the chosen value; errors name this source."""
-        if self.kind == "connection_config":
-            config = parse_connection_config(self.value, source=self.name)
-            self._check_names_a_redis()
-            return config
-        return parse_url(str(self.value), source=self.name)
-
-    def _check_names_a_redis(self) -> None:
-        """A configuration naming no Redis means localhost:6379; beside a URL it overrides,
-        that is a leftover (an empty ``{}`` templated into a manifest), not a choice: the
-        URL would be ignored, and the app would reach a Redis that is not there."""
-        if not self.ignored:
-            return
-        options = json.loads(self.value) if isinstance(self.value, str) else self.value
-        if not _LOCATING_KEYS & set(options):
-            ignored = " and ".join(self.ignored)
-            raise Source(self.name).error(
+        if self.kind == "url":
+            return parse_url(str(self.value), source=self.name)
+        where = Source(self.name)
+        options = _json_object(self.value, where) if isinstance(self.value, str) else self.value
+        config = parse_connection_config(options, source=self.name)
+        if self.ignored and not _LOCATING_KEYS & set(options):
+            # A configuration naming no Redis means localhost:6379; beside a URL it overrides,
+            # it is a leftover (an empty ``{}`` templated into a manifest), not a choice: the
+            # URL would be ignored, and the app would reach a Redis that is not there.
+            raise where.error(
                 f"names no Redis (no {', '.join(sorted(_LOCATING_KEYS))}), which means "
-                f"localhost:6379, while {ignored} is set and would be ignored; expected the "
-                "address here, or this variable unset (blank counts as unset)"
+                f"localhost:6379, while {' and '.join(self.ignored)} is set and would be "
+                "ignored; expected the address here, or this variable unset (blank counts "
+                "as unset)"
             )
+        return config
 
 
 def select_source(

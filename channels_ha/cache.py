@@ -356,20 +356,18 @@ class RedisCache(DjangoRedisCache):
         #: cache, and raising would end ``manage.py check`` in a traceback before
         #: channels_ha.E003 could report it (``channels_ha.caches()`` raises it at once).
         self.configuration_error: ConfigurationError | None = None
-        options = params.get("OPTIONS", {})
         try:
-            _require_options_dict(options)
+            _require_options_dict(params.get("OPTIONS", {}))
         except ConfigurationError as err:
             self.configuration_error = err
             params = {**params, "OPTIONS": {}}  # (Django's __init__ calls .get() on it)
         super().__init__(server, params)
-        if self.configuration_error is not None:
-            return
-        try:
-            self._config = cache_config(server, self._options)
-            read_tls_files(self._config)  # else a bad file is retried as if Redis were away
-        except ConfigurationError as err:
-            self.configuration_error = err
+        if self.configuration_error is None:
+            try:
+                self._config = cache_config(server, self._options)
+                read_tls_files(self._config)  # else a bad file is retried as if Redis were away
+            except ConfigurationError as err:
+                self.configuration_error = err
 
     @cached_property
     def _cache(self) -> Any:

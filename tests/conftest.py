@@ -19,6 +19,7 @@ import redis
 from channels_ha import RedisChannelLayer, parse_url
 from channels_ha._buffers import ChannelBuffer
 from channels_ha._interop import close_sync_client, sync_client
+from channels_ha._recovery import watch_epoch
 from channels_ha.sandbox import ClusterTopology, RedisNode, SentinelTopology, Topology, Traffic
 
 LayerFactory = Callable[..., RedisChannelLayer]
@@ -199,3 +200,14 @@ def user_kept_to_prefix(node: RedisNode, prefix: str = "myapp") -> str:
     finally:
         admin.close()
     return f"redis://app:app-pw@{node.host}:{node.port}"
+
+
+async def read_every_epoch(layer: RedisChannelLayer) -> bool:
+    """The upkeep's epoch read of every master of the layer's first shard, at once; True if
+    one of them lost its data."""
+    session = layer._session()
+    shard = session._shards[0]
+    marks = shard.epoch_keys(session.core.keys)
+    seen = session.resync.epochs
+    reads = [watch_epoch(session.core, shard, seen, node, key) for node, key in marks]
+    return any(await asyncio.gather(*reads))

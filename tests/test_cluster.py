@@ -20,14 +20,13 @@ import pytest
 from channels_ha import RedisChannelLayer, RedisUnavailable
 from channels_ha._cluster import ClusterRouter
 from channels_ha._keys import KeyLayout
-from channels_ha._recovery import watch_epochs
 from channels_ha._resp import Endpoint
 from channels_ha._server import ServerSettings
 from channels_ha._slots import ask_slots, parse_slots, slot_of, tag_for_slot
 from channels_ha._stats import ShardStats
 from channels_ha.sandbox import ClusterTopology, RedisNode, TopologyFactory
 
-from .conftest import LayerFactory, finish_traffic, start_traffic
+from .conftest import LayerFactory, finish_traffic, read_every_epoch, start_traffic
 
 CLUSTER_DOWN_S = 2.0
 RETIRE_WAIT_S = 10.0  # how long a demoted master may keep the layer's link
@@ -298,7 +297,7 @@ async def test_a_reshard_is_not_taken_for_a_failover(
     shard = session._shards[0]
     router = shard.router
     assert router is not None
-    await watch_epochs(session.core, shard, session.resync.epochs)  # every master's epoch seen
+    await read_every_epoch(layer)  # every master's epoch seen
     source = (await cluster.amasters())[0]
     first = router.first_slot_at(f"{source.host}:{source.port}")
     assert first is not None
@@ -312,7 +311,7 @@ async def test_a_reshard_is_not_taken_for_a_failover(
     assert shard.stats.server_changes == changes
     await cluster.amigrate_slot(first, target)
     await router._refresh_map()
-    assert not await watch_epochs(session.core, shard, session.resync.epochs)
+    assert not await read_every_epoch(layer)
     assert shard.stats.server_changes == changes
     assert shard.stats.recovering_until < time.time()
     assert [(await layer.receive("member"))["type"] for _ in range(2)] == ["before", "moved"]

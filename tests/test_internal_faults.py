@@ -173,8 +173,8 @@ async def test_a_failing_epoch_read_is_reported_and_read_again(
     again."""
     channel = await layer.new_channel()
     await layer.group_add("room", channel)  # something to re-assert: every tick reads
-    patched, calls = raising_once(_epoch_reads.watch_epochs)
-    monkeypatch.setattr(_epoch_reads, "watch_epochs", patched)
+    patched, calls = raising_once(_epoch_reads.watch_epoch)
+    monkeypatch.setattr(_epoch_reads, "watch_epoch", patched)
     with caplog.at_level(logging.ERROR, logger="channels_ha.layer"):
         deadline = asyncio.get_running_loop().time() + UPKEEP_TIMEOUT_S * 2
         while len(calls) < 2:

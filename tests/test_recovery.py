@@ -12,11 +12,11 @@ from asgiref.sync import async_to_sync
 from channels_ha import RedisChannelLayer
 from channels_ha._buffers import now_ms
 from channels_ha._constants import RESTART_GRACE_S
-from channels_ha._recovery import check_epoch, recovered, watch_epochs
+from channels_ha._recovery import check_epoch, recovered
 from channels_ha._session import Session
 from channels_ha.sandbox import StandaloneTopology, TopologyFactory
 
-from .conftest import LayerFactory
+from .conftest import LayerFactory, read_every_epoch
 
 
 async def test_grace_period_is_known_when_the_epoch_check_reads_as_done(
@@ -89,10 +89,11 @@ async def test_a_loss_noticed_by_the_epoch_watch_gets_the_grace_period(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:
     """A restart empty noticed first by the periodic epoch read makes group_send wait too."""
-    session = await _data_began_again(make_layer(redis_sandbox_factory("standalone")), 1.0)
+    layer = make_layer(redis_sandbox_factory("standalone"))
+    session = await _data_began_again(layer, 1.0)
     shard = session._shards[0]
     noticed = time.time()
-    assert await watch_epochs(session.core, shard, session.resync.epochs)
+    assert await read_every_epoch(layer)
     assert shard.stats.recovering_until >= noticed + RESTART_GRACE_S
 
 
