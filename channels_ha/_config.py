@@ -196,7 +196,22 @@ ReplyTimeout = Annotated[float, _number(_REPLY), _positive(_REPLY)]
 ConnectTimeout = Annotated[float, _number(_CONNECT), _positive(_CONNECT)]
 SentinelTimeout = Annotated[float, _number(_SENTINEL), _positive(_SENTINEL)]
 PositiveSeconds = Annotated[float, _number(_POSITIVE_SECONDS), _positive(_POSITIVE_SECONDS)]
-Name = Annotated[str, _require(bool, "a non-empty string")]
+
+
+def _is_master_name(name: str) -> bool:
+    # U+FFFD is what a URL's %-escape of bytes that are not UTF-8 decodes to: the sentinels
+    # would be asked about a master of another name, and wait out failover_timeout for it.
+    return bool(name) and name.isprintable() and "\ufffd" not in name
+
+
+MasterName = Annotated[
+    str,
+    _require(
+        _is_master_name,
+        "a master name of printable UTF-8 characters (no control characters; in a URL, "
+        "%-escapes that decode to UTF-8)",
+    ),
+]
 
 
 def _cert_reqs_as_redis_py_takes_them(value: object) -> object:
@@ -457,7 +472,7 @@ class SentinelConfig(_BaseConfig):
 
     mode: Literal["sentinel"] = "sentinel"
     sentinels: Annotated[tuple[SentinelNode, ...], _require(bool, "at least one sentinel")]
-    master_name: Name
+    master_name: MasterName
     sentinel_username: Username | None = None
     sentinel_password: OptionalPassword = None
     sentinel_tls: TLSConfig | None = None

@@ -18,6 +18,7 @@ from channels_ha._config import (
 )
 from channels_ha._redis_kwargs import sentinel_kwargs
 from channels_ha._sources import parse_connection_config
+from channels_ha._url import parse_url
 from channels_ha.exceptions import ConfigurationError
 
 PASSWORD = "s3cret-Pa55"
@@ -293,3 +294,19 @@ def test_a_socket_timeout_of_zero_is_refused(options: dict[str, object], key: st
     with pytest.raises(ConfigurationError) as caught:
         parse_connection_config(options, source="REDIS_CONNECTION_CONFIG")
     assert f"'{key}': expected a duration in seconds > 0 (leave it out for " in str(caught.value)
+
+
+def test_master_name_must_be_printable_utf8() -> None:
+    """A control character, or a URL %-escape of bytes that are not UTF-8 (decoded to U+FFFD),
+    names a master no sentinel monitors: refused when read, not waited out at the first send."""
+    for url in (
+        "redis+sentinel://127.0.0.1:26379/my%FFmaster",
+        "redis+sentinel://127.0.0.1:26379/my%00master",
+        "redis+sentinel://127.0.0.1:26379/my%0Amaster",
+    ):
+        with pytest.raises(ConfigurationError, match="'master_name': expected a master name"):
+            parse_url(url)
+    for name in ("my\tmaster", "my\x7fmaster", "my\ufffdmaster"):
+        with pytest.raises(pydantic.ValidationError, match="printable UTF-8"):
+            SentinelConfig(sentinels=["s"], master_name=name)
+    assert parse_url("redis+sentinel://127.0.0.1:26379/my%20m%C3%A4ster").master_name == "my mäster"
