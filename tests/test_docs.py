@@ -12,13 +12,17 @@ import re
 import shlex
 import symtable
 import textwrap
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
 from channels_ha.sandbox import Topology
+from tests.startproject import manage_check, settings_of, startproject
 
 ROOT = Path(__file__).resolve().parent.parent
 _FENCE = re.compile(r"```(\w*)\n(.*?)\n[ ]*```", re.DOTALL)
@@ -84,12 +88,50 @@ def _build(layer_setting: dict[str, Any]) -> RedisChannelLayer:
     return RedisChannelLayer(**layer_setting.get("CONFIG", {}))
 
 
-async def test_readme_settings(redis_sentinel: Topology, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's settings.py builds a working layer from REDIS_URL."""
+async def test_readme_settings(
+    redis_sentinel: Topology, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The README's settings, added to a startproject settings.py, pass ``manage.py check``
+    (seen: they replaced startproject's INSTALLED_APPS, and the default urls.py failed with
+    LookupError: No installed app with label 'admin') and build a working layer from
+    REDIS_URL."""
     monkeypatch.setenv("REDIS_URL", redis_sentinel.url)
-    settings = settings_from(example("README.md", "settings"))
-    assert "channels_ha" in settings["INSTALLED_APPS"]
+    project = startproject(tmp_path, example("README.md", "settings"))
+    checked = manage_check(project, {"REDIS_URL": redis_sentinel.url})
+    assert checked.returncode == 0, checked.stderr
+    settings = settings_of(project)
+    assert {"django.contrib.admin", "channels_ha"} <= set(settings["INSTALLED_APPS"])
     await roundtrip(settings["CHANNEL_LAYERS"]["default"])
+
+
+def _brought_by(distributions: list[str]) -> set[str]:
+    """The normalised names of ``distributions`` and of what they require here, extras aside."""
+    names: set[str] = set()
+    pending = list(distributions)
+    while pending:  # each distribution once
+        requirement = Requirement(pending.pop())
+        name = canonicalize_name(requirement.name)
+        if name in names:
+            continue
+        names.add(name)
+        for needed in metadata.requires(name) or []:
+            marker = Requirement(needed).marker
+            if marker is None or marker.evaluate({"extra": ""}):
+                pending.append(needed)
+    return names
+
+
+def test_readme_install_brings_every_app() -> None:
+    """The README's pip install brings every app its settings install (seen: daphne came only
+    with the [dev] extra, and ``manage.py check`` failed with ModuleNotFoundError)."""
+    (install,) = re.findall(r"^pip install (.+)$", example("README.md", "install"), re.M)
+    brought = _brought_by(shlex.split(install, comments=True))
+    namespace = {"INSTALLED_APPS": ["django.contrib.admin"]}  # startproject's, in short
+    exec(compile(example("README.md", "settings"), "<example>", "exec"), namespace)
+    owners = metadata.packages_distributions()
+    for app in namespace["INSTALLED_APPS"]:
+        (owner,) = owners[app.partition(".")[0]]
+        assert canonicalize_name(owner) in brought, app
 
 
 def test_readme_environment() -> None:

@@ -29,6 +29,7 @@ from channels_ha.checks import CHECK_IDS, check_configuration, check_deployment
 from channels_ha.metrics import METRICS
 from channels_ha.sandbox import SentinelTopology, StandaloneTopology
 from tests import django_settings
+from tests.startproject import manage_check, settings_of, startproject
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 PACKAGE = Path(channels_ha.__file__).resolve().parent
@@ -95,10 +96,17 @@ def test_every_marker_is_a_known_kind() -> None:
 SECURE = "redis+sentinel://:pw@s1,s2,s3/mymaster?sentinel_password=spw"
 
 
-def test_settings_example_passes_the_deploy_checks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The settings build both settings from REDIS_URL, and pass check --deploy."""
+def test_settings_example_passes_the_deploy_checks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The settings, added to a startproject settings.py, pass ``manage.py check`` and build
+    both settings from REDIS_URL, which pass check --deploy."""
     monkeypatch.setenv("REDIS_URL", SECURE)
-    settings = _run("settings")
+    ((_, code), *_) = _blocks("settings")
+    project = startproject(tmp_path, code)
+    checked = manage_check(project, {"REDIS_URL": SECURE})
+    assert checked.returncode == 0, checked.stderr
+    settings = settings_of(project)
     assert settings["CHANNEL_LAYERS"]["default"]["CONFIG"]["config"] == parse_url(SECURE)
     assert settings["CACHES"]["default"]["OPTIONS"]["config"] == parse_url(SECURE)
     assert "channels_ha" in settings["INSTALLED_APPS"]
