@@ -30,6 +30,7 @@ KINDS = {
     "log",
     "python",
     "kubernetes-env",
+    "redis-values",  # checked by tests/test_kubernetes_docs.py with kubernetes.md's
 }
 _FENCE = re.compile(r"```(\w*)\n(.*?)\n```", re.DOTALL)
 _MARKER = re.compile(r"<!-- example: ([\w-]+) -->")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ from channels_ha import RedisConfig, parse_url
 from channels_ha._config import SentinelConfig
 from channels_ha._sources import parse_connection_config
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "kubernetes.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOC = DOCS / "kubernetes.md"
 ELECTION_S = 1.0  # the page's "about a second"
+CHART_DOWN_AFTER_MS = 60_000  # the Bitnami chart's sentinel.downAfterMilliseconds
 
 
-def example(name: str) -> Any:
-    _, _, after = DOC.read_text().partition(f"<!-- example: {name} -->")
+def example(name: str, document: Path = DOC) -> Any:
+    _, _, after = document.read_text().partition(f"<!-- example: {name} -->")
     match = re.search(r"```yaml\n(.*?)\n```", after, re.DOTALL)
     assert match, name
     return yaml.safe_load(match.group(1))
@@ -49,13 +52,30 @@ def test_any_password_reaches_both_hops(password: str) -> None:
     assert config.sentinel_password.get_secret_value() == password
 
 
-def test_failover_is_shorter_than_failover_timeout() -> None:
-    """The chart values make a failover shorter than the application's failover_timeout."""
-    sentinel = example("redis-values")["sentinel"]
+def configuration_md_config(password: str = "generatedpassword") -> RedisConfig:
+    """configuration.md's Bitnami REDIS_URL once Kubernetes expanded ``$(REDIS_PASSWORD)``."""
+    env = {
+        e["name"]: e.get("value")
+        for e in example("kubernetes-env", DOCS / "configuration.md")["env"]
+    }
+    return parse_url(str(env["REDIS_URL"]).replace("$(REDIS_PASSWORD)", password))
+
+
+@pytest.mark.parametrize(
+    ("document", "application"),
+    [(DOC, redis_config), (DOCS / "configuration.md", configuration_md_config)],
+    ids=["kubernetes.md", "configuration.md"],
+)
+def test_failover_is_shorter_than_failover_timeout(
+    document: Path, application: Callable[[], RedisConfig]
+) -> None:
+    """The chart values make a failover shorter than the application's failover_timeout (seen:
+    configuration.md's left the chart's 60 s down-after, past the default 30 s)."""
+    sentinel = example("redis-values", document)["sentinel"]
     assert sentinel["enabled"]
     assert sentinel["masterSet"] == "mymaster"
-    config = redis_config()
-    assert sentinel["downAfterMilliseconds"] / 1000 + ELECTION_S < config.failover_timeout_s
+    down_after_s = sentinel.get("downAfterMilliseconds", CHART_DOWN_AFTER_MS) / 1000
+    assert down_after_s + ELECTION_S < application().failover_timeout_s
 
 
 def test_deployment_configuration_is_valid() -> None:
