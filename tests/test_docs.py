@@ -21,6 +21,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from channels_ha import RedisChannelLayer, RedisUnavailable, parse_url
+from channels_ha._keys import KeyLayout
 from channels_ha.sandbox import Topology
 from tests.startproject import manage_check, settings_of, startproject
 
@@ -207,3 +208,25 @@ async def test_migrating_validated(
     assert setting["CONFIG"]["capacity"] == 1500
     assert setting["CONFIG"]["expiry"] == 30
     await roundtrip(setting)
+
+
+def test_documented_keys_are_the_real_ones() -> None:
+    """Every ``<prefix>:`` key form in migrating.md and scaling.md is one the layer writes
+    (seen: migrating.md showed ``<prefix>:c:{channel}`` and ``<prefix>:i:{inbox}``, which
+    carry neither the real hash tags nor the name after them)."""
+    keys = KeyLayout(prefix="<prefix>")
+    inbox = "specific.<client>!"
+    real = {
+        keys.channel("<channel>"),
+        keys.inbox(inbox),
+        keys.inbox_limit(inbox),
+        keys.dedupe("<channel>", "<sender>"),
+        *keys.membership_keys("<group>"),
+    }
+    for page in ("docs/migrating.md", "docs/scaling.md"):
+        shown = set(re.findall(r"`(<prefix>:[^`]*)`", (ROOT / page).read_text()))
+        checked = {
+            form for form in shown if form.split(":")[1] in {"c", "i", "l", "s", "g", "t", "x"}
+        }
+        assert checked, page
+        assert checked <= real, (page, checked - real)
