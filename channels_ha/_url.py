@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 from pydantic import SecretStr
 
@@ -42,6 +42,7 @@ _PASSWORD_QUERY_KEYS = {name for name in SENTINEL_QUERY_KEYS if "password" in na
 logger = logging.getLogger("channels_ha.config")
 _plus_noted: set[str] = set()  # password parameters whose '+' was already warned about
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+")
+_UTF8_ESCAPES = "%-escapes of UTF-8 text (é is %C3%A9; %E9, Latin-1's, is not UTF-8)"
 _MISPLACED_AT = (
     "an '@' after the host part; if a password holds '/', '?', '#' or '&', percent-encode "
     "them (%2F, %3F, %23, %26)"
@@ -99,7 +100,7 @@ def url_options(url: str, source: Source) -> dict[str, Any]:
     netloc, path, query = _split(rest)
     if "@" in path and location != "unix":  # a socket file may be named redis@6379.sock
         raise source.error(f"{_MISPLACED_AT}; expected [user:password@]host[:port][/path]")
-    credentials, hosts = _userinfo(netloc)
+    credentials, hosts = _userinfo(netloc, source)
     options = {"mode": mode, **credentials, **_LOCATIONS[location](hosts, path, source)}
     options |= _query(query, mode, source)
     return options | ({"ssl": True} if tls else {})
@@ -113,10 +114,23 @@ def _split(rest: str) -> tuple[str, str, str]:
     return rest[:end], path, query
 
 
-def _userinfo(netloc: str) -> tuple[dict[str, Any], str]:
+def _decoded(text: str, key: str, source: Source, *, plus: bool = False) -> str:
+    """``text`` with its %-escapes decoded as UTF-8 (and '+' read as a space in a query
+    value). Seen: ``%E9`` (Latin-1's é) in a password became U+FFFD, a password nobody set,
+    refused by Redis with no word on why. The error names the key, never the value, and
+    drops the decoder's, which quotes a byte of it."""
+    try:
+        return unquote(text.replace("+", " ") if plus else text, errors="strict")
+    except UnicodeDecodeError:
+        raise source.expected(key, _UTF8_ESCAPES) from None
+
+
+def _userinfo(netloc: str, source: Source) -> tuple[dict[str, Any], str]:
     """Percent-decoded username and secret password (the data nodes'), and the host list."""
     userinfo, _, hosts = netloc.rpartition("@")
-    username, _, password = (unquote(part) for part in userinfo.partition(":"))
+    raw_username, _, raw_password = userinfo.partition(":")
+    username = _decoded(raw_username, "username", source)
+    password = _decoded(raw_password, "password", source)
     credentials: dict[str, Any] = {"username": username} if username else {}
     return credentials | ({"password": SecretStr(password)} if password else {}), hosts
 
@@ -132,7 +146,7 @@ def _tcp(hosts: str, path: str, source: Source) -> dict[str, Any]:
         raise source.expected(
             "address", "one host (use redis+sentinel:// or redis+cluster:// for several)"
         )
-    return {"address": unquote(hosts) or "localhost", **_database(path)}
+    return {"address": _decoded(hosts, "address", source) or "localhost", **_database(path)}
 
 
 def _unix(hosts: str, path: str, source: Source) -> dict[str, Any]:
@@ -140,11 +154,11 @@ def _unix(hosts: str, path: str, source: Source) -> dict[str, Any]:
         raise source.expected(
             "unix_socket_path", "no host in a unix URL, e.g. unix:///run/redis.sock"
         )
-    return {"unix_socket_path": unquote(path)}
+    return {"unix_socket_path": _decoded(path, "unix_socket_path", source)}
 
 
-def _node_list(hosts: str) -> list[str]:
-    return [unquote(host) for host in hosts.split(",")] if hosts else []
+def _node_list(hosts: str, key: str, source: Source) -> list[str]:
+    return [_decoded(host, key, source) for host in hosts.split(",")] if hosts else []
 
 
 def _sentinel(hosts: str, path: str, source: Source) -> dict[str, Any]:
@@ -154,11 +168,15 @@ def _sentinel(hosts: str, path: str, source: Source) -> dict[str, Any]:
             "master_name",
             "the master name as the URL path, e.g. redis+sentinel://host:26379/mymaster",
         )
-    return {"sentinels": _node_list(hosts), "master_name": unquote(master), **_database(db)}
+    return {
+        "sentinels": _node_list(hosts, "sentinels", source),
+        "master_name": _decoded(master, "master_name", source),
+        **_database(db),
+    }
 
 
 def _cluster(hosts: str, path: str, source: Source) -> dict[str, Any]:
-    return {"startup_nodes": _node_list(hosts), **_database(path)}
+    return {"startup_nodes": _node_list(hosts, "startup_nodes", source), **_database(path)}
 
 
 _LOCATIONS = {"tcp": _tcp, "unix": _unix, "sentinel": _sentinel, "cluster": _cluster}
@@ -172,7 +190,8 @@ def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
         if not equals or "@" in name:
             problem = _MISPLACED_AT if "@" in name else "a query item without '=' (not shown)"
             raise source.error(f"{problem}; expected name=value parameters")
-    pairs = parse_qsl(query, keep_blank_values=True)
+    raw = [item.partition("=")[::2] for item in filter(None, query.split("&"))]
+    pairs = [(_query_name(name, source), value) for name, value in raw]
     known = SENTINEL_QUERY_KEYS if mode == "sentinel" else QUERY_KEYS
     password = ""  # the first password parameter so far: what follows may be part of it
     for name, _ in pairs:
@@ -189,13 +208,25 @@ def _query(query: str, mode: str, source: Source) -> dict[str, Any]:
         else:
             continue  # named by check_keys, with a suggestion
         raise source.error(f"{problem}; expected one of {', '.join(known)}")
-    parameters: dict[str, Any] = dict(pairs)
-    check_keys(parameters, known, source, noun="query parameter")
+    check_keys(dict(pairs), known, source, noun="query parameter")
     _once_each(pairs, source)
+    parameters: dict[str, Any] = {
+        name: _decoded(value, name, source, plus=True) for name, value in pairs
+    }
     for name in _PASSWORD_QUERY_KEYS & parameters.keys():  # hidden from here on
         parameters[name] = SecretStr(parameters[name])
     _note_plus(query)
     return parameters
+
+
+def _query_name(name: str, source: Source) -> str:
+    """A query parameter's decoded name; not shown when undecodable (a password's tail?)."""
+    try:
+        return unquote(name.replace("+", " "), errors="strict")
+    except UnicodeDecodeError:
+        raise source.error(
+            f"a query parameter name that is not UTF-8 (not shown); expected {_UTF8_ESCAPES}"
+        ) from None
 
 
 def _once_each(pairs: list[tuple[str, str]], source: Source) -> None:

@@ -304,7 +304,8 @@ def test_master_name_must_be_printable_utf8() -> None:
         "redis+sentinel://127.0.0.1:26379/my%00master",
         "redis+sentinel://127.0.0.1:26379/my%0Amaster",
     ):
-        with pytest.raises(ConfigurationError, match="'master_name': expected a master name"):
+        expected = "'master_name': expected (a master name|%-escapes of UTF-8)"  # (_url's)
+        with pytest.raises(ConfigurationError, match=expected):
             parse_url(url)
     for name in ("my\tmaster", "my\x7fmaster", "my\ufffdmaster"):
         with pytest.raises(pydantic.ValidationError, match="printable UTF-8"):

@@ -393,3 +393,47 @@ def test_a_plus_in_a_query_password_is_read_as_a_space_and_warned_about(
     assert encoded.sentinel_password is not None
     assert encoded.sentinel_password.get_secret_value() == "ab+cd"
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("url", "key"),
+    [
+        ("redis://:%E9t%E9@h", "password"),
+        ("redis://us%E9r:pw@h", "username"),
+        ("redis+sentinel://:pw@s1/mymaster?sentinel_password=%E9t%E9", "sentinel_password"),
+        ("redis+sentinel://:pw@s1/mymaster?sentinel_username=%E9", "sentinel_username"),
+        ("redis://h%E9st", "address"),
+        ("redis+sentinel://s%E9/mymaster", "sentinels"),
+        ("redis+cluster://n%E9", "startup_nodes"),
+        ("redis+sentinel://s1/my%FFmaster", "master_name"),
+        ("unix:///run/r%E9dis.sock", "unix_socket_path"),
+        ("rediss://h?ssl_ca_certs=/c%E9.pem", "ssl_ca_certs"),
+    ],
+)
+def test_a_percent_escape_that_is_not_utf8_is_an_error_naming_the_key(url: str, key: str) -> None:
+    """Seen: ``parse_url('redis://:%E9t%E9@h').password`` was '\\ufffdt\\ufffd' (the
+    escapes decoded with replacement), a password nobody set, where configuration.md says a
+    non-UTF-8 byte in a user name or password is an error naming the key. Never the value."""
+    message = _error(url)
+    assert f"'{key}': expected %-escapes of UTF-8 text" in message
+    assert "\\xe9" not in message.lower()
+    assert "\ufffd" not in message
+    assert "%E9t%E9" not in message.replace(redact_url(url), "")
+
+
+def test_an_undecodable_query_name_is_not_shown() -> None:
+    """A query name that is not UTF-8 may be a password's tail: refused, not shown."""
+    message = _error("redis://h?db=0&p%E9ss=1")
+    assert "a query parameter name that is not UTF-8 (not shown)" in message
+    assert "p%E9ss" not in message.replace(redact_url("redis://h?db=0&p%E9ss=1"), "")
+
+
+def test_utf8_escapes_and_plus_still_decode() -> None:
+    """UTF-8 escapes decode everywhere, and '+' is a space in a query value only."""
+    config = parse_url("redis+sentinel://m%C3%A4x:p+%C3%A9@s1/mymaster?sentinel_password=a+%C3%A9")
+    assert isinstance(config, SentinelConfig)
+    assert config.username == "mäx"
+    assert config.password is not None
+    assert config.password.get_secret_value() == "p+é"
+    assert config.sentinel_password is not None
+    assert config.sentinel_password.get_secret_value() == "a é"
