@@ -24,8 +24,9 @@ class ChannelsHAConfig(AppConfig):
 
 
 def _register_metrics() -> None:
+    from .metrics import register  # imports without prometheus_client; register() needs it
+
     try:
-        from .metrics import register
+        register()
     except ImportError:
         return  # the app still starts; check E004 says what is missing
-    register()

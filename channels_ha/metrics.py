@@ -4,7 +4,8 @@ Off by default, and free when off: the layer keeps its statistics anyway, and th
 reads them when Prometheus scrapes, so the hot path pays nothing either way. Turn it on with
 ``CHANNELS_HA_METRICS = True`` (the app then registers the collector on prometheus_client's
 default registry) or :func:`register`; expose it with :func:`metrics_view` or prometheus_client's
-own ``make_asgi_app()``. Needs the ``channels-ha[metrics]`` extra.
+own ``make_asgi_app()``. Needs the ``channels-ha[metrics]`` extra, though this module imports
+without it: :func:`metrics_view` then answers 503 naming the extra.
 
 Every metric has the label ``alias`` (the ``CHANNEL_LAYERS`` alias); the per-shard ones add
 ``shard`` (the index of the Redis in ``hosts``) and ``topology`` (what the shard connects to).
@@ -14,26 +15,27 @@ per process, as the layer's statistics are.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.http import HttpRequest, HttpResponse
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ._stats import LayerStatistics, ShardStatistics
+from ._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ._collector import LayerCollector
 
 __all__ = ["METRICS", "LayerCollector", "metrics_view", "register"]
+# prometheus_client is imported on first use: a urls.py that imports metrics_view must work
+# without it (seen: ModuleNotFoundError from urls.py, though check E004 says the app starts).
+_COLLECTOR = {"LayerCollector": "._collector", "created_layers": "._collector"}
+__getattr__, __dir__ = lazy_exports(__name__.rpartition(".")[0], _COLLECTOR, globals())
+NO_PROMETHEUS = (
+    'Metrics need prometheus_client: pip install "channels-ha[metrics]" '
+    "(manage.py check reports it as channels_ha.E004).\n"
+)
 
-_LAYER = ["alias"]
-_SHARD = ["alias", "shard", "topology"]
 # (name, type, statistics field, meaning): layer-wide first, then per shard.
 LAYER_METRICS = (
     ("channels_ha_messages_sent", "counter", "sent", "Messages accepted by send()."),
@@ -128,95 +130,25 @@ METRICS = (
     LAST_FAILOVER,
     f"{MASTER_INFO}_info",
 )
-Layers = Callable[[], Mapping[str, LayerStatistics]]
 
 
-def created_layers() -> dict[str, LayerStatistics]:
-    """The statistics of every channel layer created in this process that has them."""
-    from channels.layers import channel_layers
+def register(registry: CollectorRegistry | None = None) -> LayerCollector:
+    """Registers the layers' collector on ``registry`` (prometheus_client's default one when
+    None), once; later calls return it. Raises ImportError without prometheus_client."""
+    from ._collector import register_on
 
-    found = {}
-    for alias, layer in list(channel_layers.backends.items()):
-        statistics = getattr(layer, "statistics", None)
-        result = statistics() if callable(statistics) else None
-        if isinstance(result, LayerStatistics):
-            found[alias] = result
-    return found
-
-
-class LayerCollector:
-    """A prometheus_client collector reading the layers' statistics when scraped."""
-
-    def __init__(self, layers: Layers = created_layers) -> None:
-        self._layers = layers
-
-    def describe(self) -> list[Metric]:
-        """The metric families without samples, so that registering reads no statistics."""
-        return list(_families({}))
-
-    def collect(self) -> list[Metric]:
-        return list(_families(self._layers()))
-
-
-def _family(name: str, kind: str, doc: str, labels: list[str]) -> Any:
-    factory = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-    return factory(name, doc, labels=labels)
-
-
-def _families(layers: Mapping[str, LayerStatistics]) -> Iterator[Metric]:
-    for name, kind, field, doc in LAYER_METRICS:
-        family = _family(name, kind, doc, _LAYER)
-        for alias, stats in layers.items():
-            family.add_metric([alias], float(getattr(stats, field)))
-        yield family
-    shards = [
-        (alias, index, shard) for alias, s in layers.items() for index, shard in enumerate(s.shards)
-    ]
-    for name, kind, field, doc in SHARD_METRICS:
-        family = _family(name, kind, doc, _SHARD)
-        for alias, index, shard in shards:
-            family.add_metric(_shard_labels(alias, index, shard), float(getattr(shard, field)))
-        yield family
-    yield from _shard_state(shards)
-
-
-def _shard_labels(alias: str, index: int, shard: ShardStatistics) -> list[str]:
-    return [alias, str(index), shard.topology]
-
-
-def _shard_state(shards: list[tuple[str, int, ShardStatistics]]) -> Iterator[Metric]:
-    """When each shard last saw a new master, and which master it is connected to."""
-    last = GaugeMetricFamily(
-        LAST_FAILOVER, "Unix time of the last new master server run seen.", labels=_SHARD
-    )
-    master = InfoMetricFamily(MASTER_INFO, "The master a shard last connected to.", labels=_SHARD)
-    for alias, index, shard in shards:
-        labels = _shard_labels(alias, index, shard)
-        if shard.last_server_change is not None:
-            last.add_metric(labels, shard.last_server_change)
-        if shard.master is not None:
-            master.add_metric(labels, {"address": shard.master})
-    yield last
-    yield master
-
-
-_registered: weakref.WeakKeyDictionary[CollectorRegistry, LayerCollector] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def register(registry: CollectorRegistry = REGISTRY) -> LayerCollector:
-    """Registers the layers' collector on ``registry`` (once; later calls return it)."""
-    collector = _registered.get(registry)
-    if collector is None:
-        collector = _registered[registry] = LayerCollector()
-        registry.register(collector)
-    return collector
+    return register_on(registry)
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The default registry in Prometheus's text format, for urls.py.
+    """The default registry in Prometheus's text format, for urls.py; without
+    prometheus_client, a 503 that names the missing extra (a failing scrape target).
 
     Async so that, under ASGI, the statistics are read on the event loop the layer runs on.
     """
+    try:
+        from prometheus_client import REGISTRY
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+    except ImportError:
+        return HttpResponse(NO_PROMETHEUS, status=503, content_type="text/plain; charset=utf-8")
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

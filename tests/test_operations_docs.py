@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
 import sys
 import types
 from io import StringIO
@@ -124,6 +126,46 @@ async def test_urls_example_serves_the_probes(redis_standalone: StandaloneTopolo
         client = AsyncClient()
         for path in ("/healthz", "/livez", "/metrics"):
             assert (await client.get(path)).status_code == 200, path
+
+
+_WITHOUT_PROMETHEUS = """
+import sys
+sys.modules["prometheus_client"] = None  # as if not installed
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["channels_ha"], ROOT_URLCONF="urls", CHANNELS_HA_METRICS=True,
+    ALLOWED_HOSTS=["testserver"], SECRET_KEY="x",
+)
+django.setup()
+from django.core.checks import run_checks
+from django.test import Client
+print(sorted(message.id for message in run_checks()))
+response = Client().get("/metrics")
+print(response.status_code, response.content.decode())
+"""
+
+
+def test_urls_example_works_without_prometheus_client(tmp_path: Path) -> None:
+    """Without prometheus_client the app starts (E004), and so must the urls.py: seen, its
+    ``from channels_ha.metrics import metrics_view`` raised ModuleNotFoundError. /metrics then
+    answers 503 naming the missing extra."""
+    ((_, code), *_) = _blocks("urls")
+    (tmp_path / "urls.py").write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PROMETHEUS],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{PACKAGE.parent}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    checks, answer = done.stdout.splitlines()[:2]
+    assert "channels_ha.E004" in checks
+    assert answer.startswith("503 Metrics need prometheus_client")
+    assert 'pip install "channels-ha[metrics]"' in answer
 
 
 def _asgi_application(monkeypatch: pytest.MonkeyPatch) -> Any:
