@@ -20,6 +20,7 @@ import redis.cluster
 import redis.sentinel
 from redis.retry import Retry
 
+from ._backend_options import check_backend_options
 from ._config import NodeAddress, RedisConfig, SentinelConfig
 from ._redis_kwargs import client_kwargs, connection_kwargs, sentinel_kwargs
 from ._redis_py_sentinel import RuledSentinel
@@ -71,6 +72,8 @@ def channel_layers(
                 f"Invalid channel layer options for {backend}: '{key}' is built from the Redis "
                 "configuration; expected it to be left out of the layer options."
             )
+        if backend.startswith(_CHANNELS_REDIS):
+            check_backend_options(backend, layer_options)
     return {alias: {"BACKEND": backend, "CONFIG": {**ours, **layer_options}}}
 
 

@@ -33,6 +33,8 @@ from channels_ha._sources import parse_connection_config, parse_url
 from channels_ha.exceptions import ConfigurationError
 
 SECRET = "hunter2"
+CORE = "channels_redis.core.RedisChannelLayer"
+PUBSUB = "channels_redis.pubsub.RedisPubSubChannelLayer"
 TLS_SENTINEL = (
     f"rediss+sentinel://app:{SECRET}@s1,s2:26380/mymaster/3"
     f"?sentinel_username=watcher&sentinel_password=sentpw&ssl_ca_certs=/ca.pem&socket_timeout=4"
@@ -190,13 +192,35 @@ def test_channel_layers_default_backend() -> None:
 def test_channel_layers_channels_redis_backends(backend: str) -> None:
     """channels_redis backends receive one hosts entry, plus layer options."""
     config = parse_url("redis://h/1")
-    setting = channel_layers(config, backend=backend, alias="chat", capacity=3000)
+    setting = channel_layers(config, backend=backend, alias="chat", prefix="chat")
     assert setting == {
         "chat": {
             "BACKEND": backend,
-            "CONFIG": {"hosts": [{"address": "redis://h:6379", "db": 1}], "capacity": 3000},
+            "CONFIG": {"hosts": [{"address": "redis://h:6379", "db": 1}], "prefix": "chat"},
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("backend", "option", "hint"),
+    [
+        (CORE, "capcity", " (did you mean 'capacity'?)"),
+        (CORE, "failover_timeout", ""),  # channels-ha's, not channels_redis's
+        (PUBSUB, "capacity", ""),  # pubsub ignores it: a channel would not be bounded
+        (PUBSUB, "serialiser_format", " (did you mean 'serializer_format'?)"),
+    ],
+)
+def test_channel_layers_rejects_an_option_the_channels_redis_backend_lacks(
+    backend: str, option: str, hint: str
+) -> None:
+    """Seen: channel_layers(backend=core, capcity=1500) built a setting without complaint and
+    get_channel_layer() then raised TypeError (pubsub ignored it); configuration.md promises
+    an error naming the option, with the closest known one, when the setting is built."""
+    with pytest.raises(ConfigurationError) as caught:
+        channel_layers(parse_url("redis://h"), backend=backend, **{option: 1500})
+    assert str(caught.value).startswith(
+        f"Channel layer option '{option}' is unknown to {backend}{hint}; expected one of "
+    )
 
 
 def test_channel_layers_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
