@@ -5,8 +5,10 @@ still holds; anything else sends the sender back to reading the members."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 import redis
@@ -15,9 +17,11 @@ from asgiref.sync import async_to_sync
 from channels_ha import RedisChannelLayer
 from channels_ha._codec import decode_element
 from channels_ha._keys import KeyLayout
+from channels_ha._sequence import MAX_GAPS
 from channels_ha.sandbox import Topology
 
 from .conftest import LayerFactory
+from .test_normal_reader import CuttingProxy, behind
 
 pytestmark = pytest.mark.redis_topologies("standalone", "sentinel")
 
@@ -71,12 +75,11 @@ async def test_a_member_whose_time_ran_out_gets_nothing(
     assert layer.statistics().group_member_reads == 2
 
 
-async def test_a_stale_plan_is_sent_with_the_same_sequence_numbers(
+async def test_a_stale_plan_written_once_is_numbered_afresh(
     make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
 ) -> None:
-    """When the server refuses a stale plan, the message goes out with the numbers it was
-    given: a refused attempt that had in fact landed (a retry after a lost reply) would
-    otherwise come through twice."""
+    """A GROUP_PUSH the server refused as stale, written once, stored nothing: the message
+    goes out with a new number (the one it took is a gap, as a refused message's is)."""
     sender = make_layer(redis_topology)
     receiver = make_layer(redis_topology, prefix=sender.prefix)
     channel = await receiver.new_channel()
@@ -88,8 +91,80 @@ async def test_a_stale_plan_is_sent_with_the_same_sequence_numbers(
     assert sender.statistics().group_member_reads == 2
     inbox = keys.inbox(channel.split("!")[0] + "!")
     seqs = [decode_element(element).seq for element in master_client.lrange(inbox, 0, -1)]
-    assert seqs == [seqs[0], seqs[0] + 1]
+    assert seqs == [seqs[0], seqs[0] + 2]
     assert await receive_types(receiver, channel, 2) == ["first", "second"]
+
+
+BUSY_SENDS = MAX_GAPS + 100  # sent while a stale plan's members are read
+
+
+@pytest.mark.redis_topologies("standalone")
+@pytest.mark.parametrize("kind", ["process", "normal"])
+async def test_a_stale_plan_behind_many_concurrent_sends_is_delivered(
+    make_layer: LayerFactory, redis_topology: Topology, kind: str
+) -> None:
+    """Seen: a group_send whose plan turned out stale was pushed again with the numbers it
+    took first, while the event loop's concurrent group_sends had stored more than MAX_GAPS
+    messages on the same list: taken for a copy (dropped by the inbox's process, refused by
+    the PUSH script on a normal channel), 1 of 5,000 lost."""
+    sender = make_layer(redis_topology, capacity=2 * BUSY_SENDS)
+    receiver = make_layer(redis_topology, prefix=sender.prefix, capacity=2 * BUSY_SENDS)
+    channel = await receiver.new_channel() if kind == "process" else "worker"
+    for group in ("stale", "busy"):
+        await receiver.group_add(group, channel)
+        await sender.group_send(group, {"type": "t", "n": -1})  # the plans, with tokens
+    await receiver.group_add("stale", await receiver.new_channel())
+    await asyncio.gather(
+        sender.group_send("stale", {"type": "t", "n": 0}),  # numbered first
+        *(sender.group_send("busy", {"type": "t", "n": n}) for n in range(1, BUSY_SENDS + 1)),
+    )
+    received = []
+    with contextlib.suppress(asyncio.TimeoutError):  # what arrives, then 1 s of nothing
+        for _ in range(BUSY_SENDS + 4):
+            received.append((await asyncio.wait_for(receiver.receive(channel), 1))["n"])
+    missing = sorted(set(range(BUSY_SENDS + 1)) - set(received))
+    assert (len(received), missing) == (BUSY_SENDS + 3, [])
+    assert receiver.statistics().duplicates_dropped == 0
+
+
+class CutOnce(CuttingProxy):
+    """Once armed, cuts the next reply that is ``reply`` exactly (Redis ran its request; the
+    link writes it again on its next connection), calling ``meanwhile`` first."""
+
+    def __init__(self, topology: Topology, reply: bytes) -> None:
+        super().__init__(topology, cuts=0)
+        self._reply = reply
+        self.armed = False
+        self.meanwhile: Callable[[], object] = lambda: None
+
+    def _cuts(self, data: bytes) -> bool:
+        if not self.armed or data != self._reply:
+            return False
+        self.armed = False
+        self.meanwhile()
+        return True
+
+
+@pytest.mark.redis_topologies("standalone")
+async def test_a_stale_plan_written_again_keeps_its_numbers(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A GROUP_PUSH whose reply was lost may have been stored: written again after the
+    reconnect and found stale there (the members changed meanwhile), the message goes out
+    with the numbers it had, so the copy already stored is recognised: delivered once."""
+    proxy = CutOnce(redis_topology, b"*1\r\n:1\r\n")  # one target, pushed
+    async with behind(proxy, redis_topology, "stale-retry") as (sender, receiver):
+        token = KeyLayout(sender.prefix).group_token("retried")
+        proxy.meanwhile = functools.partial(master_client.set, token, "changed-elsewhere")
+        channel = await receiver.new_channel()
+        await receiver.group_add("retried", channel)
+        await sender.group_send("retried", {"type": "first"})
+        proxy.armed = True
+        await sender.group_send("retried", {"type": "second"})
+        assert (proxy.cut, sender.statistics().group_member_reads) == (1, 2)
+        assert await receive_types(receiver, channel, 2) == ["first", "second"]
+        await assert_nothing_arrives(receiver, channel)
+        assert receiver.statistics().duplicates_dropped == 1
 
 
 @pytest.mark.redis_topologies("cluster")
