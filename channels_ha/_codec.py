@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,7 +45,7 @@ class MessageCodec:
     def __init__(
         self,
         serializer_format: str,
-        symmetric_encryption_keys: Sequence[str | bytes] | None,
+        symmetric_encryption_keys: Iterable[str | bytes | bytearray] | None,
         expiry_s: float,
     ) -> None:
         if serializer_format not in ("msgpack", "json"):
@@ -72,15 +72,20 @@ class MessageCodec:
         return message
 
 
-def _make_crypter(keys: Sequence[str | bytes] | None) -> _Crypter | None:
-    """A MultiFernet over the keys: the first encrypts, any decrypts (for key rotation)."""
+def _make_crypter(keys: Iterable[str | bytes | bytearray] | None) -> _Crypter | None:
+    """A MultiFernet over the keys: the first encrypts, any decrypts (for key rotation).
+    Any iterable will do, a generator included (read once, here), and a key may be str,
+    bytes or bytearray, as channels_redis takes them."""
     if not keys:
         return None
-    if isinstance(keys, (str, bytes)):
+    if isinstance(keys, str | bytes | bytearray):
         raise ConfigurationError(
             "Channel layer option 'symmetric_encryption_keys' must be a list of keys, "
             "not a single string."
         )
+    keys = list(keys)
+    if not keys:  # an iterable that turned out empty, as []
+        return None
     try:
         from cryptography.fernet import Fernet, MultiFernet
     except ImportError as err:
@@ -89,7 +94,7 @@ def _make_crypter(keys: Sequence[str | bytes] | None) -> _Crypter | None:
             "package: pip install 'channels-ha[cryptography]'."
         ) from err
     for index, key in enumerate(keys):
-        if not isinstance(key, str | bytes):
+        if not isinstance(key, str | bytes | bytearray):
             raise ConfigurationError(
                 f"Channel layer option 'symmetric_encryption_keys[{index}]' must be a string "
                 f"or bytes (got {type(key).__name__})."
@@ -99,8 +104,8 @@ def _make_crypter(keys: Sequence[str | bytes] | None) -> _Crypter | None:
     return crypter
 
 
-def _fernet_key(key: str | bytes) -> bytes:
-    raw = key.encode() if isinstance(key, str) else key
+def _fernet_key(key: str | bytes | bytearray) -> bytes:
+    raw = key.encode() if isinstance(key, str) else bytes(key)
     return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())
 
 

@@ -76,7 +76,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         group_expiry: int = DEFAULT_GROUP_EXPIRY_S,
         capacity: int = DEFAULT_CAPACITY,
         channel_capacity: Mapping[Any, int] | None = None,
-        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes | bytearray] | None = None,
         random_prefix_length: int = 12,
         serializer_format: str = DEFAULT_SERIALIZER_FORMAT,
         *,

@@ -334,6 +334,25 @@ async def test_encryption(
     assert (await rotated.receive("secret-channel"))["text"] == "plaintext-marker"
 
 
+@pytest.mark.redis_topologies("standalone")
+async def test_encryption_keys_from_any_iterable_and_bytearray(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """Keys as channels_redis takes them: any iterable, bytearray keys included. Seen: a
+    generator was used up by the check of its keys, and the layer failed to build with
+    cryptography's ValueError (a MultiFernet of no key); a bytearray key was refused."""
+    sender = make_layer(
+        redis_topology, symmetric_encryption_keys=(key for key in ["new-key", "old-key"])
+    )
+    receiver = make_layer(
+        redis_topology,
+        prefix=sender.prefix,
+        symmetric_encryption_keys=map(bytearray, [b"other-key", b"new-key"]),
+    )
+    await sender.send("secret-channel", {"type": "secret"})
+    assert (await receiver.receive("secret-channel"))["type"] == "secret"
+
+
 async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topology) -> None:
     """serializer_format='json' round-trips JSON-compatible messages."""
     layer = make_layer(redis_topology, serializer_format="json")
