@@ -207,6 +207,8 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Sends a message to a channel; raises ChannelFull when it is at capacity."""
         self.require_valid_channel_name(channel)
         _require_message(message)
+        if RESERVED_KEY in message:  # channels_redis: AssertionError, as for a non-dict
+            raise TypeError(f"message must not contain the key {RESERVED_KEY!r} (reserved)")
         await self._session().send(channel, message)
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -255,6 +257,8 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Sends to every channel of the group; full channels are skipped, as the spec says."""
         self.require_valid_group_name(group)
         _require_message(message)
+        if RESERVED_KEY in message:  # channels_redis overwrites it, and receive() drops it
+            message = {key: value for key, value in message.items() if key != RESERVED_KEY}
         await self._session().group_send(group, message)
 
     async def flush(self) -> None:
@@ -296,7 +300,15 @@ def _describe(config: RedisConfig) -> str:
     return f"{config.mode} {nodes}"
 
 
+# channels_redis carries a process-specific channel's name inside the message under this key:
+# its send() refuses a message that has it, its group_send() overwrites it and receive()
+# removes it. channels-ha does the same, so that no application depends on it either way.
+RESERVED_KEY = "__asgi_channel__"
+
+
 def _require_message(message: object) -> None:
+    """A non-dict message is a TypeError, as the Channels specification asks (channels_redis
+    raises AssertionError)."""
     if not isinstance(message, dict):
         raise TypeError(f"message must be a dict, not {type(message).__name__}")
 

@@ -240,6 +240,23 @@ async def test_non_dict_messages_raise_type_error(
         await layer.group_send("valid", message)  # type: ignore[arg-type]
 
 
+@pytest.mark.redis_topologies("standalone")
+async def test_the_key_channels_redis_reserves_is_refused_or_dropped(
+    layer: RedisChannelLayer,
+) -> None:
+    """As in channels_redis, which routes by ``__asgi_channel__`` inside a message: send()
+    refuses a message carrying it (there AssertionError; TypeError here, as for a non-dict),
+    group_send() delivers the message without it. Seen: delivered as sent, both ways."""
+    channel = await layer.new_channel()
+    with pytest.raises(TypeError, match="__asgi_channel__"):
+        await layer.send(channel, {"type": "x", "__asgi_channel__": "elsewhere"})
+    await layer.group_add("reserved", channel)
+    sent = {"type": "x", "__asgi_channel__": "elsewhere"}
+    await layer.group_send("reserved", sent)
+    assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "x"}
+    assert sent == {"type": "x", "__asgi_channel__": "elsewhere"}  # the caller's, untouched
+
+
 async def test_competing_receivers_each_message_once(
     make_layer: LayerFactory, redis_topology: Topology
 ) -> None:
