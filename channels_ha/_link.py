@@ -93,6 +93,7 @@ class CommandLink:
         self._closed = False
         self._backoff = Backoff()  # reset by a successful reply, not by a new attempt
         self._holding: asyncio.TimerHandle | None = None  # a failover runs: writes wait
+        self._leaving = "leaving a server not usable as master"  # why a drained one is left
         self.server: ServerInfo | None = None
         self.generation = 0  # counts connections adopted; tells a reconnect happened
         self._waiting = Reconnector(
@@ -216,7 +217,8 @@ class CommandLink:
                 request.future.set_result(reply)
             self._backoff.reset()
         if not self._inflight and not self._usable and self._protocol is not None:
-            self._protocol.abort()  # drained a connection to a non-master: move on
+            # drained a connection to a non-master (or one without the scripts): move on
+            self._protocol.abort(ConnectionLost(self._leaving))
 
     def _on_error_reply(self, request: Request, reply: ReplyError) -> None:
         text = str(reply)
@@ -226,16 +228,32 @@ class CommandLink:
             scripts_refused(self._settings, self.server, text)
             self._waiting.last_error, self._waiting.refused = text, True
             if self._usable:
-                logger.warning(
-                    "Redis at %s is not usable as master (%s); looking for the master",
-                    self._describe_server(),
-                    text.split(" ", 1)[0],
-                    extra={"event": "not_master"},
-                )
+                self._leaving = self._log_refusal(text.split(" ", 1)[0])
             self._usable = False
             self._retry.append(request)
         elif not request.future.done():
             request.future.set_exception(RedisCommandError(text))
+
+    def _log_refusal(self, code: str) -> str:
+        """Logs why this connection is left (its replies drained first); returns the reason
+        its loss is logged with. NOSCRIPT is no failover: a SCRIPT FLUSH emptied the
+        server's script cache, and the next connection loads them again."""
+        server = self._describe_server()
+        if code == "NOSCRIPT":
+            logger.warning(
+                "Redis at %s lost the layer's scripts (NOSCRIPT: SCRIPT FLUSH, or a script "
+                "cache emptied); loading them again on a new connection",
+                server,
+                extra={"event": "scripts_flushed"},
+            )
+            return "reconnecting to load the scripts again"
+        logger.warning(
+            "Redis at %s is not usable as master (%s); looking for the master",
+            server,
+            code,
+            extra={"event": "not_master"},
+        )
+        return f"leaving a server that answered {code}"
 
     def on_lost(self, exc: BaseException | None) -> None:
         self._watch.disarm()
