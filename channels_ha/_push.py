@@ -26,6 +26,7 @@ from ._resp import pack
 from ._scripts import PUSH
 from ._sequence import SendSequences
 from ._shard import ShardConnections
+from .exceptions import RedisCommandError
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -67,6 +68,20 @@ def _to_replay(
         [key for i in kept for key in keys[2 * i : 2 * i + 2]],
         header,
         [arg for i in kept for arg in args[4 * i : 4 * i + 4]],
+    )
+
+
+# What Redis answers a bulk string longer than proto-max-bulk-len with (then it closes the
+# connection; the link retries what followed on a new one).
+_TOO_LARGE = "ERR Protocol error: invalid bulk length"
+
+
+def _too_large(err: RedisCommandError, size: int) -> RedisCommandError:
+    """What Redis said, with what it did not: the message and the setting (a push that
+    fails only pays for this)."""
+    return RedisCommandError(
+        f"The message is larger than Redis accepts: a request of {size:,} bytes carried it, "
+        f"over the server's proto-max-bulk-len (512 MB by default) (Redis: {err})"
     )
 
 
@@ -149,7 +164,12 @@ class Pusher:
         kept: Entry | None = None  # this write's entry in recent, once acknowledged
         for _ in range(_MAX_PUSH_ATTEMPTS):
             connection = link.connection_of(key)
-            statuses = cast("list[int] | None", await link.submit_packed(packed, key))
+            try:
+                statuses = cast("list[int] | None", await link.submit_packed(packed, key))
+            except RedisCommandError as err:
+                if str(err).startswith(_TOO_LARGE):
+                    raise _too_large(err, len(packed)) from err
+                raise
             if statuses is None:
                 return None
             to_replay = _to_replay(packed if replayed is None else replayed, parts, statuses)

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from channels_ha import RedisChannelLayer, RedisUnavailable
+from channels_ha import RedisChannelLayer, RedisCommandError, RedisUnavailable
 from channels_ha._resp import Endpoint, FutureSink, open_connection
 from channels_ha.sandbox import StandaloneTopology, TopologyFactory
 
@@ -107,6 +107,31 @@ async def test_script_cache_flushed_mid_traffic(
     assert [event for event, _ in events] == ["scripts_flushed", "connection_lost"], events
     assert "loading them again" in events[0][1]
     assert "master" not in events[0][1] + events[1][1], events
+
+
+async def test_a_message_over_proto_max_bulk_len_is_named_as_too_large(
+    node: StandaloneTopology, make_layer: LayerFactory
+) -> None:
+    """Seen with a 600 MB message: RedisCommandError("ERR Protocol error: invalid bulk
+    length"), naming neither the message nor the setting. Here the server's limit is 1 MB
+    (its least) and the message 2 MB; the layer goes on."""
+    layer = make_layer(node)
+    channel = await layer.new_channel()
+    await layer.group_add("large", channel)
+    client = admin(node)
+    client.config_set("proto-max-bulk-len", "1mb")
+    try:
+        large = {"type": "x", "s": b"a" * 2_000_000}
+        with pytest.raises(RedisCommandError, match="larger than Redis accepts") as sent:
+            await layer.send(channel, large)
+        with pytest.raises(RedisCommandError, match="larger than Redis accepts") as grouped:
+            await layer.group_send("large", large)
+        assert "proto-max-bulk-len" in str(sent.value) + str(grouped.value)
+    finally:
+        client.config_set("proto-max-bulk-len", "512mb")
+        client.close()
+    await layer.send(channel, {"type": "small"})
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["type"] == "small"
 
 
 async def test_close_does_not_leave_a_send_hanging(node: StandaloneTopology) -> None:
