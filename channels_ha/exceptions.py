@@ -42,6 +42,11 @@ class SandboxError(ChannelsHAError):
     """A local Redis sandbox could not be started or controlled."""
 
 
+class SandboxPortTaken(SandboxError):
+    """A sandbox node found its port taken by another process (the first start of a topology
+    tries fresh ports)."""
+
+
 __all__ = [
     "ChannelsHAError",
     "ConfigurationError",
@@ -50,4 +55,5 @@ __all__ = [
     "RedisCommandError",
     "RedisUnavailable",
     "SandboxError",
+    "SandboxPortTaken",
 ]

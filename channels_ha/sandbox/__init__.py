@@ -10,8 +10,11 @@ twin that does not block the event loop: waits ``wait_X``/``wait_until_X`` becom
 ``amigrate_slot``, ``aadd_master``, ``acurrent_master``).
 
 Processes never outlive their owner: ``stop()`` (or leaving the ``with`` block), interpreter
-exit and, on Linux, even a ``kill -9`` of the interpreter stop them. Needs ``redis-server``
-(Redis >= 7.0) on PATH; TLS topologies need the ``channels-ha[sandbox]`` extra.
+exit and, on Linux, even a ``kill -9`` of the interpreter stop them. A node's port stays
+reserved, from other sandbox processes too, until its topology stops, so a node killed and
+restarted gets it back; ``start_topology`` starts again on fresh ports if another program
+takes one first. Needs ``redis-server`` (Redis >= 7.0) on PATH; TLS topologies need the
+``channels-ha[sandbox]`` extra.
 
 The pytest fixtures built on this module are in :mod:`channels_ha.sandbox.pytest_plugin`.
 """

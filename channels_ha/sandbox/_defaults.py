@@ -11,6 +11,8 @@ NODE_START_TIMEOUT_S = 10.0
 TOPOLOGY_READY_TIMEOUT_S = 30.0
 # How long a failover may take by default: down-after + election + promotion, with margin.
 FAILOVER_TIMEOUT_S = 30.0
+# Starts of a topology, each on fresh ports, when another process took a port before its node.
+PORT_TAKEN_TRIES = 3
 # Grace period between SIGTERM and SIGKILL when stopping a node.
 NODE_STOP_TIMEOUT_S = 3.0
 

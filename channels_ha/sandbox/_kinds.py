@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ..exceptions import SandboxError
+from ..exceptions import SandboxError, SandboxPortTaken
 from ._cluster import ClusterTopology
+from ._defaults import PORT_TAKEN_TRIES
 from ._sentinel import SentinelTopology
 from ._standalone import StandaloneTopology, TLSTopology
 from ._topology import Topology
@@ -19,6 +21,8 @@ TOPOLOGIES: dict[str, type[Topology]] = {
 #: Every topology kind, in the order tests are parametrized over them.
 TOPOLOGY_KINDS = tuple(TOPOLOGIES)
 
+logger = logging.getLogger(__name__)
+
 
 def start_topology(kind: str, **options: Any) -> Topology:
     """Start a topology by name (``"standalone"``, ``"tls"``, ``"sentinel"``, ``"cluster"``).
@@ -28,7 +32,22 @@ def start_topology(kind: str, **options: Any) -> Topology:
     """
     if kind not in TOPOLOGIES:
         raise SandboxError(f"unknown topology {kind!r}; choose one of {', '.join(TOPOLOGY_KINDS)}")
-    topology = TOPOLOGIES[kind](**options)
+    for tries_left in range(PORT_TAKEN_TRIES - 1, 0, -1):
+        try:
+            return _started(TOPOLOGIES[kind](**options))  # fresh ports each time
+        except SandboxPortTaken as err:
+            # A process that is no sandbox bound a port between its allocation and the
+            # node's start (sandboxes skip each other's ports: see _ports).
+            logger.warning(
+                "%s: a port was taken (%s); starting on fresh ports, %d tries left",
+                kind,
+                str(err).partition(";")[0],
+                tries_left,
+            )
+    return _started(TOPOLOGIES[kind](**options))  # the last try raises what it meets
+
+
+def _started(topology: Topology) -> Topology:
     topology.start()
     return topology
 

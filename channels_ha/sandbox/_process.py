@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..exceptions import SandboxError
+from ..exceptions import SandboxError, SandboxPortTaken
 from ._certs import TLSFiles
 from ._defaults import (
     HOST,
@@ -36,6 +36,9 @@ from ._spawn import Process, redis_server_path, spawn
 
 #: One config directive: its name followed by its arguments.
 Directive = tuple[str, ...]
+
+#: What redis-server logs (then exits) when its port or cluster bus port is taken.
+_PORT_TAKEN = "Address already in use"
 
 
 class RedisNode:
@@ -136,9 +139,11 @@ class RedisNode:
         """Raise ``SandboxError`` with the log tail if the process was started and has exited."""
         if self._process is None or self._process.poll() is None:
             return
-        raise SandboxError(
+        tail = self.log_tail()
+        error = SandboxPortTaken if _PORT_TAKEN in tail else SandboxError
+        raise error(
             f"{self.name} ({self.host}:{self.port}) exited with status "
-            f"{self._process.returncode}; last lines of {self.log_path}:\n{self.log_tail()}"
+            f"{self._process.returncode}; last lines of {self.log_path}:\n{tail}"
         )
 
     def terminate(self) -> None:
