@@ -211,3 +211,53 @@ async def read_every_epoch(layer: RedisChannelLayer) -> bool:
     seen = session.resync.epochs
     reads = [watch_epoch(session.core, shard, seen, node, key) for node, key in marks]
     return any(await asyncio.gather(*reads))
+
+
+UPKEEP_WAIT_TIMEOUT_S = 5.0  # a tick comes every second (EPOCH_CHECK_INTERVAL_S)
+
+
+async def next_upkeep(*layers: RedisChannelLayer) -> None:
+    """Each layer's next upkeep tick has run, and the epoch reads it started have ended: a
+    loss the tick found has been acted on (its replay and re-assertions are submitted)."""
+    await asyncio.gather(*(_next_upkeep(layer) for layer in dict.fromkeys(layers)))
+
+
+async def _next_upkeep(layer: RedisChannelLayer) -> None:
+    session = layer._session()
+    upkeep = session.upkeep
+    tick = upkeep.tick
+    ticked = asyncio.get_running_loop().create_future()
+
+    def tick_and_tell() -> None:
+        tick()
+        if not ticked.done():
+            ticked.set_result(None)
+
+    upkeep.tick = tick_and_tell  # type: ignore[method-assign]
+    try:
+        await asyncio.wait_for(ticked, UPKEEP_WAIT_TIMEOUT_S)
+    finally:
+        del upkeep.tick  # the class's again
+    reads = set(session.resync.epoch_reads._reads.values())
+    if reads:
+        await asyncio.wait(reads, timeout=UPKEEP_WAIT_TIMEOUT_S)
+
+
+async def nothing_more_arrives(
+    sender: RedisChannelLayer, receiver: RedisChannelLayer, channel: str
+) -> None:
+    """No copy of what ``receiver`` got on ``channel`` is on its way, even one written again
+    a tick later (waiting 0.1 s for nothing misses that): once both layers' next upkeep has
+    run (its epoch check writes again what a master lost), a marker is the next message."""
+    await next_upkeep(sender, receiver)
+    await marker_is_next(sender, receiver, channel)
+
+
+async def marker_is_next(
+    sender: RedisChannelLayer, receiver: RedisChannelLayer, channel: str
+) -> None:
+    """Nothing ``sender`` wrote to ``channel`` before now is left for ``receiver``: a marker
+    sent now is the next message (one sender's writes are stored in order, and the one
+    receiving process reads its list in order)."""
+    await sender.send(channel, {"type": "nothing-more"})
+    assert await asyncio.wait_for(receiver.receive(channel), 10) == {"type": "nothing-more"}
