@@ -256,8 +256,7 @@ async def nothing_more_arrives(
 async def marker_is_next(
     sender: RedisChannelLayer, receiver: RedisChannelLayer, channel: str
 ) -> None:
-    """Nothing ``sender`` wrote to ``channel`` before now is left for ``receiver``: a marker
-    sent now is the next message (one sender's writes are stored in order, and the one
-    receiving process reads its list in order)."""
+    """Nothing stored for ``channel`` before now is left for ``receiver``: a marker sent now
+    is the next message (a list is stored and read in order; ``receiver`` is its one reader)."""
     await sender.send(channel, {"type": "nothing-more"})
     assert await asyncio.wait_for(receiver.receive(channel), 10) == {"type": "nothing-more"}
