@@ -84,8 +84,11 @@ def _make_crypter(keys: Iterable[str | bytes | bytearray] | None) -> _Crypter | 
             "not a single string."
         )
     keys = list(keys)
-    if not keys:  # an iterable that turned out empty, as []
-        return None
+    if not keys:  # a generator, say, that yielded nothing: channels_redis raises there too
+        raise ConfigurationError(
+            "Channel layer option 'symmetric_encryption_keys' yielded no key; expected at "
+            "least one key, or an empty list (or None) for no encryption."
+        )
     try:
         from cryptography.fernet import Fernet, MultiFernet
     except ImportError as err:

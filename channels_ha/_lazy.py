@@ -26,6 +26,6 @@ def lazy_exports(
         return value
 
     def dir_() -> list[str]:
-        return sorted([*namespace, *homes])
+        return sorted({*namespace, *homes})  # a loaded name is in both
 
     return getattr_, dir_

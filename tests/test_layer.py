@@ -370,6 +370,14 @@ async def test_encryption_keys_from_any_iterable_and_bytearray(
     assert (await receiver.receive("secret-channel"))["type"] == "secret"
 
 
+def test_encryption_keys_that_yield_none_are_refused() -> None:
+    """A generator of no key (built from an unset variable, say) is an error, as in
+    channels_redis, not a layer that sends in plain text; an empty list means no encryption."""
+    with pytest.raises(ConfigurationError, match="'symmetric_encryption_keys' yielded no key"):
+        RedisChannelLayer(symmetric_encryption_keys=(key for key in [""] if key))
+    RedisChannelLayer(symmetric_encryption_keys=[])  # builds: no encryption, as before
+
+
 async def test_json_serializer(make_layer: LayerFactory, redis_topology: Topology) -> None:
     """serializer_format='json' round-trips JSON-compatible messages."""
     layer = make_layer(redis_topology, serializer_format="json")
