@@ -4,14 +4,17 @@ Django's own backend (``django.core.cache.backends.redis``) talks to fixed addre
 takes the validated configuration that :func:`channels_ha.channel_layers` uses, so one
 single-node, Sentinel or Cluster deployment serves both, and it waits out a failover: an
 operation that fails on a connection-level error is run again, with backoff, until the
-configuration's failover timeout. Every attempt takes a fresh connection, which asks the
+configuration's failover timeout, unless Redis may have run it and a second run would answer
+differently (see ``_cache_doubt``). Every attempt takes a fresh connection, which asks the
 sentinels where the master is; redis-py's own per-command retry would reconnect to the address
 it already had (redis-py issue 3874), so it is turned off.
 
 Semantics and options are Django's, with three differences: ``clear()`` deletes this cache's
 keys only (those starting with ``KEY_PREFIX:``), never the channel layer's, where Django's
 flushes the whole database; an operation that cannot reach a master within the failover
-timeout raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error; and one that
+timeout raises :class:`channels_ha.RedisUnavailable` instead of redis-py's error, as does an
+``add``, ``delete``, ``incr``/``decr``, ``touch`` or ``clear`` whose reply was lost (where
+Django's backend raises redis-py's ``TimeoutError`` or ``ConnectionError``); and one that
 Redis refuses for its credentials or its ACL raises :class:`channels_ha.RedisCommandError` at
 once, naming the settings to fix, as the channel layer does, instead of redis-py's
 ``AuthenticationError`` or ``NoPermissionError``; so does one the sentinels turn away (a
@@ -44,6 +47,7 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
+from ._cache_doubt import ANSWER_CHANGES_ON_RETRY, outcome_unknown
 from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
 from ._interop import SyncClient, close_sync_client, sync_client
@@ -270,6 +274,7 @@ class _Retrying:
                 result = operation(*args, **kwargs)
             except _REFUSED_OR_TRANSIENT as err:
                 _raise_if_refused(name, err)
+                _raise_if_in_doubt(name, err)
                 attempts += 1
                 backoff_s = self._wait(name, err, attempts, deadline, backoff_s)
                 continue
@@ -309,6 +314,17 @@ def _raise_if_refused(name: str, err: Exception) -> None:
     refusal = _refusal(err)
     if refusal is not None:
         raise RedisCommandError(f"Cache {name} failed: {refusal}.") from err
+
+
+def _raise_if_in_doubt(name: str, err: Exception) -> None:
+    """Raises :class:`RedisUnavailable` when Redis may have run an operation that a retry
+    would answer differently (``add`` after its first run stored the value answers False)."""
+    if name in ANSWER_CHANGES_ON_RETRY and outcome_unknown(err):
+        raise RedisUnavailable(
+            f"Cache {name} failed and was not retried: the connection was lost or the reply "
+            f"timed out after Redis may have run it, so its outcome is unknown "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 def _refusal(err: Exception) -> str | None:
