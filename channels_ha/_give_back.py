@@ -159,6 +159,10 @@ class GiveBack:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=timeout_s)
 
+    def unreturned(self) -> int:
+        """Messages that failed to go back and are not expired yet."""
+        return _messages(self._unexpired())
+
     async def stop(self) -> None:
         """Cancels what is still under way and logs what was not given back: nothing will
         try again."""

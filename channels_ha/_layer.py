@@ -168,7 +168,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             for other in [other for other in list(self._sessions) if other.is_closed()]:
                 gone = self._sessions.pop(other, None)  # async_to_sync threads may prune too
                 if gone is not None:  # (a loop closed without shutting down, its session too)
-                    gone.inbox_limits.close()
+                    gone.abandon()
             session = self._sessions[loop] = Session(self._core, self.client_prefix)
         return session
 

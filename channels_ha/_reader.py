@@ -191,18 +191,24 @@ class BlockingReader:
                         )
                     await self._start_over()
         finally:
-            self._stopping = True  # from here on, close() must not interrupt us
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-                self._watchdog = None
-            try:
-                await self._finish_pending()
-                await self._release()
-            except asyncio.CancelledError:  # abort(), or the event loop shutting down
-                self._cut_short()
-                raise
-            finally:
-                await self._disconnect()
+            # A loop closed without shutting down leaves this pending; collected, it is
+            # closed here with nothing able to run (the session was abandoned: _dead_loop).
+            if not self._loop.is_closed():
+                await self._end()
+
+    async def _end(self) -> None:
+        self._stopping = True  # from here on, close() must not interrupt us
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        try:
+            await self._finish_pending()
+            await self._release()
+        except asyncio.CancelledError:  # abort(), or the event loop shutting down
+            self._cut_short()
+            raise
+        finally:
+            await self._disconnect()
 
     async def _pop_once(self, keys: list[str]) -> None:
         client = self._open_client()

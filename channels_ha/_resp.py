@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeAlias, cast
 
 import hiredis
 
+from ._dead_loop import forget_connection, track_connection
 from .exceptions import ConnectionLost, RedisCommandError
 
 Arg: TypeAlias = str | bytes | int | float
@@ -86,6 +87,7 @@ class RespProtocol(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports implement the interface
         # without deriving from asyncio.Transport.
         self._transport = cast(asyncio.Transport, transport)
+        track_connection(self, self._lost.get_loop(), transport)  # (see _dead_loop)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -103,6 +105,7 @@ class RespProtocol(asyncio.Protocol):
             self.abort(err)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        forget_connection(self)
         self.closed = True
         self._transport = None
         if not self._lost.done():

@@ -15,6 +15,7 @@ own lifecycle.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from typing import Any
 
@@ -24,6 +25,7 @@ from ._constants import (
     FAILURE_LOG_INTERVAL_S,
 )
 from ._core import LayerCore
+from ._dead_loop import quiet_dead_loop
 from ._delivery import Deliveries
 from ._flush import flush
 from ._give_back import GiveBack
@@ -39,6 +41,8 @@ from ._shard import ShardConnections
 from ._upkeep import Upkeep
 from ._upkeep_steps import UpkeepSteps
 from .exceptions import RedisUnavailable
+
+logger = logging.getLogger("channels_ha.layer")
 
 
 class Session:
@@ -128,6 +132,23 @@ class Session:
                 self.ended_with_loop = True
                 await self.aclose()
             raise
+
+    def abandon(self) -> None:
+        """Its event loop was closed without shutting down, so close() never ran and nothing
+        of the loop can run again: its channels stop counting in the process's limits, its
+        tasks and sockets go quietly (``_dead_loop``), and what its receivers' buffers held
+        (popped, not delivered) is logged lost, as close() logs what it could not give back.
+        """
+        self.inbox_limits.close()
+        quiet_dead_loop(self._loop)
+        lost = self.give_back.unreturned() + self.deliveries.discard()
+        if lost:
+            logger.error(
+                "%d message(s) popped and not delivered were lost with an event loop closed "
+                "without shutting down (use asyncio.run, or close the layer before the loop)",
+                lost,
+                extra={"event": "return_lost", "messages": lost},
+            )
 
     async def aclose(self) -> None:
         """Stops readers, returns undelivered messages, closes connections. Idempotent: a

@@ -451,9 +451,6 @@ async def received_on_while_down(layer: RedisChannelLayer, count: int) -> list[s
     return channels
 
 
-@pytest.mark.filterwarnings(
-    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
-)
 @pytest.mark.redis_topologies("standalone")
 def test_the_channels_of_an_event_loop_closed_without_shutdown_stop_counting(
     two_loops: TwoLoops, master_client: redis.Redis
