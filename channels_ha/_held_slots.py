@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._link import CommandLink, Request
-from .exceptions import RedisUnavailable
+from .exceptions import LayerClosed, RedisUnavailable
 
 
 @dataclass
@@ -105,8 +105,9 @@ class HeldSlots(dict[int, Held]):
         return [r.future for h in self.values() for r in (*h.returned, *h.newer)]
 
     def fail_all(self, reason: str) -> None:
+        """At close: what is still held will not be sent."""
         for held in self.values():
             for request in (*held.returned, *held.newer):
                 if not request.future.done():
-                    request.future.set_exception(RedisUnavailable(reason))
+                    request.future.set_exception(LayerClosed(reason))
         self.clear()

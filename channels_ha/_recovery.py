@@ -22,7 +22,7 @@ from ._resp import Arg
 from ._scripts import GROUP_ADD
 from ._server import ServerInfo
 from ._shard import ShardConnections
-from .exceptions import RedisUnavailable
+from .exceptions import LayerClosed, RedisUnavailable
 
 logger = logging.getLogger("channels_ha.layer")
 
@@ -197,7 +197,9 @@ def log_failure(future: asyncio.Future[Any]) -> None:
     if future.cancelled():
         return
     error = future.exception()
-    if error is not None:
+    if isinstance(error, LayerClosed):  # cut by the layer's own close(): no failure of Redis
+        logger.debug("Background Redis operation not completed: %s", error)
+    elif error is not None:
         logger.warning("Background Redis operation failed: %s", error)
 
 

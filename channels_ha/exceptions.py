@@ -20,6 +20,10 @@ class RedisUnavailable(ChannelsHAError):
     """No usable Redis master answered within the failover timeout."""
 
 
+class LayerClosed(RedisUnavailable):
+    """The channel layer was closed before a request of its own could be answered."""
+
+
 class RedisCommandError(ChannelsHAError):
     """Redis answered a command with an error that retrying cannot fix."""
 
@@ -52,6 +56,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionLost",
     "ForeignChannel",
+    "LayerClosed",
     "RedisCommandError",
     "RedisUnavailable",
     "SandboxError",

@@ -4,9 +4,11 @@ soon as anything read after the epoch check could let it go on."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
+import redis
 from asgiref.sync import async_to_sync
 
 from channels_ha import RedisChannelLayer
@@ -149,3 +151,31 @@ async def test_a_group_that_empties_the_ordinary_way_costs_no_wait(
     await sender.group_send("room", {"type": "to-nobody"})
     assert time.monotonic() - started < RESTART_GRACE_S / 2
     assert sender._session()._shards[0].stats.recovering_until == 0
+
+
+async def test_a_background_request_cut_by_close_is_not_logged_as_a_failure(
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The epoch check's SET NX and GET, unanswered when close() gives up on them (the
+    server paused), are cut by the layer itself: not 'Background Redis operation failed'."""
+    topology = redis_sandbox_factory("standalone")
+    layer = make_layer(topology)
+    await layer.group_add("room", "member")  # connected; this server's epoch is known
+    session = layer._session()
+    shard = session._shards[0]
+    assert shard.link.server is not None
+    admin = redis.Redis.from_url(topology.url)
+    admin.client_pause(10_000, all=False)  # writes wait: the SET NX, and the GET behind it
+    try:
+        check = check_epoch(session.core, shard, shard.link.server, False, {})
+        assert check is not None
+        with caplog.at_level(logging.WARNING, "channels_ha"):
+            await layer.close()  # waits CLOSE_RETURN_TIMEOUT_S for them, then cuts them
+        assert check.done()
+    finally:
+        admin.client_unpause()
+        admin.close()
+    failed = [r for r in caplog.records if "Background Redis operation" in r.getMessage()]
+    assert not failed, [r.getMessage() for r in failed]
