@@ -205,11 +205,17 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Sends a message to a channel; raises ChannelFull when it is at capacity."""
-        self.require_valid_channel_name(channel)
-        _require_message(message)
+        # The hot path of every send: the checks' and the session's usual case inline.
+        if not self._known_channel(channel):
+            self.require_valid_channel_name(channel)
+        if not isinstance(message, dict):
+            _require_message(message)
         if RESERVED_KEY in message:  # channels_redis: AssertionError, as for a non-dict
             raise TypeError(f"message must not contain the key {RESERVED_KEY!r} (reserved)")
-        await self._session().send(channel, message)
+        session = self._sessions.get(asyncio.get_running_loop())
+        if session is None or session.closed:
+            session = self._session()
+        await session.send(channel, message)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message on ``channel``, waiting for one (through failovers too)."""

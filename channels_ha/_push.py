@@ -35,6 +35,8 @@ _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
 
 Link = CommandLink | ClusterRouter
 PushParts = tuple[list[str], tuple[int, ...], list[Any]]  # push_request's arguments
+_Route = tuple[str, str, str, int, int]  # list, aux key, kind, shard index, capacity
+_ROUTES_REMEMBERED = 10_000  # channels whose routes a Pusher keeps; then it starts over
 
 
 def push_request(keys: list[str], header: tuple[int, ...], args: list[Any]) -> bytes:
@@ -102,27 +104,41 @@ class Pusher:
         self._shards = shards
         self._seqs = seqs
         self._wait_ms = int(core.replica_ack_timeout_s * 1000)
+        self._routes: dict[str, _Route] = {}  # channel -> its route (see _route)
 
     def prepare_send(self, channel: str, message: dict[str, Any]) -> PreparedPush:
         """The PUSH request of one send and where it goes (a retry re-sends the bytes)."""
         core = self.core
-        target = target_of(channel)
-        key, aux, kind = self.target_keys(channel, target)
+        route = self._routes.get(channel)
+        if route is None:
+            route = self._route(channel)
+        key, aux, kind, index, capacity = route
         now = now_ms()
         sender, seq = self._seqs.next(key)
-        if kind == "c":
-            aux = core.keys.dedupe(channel, sender)
-        element = encode_element(
-            now + core.expiry_ms, sender, seq, channel, core.codec.dumps(message)
-        )
-        target_args = (core.capacity_of(channel), seq, element, kind)
-        header = self.header(now)
+        expiry_ms = core.expiry_ms
+        element = encode_element(now + expiry_ms, sender, seq, channel, core.codec.dumps(message))
         if kind == "i":
-            packed = pack("EVALSHA", PUSH.sha, 2, key, aux, *header, *target_args)
+            packed = pack(
+                "EVALSHA", PUSH.sha, 2, key, aux,
+                expiry_ms, now, core.dedupe_ttl_ms, capacity, seq, element, kind,
+            )  # fmt: skip
         else:
-            packed = pack("EVALSHA", PUSH.sha, 3, key, aux, wake_stream(key), *header, *target_args)
-        index = core.shard_index(target)
+            packed = pack(
+                "EVALSHA", PUSH.sha, 3, key, core.keys.dedupe(channel, sender), wake_stream(key),
+                expiry_ms, now, core.dedupe_ttl_ms, capacity, seq, element, kind,
+            )  # fmt: skip
         return PreparedPush(index, self._shards[index].link, packed, key)
+
+    def _route(self, channel: str) -> _Route:
+        """Where a channel's sends go, worked out once per channel (bounded): its keys,
+        shard and capacity were a tenth of a send's Python calls."""
+        target = target_of(channel)
+        key, aux, kind = self.target_keys(channel, target)
+        route = (key, aux, kind, self.core.shard_index(target), self.core.capacity_of(channel))
+        if len(self._routes) >= _ROUTES_REMEMBERED:
+            self._routes.clear()
+        self._routes[channel] = route
+        return route
 
     def target_keys(self, channel: str, target: str) -> tuple[str, str, str]:
         """(list, aux key, kind) of a PUSH target; see the PUSH script. A normal channel's
@@ -134,8 +150,21 @@ class Pusher:
         return keys.channel(channel), "", "c"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        push = self.prepare_send(channel, message)
-        statuses = await self.push(push.shard, push.packed, push.key)
+        index, link, packed, key = self.prepare_send(channel, message)
+        if self.core.replica_acks:
+            statuses = await self.push(index, packed, key)
+        else:
+            # push() without its WAIT, written out: a coroutine frame fewer per send. What
+            # it keeps for replay and what it raises are the same: the request, unless its
+            # one target was full; a message too large named as such.
+            try:
+                statuses = cast("list[int] | None", await link.submit_packed(packed, key))
+            except RedisCommandError as err:
+                if str(err).startswith(_TOO_LARGE):
+                    raise _too_large(err, len(packed)) from err
+                raise
+            if statuses is not None and statuses[0] != FULL:
+                self.core.recent[index].add(key, packed, len(packed))
         if statuses is not None and statuses[0] == FULL:
             raise ChannelFull(channel)
         self.core.stats.sent += 1
