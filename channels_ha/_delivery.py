@@ -38,7 +38,7 @@ class Deliveries:
 
     def __init__(self, core: LayerCore, limits: InboxLimits) -> None:
         self._core = core
-        self._buffers: dict[str, ChannelBuffer] = {}
+        self.buffers: dict[str, ChannelBuffer] = {}  # channel -> its buffer; never replaced
         self._limits = limits  # told as buffers of process-specific channels come and go
         self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
         self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
@@ -48,7 +48,7 @@ class Deliveries:
         self._malformed_log = LogThrottle(MALFORMED_LOG_INTERVAL_S)
 
     def buffer(self, channel: str) -> ChannelBuffer:
-        buffer = self._buffers.get(channel)
+        buffer = self.buffers.get(channel)
         if buffer is None:
             buffer = self._add(channel)
         return buffer
@@ -65,7 +65,7 @@ class Deliveries:
             target = waiting_key = channel
         shard = core.shard_index(target)
         buffer = ChannelBuffer(channel, capacity, shard, waiting_key, core.stats)
-        self._buffers[channel] = buffer
+        self.buffers[channel] = buffer
         if buffer.specific:
             self._limits.added(target, capacity)
         return buffer
@@ -75,7 +75,7 @@ class Deliveries:
     def waiting_on(self, channel: str) -> bool:
         """Whether a receive() on ``channel`` waits in this event loop. Safe to ask from
         another thread (async_to_sync): the waiters are copied in one step."""
-        buffer = self._buffers.get(channel)
+        buffer = self.buffers.get(channel)
         if buffer is None:
             return False
         return buffer.handed_over > 0 or any(not waiter.done() for waiter in tuple(buffer.waiters))
@@ -123,7 +123,7 @@ class Deliveries:
         core = self._core
 
         def keys() -> list[str]:
-            buffers, returning = self._buffers, self._returning
+            buffers, returning = self.buffers, self._returning
             return [
                 core.keys.channel(channel)
                 for channel in self._normal_waiting
@@ -139,7 +139,7 @@ class Deliveries:
         """Hands ``error`` to every receiver waiting on a channel of shard ``index`` (only on
         process-specific or only on normal channels, if ``specific`` says which: the reader
         that failed); their waiters leave the buffers, which the sweep can then forget."""
-        for buffer in self._buffers.values():
+        for buffer in self.buffers.values():
             if buffer.shard == index and specific in (None, buffer.specific):
                 _fail(buffer, error)
 
@@ -148,7 +148,7 @@ class Deliveries:
         ``key`` (Redis refused to pop that list alone)."""
         keys = self._core.keys
         for channel in [c for c in self._normal_waiting if keys.channel(c) == key]:
-            buffer = self._buffers.get(channel)
+            buffer = self.buffers.get(channel)
             if buffer is not None:
                 _fail(buffer, error)
 
@@ -172,8 +172,12 @@ class Deliveries:
             else:
                 item = (envelope.expires_ms, envelope.body)
                 targets = envelope.targets
+                buffers = self.buffers
                 for target in [targets] if isinstance(targets, str) else targets:
-                    self.buffer(target).put(item)
+                    buffer = buffers.get(target)
+                    if buffer is None:
+                        buffer = self._add(target)
+                    buffer.put(item)
                     if "!" not in target:
                         normal.add(target)
         return normal
@@ -197,7 +201,7 @@ class Deliveries:
         """Normal channels holding messages that no receiver here is waiting for."""
         found = []
         for channel in channels:
-            buffer = self._buffers.get(channel)
+            buffer = self.buffers.get(channel)
             if buffer is not None and buffer.items and not buffer.waiters:
                 found.append(channel)
         return found
@@ -218,7 +222,7 @@ class Deliveries:
         returned: dict[tuple[int, str], list[bytes]] = {}
         gated: list[str] = []
         for channel in channels:
-            buffer = self._buffers.get(channel)
+            buffer = self.buffers.get(channel)
             if buffer is None or buffer.waiters:
                 continue
             target = target_of(channel)
@@ -242,12 +246,12 @@ class Deliveries:
                 self._returning[channel] = count
                 continue
             self._returning.pop(channel, None)
-            buffer = self._buffers.get(channel)
+            buffer = self.buffers.get(channel)
             if buffer is not None and buffer.waiters and buffer.wake_reader is not None:
                 buffer.wake_reader()
 
     def channels(self) -> list[str]:
-        return list(self._buffers)
+        return list(self.buffers)
 
     def inbox_limits(self) -> dict[str, int]:
         """Per inbox of this process: the summed capacity of its channels seen here."""
@@ -257,26 +261,26 @@ class Deliveries:
 
     def sweep(self) -> list[str]:
         """Drops expired messages, idle buffers and old marks; returns stranded channels."""
-        for channel, buffer in list(self._buffers.items()):
+        for channel, buffer in list(self.buffers.items()):
             self._core.stats.expired += buffer.drop_expired()
             if buffer.idle:
-                del self._buffers[channel]
+                del self.buffers[channel]
                 if buffer.specific:
                     self._limits.removed(inbox_of(channel), buffer.capacity)
-        return self.stranded(c for c in self._buffers if "!" not in c)
+        return self.stranded(c for c in self.buffers if "!" not in c)
 
     def clear(self) -> None:
-        for buffer in self._buffers.values():
+        for buffer in self.buffers.values():
             buffer.take_all()
 
     def discard(self) -> int:
         """At close, once nothing will give back: drops what is still buffered; returns how
         many messages were still fresh (lost), the expired ones counted as such."""
-        return sum(len(buffer.take_fresh_all()) for buffer in self._buffers.values())
+        return sum(len(buffer.take_fresh_all()) for buffer in self.buffers.values())
 
     def buffered(self) -> int:
         """Asked from other threads too (statistics() for metrics and health): a snapshot."""
-        return sum(len(buffer.items) for buffer in tuple(self._buffers.values()))
+        return sum(len(buffer.items) for buffer in tuple(self.buffers.values()))
 
 
 def _fail(buffer: ChannelBuffer, error: Exception) -> None:

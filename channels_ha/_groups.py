@@ -46,7 +46,8 @@ class Memberships:
         # Whether a receive() on a channel is waiting now: asked of the layer's sessions
         # when needed, so that receive() itself counts nothing.
         self.waiting: Callable[[str], bool] = _nobody
-        self._last_active: dict[str, float] = {}  # last receive() that ended
+        # Channel -> when its last receive() ended; written by receive() itself, per message.
+        self.last_active: dict[str, float] = {}
 
     def added(self, group: str, channel: str) -> None:
         with self._lock:
@@ -111,10 +112,10 @@ class Memberships:
 
     def touch(self, channel: str) -> None:
         """A receive() ended (however): the channel is alive."""
-        self._last_active[channel] = time.monotonic()
+        self.last_active[channel] = time.monotonic()
 
     def is_live(self, channel: str, now: float) -> bool:
-        last = self._last_active.get(channel)
+        last = self.last_active.get(channel)
         return (last is not None and now - last < self._liveness_s) or self.waiting(channel)
 
     def live(self) -> dict[str, dict[str, str]]:
@@ -154,20 +155,20 @@ class Memberships:
                 continue
             with self._lock:
                 added = max(self._groups_of.get(channel, {}).values(), default=0.0)
-                last = max(self._last_active.get(channel, 0.0), added)
+                last = max(self.last_active.get(channel, 0.0), added)
                 if now - last > horizon_s:
                     self._groups_of.pop(channel, None)
                     self._cleared.pop(channel, None)
         # A copy made in C, in one step: receive() in other threads stores meanwhile.
-        for channel, last in dict(self._last_active).items():
+        for channel, last in dict(self.last_active).items():
             kept_s = horizon_s if channel in members else self._liveness_s
             if now - last > kept_s and not self.waiting(channel):
-                self._last_active.pop(channel, None)
+                self.last_active.pop(channel, None)
 
     def remembered(self) -> int:
         """Channels this process keeps any record of (for tests and leak hunts)."""
         with self._lock:
-            return len(self._groups_of.keys() | self._last_active.keys())
+            return len(self._groups_of.keys() | self.last_active.keys())
 
     def clear(self) -> None:
         with self._lock:

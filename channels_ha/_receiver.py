@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Callable
+import time
 from typing import Any
 
-from ._buffers import ChannelBuffer, Item
+from ._buffers import Item
 from ._core import LayerCore
 from ._delivery import Deliveries
 from ._give_back import GiveBack
@@ -41,12 +41,16 @@ class Receiver:
         self._give_back = give_back
         self._client_prefix = client_prefix
         self._loop = asyncio.get_running_loop()
+        self._buffers = deliveries.buffers  # read directly: receive() runs for every message
+        self._last_active = core.memberships.last_active
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # The hot path of every delivery: written out flat, since each call and frame here
         # is paid once per message by every consumer.
         core = self.core
-        buffer = self.deliveries.buffer(channel)
+        buffer = self._buffers.get(channel)
+        if buffer is None:
+            buffer = self.deliveries.buffer(channel)
         item = buffer.take_fresh() if buffer.items else None
         if item is None:
             wake = buffer.wake_reader
@@ -64,29 +68,19 @@ class Receiver:
                 buffer.abandon(waiter)  # passes on a message handed over meanwhile
                 raise
             finally:
-                self._stop_waiting(channel, buffer, wake, received)
+                # Whatever ends the wait (a message, a cancellation, RedisUnavailable), the
+                # channel stays live for a while: its consumer may well receive again.
+                self._last_active[channel] = time.monotonic()  # memberships.touch()
+                if received:
+                    buffer.handed_over -= 1  # resumed with the message it was handed
+                if self.deliveries.leave(buffer) and not buffer.specific:
+                    wake()  # the channel's reader: stop popping what nobody awaits
+                if not buffer.specific:
+                    self._give_back.return_stranded([channel])
         else:
-            core.memberships.touch(channel)
+            self._last_active[channel] = time.monotonic()  # memberships.touch()
         core.stats.received += 1
         return core.codec.loads(item[1])
-
-    def _stop_waiting(
-        self,
-        channel: str,
-        buffer: ChannelBuffer,
-        wake: Callable[[], None],
-        received: bool,
-    ) -> None:
-        # Whatever ends the wait (a message, a cancellation, RedisUnavailable), the channel
-        # stays live for a while: its consumer may well receive again.
-        self.core.memberships.touch(channel)
-        if received:
-            buffer.handed_over -= 1  # resumed with the message it was handed
-        last = self.deliveries.leave(buffer)
-        if not buffer.specific:
-            if last:
-                wake()  # the channel's reader: stop popping what nobody awaits
-            self._give_back.return_stranded([channel])
 
     def _reader(self, index: int, specific: bool) -> BlockingReader:
         reader = self._readers.get((index, specific))

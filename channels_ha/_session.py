@@ -55,6 +55,8 @@ class Session:
         seqs = SendSequences(self.sender, core.dedupe_memory_s / 2)
         self._loop = asyncio.get_running_loop()
         self._closing: asyncio.Future[None] | None = None
+        # Set with _closing: a plain attribute, read by every send and receive.
+        self.closed = False
         self._hurried = False  # close() was cancelled: the rest of it waits for no reply
         # Closed because its event loop is shutting down: a consumer's clean-up running
         # after that must not open a new session that nothing would close.
@@ -107,10 +109,6 @@ class Session:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
-
-    @property
-    def closed(self) -> bool:
-        return self._closing is not None
 
     def buffered(self) -> int:
         """Messages that reached this process and wait for their receiver."""
@@ -165,6 +163,7 @@ class Session:
             return
         loop = self._loop
         closing = self._closing = loop.create_future()
+        self.closed = True
         closer = asyncio.current_task()
         try:
             await self._wind_down(closer)

@@ -123,7 +123,7 @@ async def receivers_waiting(
     deliveries = layer._session().deliveries
     deadline = asyncio.get_running_loop().time() + RECEIVERS_WAIT_TIMEOUT_S
     while True:
-        buffer = deliveries._buffers.get(channel)
+        buffer = deliveries.buffers.get(channel)
         if buffer is not None and sum(not w.done() for w in buffer.waiters) >= receivers:
             return buffer
         assert asyncio.get_running_loop().time() < deadline, "the receivers never waited"
