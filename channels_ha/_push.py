@@ -16,7 +16,7 @@ from channels.exceptions import ChannelFull
 
 from ._buffers import now_ms
 from ._cluster import ClusterRouter
-from ._codec import encode_element
+from ._codec import element_encoder
 from ._core import LayerCore
 from ._delivery import target_of
 from ._keys import wake_stream
@@ -105,6 +105,9 @@ class Pusher:
         self._seqs = seqs
         self._wait_ms = int(core.replica_ack_timeout_s * 1000)
         self._routes: dict[str, _Route] = {}  # channel -> its route (see _route)
+        # This event loop's own Packers (see MessageCodec.dumper).
+        self._dumps = core.codec.dumper()
+        self._encode = element_encoder()
 
     def prepare_send(self, channel: str, message: dict[str, Any]) -> PreparedPush:
         """The PUSH request of one send and where it goes (a retry re-sends the bytes)."""
@@ -116,7 +119,7 @@ class Pusher:
         now = now_ms()
         sender, seq = self._seqs.next(key)
         expiry_ms = core.expiry_ms
-        element = encode_element(now + expiry_ms, sender, seq, channel, core.codec.dumps(message))
+        element = self._encode(now + expiry_ms, sender, seq, channel, self._dumps(message))
         if kind == "i":
             packed = pack(
                 "EVALSHA", PUSH.sha, 2, key, aux,
