@@ -62,6 +62,43 @@ async def test_a_lone_request_goes_out_at_once_and_a_burst_in_one_write(
         await client.protocol.aclose()
 
 
+async def test_a_request_after_a_reply_goes_out_at_once_with_nothing_scheduled(
+    node: StandaloneTopology,
+) -> None:
+    """Once the replies came back, the next request is written at once and schedules no
+    flush (a callback and a loop turn per request, before); one written before any reply
+    came back waits for the flush, with the rest of its loop iteration."""
+    client = FutureSink()
+    server = node.nodes[0]
+    client.protocol = await open_connection(Endpoint(server.host, server.port), client, 2.0)
+    protocol = client.protocol
+    transport = protocol._transport
+    assert transport is not None
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counting_write(data: bytes) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = counting_write  # type: ignore[method-assign,assignment]
+    try:
+        for expected in range(1, 4):
+            request = client.submit("INCR", "lone")
+            assert len(writes) == expected  # written, nothing scheduled
+            assert not protocol._flush_due
+            assert await request == expected
+        blocked = client.submit("BLPOP", "never-pushed", 0.2)  # no reply for 0.2 s
+        after = client.submit("PING")
+        assert len(writes) == 4
+        assert protocol._flush_due  # the PING waits for the flush
+        assert await after == b"PONG"
+        assert await blocked is None
+        assert len(writes) == 5
+    finally:
+        await protocol.aclose()
+
+
 async def test_refused_writes_wait_and_arrive_once_in_order(
     node: StandaloneTopology, make_layer: LayerFactory
 ) -> None:
