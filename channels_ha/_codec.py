@@ -76,6 +76,14 @@ class MessageCodec:
         pack: Callable[[dict[str, Any]], bytes] = msgpack.Packer(use_bin_type=True).pack
         return pack
 
+    def loader(self) -> Callable[[bytes], dict[str, Any]]:
+        """:meth:`loads` for receive(): msgpack without encryption is ``msgpack.unpackb``
+        itself, a C function (no Python frame per delivery)."""
+        if self._json or self._crypter:
+            return self.loads
+        unpack: Callable[[bytes], dict[str, Any]] = msgpack.unpackb
+        return unpack
+
     def loads(self, data: bytes) -> dict[str, Any]:
         if self._crypter:
             data = self._crypter.decrypt(data, self._decrypt_ttl_s)

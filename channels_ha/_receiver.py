@@ -43,6 +43,7 @@ class Receiver:
         self._loop = asyncio.get_running_loop()
         self._buffers = deliveries.buffers  # read directly: receive() runs for every message
         self._last_active = core.memberships.last_active
+        self._loads = core.codec.loader()
 
     async def receive(self, channel: str) -> dict[str, Any]:
         # The hot path of every delivery: written out flat, since each call and frame here
@@ -80,7 +81,7 @@ class Receiver:
         else:
             self._last_active[channel] = time.monotonic()  # memberships.touch()
         core.stats.received += 1
-        return core.codec.loads(item[1])
+        return self._loads(item[1])
 
     def _reader(self, index: int, specific: bool) -> BlockingReader:
         reader = self._readers.get((index, specific))

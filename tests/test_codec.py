@@ -1,4 +1,5 @@
-"""The event loop's own encoders (reused msgpack Packers) write what the plain functions do."""
+"""The event loop's own encoders (reused msgpack Packers) write what the plain functions do,
+and the receivers' loader reads it."""
 
 from __future__ import annotations
 
@@ -25,3 +26,4 @@ def test_dumper_matches_dumps_and_survives_a_failed_pack(serializer: str) -> Non
     with pytest.raises(TypeError):
         dumps({"type": "t", "unpackable": object()})
     assert codec.loads(dumps(message)) == message  # nothing of the failed one left behind
+    assert codec.loader()(dumps(message)) == message
