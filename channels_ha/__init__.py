@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from ._interop import caches, channel_layers
     from ._layer import RedisChannelLayer
+    from ._lifespan import close_layers_at_shutdown
     from ._probe import probe
     from ._probe_report import ProbeReport
     from ._sources import load_config, parse_connection_config, parse_hosts_entry
@@ -49,6 +50,7 @@ _HOMES = {
     "caches": "._interop",
     "channel_layers": "._interop",
     "RedisChannelLayer": "._layer",
+    "close_layers_at_shutdown": "._lifespan",
     "probe": "._probe",
     "ProbeReport": "._probe_report",
     "load_config": "._sources",
@@ -76,6 +78,7 @@ __all__ = [
     "__version__",
     "caches",
     "channel_layers",
+    "close_layers_at_shutdown",
     "load_config",
     "parse_connection_config",
     "parse_hosts_entry",

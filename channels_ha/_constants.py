@@ -125,6 +125,9 @@ BUFFER_SWEEP_INTERVAL_S = 10.0
 FAILURE_LOG_INTERVAL_S = 60.0
 # Returning buffered messages to Redis at close may take at most this long.
 CLOSE_RETURN_TIMEOUT_S = 2.0
+# At server shutdown, closing the process's channel layers may take at most this long: a
+# close() during a failover gives back through it (failover_timeout, 30 s by default).
+LIFESPAN_CLOSE_TIMEOUT_S = 35.0
 
 # Keys scanned per SCAN call during flush().
 FLUSH_SCAN_COUNT = 1_000
