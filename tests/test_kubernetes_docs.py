@@ -12,6 +12,7 @@ import yaml
 
 from channels_ha import RedisConfig, parse_url
 from channels_ha._config import SentinelConfig
+from channels_ha._constants import LIFESPAN_CLOSE_TIMEOUT_S
 from channels_ha._probe import FAILOVER_ELECTION_S
 from channels_ha._sources import parse_connection_config
 
@@ -110,3 +111,18 @@ def test_probes_outlast_a_failover() -> None:
     assert readiness["httpGet"]["path"] == "/healthz"
     assert liveness["httpGet"]["path"] == "/livez"
     assert "--workers" in container["command"]
+
+
+@pytest.mark.parametrize(
+    ("document", "name"), [(DOC, "deployment"), (DOCS / "operations.md", "kubernetes")]
+)
+def test_the_grace_period_leaves_time_to_close_the_layer(document: Path, name: str) -> None:
+    """Both manifests run uvicorn (daphne runs no lifespan shutdown, so nothing would close
+    the layer) with a bounded graceful shutdown, and give it time for that and for
+    close_layers_at_shutdown before the SIGKILL."""
+    spec = example(name, document)["spec"]["template"]["spec"]
+    (command,) = [container["command"] for container in spec["containers"]]
+    assert command[0] == "uvicorn"
+    assert "--lifespan" not in command  # "auto": the wrapper in asgi.py answers it
+    graceful_s = float(command[command.index("--timeout-graceful-shutdown") + 1])
+    assert spec["terminationGracePeriodSeconds"] > graceful_s + LIFESPAN_CLOSE_TIMEOUT_S
