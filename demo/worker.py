@@ -43,7 +43,7 @@ def main() -> None:
     config = uvicorn.Config(
         "demo.asgi:application",
         loop=LOOP,
-        lifespan="off",  # Channels' router does not speak the lifespan protocol
+        lifespan="on",  # its shutdown closes the channel layer (demo/asgi.py)
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
