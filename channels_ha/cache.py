@@ -91,6 +91,9 @@ class _SharedClients:
     def __init__(self) -> None:
         self._clients: dict[RedisConfig, SyncClient] = {}
         self._lock = threading.Lock()
+        #: Bumped when a client is closed: the cache objects holding one ask again. A closed
+        #: RedisCluster has no default node left and fails DEL and UNLINK (AttributeError).
+        self.generation = 0
 
     def get(self, config: RedisConfig) -> SyncClient:
         with self._lock:
@@ -103,11 +106,13 @@ class _SharedClients:
         with self._lock:
             if self._clients.get(config) is client:
                 del self._clients[config]
+                self.generation += 1
 
     def forget(self) -> None:
         """In a forked child: the parent's sockets are not the child's to use, or to close,
         and a parent's thread may have held the lock at the fork."""
         self._clients, self._lock = {}, threading.Lock()
+        self.generation += 1
 
 
 _SHARED_CLIENTS = _SharedClients()
@@ -199,12 +204,14 @@ class RedisCacheClient(DjangoRedisCacheClient):
         self._config = _bounded(config)
         self._clear_pattern = clear_pattern
         self._redis: SyncClient | None = None
+        self._generation = -1
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         """The configuration's shared client; redis-py finds the master (Sentinel) or the
         slot's owner (Cluster)."""
-        if self._redis is None:
-            self._redis = _SHARED_CLIENTS.get(self._config)
+        if self._redis is None or self._generation != _SHARED_CLIENTS.generation:
+            self._generation = _SHARED_CLIENTS.generation  # (read first: a close meanwhile
+            self._redis = _SHARED_CLIENTS.get(self._config)  # makes the next call ask again)
         return self._redis
 
     @property
@@ -231,6 +238,12 @@ class RedisCacheClient(DjangoRedisCacheClient):
             pipeline.set(key, self._serializer.dumps(value), ex=timeout)
         pipeline.execute()
 
+    def delete(self, key: Any) -> bool:
+        """One ``DEL`` command, as Django's: redis-py's Cluster client sends ``delete()``
+        through a pipeline, which runs a ``DEL`` again after its reply was lost and answers
+        False for the key the first run deleted (see ``_cache_doubt``)."""
+        return bool(self.get_client(key, write=True).execute_command("DEL", key))
+
     def clear(self) -> bool:
         """Deletes this cache's keys (SCAN, never KEYS or FLUSHDB); True if there were any."""
         client = self.get_client(write=True)
@@ -239,11 +252,21 @@ class RedisCacheClient(DjangoRedisCacheClient):
         for key in client.scan_iter(match=self._clear_pattern, count=CLEAR_BATCH_KEYS):
             batch.append(key)
             if len(batch) >= CLEAR_BATCH_KEYS:
-                deleted += client.unlink(*batch)
+                deleted += self._unlink(client, batch)
                 batch.clear()
         if batch:
-            deleted += client.unlink(*batch)
+            deleted += self._unlink(client, batch)
         return deleted > 0
+
+    def _unlink(self, client: Any, keys: list[Any]) -> int:
+        """``UNLINK`` of ``keys``: on Cluster one command per slot, not redis-py's
+        ``unlink()``, whose pipeline runs one again after its reply was lost (as ``delete``)."""
+        if not self._cluster:
+            return int(client.unlink(*keys))
+        by_slot: dict[int, list[Any]] = {}
+        for key in keys:
+            by_slot.setdefault(client.keyslot(key), []).append(key)
+        return sum(int(client.execute_command("UNLINK", *same)) for same in by_slot.values())
 
     def close(self) -> None:
         """Closes the connections of this configuration's client (and its sentinel

@@ -3,7 +3,8 @@ have run it: it raises RedisUnavailable saying the outcome is unknown (``_cache_
 
 Redis is made busy past the client's reply timeout with a bounded Lua busy loop, ordered
 behind the operation's command by ``CLIENT PAUSE WRITE`` (both wait, in order, until the
-pause is lifted), so the command runs after its reply timed out.
+pause is lifted), so the command runs after its reply timed out. The master stops answering
+for BUSY_S at a time, under Sentinel's and Cluster's failure detection (1 s in the sandbox).
 """
 
 from __future__ import annotations
@@ -16,19 +17,28 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import key_slot
 
 from channels_ha import RedisUnavailable, parse_url
 from channels_ha.cache import RedisCache
-from channels_ha.sandbox import StandaloneTopology, TopologyFactory
+from channels_ha.sandbox import (
+    ClusterTopology,
+    RedisNode,
+    SentinelTopology,
+    StandaloneTopology,
+    Topology,
+    start_topology,
+)
 from tests import django_settings
 
-REPLY_TIMEOUT_S = 0.2
-BUSY_S = 0.6  # the Lua loop's length: past the reply timeout, bounded
+REPLY_TIMEOUT_S = 0.15
+BUSY_S = 0.45  # the Lua loop's length: past the reply timeout, bounded
 BUSY = """local t = redis.call('TIME'); local s = t[1] + t[2] / 1e6
 while true do
   local n = redis.call('TIME'); if n[1] + n[2] / 1e6 - s > tonumber(ARGV[1]) then break end
 end
 return 1"""
+KINDS = ("standalone", "sentinel", "cluster")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,36 +47,73 @@ def _django() -> None:
     django_settings.setup()
 
 
-@pytest.fixture
-def topology(redis_sandbox_factory: TopologyFactory) -> StandaloneTopology:
-    """A fresh single node: the tests pause it."""
-    node = redis_sandbox_factory("standalone")
-    assert isinstance(node, StandaloneTopology)
-    return node
+def _own(kind: str) -> Iterator[Topology]:
+    with start_topology(kind) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="module")
+def own_standalone() -> Iterator[Topology]:
+    """A single node of this module's own: the tests pause it."""
+    yield from _own("standalone")
+
+
+@pytest.fixture(scope="module")
+def own_sentinel() -> Iterator[Topology]:
+    """A Sentinel deployment of this module's own: the tests pause its master."""
+    yield from _own("sentinel")
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[Topology]:
+    """A Cluster of this module's own: the tests pause its masters."""
+    yield from _own("cluster")
+
+
+@pytest.fixture(params=KINDS)
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """Each of this module's own topologies in turn."""
+    own: Topology = request.getfixturevalue(f"own_{request.param}")
+    return own
 
 
 @pytest.fixture
-def admin(topology: StandaloneTopology) -> Iterator[redis.Redis]:
-    """A client of the node, outside the cache."""
-    client = redis.Redis.from_url(topology.url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def cache(topology: StandaloneTopology) -> Iterator[RedisCache]:
-    """A cache waiting REPLY_TIMEOUT_S for a reply and 5 s for a master."""
-    config = parse_url(f"{topology.url}?socket_timeout={REPLY_TIMEOUT_S}")
+def cache(topology: Topology) -> Iterator[RedisCache]:
+    """A cache waiting REPLY_TIMEOUT_S for a reply and 5 s for a master; its prefix is a hash
+    tag, so all its keys are in one slot (one master to pause on Cluster)."""
+    config = parse_url(topology.url).model_copy(update={"socket_timeout_s": REPLY_TIMEOUT_S})
     options = {"config": config, "failover_timeout": 5}
-    backend = RedisCache("", {"KEY_PREFIX": f"doubt-{uuid.uuid4().hex[:8]}", "OPTIONS": options})
+    prefix = f"{{doubt-{uuid.uuid4().hex[:8]}}}"
+    backend = RedisCache("", {"KEY_PREFIX": prefix, "OPTIONS": options})
     yield backend
     backend.disconnect()
 
 
+def _master_of(topology: Topology, cache: RedisCache) -> RedisNode:
+    """The master that holds the keys of ``cache``."""
+    if isinstance(topology, SentinelTopology):
+        return topology.current_master()
+    if isinstance(topology, ClusterTopology):
+        return topology.node_for_slot(key_slot(cache.make_and_validate_key("n").encode()))
+    assert isinstance(topology, StandaloneTopology)
+    return topology.node
+
+
+@pytest.fixture
+def admin(topology: Topology, cache: RedisCache) -> Iterator[redis.Redis]:
+    """A client, outside the cache, of the master that holds the cache's keys."""
+    client = _master_of(topology, cache).client()
+    yield client
+    client.close()
+
+
 def _blocked(admin: redis.Redis, count: int) -> None:
-    """Returns once ``count`` clients wait on the pause (bounded: 5,000 INFO round trips)."""
+    """Returns once ``count`` clients wait on the pause, the sentinels' own PUBLISH (of their
+    hello messages) aside (bounded: 5,000 CLIENT LIST round trips)."""
     for _ in range(5_000):
-        if admin.info("clients")["blocked_clients"] >= count:
+        clients = admin.client_list()
+        waiting = [c for c in clients if "b" in c["flags"] and c["cmd"] != "publish"]
+        if len(waiting) >= count:
             return
     raise AssertionError(f"fewer than {count} clients waited on the pause")
 
@@ -99,6 +146,7 @@ CASES: dict[str, tuple[Operation, Stored, Any]] = {
     "incr": (lambda c: c.incr("n"), lambda c, _: c.get("n"), 11),
     "decr": (lambda c: c.decr("n", 3), lambda c, _: c.get("n"), 7),
     "touch": (lambda c: c.touch("n", None), lambda c, a: a.ttl(c.make_key("n")), -1),
+    "clear": (lambda c: c.clear(), lambda c, _: c.get("n"), None),
 }
 
 
@@ -106,8 +154,9 @@ CASES: dict[str, tuple[Operation, Stored, Any]] = {
 def test_an_operation_whose_reply_timed_out_is_not_run_again(
     cache: RedisCache, admin: redis.Redis, name: str
 ) -> None:
-    """add/delete/incr/decr/touch whose command ran after its reply timed out raise
-    RedisUnavailable (outcome unknown), not the answer of a second run (add: False)."""
+    """add/delete/incr/decr/touch/clear whose command ran after its reply timed out raise
+    RedisUnavailable (outcome unknown), not the answer of a second run (add: False), on
+    every topology (Cluster's delete and clear too, which redis-py pipelines)."""
     operation, stored, expected = CASES[name]
     cache.set("n", 10, 60)  # (also opens the connection the operation will use)
     result = _run_after_a_busy_server(admin, lambda: operation(cache))
