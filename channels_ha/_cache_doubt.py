@@ -39,10 +39,15 @@ _CONNECTING = frozenset(
 )
 
 
-def outcome_unknown(err: BaseException) -> bool:
+def outcome_unknown(err: BaseException, handled: BaseException | None = None) -> bool:
     """True if ``err`` (or an error it was raised while handling) is a connection lost or a
-    reply timed out after a command may have reached Redis."""
-    return any(_lost_after_sending(error) for error in _chain(err))
+    reply timed out after a command may have reached Redis.
+
+    ``handled`` is the exception being handled when the operation began (``sys.exc_info()``):
+    the chain stops there, since it and what it chains to are the application's (a lost reply
+    it is handling in ``except RedisUnavailable: cache.delete(lock)``), not this operation's.
+    """
+    return any(_lost_after_sending(error) for error in _chain(err, handled))
 
 
 def _lost_after_sending(err: BaseException) -> bool:
@@ -64,12 +69,12 @@ def _redis_frames(err: BaseException) -> set[str]:
     }
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
+def _chain(err: BaseException, stop: BaseException | None) -> Iterator[BaseException]:
     """The error and those it was raised from or while handling (Cluster re-reads its slots
-    after a lost reply, and that can fail in turn)."""
+    after a lost reply, and that can fail in turn), up to ``stop``, excluded."""
     seen: set[int] = set()
     current: BaseException | None = err
-    while current is not None and id(current) not in seen:
+    while current is not None and current is not stop and id(current) not in seen:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -290,6 +291,7 @@ class _Retrying:
         return functools.partial(self._call, name, getattr(self.client, name))
 
     def _call(self, name: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        handled = sys.exc_info()[1]  # the application's, if called in an except block
         deadline = time.monotonic() + self.timeout_s
         backoff_s, attempts = RETRY_BACKOFF_FIRST_S, 0
         while True:  # bounded: _wait raises once the deadline has passed
@@ -297,7 +299,7 @@ class _Retrying:
                 result = operation(*args, **kwargs)
             except _REFUSED_OR_TRANSIENT as err:
                 _raise_if_refused(name, err)
-                _raise_if_in_doubt(name, err)
+                _raise_if_in_doubt(name, err, handled)
                 attempts += 1
                 backoff_s = self._wait(name, err, attempts, deadline, backoff_s)
                 continue
@@ -339,10 +341,10 @@ def _raise_if_refused(name: str, err: Exception) -> None:
         raise RedisCommandError(f"Cache {name} failed: {refusal}.") from err
 
 
-def _raise_if_in_doubt(name: str, err: Exception) -> None:
+def _raise_if_in_doubt(name: str, err: Exception, handled: BaseException | None) -> None:
     """Raises :class:`RedisUnavailable` when Redis may have run an operation that a retry
     would answer differently (``add`` after its first run stored the value answers False)."""
-    if name in ANSWER_CHANGES_ON_RETRY and outcome_unknown(err):
+    if name in ANSWER_CHANGES_ON_RETRY and outcome_unknown(err, handled):
         raise RedisUnavailable(
             f"Cache {name} failed and was not retried: the connection was lost or the reply "
             f"timed out after Redis may have run it, so its outcome is unknown "

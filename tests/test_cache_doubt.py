@@ -184,3 +184,18 @@ def test_an_add_that_never_reached_redis_is_retried(
         assert cache.add("lock", "mine", 60) is True  # the cache's first connection
     assert any(r.event == "cache_recovered" for r in caplog.records)  # type: ignore[attr-defined]
     assert cache.get("lock") == "mine"
+
+
+def test_an_add_called_while_handling_a_lost_reply_is_judged_on_its_own(
+    cache: RedisCache, admin: redis.Redis
+) -> None:
+    """add() that never reached Redis, called in an ``except`` block handling an earlier lost
+    reply (``except RedisUnavailable: ...``), is retried and stores: the error the application
+    was handling, which Python chains to the add's, is not the add's."""
+    admin.execute_command("CLIENT", "PAUSE", int(3 * REPLY_TIMEOUT_S * 1000), "ALL")
+    lost = redis.TimeoutError("Timeout reading from socket")  # as a lost reply's
+    try:
+        raise RedisUnavailable("an earlier add's outcome is unknown") from lost
+    except RedisUnavailable:
+        assert cache.add("lock", "mine", 60) is True  # the cache's first connection
+    assert cache.get("lock") == "mine"
