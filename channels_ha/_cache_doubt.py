@@ -26,10 +26,11 @@ __all__ = ["ANSWER_CHANGES_ON_RETRY", "outcome_unknown"]
 
 #: Operations of Django's cache client whose answer or effect a second run changes:
 #: ``add`` (True, then False), ``delete`` (True, then False), ``incr`` (``decr`` calls it;
-#: counts twice), ``touch`` (``PERSIST`` answers False the second time), ``clear`` (the keys
-#: its first run deleted are not counted). ``get_or_set`` ignores ``add``'s answer but goes
-#: through it. The others (``get``, ``set``, ``get_many``, ``set_many``, ``delete_many``
-#: (answers None), ``has_key``) give what one run gives.
+#: its INCRBY counts twice; the cache runs its EXISTS check apart, retried), ``touch``
+#: (``PERSIST`` answers False the second time), ``clear`` (the keys its first run deleted
+#: are not counted). ``get_or_set`` ignores ``add``'s answer but goes through it. The others
+#: (``get``, ``set``, ``get_many``, ``set_many``, ``delete_many`` (answers None),
+#: ``has_key``) give what one run gives.
 ANSWER_CHANGES_ON_RETRY = frozenset({"add", "delete", "incr", "touch", "clear"})
 
 # redis-py's functions that run before a command is written: the pool handing out (and

@@ -239,6 +239,10 @@ class RedisCacheClient(DjangoRedisCacheClient):
             pipeline.set(key, self._serializer.dumps(value), ex=timeout)
         pipeline.execute()
 
+    def incr_by(self, key: Any, delta: int) -> int:
+        """``INCRBY`` alone: the retrying wrapper runs Django's ``EXISTS`` check before it."""
+        return int(self.get_client(key, write=True).incr(key, delta))
+
     def delete(self, key: Any) -> bool:
         """One ``DEL`` command, as Django's: redis-py's Cluster client sends ``delete()``
         through a pipeline, which runs a ``DEL`` again after its reply was lost and answers
@@ -290,8 +294,19 @@ class _Retrying:
             raise AttributeError(name)
         return functools.partial(self._call, name, getattr(self.client, name))
 
+    def incr(self, key: Any, delta: int) -> Any:
+        """Django's ``incr`` (``decr`` calls it) in two steps: its ``EXISTS`` check changes
+        nothing, so it is retried after a lost reply; only the ``INCRBY`` can leave the
+        outcome unknown. Django's ValueError for a missing key."""
+        if not self._call("incr (EXISTS check)", self.client.has_key, key):
+            raise ValueError(f"Key '{key}' not found.")
+        return self._call("incr", self.client.incr_by, key, delta)
+
     def _call(self, name: str, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Runs ``operation`` until it succeeds or the failover timeout; one named in
+        ``ANSWER_CHANGES_ON_RETRY`` not again once it may have run."""
         handled = sys.exc_info()[1]  # the application's, if called in an except block
+        once = name in ANSWER_CHANGES_ON_RETRY
         deadline = time.monotonic() + self.timeout_s
         backoff_s, attempts = RETRY_BACKOFF_FIRST_S, 0
         while True:  # bounded: _wait raises once the deadline has passed
@@ -299,7 +314,8 @@ class _Retrying:
                 result = operation(*args, **kwargs)
             except _REFUSED_OR_TRANSIENT as err:
                 _raise_if_refused(name, err)
-                _raise_if_in_doubt(name, err, handled)
+                if once and outcome_unknown(err, handled):
+                    raise _in_doubt(name, err) from err
                 attempts += 1
                 backoff_s = self._wait(name, err, attempts, deadline, backoff_s)
                 continue
@@ -341,15 +357,14 @@ def _raise_if_refused(name: str, err: Exception) -> None:
         raise RedisCommandError(f"Cache {name} failed: {refusal}.") from err
 
 
-def _raise_if_in_doubt(name: str, err: Exception, handled: BaseException | None) -> None:
-    """Raises :class:`RedisUnavailable` when Redis may have run an operation that a retry
-    would answer differently (``add`` after its first run stored the value answers False)."""
-    if name in ANSWER_CHANGES_ON_RETRY and outcome_unknown(err, handled):
-        raise RedisUnavailable(
-            f"Cache {name} failed and was not retried: the connection was lost or the reply "
-            f"timed out after Redis may have run it, so its outcome is unknown "
-            f"({type(err).__name__}: {err})"
-        ) from err
+def _in_doubt(name: str, err: Exception) -> RedisUnavailable:
+    """The error for an operation Redis may have run and a retry would answer differently
+    (``add`` after its first run stored the value answers False)."""
+    return RedisUnavailable(
+        f"Cache {name} failed and was not retried: the connection was lost or the reply "
+        f"timed out after Redis may have run it, so its outcome is unknown "
+        f"({type(err).__name__}: {err})"
+    )
 
 
 def _refusal(err: Exception) -> str | None:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import key_slot
+from redis.retry import Retry
 
 from channels_ha import RedisUnavailable, parse_url
 from channels_ha.cache import RedisCache
@@ -32,6 +35,7 @@ from channels_ha.sandbox import (
 from tests import django_settings
 
 REPLY_TIMEOUT_S = 0.15
+PROBE_TIMEOUT_S = 0.05  # a PING unanswered this long: the server is in the Lua loop
 BUSY_S = 0.45  # the Lua loop's length: past the reply timeout, bounded
 BUSY = """local t = redis.call('TIME'); local s = t[1] + t[2] / 1e6
 while true do
@@ -100,9 +104,15 @@ def _master_of(topology: Topology, cache: RedisCache) -> RedisNode:
 
 
 @pytest.fixture
-def admin(topology: Topology, cache: RedisCache) -> Iterator[redis.Redis]:
-    """A client, outside the cache, of the master that holds the cache's keys."""
-    client = _master_of(topology, cache).client()
+def master(topology: Topology, cache: RedisCache) -> RedisNode:
+    """The master that holds the cache's keys."""
+    return _master_of(topology, cache)
+
+
+@pytest.fixture
+def admin(master: RedisNode) -> Iterator[redis.Redis]:
+    """A client of the master, outside the cache."""
+    client = master.client()
     yield client
     client.close()
 
@@ -135,6 +145,36 @@ def _run_after_a_busy_server(admin: redis.Redis, operation: Callable[[], Any]) -
     finally:
         unpause.join(10)
         busy.join(10)
+
+
+def _while_busy(master: RedisNode, operation: Callable[[], Any]) -> Any:
+    """Runs ``operation`` once a BUSY_S Lua loop holds the master, which answers nothing
+    meanwhile (a PING goes unanswered for PROBE_TIMEOUT_S): whatever command it sends first
+    loses its reply. Returns what it returned."""
+    busy_client = master.client()
+    busy = threading.Thread(target=busy_client.eval, args=(BUSY, 0, BUSY_S))
+    probe = master.client(socket_timeout=PROBE_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+    busy.start()
+    try:
+        _until_unanswered(probe)
+        return operation()
+    finally:
+        busy.join(10)
+        probe.close()
+        busy_client.close()
+
+
+def _until_unanswered(probe: redis.Redis) -> None:
+    """Returns once a PING times out (bounded: 100,000 PINGs, 5 s)."""
+    deadline = time.monotonic() + 5
+    for _ in range(100_000):
+        if time.monotonic() > deadline:
+            break
+        try:
+            probe.ping()
+        except redis.TimeoutError:
+            return
+    raise AssertionError("the server answered every PING: the Lua loop never ran")
 
 
 Operation = Callable[[RedisCache], Any]
@@ -199,3 +239,13 @@ def test_an_add_called_while_handling_a_lost_reply_is_judged_on_its_own(
     except RedisUnavailable:
         assert cache.add("lock", "mine", 60) is True  # the cache's first connection
     assert cache.get("lock") == "mine"
+
+
+def test_an_incr_whose_exists_check_lost_its_reply_is_retried(
+    cache: RedisCache, master: RedisNode
+) -> None:
+    """incr() whose EXISTS check (Django's, before the INCRBY) lost its reply is retried and
+    counts once: nothing had changed yet, so its outcome was never in doubt."""
+    cache.set("n", 10, 60)  # (also opens the connection the EXISTS will use)
+    assert _while_busy(master, lambda: cache.incr("n")) == 11
+    assert cache.get("n") == 11
