@@ -14,9 +14,11 @@ from .exceptions import (
     ConfigurationError,
     ConnectionLost,
     ForeignChannel,
+    LayerClosed,
     RedisCommandError,
     RedisUnavailable,
     SandboxError,
+    SandboxPortTaken,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionLost",
     "ForeignChannel",
+    "LayerClosed",
     "NodeAddress",
     "ProbeReport",
     "RedisChannelLayer",
@@ -72,6 +75,7 @@ __all__ = [
     "RedisConfig",
     "RedisUnavailable",
     "SandboxError",
+    "SandboxPortTaken",
     "SentinelConfig",
     "SingleNodeConfig",
     "TLSConfig",
