@@ -120,7 +120,9 @@ class Resync:
             shard.link.submit_packed(packed, key).add_done_callback(log_failure)
         if requests:
             logger.info(
-                "Wrote again %d recent messages on %s; receivers drop those they had",
+                "Wrote again %d recent messages on %s; receivers drop the copies they "
+                "already had, except on normal channels read by several processes (see "
+                "docs/failover.md)",
                 len(requests),
                 shard.spec.locator.describe(),
                 extra={"event": "replayed", "messages": len(requests)},
