@@ -175,8 +175,9 @@ def note_data_loss(shard: ShardConnections, began_s: float) -> None:
     start = now if now - began_s <= RESTART_NOTICE_WINDOW_S else began_s
     shard.stats.recovering_until = max(shard.stats.recovering_until, start + RESTART_GRACE_S)
     logger.warning(
-        "Redis on %s restarted without its data; group_send waits %.1f s for group "
-        "memberships to be re-asserted",
+        "Redis on %s restarted without its data; group_send waits at least %.1f s for "
+        "group memberships to be re-asserted (longer while the server refuses commands, "
+        "as a Cluster node answering CLUSTERDOWN does)",
         shard.spec.locator.describe(),
         RESTART_GRACE_S,
         extra={"event": "data_lost"},
