@@ -251,7 +251,7 @@ class ShardConnections:
 
     def failover_aborted(self) -> None:
         logger.warning(
-            "The failover of %s was abandoned; writes go on to the master",
+            "The failover of %s was abandoned; the writes held for it are released",
             self.spec.locator.describe(),
             extra={"event": "failover_aborted"},
         )

@@ -8,6 +8,7 @@ checks that every message whose send returned arrived exactly once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -404,9 +405,13 @@ async def test_written_again_after_failover_but_received_once(
 
 
 async def test_an_aborted_failover_releases_held_writes(
-    redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
+    redis_sandbox_factory: TopologyFactory,
+    make_layer: LayerFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Writes held while sentinels promote a replica go out when they abort the failover."""
+    """Writes held while sentinels promote a replica go out when they abort the failover;
+    the warning says they are released, not that they "go on to the master" (which may be
+    dead: they go to whichever master the layer finds)."""
     sentinel = redis_sandbox_factory("sentinel")
     assert isinstance(sentinel, SentinelTopology)
     layer = make_layer(sentinel)  # holds writes for at most min(10 s, failover_timeout / 2)
@@ -426,13 +431,17 @@ async def test_an_aborted_failover_releases_held_writes(
             assert time.monotonic() < deadline, "the failover start was not heard"
             await asyncio.sleep(0.01)  # the link has no hook to await a hold
         held_at = time.monotonic()
-        await layer.send(channel, {"type": "held"})
+        with caplog.at_level(logging.WARNING, logger="channels_ha.layer"):
+            await layer.send(channel, {"type": "held"})
         assert time.monotonic() - held_at < 6.0  # released by the abort, not by the 10 s limit
     finally:
         for replica in replicas:
             replica.resume()
     assert (await layer.receive(channel))["type"] == "before"
     assert (await layer.receive(channel))["type"] == "held"
+    events = [r for r in caplog.records if getattr(r, "event", None) == "failover_aborted"]
+    assert events, "the abort was not logged"
+    assert all("are released" in r.getMessage() for r in events)
 
 
 @pytest.mark.parametrize("mode", ["send", "group_send"])
