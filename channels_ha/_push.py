@@ -81,13 +81,14 @@ def _to_replay(
 _TOO_LARGE = "ERR Protocol error: invalid bulk length"
 
 
-def _too_large(err: RedisCommandError, size: int) -> RedisCommandError:
-    """What Redis said, with what it did not: the message and the setting (a push that
-    fails only pays for this)."""
-    return RedisCommandError(
-        f"The message is larger than Redis accepts: a request of {size:,} bytes carried it, "
-        f"over the server's proto-max-bulk-len (512 MB by default) (Redis: {err})"
-    )
+def _name_if_too_large(err: RedisCommandError, size: int) -> None:
+    """Raises what Redis said with what it did not, if it refused a request too large: the
+    message and the setting (a push that fails only pays for this)."""
+    if str(err).startswith(_TOO_LARGE):
+        raise RedisCommandError(
+            f"The message is larger than Redis accepts: a request of {size:,} bytes carried "
+            f"it, over the server's proto-max-bulk-len (512 MB by default) (Redis: {err})"
+        ) from err
 
 
 class PreparedPush(NamedTuple):
@@ -168,8 +169,7 @@ class Pusher:
             try:
                 statuses = cast("list[int] | None", await link.submit_packed(packed, key))
             except RedisCommandError as err:
-                if str(err).startswith(_TOO_LARGE):
-                    raise _too_large(err, len(packed)) from err
+                _name_if_too_large(err, len(packed))
                 raise
             if statuses is not None and statuses[0] != FULL:
                 self.core.recent[index].add(key, packed, len(packed))
@@ -204,8 +204,7 @@ class Pusher:
             try:
                 statuses = cast("list[int] | None", await link.submit_packed(packed, key))
             except RedisCommandError as err:
-                if str(err).startswith(_TOO_LARGE):
-                    raise _too_large(err, len(packed)) from err
+                _name_if_too_large(err, len(packed))
                 raise
             if statuses is None:
                 return None

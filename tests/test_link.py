@@ -31,11 +31,8 @@ def admin(node: StandaloneTopology) -> redis.Redis:
     return node.nodes[0].client()  # type: ignore[no-any-return]
 
 
-async def test_a_lone_request_goes_out_at_once_and_a_burst_in_one_write(
-    node: StandaloneTopology,
-) -> None:
-    """The first request of a loop iteration is written before the loop comes round (Redis
-    starts on it meanwhile); what follows in the same iteration is coalesced into one write."""
+async def counted_connection(node: StandaloneTopology) -> tuple[FutureSink, list[bytes]]:
+    """A connection to ``node`` and the list of the writes its transport gets."""
     client = FutureSink()
     server = node.nodes[0]
     client.protocol = await open_connection(Endpoint(server.host, server.port), client, 2.0)
@@ -49,6 +46,15 @@ async def test_a_lone_request_goes_out_at_once_and_a_burst_in_one_write(
         write(data)
 
     transport.write = counting_write  # type: ignore[method-assign,assignment]
+    return client, writes
+
+
+async def test_a_lone_request_goes_out_at_once_and_a_burst_in_one_write(
+    node: StandaloneTopology,
+) -> None:
+    """The first request of a loop iteration is written before the loop comes round (Redis
+    starts on it meanwhile); what follows in the same iteration is coalesced into one write."""
+    client, writes = await counted_connection(node)
     try:
         lone = client.submit("PING")
         assert len(writes) == 1  # already written, nothing awaited yet
@@ -68,20 +74,8 @@ async def test_a_request_after_a_reply_goes_out_at_once_with_nothing_scheduled(
     """Once the replies came back, the next request is written at once and schedules no
     flush (a callback and a loop turn per request, before); one written before any reply
     came back waits for the flush, with the rest of its loop iteration."""
-    client = FutureSink()
-    server = node.nodes[0]
-    client.protocol = await open_connection(Endpoint(server.host, server.port), client, 2.0)
+    client, writes = await counted_connection(node)
     protocol = client.protocol
-    transport = protocol._transport
-    assert transport is not None
-    writes: list[bytes] = []
-    write = transport.write
-
-    def counting_write(data: bytes) -> None:
-        writes.append(bytes(data))
-        write(data)
-
-    transport.write = counting_write  # type: ignore[method-assign,assignment]
     try:
         for expected in range(1, 4):
             request = client.submit("INCR", "lone")
