@@ -13,6 +13,7 @@ wrapper answers it in front of the router.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -23,7 +24,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-_Close = Callable[[], Awaitable[Any]]
+_Close = Callable[[], object]
 
 
 def close_layers_at_shutdown(
@@ -60,25 +61,40 @@ class _LayerCloser:
 async def _close_layers(timeout_s: float) -> list[str]:
     """Closes every layer of ``channel_layers`` that can be closed; what failed, in words.
 
+    A close() that is not a coroutine (a synchronous one) counts as done when it returns.
     Cancelled by the timeout, a channels-ha layer's close() stops waiting for Redis and logs
     what it could not give back (``return_lost``, ``in_flight_lost``)."""
     from channels.layers import channel_layers
 
-    closes = {
-        alias: close
-        for alias, layer in list(channel_layers.backends.items())
-        if (close := _closer(layer)) is not None
-    }
-    closing = asyncio.gather(*(close() for close in closes.values()), return_exceptions=True)
-    try:
-        results = await asyncio.wait_for(closing, timeout_s)
-    except asyncio.TimeoutError:
-        return [f"closing the channel layers {sorted(closes)} took more than {timeout_s:g} s"]
-    return [
-        f"closing channel layer {alias!r} failed: {result!r}"
-        for alias, result in zip(closes, results, strict=True)
-        if isinstance(result, BaseException)
-    ]
+    layers = list(channel_layers.backends.items())
+    limit_s = timeout_s
+    failures: list[str] = []
+    closing: dict[asyncio.Future[Any], str] = {}
+    for alias, layer in layers:
+        if (close := _closer(layer)) is None:
+            continue
+        try:
+            result = close()
+        except Exception as error:
+            failures.append(f"closing channel layer {alias!r} failed: {error!r}")
+            continue
+        if inspect.isawaitable(result):
+            closing[asyncio.ensure_future(result)] = alias
+    if not closing:
+        return failures
+    done, late = await asyncio.wait(closing, timeout=limit_s)
+    for future in late:
+        future.cancel()
+    if late:  # each one's cancellation runs to its end, as wait_for would have waited
+        await asyncio.wait(late)
+        late_aliases = sorted(closing[future] for future in late)
+        failures.append(f"closing the channel layers {late_aliases} took more than {limit_s:g} s")
+    failures.extend(
+        f"closing channel layer {closing[future]!r} failed: {future.exception()!r}"
+        for future in done
+        if not future.cancelled() and future.exception() is not None
+    )
+    return failures
 
 
 def _closer(layer: object) -> _Close | None:

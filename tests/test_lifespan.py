@@ -247,3 +247,54 @@ async def test_a_close_that_hangs_fails_the_shutdown_within_the_timeout(
         "type": "lifespan.shutdown.failed",
         "message": "closing the channel layers ['slow'] took more than 0.2 s",
     }
+
+
+class _Recorded:
+    """A layer whose close() is written down in ``log``."""
+
+    def __init__(self, log: list[str], name: str = "layer") -> None:
+        self.log = log
+        self.name = name
+
+    async def close(self) -> None:
+        self.log.append(f"{self.name} closed")
+
+
+class _SyncClose:
+    """A layer whose close() is a plain function, which may raise."""
+
+    def __init__(self, log: list[str], error: Exception | None = None) -> None:
+        self.log = log
+        self.error = error
+
+    def close(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self.log.append("sync closed")
+
+
+async def test_a_synchronous_close_does_not_stop_the_others(backends: dict[str, Any]) -> None:
+    """A close() that returns None counts as done and one that raises is named; the other
+    layers are closed all the same."""
+    log: list[str] = []
+    backends["a"] = _Recorded(log, "a")
+    backends["sync"] = _SyncClose(log)
+    backends["broken"] = _SyncClose(log, OSError("gone"))
+    backends["z"] = _Recorded(log, "z")
+    answers = await _lifespan(close_layers_at_shutdown(ProtocolTypeRouter({})))
+    assert sorted(log) == ["a closed", "sync closed", "z closed"]
+    assert answers[1] == {
+        "type": "lifespan.shutdown.failed",
+        "message": "closing channel layer 'broken' failed: OSError('gone')",
+    }
+
+
+async def test_the_timeout_names_only_the_layers_not_closed(backends: dict[str, Any]) -> None:
+    """Of a layer that closed and one that hangs, only the one that hangs is named."""
+    backends["fast"] = _Recorded([])
+    backends["slow"] = _Hanging()
+    answers = await _lifespan(close_layers_at_shutdown(ProtocolTypeRouter({}), timeout_s=0.2))
+    assert answers[1] == {
+        "type": "lifespan.shutdown.failed",
+        "message": "closing the channel layers ['slow'] took more than 0.2 s",
+    }
