@@ -5,15 +5,17 @@ Only ``close()`` gives back what a normal channel's reader had popped and not de
 does. No server calls it: uvicorn re-raises the signal after its graceful shutdown, so the
 process dies before ``asyncio.run`` would cancel the layer's tasks (whose cancellation
 closes it); daphne stops its reactor without cancelling anything. The ASGI lifespan
-protocol's shutdown event is the one hook a server runs before exiting; Channels'
-``ProtocolTypeRouter`` does not speak it (it raises for the ``lifespan`` scope), so this
-wrapper answers it in front of the router.
+protocol's shutdown event is the one hook a server runs before exiting. The wrapped app gets
+the lifespan scope first, and the layers close after its own shutdown; Channels'
+``ProtocolTypeRouter`` without a ``"lifespan"`` entry refuses it (it raises for the scope
+type), and the wrapper then answers the protocol itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -26,18 +28,27 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _Close = Callable[[], object]
 
+logger = logging.getLogger("channels_ha.lifespan")
+
+_SHUTDOWN_ANSWERS = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
+_STARTUP_ANSWERS = ("lifespan.startup.complete", "lifespan.startup.failed")
+
 
 def close_layers_at_shutdown(
     app: ASGIApp, *, timeout_s: float = LIFESPAN_CLOSE_TIMEOUT_S
 ) -> ASGIApp:
-    """``app`` with the lifespan protocol answered: at shutdown, every channel layer this
-    process made (``channels.layers.channel_layers``) is closed, all at once, within
-    ``timeout_s``. ``app`` gets every other scope, never ``lifespan``."""
+    """``app`` whose lifespan shutdown also closes every channel layer this process made
+    (``channels.layers.channel_layers``), all at once, within ``timeout_s``.
+
+    ``app`` gets the lifespan scope; the layers close when it answers the shutdown, before
+    the server hears the answer. An ``app`` that refuses the scope (returns or raises before
+    it receives the startup event, as Channels' ``ProtocolTypeRouter`` without a
+    ``"lifespan"`` entry does) has the protocol answered for it."""
     return _LayerCloser(app, timeout_s)
 
 
 class _LayerCloser:
-    """The wrapper; startup does nothing, shutdown closes the layers."""
+    """The wrapper: every scope goes to ``app``; a lifespan one is watched (or answered)."""
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         self.app = app
@@ -47,15 +58,46 @@ class _LayerCloser:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        # The protocol is two events, in this order: startup, then shutdown.
+        seen: set[str] = set()  # the events app received and the answers it sent
+
+        async def app_receive() -> Message:
+            message = await receive()
+            seen.add(message["type"])
+            return message
+
+        async def app_send(message: Message) -> None:
+            if message["type"] in _SHUTDOWN_ANSWERS:  # the layers close after app's shutdown
+                message = _with_failures(message, await _close_layers(self.timeout_s))
+            seen.add(message["type"])
+            await send(message)
+
+        try:
+            await self.app(scope, app_receive, app_send)
+        except Exception as error:
+            if "lifespan.startup" in seen:  # app's own failure, not "no lifespan here"
+                raise
+            logger.debug("The application refuses the lifespan scope (%r): answered here", error)
+        if "lifespan.startup" not in seen:
+            await self._answer(receive, send)
+
+    async def _answer(self, receive: Receive, send: Send) -> None:
+        """The protocol, for an app that does not speak it: two events, startup then
+        shutdown."""
         await receive()
         await send({"type": "lifespan.startup.complete"})
         await receive()
         failures = await _close_layers(self.timeout_s)
-        if failures:  # the server logs the message (uvicorn: at ERROR) and exits all the same
-            await send({"type": "lifespan.shutdown.failed", "message": "; ".join(failures)})
-        else:
-            await send({"type": "lifespan.shutdown.complete"})
+        await send(_with_failures({"type": "lifespan.shutdown.complete"}, failures))
+
+
+def _with_failures(answer: Message, failures: list[str]) -> Message:
+    """The shutdown answer, failed with the layers' failures added to the app's message (the
+    server logs it, uvicorn at ERROR, and exits all the same)."""
+    if not failures:
+        return answer
+    if answer["type"] == "lifespan.shutdown.failed" and answer.get("message"):
+        failures = [str(answer["message"]), *failures]
+    return {**answer, "type": "lifespan.shutdown.failed", "message": "; ".join(failures)}
 
 
 async def _close_layers(timeout_s: float) -> list[str]:

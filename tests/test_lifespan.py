@@ -260,6 +260,71 @@ class _Recorded:
         self.log.append(f"{self.name} closed")
 
 
+def _lifespan_app(log: list[str], shutdown: str = "complete") -> Any:
+    """An app with a lifespan handler of its own, which writes down what it receives."""
+
+    async def lifespan(scope: Any, receive: Any, send: Any) -> None:
+        for event in ("startup", "shutdown"):
+            log.append((await receive())["type"])
+            answer = "complete" if event == "startup" else shutdown
+            await send({"type": f"lifespan.{event}.{answer}", "message": "app's own"})
+
+    return ProtocolTypeRouter({"lifespan": lifespan})
+
+
+async def test_an_app_that_speaks_lifespan_gets_both_events_and_the_layers_close_after(
+    backends: dict[str, Any],
+) -> None:
+    """The wrapped app's own lifespan handler sees startup and shutdown; the layers are
+    closed after its shutdown, before the server hears the answer."""
+    log: list[str] = []
+    backends["default"] = _Recorded(log)
+    answers = await _lifespan(close_layers_at_shutdown(_lifespan_app(log)))
+    assert log == ["lifespan.startup", "lifespan.shutdown", "layer closed"]
+    assert [answer["type"] for answer in answers] == [
+        "lifespan.startup.complete",
+        "lifespan.shutdown.complete",
+    ]
+
+
+async def test_the_app_s_failed_shutdown_keeps_its_message_and_the_layers_close(
+    backends: dict[str, Any],
+) -> None:
+    """A shutdown the app fails still closes the layers; the layers' failures are added to
+    its message."""
+    log: list[str] = []
+    backends["default"] = _Recorded(log)
+    backends["slow"] = _Hanging()
+    application = close_layers_at_shutdown(_lifespan_app(log, "failed"), timeout_s=0.2)
+    answers = await _lifespan(application)
+    assert log == ["lifespan.startup", "lifespan.shutdown", "layer closed"]
+    assert answers[1] == {
+        "type": "lifespan.shutdown.failed",
+        "message": "app's own; closing the channel layers ['slow'] took more than 0.2 s",
+    }
+
+
+async def test_a_raise_after_startup_is_the_app_s_failure(backends: dict[str, Any]) -> None:
+    """An app that answered startup and then raises is not taken for one that does not speak
+    lifespan: the error reaches the server, and startup is not answered twice."""
+    sent: list[dict[str, Any]] = []
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        raise RuntimeError("the app's own failure")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(dict(message))
+
+    with pytest.raises(RuntimeError, match="the app's own failure"):
+        await close_layers_at_shutdown(failing)({"type": "lifespan"}, receive, send)
+    assert sent == [{"type": "lifespan.startup.complete"}]
+
+
 class _SyncClose:
     """A layer whose close() is a plain function, which may raise."""
 
