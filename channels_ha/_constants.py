@@ -128,6 +128,9 @@ CLOSE_RETURN_TIMEOUT_S = 2.0
 # At server shutdown, closing the process's channel layers may take at most this long: a
 # close() during a failover gives back through it (failover_timeout, 30 s by default).
 LIFESPAN_CLOSE_TIMEOUT_S = 35.0
+# ... or, for a longer failover_timeout, that plus this: the give-back after the readers'
+# recovery (CLOSE_RETURN_TIMEOUT_S) and some room.
+LIFESPAN_CLOSE_MARGIN_S = 5.0
 
 # Keys scanned per SCAN call during flush().
 FLUSH_SCAN_COUNT = 1_000

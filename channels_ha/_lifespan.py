@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from ._constants import LIFESPAN_CLOSE_TIMEOUT_S
+from ._constants import LIFESPAN_CLOSE_MARGIN_S, LIFESPAN_CLOSE_TIMEOUT_S
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,11 +34,10 @@ _SHUTDOWN_ANSWERS = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 _STARTUP_ANSWERS = ("lifespan.startup.complete", "lifespan.startup.failed")
 
 
-def close_layers_at_shutdown(
-    app: ASGIApp, *, timeout_s: float = LIFESPAN_CLOSE_TIMEOUT_S
-) -> ASGIApp:
+def close_layers_at_shutdown(app: ASGIApp, *, timeout_s: float | None = None) -> ASGIApp:
     """``app`` whose lifespan shutdown also closes every channel layer this process made
-    (``channels.layers.channel_layers``), all at once, within ``timeout_s``.
+    (``channels.layers.channel_layers``), all at once, within ``timeout_s``: by default 35 s,
+    or the largest ``failover_timeout`` of its channels-ha layers plus 5 s if that is more.
 
     ``app`` gets the lifespan scope; the layers close when it answers the shutdown, before
     the server hears the answer. An ``app`` that refuses the scope (returns or raises before
@@ -50,7 +49,7 @@ def close_layers_at_shutdown(
 class _LayerCloser:
     """The wrapper: every scope goes to ``app``; a lifespan one is watched (or answered)."""
 
-    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, timeout_s: float | None) -> None:
         self.app = app
         self.timeout_s = timeout_s
 
@@ -100,7 +99,7 @@ def _with_failures(answer: Message, failures: list[str]) -> Message:
     return {**answer, "type": "lifespan.shutdown.failed", "message": "; ".join(failures)}
 
 
-async def _close_layers(timeout_s: float) -> list[str]:
+async def _close_layers(timeout_s: float | None) -> list[str]:
     """Closes every layer of ``channel_layers`` that can be closed; what failed, in words.
 
     A close() that is not a coroutine (a synchronous one) counts as done when it returns.
@@ -109,7 +108,7 @@ async def _close_layers(timeout_s: float) -> list[str]:
     from channels.layers import channel_layers
 
     layers = list(channel_layers.backends.items())
-    limit_s = timeout_s
+    limit_s = _default_timeout_s(layer for _, layer in layers) if timeout_s is None else timeout_s
     failures: list[str] = []
     closing: dict[asyncio.Future[Any], str] = {}
     for alias, layer in layers:
@@ -137,6 +136,20 @@ async def _close_layers(timeout_s: float) -> list[str]:
         if not future.cancelled() and future.exception() is not None
     )
     return failures
+
+
+def _default_timeout_s(layers: Iterable[object]) -> float:
+    """35 s, or more for a channels-ha layer whose close() may wait out a longer
+    ``failover_timeout`` (its readers' recovery, then the give-back)."""
+    from ._layer import RedisChannelLayer
+
+    failovers = [
+        config.failover_timeout_s
+        for layer in layers
+        if isinstance(layer, RedisChannelLayer)
+        for config in layer.configs
+    ]
+    return max([LIFESPAN_CLOSE_TIMEOUT_S, *(s + LIFESPAN_CLOSE_MARGIN_S for s in failovers)])
 
 
 def _closer(layer: object) -> _Close | None:

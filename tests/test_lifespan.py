@@ -363,3 +363,14 @@ async def test_the_timeout_names_only_the_layers_not_closed(backends: dict[str, 
         "type": "lifespan.shutdown.failed",
         "message": "closing the channel layers ['slow'] took more than 0.2 s",
     }
+
+
+def test_the_default_timeout_covers_the_longest_failover_timeout() -> None:
+    """35 s by default; a channels-ha layer with a longer failover_timeout gets that plus 5 s
+    (its close may wait for it, then give back)."""
+    from channels_ha._lifespan import _default_timeout_s
+
+    short = RedisChannelLayer(hosts=["redis://127.0.0.1:1"], failover_timeout=10)
+    long = RedisChannelLayer(hosts=["redis://127.0.0.1:1"], failover_timeout=50)
+    assert _default_timeout_s([InMemoryChannelLayer(), short]) == 35.0
+    assert _default_timeout_s([short, long, InMemoryChannelLayer()]) == 55.0
