@@ -206,6 +206,22 @@ def close_sync_client(client: SyncClient) -> None:
         manager.close()
 
 
+def disconnect_idle(client: SyncClient) -> None:
+    """Close the connections of ``client`` that no command is using (every node's, on
+    Cluster; the sentinels' too), and keep it usable: they reopen on next use. The ones in
+    use stay open, so other threads' commands in flight finish (``close()`` cut them)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        pools = [client.get_redis_connection(node).connection_pool for node in nodes]
+    else:
+        pools = [client.connection_pool]
+        manager = getattr(client.connection_pool, "sentinel_manager", None)
+        if manager is not None:
+            pools += [sentinel.connection_pool for sentinel in manager.sentinels]
+    for pool in pools:
+        pool.disconnect(inuse_connections=False)
+
+
 async def aclose_async_client(client: AsyncClient) -> None:
     """Close an asyncio client and, for a sentinel-managed one, the sentinels it asked."""
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)

@@ -51,7 +51,7 @@ from redis.retry import Retry
 from ._cache_doubt import ANSWER_CHANGES_ON_RETRY, outcome_unknown
 from ._config import RedisConfig
 from ._constants import DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_REPLY_TIMEOUT_S
-from ._interop import SyncClient, close_sync_client, sync_client
+from ._interop import SyncClient, disconnect_idle, sync_client
 from ._options import did_you_mean
 from ._redis_py_sentinel import SentinelsRefused
 from ._server import DATA_LOGIN
@@ -92,8 +92,7 @@ class _SharedClients:
     def __init__(self) -> None:
         self._clients: dict[RedisConfig, SyncClient] = {}
         self._lock = threading.Lock()
-        #: Bumped when a client is closed: the cache objects holding one ask again. A closed
-        #: RedisCluster has no default node left and fails DEL and UNLINK (AttributeError).
+        #: Bumped at a fork: the cache objects holding the parent's client ask again.
         self.generation = 0
 
     def get(self, config: RedisConfig) -> SyncClient:
@@ -102,12 +101,6 @@ class _SharedClients:
             if client is None:
                 client = self._clients[config] = sync_client(config, retry=Retry(NoBackoff(), 0))
             return client
-
-    def unshare(self, config: RedisConfig, client: SyncClient) -> None:
-        with self._lock:
-            if self._clients.get(config) is client:
-                del self._clients[config]
-                self.generation += 1
 
     def forget(self) -> None:
         """In a forked child: the parent's sockets are not the child's to use, or to close,
@@ -211,8 +204,8 @@ class RedisCacheClient(DjangoRedisCacheClient):
         """The configuration's shared client; redis-py finds the master (Sentinel) or the
         slot's owner (Cluster)."""
         if self._redis is None or self._generation != _SHARED_CLIENTS.generation:
-            self._generation = _SHARED_CLIENTS.generation  # (read first: a close meanwhile
-            self._redis = _SHARED_CLIENTS.get(self._config)  # makes the next call ask again)
+            self._generation = _SHARED_CLIENTS.generation
+            self._redis = _SHARED_CLIENTS.get(self._config)
         return self._redis
 
     @property
@@ -273,13 +266,12 @@ class RedisCacheClient(DjangoRedisCacheClient):
             by_slot.setdefault(client.keyslot(key), []).append(key)
         return sum(int(client.execute_command("UNLINK", *same)) for same in by_slot.values())
 
-    def close(self) -> None:
-        """Closes the connections of this configuration's client (and its sentinel
-        connections), which every cache object on it shares; they reopen on next use."""
-        client, self._redis = self._redis, None
-        if client is not None:
-            _SHARED_CLIENTS.unshare(self._config, client)
-            close_sync_client(client)
+    def disconnect(self) -> None:
+        """Closes the idle connections of this configuration's client, which every cache
+        object on it shares, and keeps it: closing it cut other threads' commands in flight
+        (their outcome unknown) and failed their next ones on Cluster."""
+        if self._redis is not None:
+            disconnect_idle(self._redis)
 
 
 class _Retrying:
@@ -435,6 +427,7 @@ class RedisCache(DjangoRedisCache):
         return _Retrying(client, self._config.failover_timeout_s)
 
     def disconnect(self) -> None:
-        """Closes this cache's connections; they reopen on next use (Django keeps them open)."""
+        """Closes the idle connections this cache shares; they reopen on next use (Django
+        keeps them open). Those other threads are using stay open until they are idle."""
         if "_cache" in self.__dict__:
-            self._cache.client.close()
+            self._cache.client.disconnect()
