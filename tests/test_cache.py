@@ -8,6 +8,7 @@ PTTL on the stored key rather than by waiting, except in one test that waits for
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
 import time
@@ -33,6 +34,7 @@ from channels_ha.sandbox import (
     TopologyFactory,
 )
 from tests import django_settings
+from tests.test_cluster import manual_failover
 
 pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
@@ -230,6 +232,49 @@ def test_clear_removes_this_cache_only(cache: RedisCache, make_cache: Any) -> No
         assert client.get("asgi:c:{channel}") == b"layer data"
     finally:
         client.delete("asgi:c:{channel}")
+
+
+@pytest.mark.redis_topologies("cluster")
+def test_cluster_clear_sends_a_pipeline_per_node(
+    cache: RedisCache, redis_topology: Topology
+) -> None:
+    """clear() on Cluster UNLINKs per slot (redis-py's unlink() pipeline re-sends a command
+    whose reply was lost), and sent them one round trip each: 100k keys took 13.6 s against
+    2.3 s. The masters now read a pipeline per node and batch: 1000 keys over ~1000 slots
+    took 1006 reads (INFO's total_reads_processed), 12 now."""
+    cache.set_many({f"key-{i}": i for i in range(1_000)})
+    assert isinstance(redis_topology, ClusterTopology)
+    admins = [node.client() for node in redis_topology.masters()]
+    try:
+
+        def reads() -> int:
+            return sum(int(a.info("stats")["total_reads_processed"]) for a in admins)
+
+        before = reads()
+        assert cache.clear() is True
+        read = reads() - before
+        assert cache.get_many([f"key-{i}" for i in range(1_000)]) == {}
+        assert read < 50, f"{read} reads by the masters for one clear() of 1000 keys"
+    finally:
+        for admin in admins:
+            admin.close()
+
+
+def test_cluster_clear_follows_a_slot_that_moved(redis_sandbox_factory: TopologyFactory) -> None:
+    """clear() sends a node its UNLINKs by the client's slot map; after a manual failover the
+    old master (a replica now) answers MOVED to them, unrun: they go through the Cluster
+    client, which follows the redirection."""
+    topology = redis_sandbox_factory("cluster")
+    assert isinstance(topology, ClusterTopology)
+    cache = _make(topology.url)
+    keys = [f"key-{i}" for i in range(300)]
+    cache.set_many(dict.fromkeys(keys, 1))
+    asyncio.run(manual_failover(topology, topology.node_for_slot(0)))
+    try:
+        assert cache.clear() is True
+        assert cache.get_many(keys) == {}
+    finally:
+        cache.disconnect()
 
 
 # -- timeouts --------------------------------------------------------------------------------
