@@ -32,6 +32,10 @@ logger = logging.getLogger("channels_ha.lifespan")
 
 _SHUTDOWN_ANSWERS = ("lifespan.shutdown.complete", "lifespan.shutdown.failed")
 _STARTUP_ANSWERS = ("lifespan.startup.complete", "lifespan.startup.failed")
+# How apps that do not speak lifespan refuse its scope before receiving anything: Channels'
+# ProtocolTypeRouter and Django's ASGIHandler raise ValueError, a URLRouter a KeyError
+# ('path'). Anything else raised there is a failure of the app's own startup, not hidden.
+_REFUSALS = (ValueError, KeyError)
 
 
 def close_layers_at_shutdown(app: ASGIApp, *, timeout_s: float | None = None) -> ASGIApp:
@@ -40,9 +44,10 @@ def close_layers_at_shutdown(app: ASGIApp, *, timeout_s: float | None = None) ->
     or the largest ``failover_timeout`` of its channels-ha layers plus 5 s if that is more.
 
     ``app`` gets the lifespan scope; the layers close when it answers the shutdown, before
-    the server hears the answer. An ``app`` that refuses the scope (returns or raises before
-    it receives the startup event, as Channels' ``ProtocolTypeRouter`` without a
-    ``"lifespan"`` entry does) has the protocol answered for it."""
+    the server hears the answer, or when it fails in it. An ``app`` that refuses the scope
+    (returns, or raises ValueError or KeyError, before it receives the startup event, as
+    Channels' ``ProtocolTypeRouter`` without a ``"lifespan"`` entry does) has the protocol
+    answered for it; one that returns after its startup has its shutdown answered."""
     return _LayerCloser(app, timeout_s)
 
 
@@ -73,20 +78,30 @@ class _LayerCloser:
         try:
             await self.app(scope, app_receive, app_send)
         except Exception as error:
-            if "lifespan.startup" in seen:  # app's own failure, not "no lifespan here"
+            if seen or not isinstance(error, _REFUSALS):
+                # The app's own failure (a startup that failed is the server's to report).
+                # Failing in its shutdown, it still must not keep the layers open.
+                if "lifespan.shutdown" in seen and not seen & set(_SHUTDOWN_ANSWERS):
+                    await _close_layers(self.timeout_s)
                 raise
             logger.debug("The application refuses the lifespan scope (%r): answered here", error)
-        if "lifespan.startup" not in seen:
-            await self._answer(receive, send)
+        await self._finish(seen, receive, send)
 
-    async def _answer(self, receive: Receive, send: Send) -> None:
-        """The protocol, for an app that does not speak it: two events, startup then
-        shutdown."""
-        await receive()
-        await send({"type": "lifespan.startup.complete"})
-        await receive()
-        failures = await _close_layers(self.timeout_s)
-        await send(_with_failures({"type": "lifespan.shutdown.complete"}, failures))
+    async def _finish(self, seen: set[str], receive: Receive, send: Send) -> None:
+        """What the app left of the protocol, answered here: all of it for an app that does
+        not speak lifespan, the shutdown for one that returned after its startup (the layers
+        would otherwise never close)."""
+        if "lifespan.startup.failed" in seen:
+            return  # the server exits without a shutdown event
+        if not seen & set(_STARTUP_ANSWERS):
+            if "lifespan.startup" not in seen:
+                await receive()
+            await send({"type": "lifespan.startup.complete"})
+        if not seen & set(_SHUTDOWN_ANSWERS):
+            if "lifespan.shutdown" not in seen:
+                await receive()
+            failures = await _close_layers(self.timeout_s)
+            await send(_with_failures({"type": "lifespan.shutdown.complete"}, failures))
 
 
 def _with_failures(answer: Message, failures: list[str]) -> Message:

@@ -106,6 +106,11 @@ class _SharedClients:
                 client = self._clients[config] = sync_client(config, retry=Retry(NoBackoff(), 0))
             return client
 
+    def existing(self, config: RedisConfig) -> SyncClient | None:
+        """The client of ``config`` if one was made (in this process), without making one."""
+        with self._lock:
+            return self._clients.get(config)
+
     def forget(self) -> None:
         """In a forked child: the parent's sockets are not the child's to use, or to close,
         and a parent's thread may have held the lock at the fork."""
@@ -284,9 +289,11 @@ class RedisCacheClient(DjangoRedisCacheClient):
     def disconnect(self) -> None:
         """Closes the idle connections of this configuration's client, which every cache
         object on it shares, and keeps it: closing it cut other threads' commands in flight
-        (their outcome unknown) and failed their next ones on Cluster."""
-        if self._redis is not None:
-            disconnect_idle(self._redis)
+        (their outcome unknown) and failed their next ones on Cluster. Whether this object
+        was used or not: Django makes one per thread and request."""
+        client = _SHARED_CLIENTS.existing(self._config)
+        if client is not None:
+            disconnect_idle(client)
 
 
 def _unlink_on_node(cluster: Any, node: Any, batches: list[list[Any]]) -> int:
@@ -462,5 +469,5 @@ class RedisCache(DjangoRedisCache):
     def disconnect(self) -> None:
         """Closes the idle connections this cache shares; they reopen on next use (Django
         keeps them open). Those other threads are using stay open until they are idle."""
-        if "_cache" in self.__dict__:
+        if self.configuration_error is None:  # (building _cache opens no connection)
             self._cache.client.disconnect()

@@ -665,3 +665,39 @@ def test_a_command_the_acl_refuses_names_the_user_setting(redis_topology: Topolo
     assert "'get'" in message
     assert "'username'" in message
     assert password not in _shown(raised.value)
+
+
+@pytest.mark.redis_topologies("standalone")
+def test_disconnect_of_an_unused_cache_object_closes_the_idle_connections(
+    redis_topology: Topology,
+) -> None:
+    """``disconnect()`` closes the shared client's idle connections whichever cache object
+    is asked: Django makes one per thread and request, and one that made no call closed
+    nothing before (1 connection left; 0 once it had made a call)."""
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    # A configuration of its own (an odd timeout), so that no other test's shared client
+    # is counted: clients are shared per configuration.
+    separator = "&" if "?" in redis_topology.url else "?"
+    url = f"{redis_topology.url}{separator}socket_timeout=4.{uuid.uuid4().int % 10**6:06d}"
+    used, unused = (_make(url, KEY_PREFIX=prefix) for _ in range(2))
+    admin = redis_topology.nodes[0].client()
+    try:
+        name = f"probe-{uuid.uuid4().hex[:8]}"
+        admin.client_setname(name)
+
+        def others() -> int:
+            return sum(1 for c in admin.client_list() if c["name"] != name)
+
+        before = others()
+        used.set("key", "value")
+        assert others() == before + 1
+        unused.disconnect()
+        deadline = time.monotonic() + 2.0  # the server sees the close on its next turn
+        while others() != before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert others() == before
+        assert unused.get("key") == "value"  # the client is kept: it connects again
+    finally:
+        used.clear()
+        used.disconnect()
+        admin.close()

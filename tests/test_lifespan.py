@@ -374,3 +374,62 @@ def test_the_default_timeout_covers_the_longest_failover_timeout() -> None:
     long = RedisChannelLayer(hosts=["redis://127.0.0.1:1"], failover_timeout=50)
     assert _default_timeout_s([InMemoryChannelLayer(), short]) == 35.0
     assert _default_timeout_s([short, long, InMemoryChannelLayer()]) == 55.0
+
+
+async def test_an_app_failing_in_its_shutdown_still_closes_the_layers(
+    backends: dict[str, Any],
+) -> None:
+    """An app whose lifespan handler raises at shutdown: its error reaches the server, and
+    the layers are closed all the same (they kept popped messages otherwise)."""
+    log: list[str] = []
+    backends["default"] = _Recorded(log)
+
+    async def lifespan(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        raise RuntimeError("the app's shutdown failed")
+
+    with pytest.raises(RuntimeError, match="shutdown failed"):
+        await _lifespan(close_layers_at_shutdown(ProtocolTypeRouter({"lifespan": lifespan})))
+    assert log == ["layer closed"]
+
+
+async def test_an_app_returning_after_its_startup_still_has_the_layers_closed(
+    backends: dict[str, Any],
+) -> None:
+    """An app that answers startup and returns: the wrapper waits for the shutdown event,
+    closes the layers and answers it; an app that answered startup without receiving it is
+    not answered twice."""
+    log: list[str] = []
+    backends["default"] = _Recorded(log)
+
+    async def startup_only(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+
+    async def unasked(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "lifespan.startup.complete"})
+
+    for handler in (startup_only, unasked):
+        log.clear()
+        answers = await _lifespan(close_layers_at_shutdown(handler))
+        assert [answer["type"] for answer in answers] == [
+            "lifespan.startup.complete",
+            "lifespan.shutdown.complete",
+        ]
+        assert log == ["layer closed"]
+
+
+async def test_a_startup_that_fails_before_receiving_is_not_taken_for_a_refusal(
+    backends: dict[str, Any],
+) -> None:
+    """A handler that fails setting up (say, a database) before its first receive: the
+    server hears it, as without the wrapper; only a router's refusal of the scope (a
+    ValueError, a KeyError) is answered here."""
+
+    async def failing_setup(scope: Any, receive: Any, send: Any) -> None:
+        raise ConnectionRefusedError("no database")
+
+    with pytest.raises(ConnectionRefusedError):
+        await _lifespan(close_layers_at_shutdown(failing_setup))
