@@ -113,7 +113,7 @@ class ClusterRouter:
         self, packed: bytes, key: str | None = None, patience_s: float = 0.0
     ) -> asyncio.Future[object]:
         if self._closed:
-            raise LayerClosed("the channel layer was closed")
+            raise LayerClosed()
         if key is None:
             raise ValueError("on Redis Cluster every command needs the key it routes by")
         request = Request(packed, self._settings.failover_timeout_s, slot_of(key), patience_s)
@@ -212,7 +212,7 @@ class ClusterRouter:
             if request.future.done():
                 continue
             if self._closed:  # a link draining at close(): nothing routes it on any more
-                request.future.set_exception(LayerClosed("the channel layer was closed"))
+                request.future.set_exception(LayerClosed())
             elif request.slot < 0:  # ASKING (internal) or a node's own command (SCAN, UNBLOCK)
                 request.future.set_exception(RedisUnavailable(f"{reason} on a cluster node"))
             elif reason.startswith("ASK ") and request.slot not in self._held:

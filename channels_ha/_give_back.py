@@ -173,13 +173,20 @@ class GiveBack:
         # What failed to go back, and what a cancelled close() left buffered.
         lost = _messages(self._unexpired()) + self._deliveries.discard()
         if lost:
-            logger.error(
-                "%d message(s) popped and not delivered could not be given back to Redis "
-                "before close() (or close() was cancelled); they are lost",
-                lost,
-                extra={"event": "return_lost", "messages": lost},
+            log_lost(
+                lost, "could not be given back to Redis before close() (or close() was cancelled)"
             )
 
 
 def _messages(returns: list[Return]) -> int:
     return sum(len(elements) for _, _, elements, _ in returns)
+
+
+def log_lost(lost: int, why: str) -> None:
+    """The one ``return_lost`` line: ``lost`` messages popped and not delivered, and ``why``."""
+    logger.error(
+        "%d message(s) popped and not delivered %s; they are lost",
+        lost,
+        why,
+        extra={"event": "return_lost", "messages": lost},
+    )

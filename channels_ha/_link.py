@@ -134,7 +134,7 @@ class CommandLink:
         self, packed: bytes, key: str | None = None, patience_s: float = 0.0
     ) -> asyncio.Future[object]:
         if self._closed:
-            raise LayerClosed("the channel layer was closed")
+            raise LayerClosed()
         request = Request(packed, self._settings.failover_timeout_s, patience_s=patience_s)
         self.submit_request(request)
         return request.future
@@ -267,7 +267,7 @@ class CommandLink:
         self._inflight.clear()
         waiting.queue = deque(r for r in pending if not r.future.done())
         if self._closed:  # nothing will write them again
-            waiting.fail_all(LayerClosed("the channel layer was closed"))
+            waiting.fail_all(LayerClosed())
             return
         waiting.last_error = f"lost the connection to {self._describe_server()}: {exc or 'closed'}"
         logger.warning(
@@ -385,7 +385,7 @@ class CommandLink:
                     break
                 await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
             self._closed = True
-            self._waiting.fail_all(LayerClosed("the channel layer was closed"))
+            self._waiting.fail_all(LayerClosed())
         await self._waiting.close()
         if self._holding is not None:
             self._holding.cancel()

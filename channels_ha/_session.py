@@ -15,7 +15,6 @@ own lifecycle.
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from typing import Any
 
@@ -28,7 +27,7 @@ from ._core import LayerCore
 from ._dead_loop import quiet_dead_loop
 from ._delivery import Deliveries
 from ._flush import flush
-from ._give_back import GiveBack
+from ._give_back import GiveBack, log_lost
 from ._group_members import GroupMembers
 from ._group_send import GroupSender
 from ._inbox_limits import InboxLimits
@@ -41,8 +40,6 @@ from ._shard import ShardConnections
 from ._upkeep import Upkeep
 from ._upkeep_steps import UpkeepSteps
 from .exceptions import RedisUnavailable
-
-logger = logging.getLogger("channels_ha.layer")
 
 
 class Session:
@@ -141,11 +138,10 @@ class Session:
         quiet_dead_loop(self._loop)
         lost = self.give_back.unreturned() + self.deliveries.discard()
         if lost:
-            logger.error(
-                "%d message(s) popped and not delivered were lost with an event loop closed "
-                "without shutting down (use asyncio.run, or close the layer before the loop)",
+            log_lost(
                 lost,
-                extra={"event": "return_lost", "messages": lost},
+                "went with an event loop closed without shutting down (use asyncio.run, or "
+                "close the layer before the loop)",
             )
 
     async def aclose(self) -> None:

@@ -23,6 +23,9 @@ class RedisUnavailable(ChannelsHAError):
 class LayerClosed(RedisUnavailable):
     """The channel layer was closed before a request of its own could be answered."""
 
+    def __init__(self, message: str = "the channel layer was closed") -> None:
+        super().__init__(message)
+
 
 class RedisCommandError(ChannelsHAError):
     """Redis answered a command with an error that retrying cannot fix."""
