@@ -570,6 +570,7 @@ def _write_through(cache: RedisCache, kill: Any, moved: Any) -> dict[str, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # times itself within a second or so
 def test_gives_up_after_the_failover_timeout(redis_sandbox_factory: TopologyFactory) -> None:
     """With the master gone for good, an operation raises RedisUnavailable once its time is up."""
     topology = redis_sandbox_factory("standalone")

@@ -392,6 +392,7 @@ async def test_giving_up_on_a_frozen_master_names_the_cluster_and_the_cause(
     assert "no connection attempt yet" not in message, message
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_frozen_node_does_not_hold_up_the_slot_map(
     cluster: ClusterTopology, make_layer: LayerFactory
 ) -> None:
@@ -696,6 +697,7 @@ async def slow_then_counted(router: ClusterRouter, key: str) -> tuple[list[objec
     return replies, time.monotonic() - started
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_slow_command_is_answered_when_the_router_knows_one_node(
     cluster: ClusterTopology, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -194,6 +194,7 @@ def _answers_busy(client: redis.Redis) -> bool:
     return False
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_gives_up_after_failover_timeout(
     redis_sandbox_factory: TopologyFactory,
 ) -> None:
@@ -537,6 +538,7 @@ async def test_a_give_back_during_an_outage_keeps_its_place(
         await layer.close()
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_frozen_master_fails_sends_within_failover_timeout(
     redis_sandbox_factory: TopologyFactory,
 ) -> None:

@@ -26,7 +26,8 @@ from channels_ha.sandbox import SentinelTopology, TopologyFactory
 
 from .conftest import LayerFactory
 
-pytestmark = pytest.mark.slow
+# Its assertions time things within a second or so: run alone (see scripts/test).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 CONNECT_TIMEOUT_S = 2.0  # the default socket_connect_timeout, a frozen sentinel's cost
 # Well under one such timeout: the answer window and a connection, on a busy machine.

@@ -21,6 +21,9 @@ from channels_ha.sandbox import SentinelTopology, StandaloneTopology, Topology, 
 from tests import django_settings
 from tests.conftest import refusing_writes
 
+# Its assertions time things within a second or so: run alone (see scripts/test).
+pytestmark = pytest.mark.serial
+
 MODES = {"standalone": "single", "tls": "single", "sentinel": "sentinel", "cluster": "cluster"}
 Probe = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
 

@@ -379,6 +379,7 @@ def holds_keys(node: RedisNode) -> bool:
         client.close()
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_master_the_sentinels_stopped_naming_is_left_once_the_hint_is_old(
     redis_sandbox_factory: TopologyFactory,
     make_layer: LayerFactory,

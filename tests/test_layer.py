@@ -554,6 +554,7 @@ async def test_replica_acknowledgements(
     assert [(await acked.receive("acked"))["type"] for _ in range(2)] == ["x", "y"]
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_second_normal_channel_is_served_promptly(layer: RedisChannelLayer) -> None:
     """A receive on a second normal channel does not wait for the first one's blocking pop."""
     first = asyncio.create_task(layer.receive("worker-a"))

@@ -431,6 +431,7 @@ async def test_a_lost_batch_goes_back_behind_the_messages_given_back_before_it(
 WAIT_DELAY_S = 0.3  # how late the reader's XREAD reaches Redis
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_wait_that_reaches_redis_after_its_unblock_is_still_ended(
     redis_topology: Topology,
 ) -> None:

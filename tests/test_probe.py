@@ -24,6 +24,9 @@ from channels_ha.sandbox import (
 
 from .conftest import masters_of, nothing_left_open, refusing_writes, user_kept_to_prefix
 
+# Its assertions time things within a second or so: run alone (see scripts/test).
+pytestmark = pytest.mark.serial
+
 #: The probe's bound on each step in the tests that freeze nodes.
 FROZEN_TIMEOUT_S = 0.5
 #: One wait for every frozen node, with room for a loaded machine; asked in turn, two cost 2x.

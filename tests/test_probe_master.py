@@ -19,6 +19,9 @@ from channels_ha.sandbox import (
 
 from .conftest import masters_of, nothing_left_open, refusing_writes, user_kept_to_prefix
 
+# Its assertions time things within a second or so: run alone (see scripts/test).
+pytestmark = pytest.mark.serial
+
 
 def test_ok_on_every_topology(redis_topology: Topology) -> None:
     """Each healthy topology has a master answering ROLE and PING (Cluster: state ok)."""

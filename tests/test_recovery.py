@@ -133,6 +133,7 @@ async def test_a_group_send_just_after_a_flush_by_hand_still_reaches_the_members
     assert (await asyncio.wait_for(waiting, 10))["type"] == "after"
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_group_that_empties_the_ordinary_way_costs_no_wait(
     redis_sandbox_factory: TopologyFactory, make_layer: LayerFactory
 ) -> None:

@@ -110,6 +110,7 @@ def test_tls_and_passwords_serve_a_sentinel_client(
         sentinel.close()
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_await_new_master_lets_traffic_run(redis_sandbox_factory: TopologyFactory) -> None:
     """While ``await_new_master`` waits, the event loop keeps running client traffic."""
     topology = _sentinel(redis_sandbox_factory)
