@@ -8,6 +8,8 @@ request twice, which is exactly what the link does on a retry.
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import tracemalloc
 from typing import cast
 
@@ -270,3 +272,41 @@ async def _scan(link: object, pattern: str) -> list[str]:
         if cursor in (b"0", 0, "0"):
             return keys
     raise AssertionError("SCAN did not finish")
+
+
+MARKED_BY_EACH_THREAD = 10_000
+IN_STEP_EVERY = 500  # numbers each thread marks before waiting for the other
+
+
+def test_marks_written_by_two_threads_at_once_keep_every_number_once() -> None:
+    """Event loops in different threads (the ASGI server's and an async_to_sync call's)
+    share the process's marks, and may pop from one list at once: each number is delivered
+    once and a copy of each is dropped, however their marking interleaves. (The threads
+    keep in step, well within the marks' window, as readers of one list do.) A guard: with
+    the GIL it passed without the lock too (200,000 numbers, a switch every microsecond);
+    it is for builds without the GIL."""
+    marks = sequence.DeliveryMarks()
+    delivered: list[list[int]] = [[], []]
+    in_step = threading.Barrier(2, timeout=30)
+
+    def mark(parity: int) -> None:  # the two readers take alternate numbers of one sender
+        for seq in range(1 + parity, 2 * MARKED_BY_EACH_THREAD + 1, 2):
+            if seq // 2 % IN_STEP_EVERY == 0:
+                in_step.wait()
+            if not marks.is_copy("list", "sender", seq):
+                delivered[parity].append(seq)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # a thread switch between any two steps of is_copy
+    try:
+        threads = [threading.Thread(target=mark, args=(parity,)) for parity in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    numbers = list(range(1, 2 * MARKED_BY_EACH_THREAD + 1))
+    assert sorted(delivered[0] + delivered[1]) == numbers
+    copies = numbers[-sequence.MAX_GAPS :]
+    assert [seq for seq in copies if not marks.is_copy("list", "sender", seq)] == []
