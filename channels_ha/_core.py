@@ -22,6 +22,7 @@ from ._fanout import FanoutPlans
 from ._groups import Memberships
 from ._inbox_totals import InboxTotals
 from ._keys import KeyLayout
+from ._local_path import Unpopped
 from ._replay import RecentPushes
 from ._sequence import DeliveryMarks
 from ._shard import ShardSpec
@@ -71,6 +72,9 @@ class LayerCore:
     # Per group, the copies of a group_send and the membership token they stand for, planned
     # by any event loop: a sync call (an event loop of its own) need not read the members.
     fanout: FanoutPlans = field(default_factory=FanoutPlans)
+    # This process's messages still in its own inboxes in Redis, which a send that skips
+    # Redis must not overtake (see _local_path).
+    unpopped: Unpopped = field(default_factory=Unpopped)
     # Each master's epoch as some event loop last read it: a session's first comparison.
     epochs: ProcessEpochs = field(default_factory=ProcessEpochs)
     # Per inbox, the capacity of every event loop's channels, and the limit published last:

@@ -40,7 +40,8 @@ class Deliveries:
         self._core = core
         self.buffers: dict[str, ChannelBuffer] = {}  # channel -> its buffer; never replaced
         self._limits = limits  # told as buffers of process-specific channels come and go
-        self._inbox_waiting: dict[str, int] = {}  # inbox key -> receivers waiting
+        # Inbox key -> receivers waiting; read by sends too (see _local_path).
+        self.inbox_waiting: dict[str, int] = {}
         self._normal_waiting: dict[str, int] = {}  # channel -> receivers waiting
         self._inbox_shard: dict[str, int] = {}
         # Normal channel -> its give-backs in flight (see take_returnable): not popped meanwhile.
@@ -83,11 +84,11 @@ class Deliveries:
     def receiving_inbox(self) -> bool:
         """Whether a receive() on a process-specific channel waits in this event loop (asked
         from other threads: one read of a dict's size)."""
-        return bool(self._inbox_waiting)
+        return bool(self.inbox_waiting)
 
     def enter(self, buffer: ChannelBuffer) -> bool:
         """A receiver starts waiting; True if it is the first for its inbox or channel."""
-        counter = self._inbox_waiting if buffer.specific else self._normal_waiting
+        counter = self.inbox_waiting if buffer.specific else self._normal_waiting
         key = buffer.waiting_key
         if buffer.specific:
             self._inbox_shard[key] = buffer.shard
@@ -96,7 +97,7 @@ class Deliveries:
 
     def leave(self, buffer: ChannelBuffer) -> bool:
         """A receiver stops waiting; True if it was the last for its inbox or channel."""
-        counter = self._inbox_waiting if buffer.specific else self._normal_waiting
+        counter = self.inbox_waiting if buffer.specific else self._normal_waiting
         key = buffer.waiting_key
         count = counter[key] - 1
         if count > 0:
@@ -109,7 +110,7 @@ class Deliveries:
         """What the inbox reader of shard ``index`` pops: inboxes somebody waits on."""
 
         def keys() -> list[str]:
-            return [key for key in self._inbox_waiting if self._inbox_shard.get(key) == index]
+            return [key for key in self.inbox_waiting if self._inbox_shard.get(key) == index]
 
         return keys
 
@@ -159,12 +160,15 @@ class Deliveries:
         now = now_ms()
         stats = self._core.stats
         normal: set[str] = set()
+        unpopped = self._core.unpopped.by_key.get(key)  # this process's, in its inbox
         for element in elements:
             try:
                 envelope = decode_element(element)
             except MalformedElement as err:
                 self._malformed(key, err)
                 continue
+            if unpopped:  # no longer in Redis: sends here may skip it (see _local_path)
+                unpopped.pop((envelope.sender, envelope.seq), None)
             if envelope.expires_ms <= now:
                 stats.expired += 1
             elif self._core.marks.is_copy(key, envelope.sender, envelope.seq):
@@ -231,6 +235,8 @@ class Deliveries:
             for expires, body in items:
                 seq = numbers[key] = numbers.get(key, 0) + 1
                 element = encode_element(expires, returner, seq, channel, body)
+                if "!" in channel:  # until popped again, a send here must not overtake it
+                    core.unpopped.add(key, returner, seq, expires)
                 returned.setdefault((core.shard_index(target), key), []).append(element)
             if items and "!" not in channel:
                 self._returning[channel] = self._returning.get(channel, 0) + 1

@@ -46,6 +46,7 @@ async def flush(
     for shard in shards:
         await _flush_shard(core, shards, shard, closed)
     _forget_recent(core)  # sends acknowledged during the scan were deleted too
+    core.unpopped.clear()  # the inboxes went, with what this process had in them
     deliveries.clear()
 
 

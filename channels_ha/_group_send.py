@@ -135,8 +135,16 @@ class GroupSender:
             # 5,000 concurrent group_sends lost). A request written again after a reconnect
             # may have been stored by its first copy: it keeps its numbers, which recognise
             # that copy.
-            seqs.clear()
+            self._unnumber(seqs)
         return statuses
+
+    def _unnumber(self, seqs: dict[str, tuple[str, int]]) -> None:
+        """Forgets the numbers of a group message that Redis did not store; in this
+        process's own inbox, no local send waits for them to be popped any more."""
+        unpopped = self.core.unpopped
+        for key, (sender, seq) in seqs.items():
+            unpopped.discard(key, sender, seq)
+        seqs.clear()
 
     def _group_targets(self, members: list[str]) -> list[Target]:
         """One target per process inbox and one per normal channel of the members."""
@@ -162,6 +170,7 @@ class GroupSender:
         A list keeps the sequence number ``seqs`` gave it in an earlier attempt that may have
         landed (written again after a reconnect): a copy must be recognised as one."""
         expires = now + self.core.expiry_ms
+        own_inbox = self._pusher.own_inbox_end
         units: Units = {}
         for target in targets:
             keys, args = units.setdefault(target.unit, ([], []))
@@ -172,6 +181,8 @@ class GroupSender:
             aux = target.aux
             if target.kind == "c":  # a normal channel: named, and its record, by sender
                 aux = self.core.keys.dedupe(cast(str, target.named), sender)
+            elif target.key.endswith(own_inbox):  # a later local send must not overtake it
+                self.core.unpopped.add(target.key, sender, seq, expires)
             element = encode_element(expires, sender, seq, target.named, body)
             keys += [target.key, aux]
             args += [target.capacity, seq, element, target.kind]

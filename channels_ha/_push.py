@@ -4,23 +4,29 @@ A send is built once, as bytes, and a retry writes those same bytes (the same se
 number), so that a copy that landed after all is recognised as one. Each PUSH is also kept
 for replay after a failover, less the targets it found full (see ``_to_replay``), and once:
 written again with its WAIT, its last copy replaces the first in what is kept.
+
+A send to this process's own channel from the event loop receiving its inbox skips Redis
+(``_local_path``); each one to its inbox through Redis is noted until popped, so that such
+a send cannot overtake it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any, NamedTuple, cast
 
 from channels.exceptions import ChannelFull
 
-from ._buffers import now_ms
+from ._buffers import ChannelBuffer, now_ms
 from ._cluster import ClusterRouter
 from ._codec import element_encoder
 from ._core import LayerCore
-from ._delivery import target_of
+from ._delivery import Deliveries, target_of
 from ._keys import wake_stream
 from ._link import CommandLink
+from ._local_path import LocalPath
 from ._replay import Entry, Replayable
 from ._resp import pack
 from ._scripts import PUSH
@@ -35,7 +41,8 @@ _MAX_PUSH_ATTEMPTS = 10  # PUSH+WAIT pairs split by a reconnect, before settling
 
 Link = CommandLink | ClusterRouter
 PushParts = tuple[list[str], tuple[int, ...], list[Any]]  # push_request's arguments
-_Route = tuple[str, str, str, int, int]  # list, aux key, kind, shard index, capacity
+# list, aux key, kind, shard index, capacity, whether the list is an inbox of this process
+_Route = tuple[str, str, str, int, int, bool]
 _ROUTES_REMEMBERED = 10_000  # channels whose routes a Pusher keeps; then it starts over
 # A Packer keeps a buffer the size of the largest message it packed, for the event loop's
 # life (seen: one 50 MB send left 96 MB resident); past this, the Pusher takes new ones.
@@ -96,17 +103,25 @@ class PreparedPush(NamedTuple):
     link: Link
     packed: bytes  # the EVALSHA PUSH request
     key: str  # the list it writes, which routes it on Cluster
+    own: tuple[str, int] | None  # (sender, number) if the list is this process's inbox
 
 
 class Pusher:
     """Sends to one channel, and pushes (with WAIT) for group_send too."""
 
     def __init__(
-        self, core: LayerCore, shards: list[ShardConnections], seqs: SendSequences
+        self,
+        core: LayerCore,
+        shards: list[ShardConnections],
+        seqs: SendSequences,
+        deliveries: Deliveries,
+        client_prefix: str,
     ) -> None:
         self.core = core
         self._shards = shards
         self._seqs = seqs
+        self.own_inbox_end = f"{client_prefix}!"  # how this process's inbox keys end
+        self._local = LocalPath(deliveries.buffers, deliveries.inbox_waiting, core.unpopped)
         self._wait_ms = int(core.replica_ack_timeout_s * 1000)
         self._routes: dict[str, _Route] = {}  # channel -> its route (see _route)
         # This event loop's own Packers (see MessageCodec.dumper).
@@ -119,10 +134,15 @@ class Pusher:
         route = self._routes.get(channel)
         if route is None:
             route = self._route(channel)
-        key, aux, kind, index, capacity = route
+        key, aux, kind, index, capacity, own = route
         now = now_ms()
         sender, seq = self._seqs.next(key)
         expiry_ms = core.expiry_ms
+        if own:  # on its way through Redis from now on: a local send must not overtake it
+            core.unpopped.add(key, sender, seq, now + expiry_ms)
+            ident: tuple[str, int] | None = (sender, seq)
+        else:
+            ident = None
         element = self._encode(now + expiry_ms, sender, seq, channel, self._dumps(message))
         if len(element) > _PACKER_KEEPS:
             self._dumps, self._encode = core.codec.dumper(), element_encoder()
@@ -136,14 +156,16 @@ class Pusher:
                 "EVALSHA", PUSH.sha, 3, key, core.keys.dedupe(channel, sender), wake_stream(key),
                 expiry_ms, now, core.dedupe_ttl_ms, capacity, seq, element, kind,
             )  # fmt: skip
-        return PreparedPush(index, self._shards[index].link, packed, key)
+        return PreparedPush(index, self._shards[index].link, packed, key, ident)
 
     def _route(self, channel: str) -> _Route:
         """Where a channel's sends go, worked out once per channel (bounded): its keys,
         shard and capacity were a tenth of a send's Python calls."""
         target = target_of(channel)
         key, aux, kind = self.target_keys(channel, target)
-        route = (key, aux, kind, self.core.shard_index(target), self.core.capacity_of(channel))
+        own = kind == "i" and key.endswith(self.own_inbox_end)
+        index, capacity = self.core.shard_index(target), self.core.capacity_of(channel)
+        route = (key, aux, kind, index, capacity, own)
         if len(self._routes) >= _ROUTES_REMEMBERED:
             self._routes.clear()
         self._routes[channel] = route
@@ -159,7 +181,17 @@ class Pusher:
         return keys.channel(channel), "", "c"
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        index, link, packed, key = self.prepare_send(channel, message)
+        if "!" in channel and self._local.buffer_for(channel) is not None:
+            # A send yields as one through Redis does: a producer that awaits each send
+            # must not starve its consumer (it would meet ChannelFull at ``capacity``).
+            # Before the put, so that a cancellation here leaves nothing sent; what it
+            # yielded to may have changed the route, which is therefore asked again.
+            await asyncio.sleep(0)
+            buffer = self._local.buffer_for(channel)
+            if buffer is not None:
+                self._put_local(buffer, message)
+                return
+        index, link, packed, key, own = self.prepare_send(channel, message)
         if self.core.replica_acks:
             statuses = await self.push(index, packed, key)
         else:
@@ -174,7 +206,20 @@ class Pusher:
             if statuses is not None and statuses[0] != FULL:
                 self.core.recent[index].add(key, packed, len(packed))
         if statuses is not None and statuses[0] == FULL:
+            if own is not None:  # not stored: local sends need not wait for its pop
+                self.core.unpopped.discard(key, *own)
             raise ChannelFull(channel)
+        self.core.stats.sent += 1
+
+    def _put_local(self, buffer: ChannelBuffer, message: dict[str, Any]) -> None:
+        """A send that skips Redis (see ``_local_path``): into the buffer its inbox reader
+        would have put it in, unless the channel holds its capacity there already."""
+        if len(buffer.items) >= buffer.capacity:
+            raise ChannelFull(buffer.channel)
+        body = self._dumps(message)
+        if len(body) > _PACKER_KEEPS:
+            self._dumps, self._encode = self.core.codec.dumper(), element_encoder()
+        buffer.put((now_ms() + self.core.expiry_ms, body))
         self.core.stats.sent += 1
 
     def header(self, now: int) -> tuple[int, ...]:

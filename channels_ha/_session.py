@@ -78,7 +78,7 @@ class Session:
         self.receiver = Receiver(
             core, self._shards, self.deliveries, self._readers, self.give_back, client_prefix
         )
-        self.pusher = Pusher(core, self._shards, seqs)
+        self.pusher = Pusher(core, self._shards, seqs, self.deliveries, client_prefix)
         members = GroupMembers(core, self._shards, client_prefix, self.resync)
         groups = GroupSender(core, self._shards, seqs, self.pusher, members)
         self.upkeep = Upkeep(

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Mode = Literal["group", "send"]
+Mode = Literal["group", "send", "mixed"]
 
 RECEIVE_RETRY_S = 0.1  # after a failed receive(), as a consumer restarting would pause
 
@@ -91,8 +91,12 @@ class Traffic:
     ``mode="group"``: each number goes by one ``group_send`` to a group holding
     ``channels_per_receiver`` channels of every receiver layer, so each channel expects every
     number. ``mode="send"``: each number goes by ``send`` to every channel in turn, so each
-    channel expects its own share. With ``concurrency`` > 1, that many sends are kept in
-    flight at once, so that a fault always catches some of them mid-way.
+    channel expects its own share. ``mode="mixed"``: even numbers go by ``group_send``, odd
+    ones by ``send`` to each channel in turn (with the sender among the receivers, its own
+    channels get both, the group's copy through Redis and the send without it). With
+    ``concurrency`` > 1, that many sends are kept in flight at once, so that a fault always
+    catches some of them mid-way. Deliveries out of order count as ``reordered``, except in
+    ``"group"`` mode.
     """
 
     def __init__(
@@ -131,7 +135,7 @@ class Traffic:
         for layer in self._receivers:
             for _ in range(self._per_receiver):
                 inbox = _Inbox(layer, await layer.new_channel())
-                if self._mode == "group":
+                if self._mode != "send":
                     await layer.group_add(self._group, inbox.channel)
                 self._inboxes.append(inbox)
                 self._expected[inbox.channel] = []
@@ -174,14 +178,14 @@ class Traffic:
 
     async def _send(self, number: int) -> None:
         message = {"type": "traffic.message", "n": number}
+        channel = self._channel_of(number)
         try:
-            if self._mode == "group":
+            if channel is None:
                 await self._sender.group_send(self._group, message)
                 targets = list(self._expected)
             else:
-                inbox = self._inboxes[number % len(self._inboxes)]
-                await self._sender.send(inbox.channel, message)
-                targets = [inbox.channel]
+                await self._sender.send(channel, message)
+                targets = [channel]
         except Exception as err:  # every failure is what the report is about
             self._send_errors.append(f"{type(err).__name__}: {err}")
             return
@@ -189,6 +193,13 @@ class Traffic:
             self._expected[channel].append(number)
         self.sent += 1
         self._progress.set()
+
+    def _channel_of(self, number: int) -> str | None:
+        """The channel ``send`` sends ``number`` to; None for a ``group_send``."""
+        if self._mode == "group" or (self._mode == "mixed" and number % 2 == 0):
+            return None
+        turn = number // 2 if self._mode == "mixed" else number
+        return self._inboxes[turn % len(self._inboxes)].channel
 
     async def _consume(self, inbox: _Inbox) -> None:
         while True:
@@ -200,7 +211,7 @@ class Traffic:
                 continue
             number = message["n"]
             inbox.received[number] += 1
-            if number < inbox.highest and self._mode == "send":
+            if number < inbox.highest and self._mode != "group":
                 inbox.reordered += 1  # (group sends run concurrently: their order is open)
                 self.reorderings.append((inbox.channel, number, inbox.highest))
             inbox.highest = max(inbox.highest, number)
