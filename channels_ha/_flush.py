@@ -46,7 +46,9 @@ async def flush(
     for shard in shards:
         await _flush_shard(core, shards, shard, closed)
     _forget_recent(core)  # sends acknowledged during the scan were deleted too
-    core.unpopped.clear()  # the inboxes went, with what this process had in them
+    # Not core.unpopped: a send written while the scan ran may land after it and survive
+    # it, and a later local send must not overtake it (seen: 1,376 of 143,868 sends out of
+    # order with a flush every few ms); what the flush deleted expires from there.
     deliveries.clear()
 
 

@@ -80,7 +80,23 @@ class GroupSender:
                 for (index, _), (keys, args) in units.items()
             )
         )
+        for (keys, _), statuses in zip(units.values(), results, strict=True):
+            self._unnote_refused(keys, statuses, seqs)
         self._log_over_capacity(group, results, len(members))
+
+    def _unnote_refused(
+        self, keys: list[str], statuses: list[int] | None, seqs: dict[str, tuple[str, int]]
+    ) -> None:
+        """The copies a full target refused were not stored: in this process's own inbox no
+        local send waits for them to be popped (seen: 20,000 group_sends to a full inbox left
+        as many entries, and every send through Redis, until they expired)."""
+        if not statuses or FULL not in statuses:
+            return
+        unpopped = self.core.unpopped
+        for index, status in enumerate(statuses):
+            numbered = seqs.get(keys[2 * index]) if status == FULL else None
+            if numbered is not None:
+                unpopped.discard(keys[2 * index], *numbered)
 
     def _log_over_capacity(
         self, group: str, results: Sequence[list[int] | None], members: int
@@ -123,6 +139,7 @@ class GroupSender:
             if not str(err).startswith("OOM"):
                 raise
             statuses = None
+        self._unnote_refused(keys, statuses, seqs)
         if (
             statuses is None
             and connection is not None

@@ -68,19 +68,16 @@ class Unpopped:
             return False
         now = now_ms()
         try:
-            while waiting:
-                ident, expires = next(iter(waiting.items()))
-                if expires > now:
+            while True:
+                # (None: another thread's reader took the last one since the check above)
+                oldest = next(iter(waiting.items()), None)
+                if oldest is None:
+                    return False
+                if oldest[1] > now:
                     return True
-                waiting.pop(ident, None)
+                waiting.pop(oldest[0], None)
         except RuntimeError:  # another thread's reader popped one between iter() and next()
             return True  # (asked again at the next send)
-        return False
-
-    def clear(self) -> None:
-        """flush() deleted the inboxes: nothing of this process is in them any more."""
-        for waiting in list(self.by_key.values()):
-            waiting.clear()
 
 
 class LocalPath:

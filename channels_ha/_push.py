@@ -138,14 +138,15 @@ class Pusher:
         now = now_ms()
         sender, seq = self._seqs.next(key)
         expiry_ms = core.expiry_ms
+        element = self._encode(now + expiry_ms, sender, seq, channel, self._dumps(message))
+        if len(element) > _PACKER_KEEPS:
+            self._dumps, self._encode = core.codec.dumper(), element_encoder()
         if own:  # on its way through Redis from now on: a local send must not overtake it
+            # (After the encoding: a message that cannot be encoded is never written.)
             core.unpopped.add(key, sender, seq, now + expiry_ms)
             ident: tuple[str, int] | None = (sender, seq)
         else:
             ident = None
-        element = self._encode(now + expiry_ms, sender, seq, channel, self._dumps(message))
-        if len(element) > _PACKER_KEEPS:
-            self._dumps, self._encode = core.codec.dumper(), element_encoder()
         if kind == "i":
             packed = pack(
                 "EVALSHA", PUSH.sha, 2, key, aux,
@@ -215,7 +216,11 @@ class Pusher:
         """A send that skips Redis (see ``_local_path``): into the buffer its inbox reader
         would have put it in, unless the channel holds its capacity there already."""
         if len(buffer.items) >= buffer.capacity:
-            raise ChannelFull(buffer.channel)
+            # Expired messages take no room, as channels_redis drops them before it counts
+            # (seen: ChannelFull with every buffered message expired, until the sweep).
+            self.core.stats.expired += buffer.drop_expired()
+            if len(buffer.items) >= buffer.capacity:
+                raise ChannelFull(buffer.channel)
         body = self._dumps(message)
         if len(body) > _PACKER_KEEPS:
             self._dumps, self._encode = self.core.codec.dumper(), element_encoder()

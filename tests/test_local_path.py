@@ -5,6 +5,11 @@ semantics (capacity, expiry, FIFO, stats, flush, close)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import itertools
+import random
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -16,6 +21,8 @@ from asgiref.sync import async_to_sync
 from channels.exceptions import ChannelFull
 
 from channels_ha import RedisChannelLayer
+from channels_ha._buffers import now_ms
+from channels_ha._local_path import Unpopped
 from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory, Traffic
 
 from .conftest import (
@@ -304,3 +311,143 @@ async def test_sends_to_an_inbox_nobody_pops_are_not_remembered_past_their_expir
         await layer.send(channel, {"type": "n", "n": number})
     (noted,) = [len(ids) for ids in layer._core.unpopped.by_key.values()]
     assert noted <= 300
+
+
+async def test_expired_local_messages_take_no_room(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """A channel whose buffered messages all expired takes a local send, as channels_redis
+    drops the expired before it counts (it raised ChannelFull until the sweep)."""
+    layer = make_layer(redis_topology, expiry=0.2, channel_capacity={"specific.*": 3})
+    async with inbox_received(layer) as channel:
+        for number in range(3):
+            await layer.send(channel, {"type": "n", "n": number})
+        expired = layer.statistics().expired
+        await asyncio.sleep(0.3)  # the expiry, not a synchronisation
+        await layer.send(channel, {"type": "n", "n": 3})
+        assert (await layer.receive(channel))["n"] == 3
+        assert layer.statistics().expired == expired + 3
+
+
+async def test_a_send_that_cannot_be_encoded_leaves_the_local_path_open(
+    layer: RedisChannelLayer, master_client: redis.Redis
+) -> None:
+    """A send through Redis that fails before anything is written (a value msgpack cannot
+    encode) leaves no note of a message in Redis: the next local send stays local."""
+    channel = await layer.new_channel()
+    with pytest.raises(TypeError):  # nobody receives yet: it would go through Redis
+        await layer.send(channel, {"type": "n", "when": datetime.datetime.now()})
+    async with inbox_received(layer) as other:
+        before = pushes(master_client)
+        await layer.send(other, {"type": "local"})
+        assert await layer.receive(other) == {"type": "local"}
+        assert pushes(master_client) == before
+
+
+async def test_group_copies_refused_full_leave_the_local_path_open(
+    make_layer: LayerFactory, redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """The copies a full inbox refused to group_send were not stored: once the inbox is
+    drained, sends from the loop receiving it are local again (they went through Redis
+    until the refused copies would have expired)."""
+    layer = make_layer(redis_topology, capacity=5)
+    channel = await layer.new_channel()
+    await layer.group_add("room", channel)
+    for number in range(5):  # fills the inbox: nobody pops it
+        await layer.send(channel, {"type": "n", "n": number})
+    for number in range(5, 25):  # every copy refused
+        await layer.group_send("room", {"type": "n", "n": number})
+    assert [(await layer.receive(channel))["n"] for _ in range(5)] == list(range(5))
+    async with inbox_received(layer) as other:
+        before = pushes(master_client)
+        await layer.send(other, {"type": "local"})
+        assert await layer.receive(other) == {"type": "local"}
+        assert pushes(master_client) == before
+
+
+FLUSHING_FOR_S = 3.0
+
+
+async def test_a_flush_meanwhile_does_not_let_a_local_send_overtake(
+    make_layer: LayerFactory, redis_topology: Topology
+) -> None:
+    """One task sends 0, 1, 2... to its own channel while its receiver comes and goes (so
+    sends alternate between Redis and the local path) and another task flushes every few
+    ms: what arrives only grows. A send through Redis that lands after a flush survives it,
+    and a local send must still wait for its pop (seen, when flush() forgot what was in
+    Redis: 1,376 of 143,868 out of order in 15 s)."""
+    layer = make_layer(redis_topology, capacity=100_000)
+    channel = await layer.new_channel()
+    chance = random.Random(7)
+    got: list[int] = []
+    stop = asyncio.Event()
+
+    async def consume() -> None:
+        while not stop.is_set():
+            try:
+                waiting_s = chance.choice([0.0005, 0.003, 0.02])
+                got.append((await asyncio.wait_for(layer.receive(channel), waiting_s))["n"])
+            except asyncio.TimeoutError:
+                await asyncio.sleep(chance.choice([0, 0.001, 0.005]))  # away a while
+
+    async def flush() -> None:
+        while not stop.is_set():
+            await layer.flush()
+            await asyncio.sleep(chance.random() * 0.005)
+
+    tasks = [asyncio.create_task(consume()), asyncio.create_task(flush())]
+    try:
+        number, ends = 0, time.monotonic() + FLUSHING_FOR_S
+        while time.monotonic() < ends:
+            await layer.send(channel, {"type": "n", "n": number})
+            number += 1
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    assert len(got) > 100, f"{len(got)} of {number} received"
+    overtaken = [(a, b) for a, b in itertools.pairwise(got) if b < a]
+    assert overtaken == [], f"{len(overtaken)} of {len(got)} out of order"
+
+
+def test_notes_taken_by_several_threads_at_once_stay_consistent() -> None:
+    """The notes of messages in an inbox are added and popped by some threads (each event
+    loop's sends and reader) while others ask whether any is left (local sends): with a
+    thread switch every microsecond, asking never raises (StopIteration escaped when another
+    thread took the last one between the check and the look), and what was added and popped
+    leaves none."""
+    unpopped = Unpopped()
+    errors: list[BaseException] = []
+    adding = threading.Event()
+    adding.set()
+    expires = now_ms() + 60_000
+
+    def add_and_pop(sender: str) -> None:
+        try:
+            for seq in range(50_000):
+                unpopped.add("inbox", sender, seq, expires)
+                unpopped.discard("inbox", sender, seq)
+        finally:
+            adding.clear()
+
+    def ask() -> None:
+        try:
+            for _ in range(10_000_000):  # bounded; ends with the adding
+                if not adding.is_set():
+                    return
+                unpopped.any_left("inbox")
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=add_and_pop, args=("sender",))]
+        threads += [threading.Thread(target=ask) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(switch)
+    assert errors == []
+    assert not unpopped.any_left("inbox")
