@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import threading
 import uuid
 import warnings
@@ -260,3 +261,17 @@ async def marker_is_next(
     is the next message (a list is stored and read in order; ``receiver`` is its one reader)."""
     await sender.send(channel, {"type": "nothing-more"})
     assert await asyncio.wait_for(receiver.receive(channel), 10) == {"type": "nothing-more"}
+
+
+def run_switching_often(threads: list[threading.Thread], timeout_s: float = 60) -> None:
+    """Runs ``threads`` to their end with a thread switch every microsecond, so that a race
+    between two steps on shared state shows within a few thousand rounds."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout_s)
+    finally:
+        sys.setswitchinterval(switch)

@@ -8,7 +8,6 @@ request twice, which is exactly what the link does on a retry.
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 import tracemalloc
 from typing import cast
@@ -23,7 +22,7 @@ from channels_ha._buffers import now_ms
 from channels_ha._codec import encode_element
 from channels_ha.sandbox import Topology
 
-from .conftest import LayerFactory, marker_is_next
+from .conftest import LayerFactory, marker_is_next, run_switching_often
 
 pytestmark = pytest.mark.redis_topologies("standalone", "sentinel", "cluster")
 
@@ -296,16 +295,7 @@ def test_marks_written_by_two_threads_at_once_keep_every_number_once() -> None:
             if not marks.is_copy("list", "sender", seq):
                 delivered[parity].append(seq)
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # a thread switch between any two steps of is_copy
-    try:
-        threads = [threading.Thread(target=mark, args=(parity,)) for parity in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    finally:
-        sys.setswitchinterval(switch)
+    run_switching_often([threading.Thread(target=mark, args=(parity,)) for parity in (0, 1)])
     numbers = list(range(1, 2 * MARKED_BY_EACH_THREAD + 1))
     assert sorted(delivered[0] + delivered[1]) == numbers
     copies = numbers[-sequence.MAX_GAPS :]

@@ -8,7 +8,6 @@ import asyncio
 import datetime
 import itertools
 import random
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,6 +31,7 @@ from .conftest import (
     LoopThread,
     finish_traffic,
     receivers_waiting,
+    run_switching_often,
 )
 
 pytestmark = pytest.mark.redis_topologies("standalone")
@@ -438,16 +438,7 @@ def test_notes_taken_by_several_threads_at_once_stay_consistent() -> None:
         except BaseException as err:  # reported by the assertion below
             errors.append(err)
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=add_and_pop, args=("sender",))]
-        threads += [threading.Thread(target=ask) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    finally:
-        sys.setswitchinterval(switch)
+    asking = [threading.Thread(target=ask) for _ in range(2)]
+    run_switching_often([threading.Thread(target=add_and_pop, args=("sender",)), *asking])
     assert errors == []
     assert not unpopped.any_left("inbox")
