@@ -35,6 +35,10 @@ FAILOVER_HOLD_MAX_S = 10.0
 
 # A blocked pop returns after this long without messages, which doubles as a liveness check.
 BLOCKING_POP_TIMEOUT_S = 2.0
+# An event loop that starts receiving the process's inbox waits at most this long for the
+# other loops to hand it over (_handover) before it pops it: a healthy loop answers within
+# milliseconds; one stuck in sync code never does.
+INBOX_HANDOVER_TIMEOUT_S = 3.0
 # A CLIENT UNBLOCK that found the reader not blocked yet (it can overtake the pop it means)
 # goes again after a pause: the first, then twice the last, at most the max.
 UNBLOCK_RETRY_FIRST_S = 0.005

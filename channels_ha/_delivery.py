@@ -46,6 +46,11 @@ class Deliveries:
         self._inbox_shard: dict[str, int] = {}
         # Normal channel -> its give-backs in flight (see take_returnable): not popped meanwhile.
         self._returning: dict[str, int] = {}
+        # Inbox key -> hand-overs awaited (_handover): not popped meanwhile.
+        self._inbox_gates: dict[str, int] = {}
+        # Inbox keys this loop was asked to hand over to another (_handover), and has not
+        # received on since: it holds nothing of them, or gives it back (other threads add).
+        self.handed_over: set[str] = set()
         self._malformed_log = LogThrottle(MALFORMED_LOG_INTERVAL_S)
 
     def buffer(self, channel: str) -> ChannelBuffer:
@@ -92,6 +97,8 @@ class Deliveries:
         key = buffer.waiting_key
         if buffer.specific:
             self._inbox_shard[key] = buffer.shard
+            if key in self.handed_over:
+                self.handed_over.remove(key)
         count = counter[key] = counter.get(key, 0) + 1
         return count == 1
 
@@ -110,9 +117,35 @@ class Deliveries:
         """What the inbox reader of shard ``index`` pops: inboxes somebody waits on."""
 
         def keys() -> list[str]:
-            return [key for key in self.inbox_waiting if self._inbox_shard.get(key) == index]
+            gates = self._inbox_gates
+            return [
+                key
+                for key in self.inbox_waiting
+                if self._inbox_shard.get(key) == index and key not in gates
+            ]
 
         return keys
+
+    def gate(self, key: str) -> None:
+        """The inbox ``key`` is not popped until ``ungate`` (a hand-over is under way)."""
+        self._inbox_gates[key] = self._inbox_gates.get(key, 0) + 1
+
+    def ungate(self, key: str) -> bool:
+        """One hand-over of ``key`` is over; True if none is left (it may be popped)."""
+        count = self._inbox_gates.get(key, 0) - 1
+        if count > 0:
+            self._inbox_gates[key] = count
+            return False
+        self._inbox_gates.pop(key, None)
+        return True
+
+    def holding(self, key: str) -> list[str]:
+        """The process-specific channels of the inbox ``key`` with messages buffered here."""
+        return [
+            channel
+            for channel, buffer in self.buffers.items()
+            if buffer.items and buffer.waiting_key == key and buffer.specific
+        ]
 
     def normal_keys(self, index: int) -> KeysFn:
         """What the normal-channel reader pops: channels with a receiver still unserved.

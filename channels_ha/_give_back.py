@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from ._buffers import now_ms
@@ -43,8 +43,10 @@ class GiveBack:
         shards: list[ShardConnections],
         deliveries: Deliveries,
         readers: Mapping[tuple[int, bool], BlockingReader],  # (shard, specific) -> reader
+        closed: Callable[[], bool],
     ) -> None:
         self.core = core
+        self._closed = closed  # the session's: a hand-over then is the close's give-back
         self._shards = shards
         self._deliveries = deliveries
         self._readers = readers
@@ -75,6 +77,36 @@ class GiveBack:
             await self._give_back([(i, k, e, return_id) for (i, k), e in returned.items()])
         finally:
             self._deliveries.returned(gated)
+
+    def hand_over(self, key: str, shard: int, done: Callable[[], None]) -> None:
+        """Another event loop starts receiving the inbox ``key`` (see ``_handover``): the pop
+        this loop may still have blocked on it ends, and what this loop popped of it goes
+        back to its head, order kept; then ``done``, whatever happened."""
+        if self._closed() or key in self._deliveries.inbox_waiting:
+            done()  # closing gives everything back; receiving, it holds the inbox itself
+            return
+        self._deliveries.gate(key)  # its own receivers, back meanwhile, wait for it too
+        task = self._spawn(self._hand_over(key, shard))
+        task.add_done_callback(lambda _: self._handed_over(key, shard, done))
+
+    async def _hand_over(self, key: str, shard: int) -> None:
+        deliveries = self._deliveries
+        reader = self._readers.get((shard, True))
+        if reader is not None:
+            reader.wake()  # its keys leave out the gated inbox: a pop blocked on it ends
+            await reader.settled(key)  # what it brought is in the buffers now
+        await self.return_to_redis(deliveries.holding(key))
+
+    def _handed_over(self, key: str, shard: int, done: Callable[[], None]) -> None:
+        self.open_inbox(key, shard)
+        done()
+
+    def open_inbox(self, key: str, shard: int) -> None:
+        """A hand-over of ``key`` is over: this loop's receivers waiting there may pop it."""
+        if self._deliveries.ungate(key):
+            reader = self._readers.get((shard, True))
+            if reader is not None:
+                reader.wake()
 
     async def _pops_settled(self, channels: list[str]) -> None:
         """Waits, for each normal channel with messages to give back, until no pop in flight
@@ -145,11 +177,12 @@ class GiveBack:
         await self._shards[index].link.submit_script(RETURN, keys, args)
         logger.info("Returned %d undelivered messages to %s", len(elements), key)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         task.add_done_callback(log_failure)
+        return task
 
     async def give_back_all(self, timeout_s: float) -> None:
         """At close: gives back what failed before and everything buffered, and lets the

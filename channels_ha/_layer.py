@@ -25,6 +25,7 @@ from ._constants import (
     REPLAY_MAX_BYTES,
 )
 from ._core import LayerCore
+from ._handover import take_over
 from ._keys import KeyLayout
 from ._options import did_you_mean
 from ._session import Session
@@ -228,6 +229,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._require_own_channel(channel)
             if len(self._sessions) > 1:
                 self._refuse_a_second_receiving_loop(session)
+                take_over(session, list(self._sessions.values()), channel)
         return await session.receive(channel)
 
     def _refuse_a_second_receiving_loop(self, session: Session) -> None:

@@ -74,7 +74,9 @@ class Session:
         self.resync.epoch_reads.limit_keys = self.inbox_limits.keys_on
         self.deliveries = Deliveries(core, self.inbox_limits)
         self._readers: dict[tuple[int, bool], BlockingReader] = {}
-        self.give_back = GiveBack(core, self._shards, self.deliveries, self._readers)
+        self.give_back = GiveBack(
+            core, self._shards, self.deliveries, self._readers, lambda: self.closed
+        )
         self.receiver = Receiver(
             core, self._shards, self.deliveries, self._readers, self.give_back, client_prefix
         )
@@ -106,6 +108,16 @@ class Session:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
+
+    def may_hold_inbox(self, key: str, shard: int) -> bool:
+        """Whether this loop may hold messages of the inbox ``key`` (asked from other threads,
+        see ``_handover``): it popped there, and was not asked to hand it over since."""
+        return (
+            not self.closed
+            and not self._loop.is_closed()
+            and (shard, True) in self._readers
+            and key not in self.deliveries.handed_over
+        )
 
     def buffered(self) -> int:
         """Messages that reached this process and wait for their receiver."""
