@@ -21,7 +21,7 @@ from ._core import LayerCore
 from ._delivery import target_of
 from ._fanout import Plan, Target
 from ._group_members import GroupMembers
-from ._push import FULL, Pusher, push_request, with_wakes
+from ._push import FULL, Pusher, push_request, with_wakes, written_once
 from ._resp import pack
 from ._scripts import GROUP_PUSH
 from ._sequence import SendSequences
@@ -72,6 +72,8 @@ class GroupSender:
         targets = core.fanout.targets(group, members, self._group_targets, token, unit)
         units = self._push_arguments(targets, body, now, seqs)
         header = self._pusher.header(now)
+        links = [(self._shards[index].link, keys[0]) for (index, _), (keys, _) in units.items()]
+        written_on = [link.connection_of(key) for link, key in links]
         results = await asyncio.gather(
             *(
                 self._pusher.push(
@@ -80,16 +82,20 @@ class GroupSender:
                 for (index, _), (keys, args) in units.items()
             )
         )
-        for (keys, _), statuses in zip(units.values(), results, strict=True):
-            self._unnote_refused(keys, statuses, seqs)
+        for (keys, _), statuses, (link, key), since in zip(
+            units.values(), results, links, written_on, strict=True
+        ):
+            if written_once(link, key, since):
+                self._unnote_refused(keys, statuses, seqs)
         self._log_over_capacity(group, results, len(members))
 
     def _unnote_refused(
         self, keys: list[str], statuses: list[int] | None, seqs: dict[str, tuple[str, int]]
     ) -> None:
-        """The copies a full target refused were not stored: in this process's own inbox no
-        local send waits for them to be popped (seen: 20,000 group_sends to a full inbox left
-        as many entries, and every send through Redis, until they expired)."""
+        """The copies a full target refused to a request written once were not stored: in
+        this process's own inbox no local send waits for them to be popped (seen: 20,000
+        group_sends to a full inbox left as many notes, and every send went through Redis
+        until they expired)."""
         if not statuses or FULL not in statuses:
             return
         unpopped = self.core.unpopped
@@ -139,12 +145,10 @@ class GroupSender:
             if not str(err).startswith("OOM"):
                 raise
             statuses = None
-        self._unnote_refused(keys, statuses, seqs)
-        if (
-            statuses is None
-            and connection is not None
-            and link.connection_of(group_key) == connection
-        ):
+        once = written_once(link, group_key, connection)
+        if once:  # (a retry refused may be a copy the first write stored: see written_once)
+            self._unnote_refused(keys, statuses, seqs)
+        if statuses is None and once:
             # Written once (no reconnect since), and refused whole: nothing was stored, so
             # the message is numbered afresh. Its old numbers would be the lowest on their
             # lists by the time the members are read: past MAX_GAPS other messages this

@@ -98,6 +98,15 @@ def _name_if_too_large(err: RedisCommandError, size: int) -> None:
         ) from err
 
 
+def written_once(link: Link, key: str, written_on: object) -> bool:
+    """Whether a request about ``key`` sent when the link was on ``written_on`` was written
+    once: no reconnect since. A request written again after a lost reply may have been
+    stored by its first copy, even if the retry was refused (full: the script recognises a
+    copy only among the inbox's last entries), so a later local send must still wait for it
+    (seen: FIFO broken, [2, 1], when its note was dropped)."""
+    return written_on is not None and link.connection_of(key) == written_on
+
+
 class PreparedPush(NamedTuple):
     shard: int  # its index in the layer's hosts
     link: Link
@@ -193,6 +202,7 @@ class Pusher:
                 self._put_local(buffer, message)
                 return
         index, link, packed, key, own = self.prepare_send(channel, message)
+        written_on = link.connection_of(key) if own is not None else None
         if self.core.replica_acks:
             statuses = await self.push(index, packed, key)
         else:
@@ -207,8 +217,8 @@ class Pusher:
             if statuses is not None and statuses[0] != FULL:
                 self.core.recent[index].add(key, packed, len(packed))
         if statuses is not None and statuses[0] == FULL:
-            if own is not None:  # not stored: local sends need not wait for its pop
-                self.core.unpopped.discard(key, *own)
+            if own is not None and written_once(link, key, written_on):
+                self.core.unpopped.discard(key, *own)  # not stored: nothing to wait for
             raise ChannelFull(channel)
         self.core.stats.sent += 1
 
