@@ -17,7 +17,8 @@ it holds of it (``GiveBack.hand_over``). Until each has answered, the new loop d
 that inbox (``Deliveries.gate``), nor do its sends skip Redis (an entry in ``Unpopped``):
 what comes back is received first, as it would have been. A loop that does not answer in
 INBOX_HANDOVER_TIMEOUT_S (stuck in sync code) is not waited for further: what it gives back
-later comes late, nothing is lost. Nothing of this runs while one event loop receives.
+later comes late, and a channel's buffer keeps a pop's batch past its capacity (_buffers):
+nothing is lost. Nothing of this runs while one event loop receives.
 """
 
 from __future__ import annotations

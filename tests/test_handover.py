@@ -252,3 +252,32 @@ def test_a_loop_busy_in_sync_code_holds_up_receiving_once(
         loop_b.run(layer.close(), 15)
         loop_b.stop()
         loop_a.run(layer.close())
+
+
+BACKLOG = 60  # per batch; two batches are past the channel's capacity (100) together
+
+
+def test_a_backlog_handed_over_past_capacity_is_received_whole(
+    redis_topology: Topology, loop_a: LoopThread
+) -> None:
+    """Loop A pops a backlog of 60 and receives one; 60 more are sent; loop B, then A, receive
+    the rest. What A handed back and the new ones reach B in one pop, 119 for a channel of
+    capacity 100, all of them accepted by Redis: none is dropped (seen: 18 of 120 dropped
+    by B's buffer, keeping the newest 100)."""
+    layer = RedisChannelLayer(hosts=[redis_topology.url], prefix="handover-backlog")
+    sender = RedisChannelLayer(hosts=[redis_topology.url], prefix=layer.prefix)
+    loop_b = LoopThread()
+    try:
+        channel = loop_a.run(layer.new_channel())
+        for number in range(BACKLOG):
+            loop_a.run(sender.send(channel, {"type": "n", "n": number}))
+        got = loop_a.run(receive_all(layer, channel, 1))
+        for number in range(BACKLOG, 2 * BACKLOG):
+            loop_a.run(sender.send(channel, {"type": "n", "n": number}))
+        got += loop_b.run(receive_all(layer, channel, 2 * BACKLOG - 1))
+        assert got == list(range(2 * BACKLOG))
+    finally:
+        loop_b.run(layer.close())
+        loop_a.run(layer.close())
+        loop_a.run(sender.close())
+        loop_b.stop()
