@@ -79,6 +79,7 @@ async def cancel_close(
 @pytest.mark.parametrize(
     "moment", ["first-await", "readers-closing", "recovering", "readers-closing-twice"]
 )
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_cancelled_close_fails_receivers_reports_the_loss_and_closes_all(
     redis_sandbox_factory: TopologyFactory,
     monkeypatch: pytest.MonkeyPatch,

@@ -160,6 +160,7 @@ async def receive_after_cut(
     return time.monotonic() - cut_at
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_the_pace_starts_over_after_a_reply_and_a_single_cut_is_recovered_at_once(
     redis_topology: Topology, master_client: redis.Redis
 ) -> None:
@@ -175,6 +176,7 @@ async def test_the_pace_starts_over_after_a_reply_and_a_single_cut_is_recovered_
     assert again < PROMPT_S, figures
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_new_master_announced_starts_the_pace_over(
     redis_topology: Topology, master_client: redis.Redis
 ) -> None:

@@ -110,6 +110,7 @@ async def a_pop_cut(
     return receiving
 
 
+@pytest.mark.serial  # times itself within a second or so
 async def test_a_refused_connection_after_a_lost_reply_is_not_tried_again_in_a_loop(
     redis_topology: Topology, master_client: redis.Redis
 ) -> None:

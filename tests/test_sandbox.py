@@ -236,6 +236,7 @@ def test_a_node_that_fails_to_start_shows_its_log(tmp_path: Path) -> None:
         node.start(timeout_s=5)
 
 
+@pytest.mark.serial  # times itself within a second or so
 def test_a_node_that_never_answers_shows_its_log(tmp_path: Path) -> None:
     """A node that runs but refuses our PING times out with its log tail in the error."""
     port = allocate_port()
