@@ -6,8 +6,10 @@ from __future__ import annotations
 import binascii
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._codec import MessageCodec
 from ._constants import (
@@ -75,6 +77,8 @@ class LayerCore:
     # This process's messages still in its own inboxes in Redis, which a send that skips
     # Redis must not overtake (see _local_path).
     unpopped: Unpopped = field(default_factory=Unpopped)
+    # Inbox key -> the session that took it over last from the others (see _handover).
+    inbox_takers: dict[str, weakref.ref[Any]] = field(default_factory=dict)
     # Each master's epoch as some event loop last read it: a session's first comparison.
     epochs: ProcessEpochs = field(default_factory=ProcessEpochs)
     # Per inbox, the capacity of every event loop's channels, and the limit published last:

@@ -229,7 +229,7 @@ class RedisChannelLayer(BaseChannelLayer):  # type: ignore[misc]
             self._require_own_channel(channel)
             if len(self._sessions) > 1:
                 self._refuse_a_second_receiving_loop(session)
-                take_over(session, list(self._sessions.values()), channel)
+                take_over(session, lambda: list(self._sessions.values()), channel)
         return await session.receive(channel)
 
     def _refuse_a_second_receiving_loop(self, session: Session) -> None:
