@@ -10,7 +10,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,8 @@ from channels.exceptions import ChannelFull
 
 from channels_ha import RedisChannelLayer
 from channels_ha._buffers import now_ms
+from channels_ha._codec import encode_element
+from channels_ha._delivery import inbox_of
 from channels_ha._local_path import Unpopped
 from channels_ha.sandbox import SentinelTopology, Topology, TopologyFactory, Traffic
 
@@ -33,6 +35,7 @@ from .conftest import (
     receivers_waiting,
     run_switching_often,
 )
+from .test_normal_reader import CuttingProxy
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -442,3 +445,102 @@ def test_notes_taken_by_several_threads_at_once_stay_consistent() -> None:
     run_switching_often([threading.Thread(target=add_and_pop, args=("sender",)), *asking])
     assert errors == []
     assert not unpopped.any_left("inbox")
+
+
+class PushReplyCutter(CuttingProxy):
+    """Cuts the reply to the first request carrying ``marker`` (Redis executed it), once
+    ``before_cut`` has run, closing that connection on both sides: the layer reconnects
+    and writes the request again, whose reply passes."""
+
+    def __init__(self, topology: Topology, marker: bytes, before_cut: Callable[[], None]) -> None:
+        super().__init__(topology, cuts=0)
+        self._marker, self._before_cut = marker, before_cut
+        self._armed: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+
+    async def _pipe(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+        cutting: bool,
+        rewrite: tuple[bytes, bytes] = (b"", b""),
+    ) -> None:
+        try:
+            while data := await reader.read(1 << 16):
+                if not cutting and not self.cut and self._marker in data:
+                    self._armed.add(both)  # the next reply on this connection is its
+                elif cutting and both in self._armed:
+                    self.cut += 1
+                    self._before_cut()
+                    for side in both:
+                        side.transport.abort()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def _no_pop_pending(layer: RedisChannelLayer, client: redis.Redis, inbox: str) -> None:
+    """Once the inbox reader has no pop in flight (one may stay blocked on the empty inbox
+    after the last receive() returned): an expired element ends it."""
+    pending = layer._session()._readers[(0, True)]._pending
+    if pending is not None and not pending.done():
+        client.rpush(inbox, encode_element(now_ms() - 1, "test", 1, inbox_of(inbox), b""))
+        await asyncio.wait({pending}, timeout=ARRIVES_S)
+    assert client.llen(inbox) == 0
+
+
+async def test_a_send_refused_full_on_its_write_again_still_holds_back_local_sends(
+    redis_topology: Topology, master_client: redis.Redis
+) -> None:
+    """A send whose PUSH reply is lost (cut with its connection) after Redis stored it, and
+    whose write again after the reconnect finds the inbox filled meanwhile by 300-odd newer
+    entries (past the 256 the script searches for a copy), raises ChannelFull; the next
+    send, from the loop receiving the inbox, still does not overtake it (seen: [2, 1],
+    when the refusal of the write again let the local path open)."""
+
+    def fill_inbox() -> None:  # other processes, while the reply is on its way
+        limit = int(master_client.get(layer._core.keys.inbox_limit(target)) or 0)
+        body, expires = layer._core.codec.dumps({"type": "filler"}), now_ms() + 60_000
+        pipe = master_client.pipeline()
+        for seq in range(300 + max(limit, 10)):
+            pipe.rpush(inbox, encode_element(expires, "other", seq, target + "filler", body))
+        pipe.execute()
+
+    proxy = PushReplyCutter(redis_topology, b"cut-its-reply", fill_inbox)
+    async with proxy.running() as url:
+        layer = RedisChannelLayer(hosts=[url], prefix="full-retry", capacity=10)
+        channel = await layer.new_channel()
+        target = inbox_of(channel)
+        inbox = layer._core.keys.inbox(target)
+        try:
+            for _ in range(2):  # one stays buffered: the channel's buffer is kept here
+                await layer.send(channel, {"type": "warm"})
+            assert (await layer.receive(channel))["type"] == "warm"
+            await _no_pop_pending(layer, master_client, inbox)
+            with pytest.raises(ChannelFull):
+                await layer.send(channel, {"type": "n", "n": 1, "mark": "cut-its-reply"})
+            assert proxy.cut == 1
+            master_client.ltrim(inbox, 0, 0)  # the fillers go: message 1 stays first
+            received = await _send_2_while_receiving_the_inbox(layer, channel)
+        finally:
+            await layer.flush()
+            await layer.close()
+    assert received == ["warm", 1, 2]
+
+
+async def _send_2_while_receiving_the_inbox(layer: RedisChannelLayer, channel: str) -> list[Any]:
+    """Message 2 sent to ``channel`` once a receive() on another channel of its inbox waits
+    in this loop; what ``channel`` then receives, three messages."""
+    other = await layer.new_channel()
+    waiting = asyncio.create_task(layer.receive(other))
+    await asyncio.sleep(0)  # it starts waiting (a receive() has no hook to await)
+    assert layer._session().deliveries.receiving_inbox()
+    await layer.send(channel, {"type": "n", "n": 2})
+    received = [await asyncio.wait_for(layer.receive(channel), ARRIVES_S) for _ in range(3)]
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    return [message.get("n", message["type"]) for message in received]
