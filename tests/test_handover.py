@@ -69,6 +69,14 @@ async def receive_all(layer: RedisChannelLayer, channel: str, count: int) -> lis
     return got
 
 
+def received_in_b(layer: RedisChannelLayer, sender: RedisChannelLayer, loop_b: LoopThread) -> None:
+    """Loop B receives one message, from another process, on a channel of ``layer``'s
+    inbox: its inbox reader is connected, and it popped there."""
+    earlier = loop_b.run(layer.new_channel())
+    loop_b.run(sender.send(earlier, {"n": -1}))
+    assert loop_b.run(receive_all(layer, earlier, 1)) == [-1]
+
+
 def test_a_loop_starting_to_receive_gets_what_the_last_loop_s_pop_takes(
     redis_topology: Topology, loop_a: LoopThread, master_client: redis.Redis
 ) -> None:
@@ -109,9 +117,7 @@ def test_what_the_last_loop_popped_comes_first_in_the_next(
     other_process = RedisChannelLayer(hosts=[redis_topology.url], prefix=layer.prefix)
     loop_b = LoopThread()
     try:
-        earlier = loop_b.run(layer.new_channel())
-        loop_b.run(other_process.send(earlier, {"n": -1}))
-        assert loop_b.run(receive_all(layer, earlier, 1)) == [-1]  # B's reader connected
+        received_in_b(layer, other_process, loop_b)  # B's reader connected
         channel = received_in_a(redis_topology, layer, loop_a, master_client)
         loop_a.run(other_process.send(channel, {"n": 0}))
         assert loop_a.run(_held_by_a(layer, channel)) == 1  # taken by A's pop
@@ -187,9 +193,7 @@ def test_a_loop_receiving_again_and_again_asks_the_other_loop_once(
     other_process = RedisChannelLayer(hosts=[redis_topology.url], prefix=layer.prefix)
     loop_b = LoopThread()
     try:
-        earlier = loop_b.run(layer.new_channel())
-        loop_b.run(other_process.send(earlier, {"n": -1}))
-        assert loop_b.run(receive_all(layer, earlier, 1)) == [-1]
+        received_in_b(layer, other_process, loop_b)
         give_back_b = layer._sessions[loop_b.loop].give_back
         asked: list[str] = []
         hand_over = give_back_b.hand_over
@@ -236,9 +240,7 @@ def test_a_loop_busy_in_sync_code_holds_up_receiving_once(
     other_process = RedisChannelLayer(hosts=[redis_topology.url], prefix=layer.prefix)
     loop_b = LoopThread()
     try:
-        earlier = loop_b.run(layer.new_channel())
-        loop_b.run(other_process.send(earlier, {"n": -1}))
-        assert loop_b.run(receive_all(layer, earlier, 1)) == [-1]
+        received_in_b(layer, other_process, loop_b)
         pops_blocked(master_client, layer, 1 if pop_left else 0)  # B's, or its end (2 s)
         loop_b.loop.call_soon_threadsafe(time.sleep, BUSY_S)
         channel = loop_a.run(layer.new_channel())
