@@ -35,7 +35,7 @@ from .conftest import (
     receivers_waiting,
     run_switching_often,
 )
-from .test_normal_reader import CuttingProxy
+from .test_normal_reader import Connection, CuttingProxy
 
 pytestmark = pytest.mark.redis_topologies("standalone")
 
@@ -455,32 +455,17 @@ class PushReplyCutter(CuttingProxy):
     def __init__(self, topology: Topology, marker: bytes, before_cut: Callable[[], None]) -> None:
         super().__init__(topology, cuts=0)
         self._marker, self._before_cut = marker, before_cut
-        self._armed: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._armed: set[Connection] = set()
 
-    async def _pipe(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        both: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
-        cutting: bool,
-        rewrite: tuple[bytes, bytes] = (b"", b""),
-    ) -> None:
-        try:
-            while data := await reader.read(1 << 16):
-                if not cutting and not self.cut and self._marker in data:
-                    self._armed.add(both)  # the next reply on this connection is its
-                elif cutting and both in self._armed:
-                    self.cut += 1
-                    self._before_cut()
-                    for side in both:
-                        side.transport.abort()
-                    return
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+    def _request_seen(self, data: bytes, both: Connection) -> None:
+        if not self.cut and self._marker in data:
+            self._armed.add(both)  # the next reply on this connection is its
+
+    def _cuts_on(self, data: bytes, both: Connection) -> bool:
+        if both not in self._armed or self.cut:
+            return False
+        self._before_cut()
+        return True
 
 
 async def _no_pop_pending(layer: RedisChannelLayer, client: redis.Redis, inbox: str) -> None:

@@ -40,6 +40,9 @@ MARKER = b"carried-by-a-pop"  # in every test message's body: only pop replies c
 CLOSE_WITH_REDIS_GONE_S = 3.0  # a close() that waited for a master would take 10 s
 
 
+Connection = tuple[asyncio.StreamWriter, asyncio.StreamWriter]  # a proxied connection's ends
+
+
 class CuttingProxy:
     """Forwards connections to a node; every ``every``-th reply that carries MARKER (a pop's,
     which Redis executed; ``_cuts`` decides) is dropped instead, after ``hold_s``, and its
@@ -127,7 +130,9 @@ class CuttingProxy:
     ) -> None:
         try:
             while data := await reader.read(1 << 16):
-                if cutting and self._cuts(data):
+                if not cutting:
+                    self._request_seen(data, both)
+                if cutting and self._cuts_on(data, both):
                     self.cut += 1
                     self.cut_seen.set()
                     if self.hold_s:  # (else cut in this step, as the _due() callbacks expect)
@@ -150,6 +155,13 @@ class CuttingProxy:
             pass
         finally:
             writer.close()
+
+    def _request_seen(self, data: bytes, both: Connection) -> None:
+        """A request (``data``, one read) on its way to Redis on the connection ``both``."""
+
+    def _cuts_on(self, data: bytes, both: Connection) -> bool:
+        """Whether this reply (``data``, one read) on the connection ``both`` is cut."""
+        return self._cuts(data)
 
     def _cuts(self, data: bytes) -> bool:
         """Whether this reply (``data``, one read) is cut: one carrying MARKER, if due."""
