@@ -46,11 +46,12 @@ class Deliveries:
         self._inbox_shard: dict[str, int] = {}
         # Normal channel -> its give-backs in flight (see take_returnable): not popped meanwhile.
         self._returning: dict[str, int] = {}
-        # Inbox key -> hand-overs awaited (_handover): not popped meanwhile.
-        self._inbox_gates: dict[str, int] = {}
+        # Inbox key -> hand-overs awaited (_handover): not popped meanwhile, nor sent to
+        # without Redis (read by sends too: see _local_path).
+        self.inbox_gates: dict[str, int] = {}
         # Inbox keys this loop was asked to hand over to another (_handover), and has not
         # received on since: it holds nothing of them, or gives it back (other threads add).
-        self.handed_over: set[str] = set()
+        self.inboxes_handed_over: set[str] = set()
         self._malformed_log = LogThrottle(MALFORMED_LOG_INTERVAL_S)
 
     def buffer(self, channel: str) -> ChannelBuffer:
@@ -97,8 +98,8 @@ class Deliveries:
         key = buffer.waiting_key
         if buffer.specific:
             self._inbox_shard[key] = buffer.shard
-            if key in self.handed_over:
-                self.handed_over.remove(key)
+            if key in self.inboxes_handed_over:
+                self.inboxes_handed_over.remove(key)
         count = counter[key] = counter.get(key, 0) + 1
         return count == 1
 
@@ -117,7 +118,7 @@ class Deliveries:
         """What the inbox reader of shard ``index`` pops: inboxes somebody waits on."""
 
         def keys() -> list[str]:
-            gates = self._inbox_gates
+            gates = self.inbox_gates
             return [
                 key
                 for key in self.inbox_waiting
@@ -128,15 +129,15 @@ class Deliveries:
 
     def gate(self, key: str) -> None:
         """The inbox ``key`` is not popped until ``ungate`` (a hand-over is under way)."""
-        self._inbox_gates[key] = self._inbox_gates.get(key, 0) + 1
+        self.inbox_gates[key] = self.inbox_gates.get(key, 0) + 1
 
     def ungate(self, key: str) -> bool:
         """One hand-over of ``key`` is over; True if none is left (it may be popped)."""
-        count = self._inbox_gates.get(key, 0) - 1
+        count = self.inbox_gates.get(key, 0) - 1
         if count > 0:
-            self._inbox_gates[key] = count
+            self.inbox_gates[key] = count
             return False
-        self._inbox_gates.pop(key, None)
+        self.inbox_gates.pop(key, None)
         return True
 
     def holding(self, key: str) -> list[str]:

@@ -14,7 +14,7 @@ So the loop that starts receiving an inbox asks every other live loop of the lay
 an inbox reader to hand the inbox over, in that loop (``call_soon_threadsafe``): end the pop
 (CLIENT UNBLOCK), collect its reply, and give back to the head of the inbox, in order, what
 it holds of it (``GiveBack.hand_over``). Until each has answered, the new loop does not pop
-that inbox (``Deliveries.gate``), nor do its sends skip Redis (an entry in ``Unpopped``):
+that inbox (``Deliveries.gate``), nor do its sends skip Redis (``LocalPath`` reads the gate):
 what comes back is received first, as it would have been. A loop that does not answer in
 INBOX_HANDOVER_TIMEOUT_S (stuck in sync code) is not waited for further: what it gives back
 later comes late, and a channel's buffer keeps a pop's batch past its capacity (_buffers):
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from ._buffers import now_ms
 from ._constants import INBOX_HANDOVER_TIMEOUT_S
 from ._delivery import inbox_of
 
@@ -67,7 +65,7 @@ def _ask(holder: Session, taker: Session, key: str, shard: int) -> None:
     done = _gate(taker, key, shard) if waits else _nothing
     # Not asked again (nor waited for: a loop stuck in sync code would hold up each receive)
     # until it receives there again; what it pops before it runs this request goes back too.
-    holder.deliveries.handed_over.add(key)
+    holder.deliveries.inboxes_handed_over.add(key)
     try:
         holder.loop.call_soon_threadsafe(holder.give_back.hand_over, key, shard, done)
     except RuntimeError:  # its loop closed meanwhile: it holds nothing any more
@@ -75,11 +73,10 @@ def _ask(holder: Session, taker: Session, key: str, shard: int) -> None:
 
 
 def _gate(taker: Session, key: str, shard: int) -> Callable[[], None]:
-    """Closes ``key`` to ``taker``'s pops and local sends; returns what opens it again, once,
-    called from any thread, or by itself after INBOX_HANDOVER_TIMEOUT_S."""
-    loop, unpopped = taker.loop, taker.core.unpopped
-    waiting_for = f"handover:{secrets.token_hex(4)}"  # no sender's name: never popped
-    unpopped.add(key, waiting_for, 0, now_ms() + int(INBOX_HANDOVER_TIMEOUT_S * 1000))
+    """Closes ``key`` to ``taker``'s pops and local sends (``Deliveries.gate``); returns what
+    opens it again, once, called from any thread, or by itself after
+    INBOX_HANDOVER_TIMEOUT_S."""
+    loop = taker.loop
     taker.deliveries.gate(key)
     opened = False
 
@@ -88,7 +85,6 @@ def _gate(taker: Session, key: str, shard: int) -> Callable[[], None]:
         if not opened:
             opened = True
             timer.cancel()
-            unpopped.discard(key, waiting_for, 0)
             taker.give_back.open_inbox(key, shard)
 
     timer = loop.call_later(INBOX_HANDOVER_TIMEOUT_S, open_gate)

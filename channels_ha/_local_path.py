@@ -83,16 +83,18 @@ class Unpopped:
 class LocalPath:
     """One event loop's short-cut: which sends may take it, and the buffer they go to."""
 
-    __slots__ = ("_buffers", "_inbox_waiting", "_unpopped")
+    __slots__ = ("_buffers", "_gates", "_inbox_waiting", "_unpopped")
 
     def __init__(
         self,
         buffers: dict[str, ChannelBuffer],
         inbox_waiting: dict[str, int],
+        gates: dict[str, int],
         unpopped: Unpopped,
     ) -> None:
         self._buffers = buffers  # the event loop's Deliveries' (never replaced)
         self._inbox_waiting = inbox_waiting  # inbox key -> receivers waiting here
+        self._gates = gates  # inbox key -> hand-overs under way (see _handover)
         self._unpopped = unpopped
 
     def buffer_for(self, channel: str) -> ChannelBuffer | None:
@@ -102,8 +104,11 @@ class LocalPath:
         makes its buffer if this loop still receives the inbox when it pops. Only this
         process's channels wait in ``_inbox_waiting`` (receive() refuses the others)."""
         buffer = self._buffers.get(channel)
-        if buffer is None or buffer.waiting_key not in self._inbox_waiting:
+        if buffer is None:
             return None
-        if self._unpopped.any_left(buffer.waiting_key):
+        key = buffer.waiting_key
+        if key not in self._inbox_waiting or key in self._gates:
+            return None  # not receiving here, or what another loop hands back comes first
+        if self._unpopped.any_left(key):
             return None
         return buffer

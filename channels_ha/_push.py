@@ -130,7 +130,9 @@ class Pusher:
         self._shards = shards
         self._seqs = seqs
         self.own_inbox_end = f"{client_prefix}!"  # how this process's inbox keys end
-        self._local = LocalPath(deliveries.buffers, deliveries.inbox_waiting, core.unpopped)
+        self._local = LocalPath(
+            deliveries.buffers, deliveries.inbox_waiting, deliveries.inbox_gates, core.unpopped
+        )
         self._wait_ms = int(core.replica_ack_timeout_s * 1000)
         self._routes: dict[str, _Route] = {}  # channel -> its route (see _route)
         # This event loop's own Packers (see MessageCodec.dumper).
@@ -149,7 +151,7 @@ class Pusher:
         expiry_ms = core.expiry_ms
         element = self._encode(now + expiry_ms, sender, seq, channel, self._dumps(message))
         if len(element) > _PACKER_KEEPS:
-            self._dumps, self._encode = core.codec.dumper(), element_encoder()
+            self._renew_packers()
         if own:  # on its way through Redis from now on: a local send must not overtake it
             # (After the encoding: a message that cannot be encoded is never written.)
             core.unpopped.add(key, sender, seq, now + expiry_ms)
@@ -233,9 +235,13 @@ class Pusher:
                 raise ChannelFull(buffer.channel)
         body = self._dumps(message)
         if len(body) > _PACKER_KEEPS:
-            self._dumps, self._encode = self.core.codec.dumper(), element_encoder()
+            self._renew_packers()
         buffer.put((now_ms() + self.core.expiry_ms, body))
         self.core.stats.sent += 1
+
+    def _renew_packers(self) -> None:
+        """New Packers after a large message: a Packer keeps a buffer its size for good."""
+        self._dumps, self._encode = self.core.codec.dumper(), element_encoder()
 
     def header(self, now: int) -> tuple[int, ...]:
         """The PUSH arguments before its targets'."""

@@ -116,7 +116,7 @@ class Session:
             not self.closed
             and not self._loop.is_closed()
             and (shard, True) in self._readers
-            and key not in self.deliveries.handed_over
+            and key not in self.deliveries.inboxes_handed_over
         )
 
     def buffered(self) -> int:
